@@ -1,0 +1,483 @@
+//! The `#[courier::service]` attribute. Use it through the `courier` crate, which re-exports it
+//! as `courier::service`; its documentation has the examples.
+//!
+//! From a trait of `async fn`s the attribute generates:
+//!
+//! - the trait itself, with each method returning `impl Future<Output = T> + Send` so that
+//!   implementations can be served from any task (implement it with plain `async fn`s);
+//! - `FooClient<C>`, the stub: per method `name`, `name_acked` and `name_blocking`;
+//! - `FooServer<S>`, the dispatcher, implementing `courier::dispatch::Service`.
+//!
+//! Ids are stable: the interface id is the FNV-1a hash of the trait's name and each method id the
+//! hash of the method's name, unless `#[courier::service(id = …, version = …)]` or a method's
+//! `#[courier(id = …)]` says otherwise. Two methods with the same id are a compile error.
+//!
+//! ```ignore
+//! #[courier::service(version = 2)]
+//! pub trait Calc {
+//!     async fn add(&self, a: i32, b: i32) -> i32;
+//!     #[oneway]
+//!     async fn log(&self, line: String);
+//! }
+//! ```
+
+use std::collections::HashMap;
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{
+    parse_macro_input, Attribute, FnArg, Ident, ItemTrait, LitInt, Pat, ReturnType, TraitItem,
+    TraitItemFn, Type,
+};
+
+/// Turns a trait of `async fn`s into a Courier service; see the `courier` crate's docs.
+#[proc_macro_attribute]
+pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut options = ServiceOptions::default();
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("id") {
+            options.id = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+            Ok(())
+        } else if meta.path.is_ident("version") {
+            options.version = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+            Ok(())
+        } else {
+            Err(meta.error("unknown option: expected `id = <u32>` or `version = <u16>`"))
+        }
+    });
+    parse_macro_input!(attr with parser);
+    let item = parse_macro_input!(item as ItemTrait);
+    match expand(options, item) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+#[derive(Default)]
+struct ServiceOptions {
+    id: Option<u32>,
+    version: Option<u16>,
+}
+
+/// FNV-1a, the same as `courier::ids::stable_id`.
+fn stable_id(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5_u32, |hash, b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+struct Method {
+    name: Ident,
+    id: u32,
+    one_way: bool,
+    docs: Vec<Attribute>,
+    /// Whether the first parameter is the call's `Context`.
+    takes_context: bool,
+    args: Vec<(Ident, Type)>,
+    output: Type,
+    span: Span,
+}
+
+fn is_context(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Context" && s.arguments.is_empty()),
+        _ => false,
+    }
+}
+
+/// Reads and removes Courier's own attributes from a method: `#[oneway]`, `#[courier(id = …)]`.
+fn take_method_attrs(method: &mut TraitItemFn) -> syn::Result<(bool, Option<u32>)> {
+    let mut one_way = false;
+    let mut id = None;
+    let mut error = None;
+    method.attrs.retain(|attr| {
+        if attr.path().is_ident("oneway") {
+            one_way = true;
+            false
+        } else if attr.path().is_ident("courier") {
+            let parsed = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("id") {
+                    id = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
+                    Ok(())
+                } else {
+                    Err(meta.error("unknown option: expected `id = <u32>`"))
+                }
+            });
+            if let Err(e) = parsed {
+                error = Some(e);
+            }
+            false
+        } else {
+            true
+        }
+    });
+    match error {
+        Some(e) => Err(e),
+        None => Ok((one_way, id)),
+    }
+}
+
+fn parse_method(method: &mut TraitItemFn) -> syn::Result<Method> {
+    let (one_way, explicit_id) = take_method_attrs(method)?;
+    let sig = &method.sig;
+    if ["new", "with_options", "client"].contains(&sig.ident.to_string().as_str()) {
+        return Err(syn::Error::new(
+            sig.ident.span(),
+            format!(
+                "`{}` is taken by the generated client stub; give the method another name",
+                sig.ident
+            ),
+        ));
+    }
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new(
+            sig.fn_token.span(),
+            format!(
+                "courier service methods must be `async fn`; write `async fn {}`",
+                sig.ident
+            ),
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "courier service methods cannot be generic: the wire needs one concrete type per argument",
+        ));
+    }
+    if method.default.is_some() {
+        return Err(syn::Error::new(
+            sig.ident.span(),
+            "courier service methods cannot have a default body",
+        ));
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
+        _ => {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                "courier service methods take `&self` first: a service is shared by every call",
+            ))
+        }
+    }
+    let mut takes_context = false;
+    let mut args = Vec::new();
+    for (i, input) in inputs.enumerate() {
+        let FnArg::Typed(pt) = input else {
+            return Err(syn::Error::new(input.span(), "unexpected receiver"));
+        };
+        let Pat::Ident(pat) = &*pt.pat else {
+            return Err(syn::Error::new(
+                pt.pat.span(),
+                "courier service arguments must be plain names, like `count: u32`",
+            ));
+        };
+        if matches!(&*pt.ty, Type::Reference(_)) {
+            return Err(syn::Error::new(
+                pt.ty.span(),
+                "courier service arguments are passed by value: use an owned type such as \
+                 `String` or `Vec<u8>` instead of a reference",
+            ));
+        }
+        if i == 0 && is_context(&pt.ty) {
+            takes_context = true;
+            continue;
+        }
+        args.push((pat.ident.clone(), (*pt.ty).clone()));
+    }
+    let output = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    if one_way && !matches!(&output, Type::Tuple(t) if t.elems.is_empty()) {
+        return Err(syn::Error::new(
+            sig.output.span(),
+            "a #[oneway] method never replies, so it must return `()`",
+        ));
+    }
+    let docs = method
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+    Ok(Method {
+        id: explicit_id.unwrap_or_else(|| stable_id(&sig.ident.to_string())),
+        name: sig.ident.clone(),
+        one_way,
+        docs,
+        takes_context,
+        args,
+        output,
+        span: sig.ident.span(),
+    })
+}
+
+fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStream2> {
+    if !item.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            item.generics.span(),
+            "a courier service trait cannot be generic",
+        ));
+    }
+    let mut methods = Vec::new();
+    let mut seen: HashMap<u32, Ident> = HashMap::new();
+    for trait_item in &mut item.items {
+        let TraitItem::Fn(f) = trait_item else {
+            return Err(syn::Error::new(
+                trait_item.span(),
+                "a courier service trait holds only `async fn` methods",
+            ));
+        };
+        let method = parse_method(f)?;
+        if let Some(other) = seen.insert(method.id, method.name.clone()) {
+            return Err(syn::Error::new(
+                method.span,
+                format!(
+                    "methods `{other}` and `{}` have the same method id {:#010x}; give one \
+                     another id with #[courier(id = …)]",
+                    method.name, method.id
+                ),
+            ));
+        }
+        // The trait as implementors see it: `-> impl Future<Output = T> + Send`.
+        let output = &method.output;
+        f.sig.asyncness = None;
+        f.sig.output = syn::parse_quote! {
+            -> impl ::core::future::Future<Output = #output> + ::core::marker::Send
+        };
+        methods.push(method);
+    }
+
+    let trait_name = &item.ident;
+    let vis = &item.vis;
+    let service_name = trait_name.to_string();
+    let interface = options.id.unwrap_or_else(|| stable_id(&service_name));
+    let version = options.version.unwrap_or(1);
+    let client_name = format_ident!("{}Client", trait_name);
+    let server_name = format_ident!("{}Server", trait_name);
+    item.supertraits
+        .push(syn::parse_quote!(::core::marker::Send));
+    item.supertraits
+        .push(syn::parse_quote!(::core::marker::Sync));
+    item.supertraits.push(syn::parse_quote!('static));
+    if item.colon_token.is_none() {
+        item.colon_token = Some(Default::default());
+    }
+
+    let serde = quote!(::courier::__private::serde);
+    let checks = methods.iter().flat_map(|m| {
+        let args = m.args.iter().map(move |(_, ty)| {
+            quote_spanned! {ty.span()=>
+                __courier_is_wire_type::<#ty>();
+            }
+        });
+        let out = &m.output;
+        let ret = quote_spanned! {out.span()=>
+            __courier_is_wire_type::<#out>();
+        };
+        args.chain(std::iter::once(ret))
+    });
+
+    let consts = methods.iter().map(|m| {
+        let const_name = format_ident!("{}", m.name.to_string().to_uppercase());
+        let name = m.name.to_string();
+        let id = m.id;
+        let doc = format!("Wire descriptor of `{trait_name}::{name}`.");
+        quote! {
+            #[doc = #doc]
+            pub const #const_name: ::courier::MethodDesc = ::courier::MethodDesc {
+                service: #service_name,
+                name: #name,
+                interface: ::courier::InterfaceId::new(#interface),
+                version: #version,
+                method: ::courier::MethodId::new(#id),
+            };
+        }
+    });
+
+    let stubs = methods.iter().map(|m| {
+        let name = &m.name;
+        let docs = &m.docs;
+        let const_name = format_ident!("{}", m.name.to_string().to_uppercase());
+        let params = m.args.iter().map(|(n, t)| quote!(#n: #t));
+        let params: Vec<_> = params.collect();
+        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+        let out = &m.output;
+        let blocking = format_ident!("{}_blocking", name);
+        let blocking_doc = format!("[`Self::{name}`] from synchronous code: blocks this thread until it completes.");
+        if m.one_way {
+            quote! {
+                #(#docs)*
+                ///
+                /// One-way: resolves once the transport has taken the request; no reply comes.
+                pub async fn #name(&self, #(#params),*) -> ::core::result::Result<(), ::courier::RpcError> {
+                    self.client.send(&Self::#const_name, (#(#names,)*)).await
+                }
+
+                #[doc = #blocking_doc]
+                pub fn #blocking(&self, #(#params),*) -> ::core::result::Result<(), ::courier::RpcError> {
+                    self.client.block_on(self.#name(#(#names),*))
+                }
+            }
+        } else {
+            let acked = format_ident!("{}_acked", name);
+            let acked_doc = format!("[`Self::{name}`], acknowledged: resolves as soon as the server has the call, before the method runs; await the returned `Pending` for the reply.");
+            quote! {
+                #(#docs)*
+                pub async fn #name(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
+                    self.client.call(&Self::#const_name, (#(#names,)*), &self.options).await
+                }
+
+                #[doc = #acked_doc]
+                pub async fn #acked(&self, #(#params),*) -> ::core::result::Result<::courier::Pending<#out>, ::courier::RpcError> {
+                    self.client.call_acked(&Self::#const_name, (#(#names,)*), &self.options).await
+                }
+
+                #[doc = #blocking_doc]
+                pub fn #blocking(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
+                    self.client.block_on(self.#name(#(#names),*))
+                }
+            }
+        }
+    });
+
+    let arms = methods.iter().map(|m| {
+        let name = &m.name;
+        let id = m.id;
+        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+        let types: Vec<_> = m.args.iter().map(|(_, t)| t).collect();
+        let take_ctx = m
+            .takes_context
+            .then(|| quote!(let __courier_ctx = call.context();));
+        let ctx_arg = m.takes_context.then(|| quote!(__courier_ctx,));
+        quote! {
+            #id => {
+                let (#(#names,)*): (#(#types,)*) = call.decode(codec)?;
+                #take_ctx
+                let service = ::std::sync::Arc::clone(&self.service);
+                let future = async move { service.#name(#ctx_arg #(#names),*).await };
+                ::core::result::Result::Ok(::courier::dispatch::handler(codec, future))
+            }
+        }
+    });
+
+    let client_doc = format!(
+        "Client stub for [`{trait_name}`]: wraps a [`courier::Client`] and calls the service's methods on it."
+    );
+    let server_doc = format!(
+        "Server dispatcher for [`{trait_name}`]: register `{server_name}::new(service)` with a `courier::Server`."
+    );
+
+    Ok(quote! {
+        #item
+
+        #[doc = #client_doc]
+        #vis struct #client_name<C> {
+            client: ::courier::Client<C>,
+            options: ::courier::CallOptions,
+        }
+
+        impl<C: ::core::clone::Clone> ::core::clone::Clone for #client_name<C> {
+            fn clone(&self) -> Self {
+                #client_name { client: self.client.clone(), options: self.options.clone() }
+            }
+        }
+
+        impl<C: ::core::fmt::Debug> ::core::fmt::Debug for #client_name<C> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(stringify!(#client_name))
+                    .field("client", &self.client)
+                    .field("options", &self.options)
+                    .finish()
+            }
+        }
+
+        impl<C: ::courier::Codec> #client_name<C> {
+            #(#consts)*
+
+            /// Wraps a connected client; calls use default [`courier::CallOptions`].
+            pub fn new(client: ::courier::Client<C>) -> Self {
+                #client_name { client, options: ::courier::CallOptions::new() }
+            }
+
+            /// A stub on the same connection whose calls use `options`.
+            pub fn with_options(&self, options: ::courier::CallOptions) -> Self {
+                #client_name { client: self.client.clone(), options }
+            }
+
+            /// The client underneath.
+            pub fn client(&self) -> &::courier::Client<C> {
+                &self.client
+            }
+
+            #(#stubs)*
+        }
+
+        #[doc = #server_doc]
+        #vis struct #server_name<S> {
+            service: ::std::sync::Arc<S>,
+        }
+
+        impl<S> ::core::clone::Clone for #server_name<S> {
+            fn clone(&self) -> Self {
+                #server_name { service: ::std::sync::Arc::clone(&self.service) }
+            }
+        }
+
+        impl<S> ::core::fmt::Debug for #server_name<S> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(stringify!(#server_name)).finish_non_exhaustive()
+            }
+        }
+
+        impl<S: #trait_name> #server_name<S> {
+            /// Wraps a service implementation for registration with a server.
+            pub fn new(service: S) -> Self {
+                #server_name { service: ::std::sync::Arc::new(service) }
+            }
+
+            /// Wraps a service implementation that is shared with other code.
+            pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {
+                #server_name { service }
+            }
+        }
+
+        impl<S: #trait_name> ::courier::dispatch::Service for #server_name<S> {
+            const NAME: &'static str = #service_name;
+            const INTERFACE: ::courier::InterfaceId = ::courier::InterfaceId::new(#interface);
+            const VERSION: u16 = #version;
+
+            fn dispatch<C: ::courier::Codec>(
+                &self,
+                codec: &C,
+                call: ::courier::dispatch::Incoming<'_>,
+            ) -> ::core::result::Result<::courier::dispatch::HandlerFuture, ::courier::RpcError> {
+                match call.method().get() {
+                    #(#arms)*
+                    _ => ::core::result::Result::Err(call.unknown_method()),
+                }
+            }
+        }
+
+        // Every argument and result must cross the wire: this points a missing serde derive at
+        // the type that lacks it.
+        const _: () = {
+            fn __courier_is_wire_type<T>()
+            where
+                T: #serde::Serialize + #serde::de::DeserializeOwned + ::core::marker::Send + 'static,
+            {
+            }
+            #[allow(dead_code)]
+            fn __courier_check_types() {
+                #(#checks)*
+            }
+        };
+    })
+}

@@ -1,0 +1,742 @@
+//! The connection engine: one per link, on both sides.
+//!
+//! A connection keeps a call table for the calls this side makes (keyed by call id, each waiting
+//! on a oneshot for its reply) and a handler table for the calls the peer makes (keyed by the
+//! peer's call id, each a spawned task that can be aborted). Either side can call and serve on
+//! the same connection: the two tables are independent, because each side numbers its own calls.
+//!
+//! One reader task per connection takes frames off the link in order and never blocks on
+//! anything the peer controls: replies go to their waiting callers, calls are decoded and spawned,
+//! and anything that needs a frame sent back is done by a task of its own, bounded in number.
+//!
+//! Back-pressure, never unbounded queues: callers wait for one of `max_in_flight` slots; the
+//! peer's calls beyond `max_handlers` are refused with `Overloaded`; the link's own buffers are
+//! bounded and `send` waits for room.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::context::Context;
+use crate::dispatch::{HandlerFuture, Incoming, Router};
+use crate::error::{HandshakeError, RpcError, TransportError};
+use crate::ids::{InterfaceId, MethodDesc, MethodId};
+use crate::options::Limits;
+use crate::peer::Peer;
+use crate::transport::{FrameBuf, Link, LinkRx, LinkTx};
+use crate::wire::{
+    self, ErrorCode, Flags, FrameError, FrameKind, FrameProblem, Header, Hello, Welcome,
+    WelcomeStatus, HEADER_LEN, PROTOCOL_VERSION,
+};
+
+/// Longest error message put on the wire; the rest is cut so error frames stay small.
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// A reply frame (its parsed header and the whole frame), or why none will come.
+pub(crate) type ReplyResult = Result<(Header, Bytes), RpcError>;
+
+struct PendingCall {
+    reply: oneshot::Sender<ReplyResult>,
+    ack: Option<oneshot::Sender<()>>,
+}
+
+struct RunningHandler {
+    abort: AbortHandle,
+    /// One-way handlers run to completion even if the connection closes: nobody waits for
+    /// them, and the caller may well have closed right after sending.
+    abort_on_close: bool,
+}
+
+/// State shared by the reader, the callers and the handlers of one connection.
+pub(crate) struct Shared {
+    tx: Box<dyn LinkTx>,
+    peer: Peer,
+    codec: String,
+    limits: Limits,
+    runtime: Handle,
+    router: Option<Arc<dyn Router>>,
+    next_call_id: AtomicU64,
+    calls: Mutex<HashMap<u64, PendingCall>>,
+    handlers: Mutex<HashMap<u64, RunningHandler>>,
+    in_flight: Arc<Semaphore>,
+    /// Bounds the tasks that only send a notice back (errors for refused or malformed frames).
+    notices: Arc<Semaphore>,
+    closed: AtomicBool,
+    close_reason: Mutex<String>,
+    shutdown: Notify,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("codec", &self.codec)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
+/// here is a single map operation).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The deadline budget for the header: µs left, or `DeadlineExceeded` if none is.
+fn budget(deadline: Option<Instant>) -> Result<u32, RpcError> {
+    let Some(deadline) = deadline else {
+        return Ok(0);
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(RpcError::DeadlineExceeded);
+    }
+    // Round up so a sub-microsecond budget is not mistaken for "no deadline"; a budget too
+    // long for the field is sent as "none" and enforced by the caller alone.
+    let micros = left.as_micros().max(1);
+    Ok(u32::try_from(micros).unwrap_or(0))
+}
+
+impl Shared {
+    /// Starts the engine over a link whose handshake is done.
+    pub(crate) fn start(
+        link: Link,
+        codec: String,
+        limits: Limits,
+        router: Option<Arc<dyn Router>>,
+    ) -> Arc<Shared> {
+        let Link { tx, rx, peer } = link;
+        let shared = Arc::new(Shared {
+            tx,
+            peer,
+            codec,
+            runtime: Handle::current(),
+            router,
+            next_call_id: AtomicU64::new(1),
+            calls: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            notices: Arc::new(Semaphore::new(limits.max_handlers)),
+            closed: AtomicBool::new(false),
+            close_reason: Mutex::new(String::new()),
+            shutdown: Notify::new(),
+            limits,
+        });
+        tokio::spawn(read_loop(Arc::clone(&shared), rx));
+        shared
+    }
+
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    pub(crate) fn codec_name(&self) -> &str {
+        &self.codec
+    }
+
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.runtime
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn lost(&self) -> RpcError {
+        RpcError::ConnectionLost(lock(&self.close_reason).clone())
+    }
+
+    /// Asks the reader to stop; the connection then closes.
+    pub(crate) fn shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Fails every call in flight with `ConnectionLost`, stops the handlers that have someone to
+    /// reply to, and closes the link.
+    fn close(&self, reason: String) {
+        let pending: Vec<PendingCall> = {
+            let mut calls = lock(&self.calls);
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *lock(&self.close_reason) = reason.clone();
+            calls.drain().map(|(_, p)| p).collect()
+        };
+        tracing::debug!(peer = ?self.peer, %reason, "connection closed");
+        for p in pending {
+            let _ = p.reply.send(Err(RpcError::ConnectionLost(reason.clone())));
+        }
+        lock(&self.handlers).retain(|_, h| {
+            if h.abort_on_close {
+                h.abort.abort();
+            }
+            !h.abort_on_close
+        });
+        self.in_flight.close();
+        self.tx.close();
+    }
+
+    /// Writes one frame: the header, then whatever `body` writes, then the payload length.
+    pub(crate) async fn send_frame<F>(
+        &self,
+        header: Header,
+        size_hint: usize,
+        body: F,
+    ) -> Result<(), RpcError>
+    where
+        F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
+    {
+        let mut buf = self.tx.buffer(HEADER_LEN + size_hint).await?;
+        header.encode(&mut buf);
+        body(&mut *buf)?;
+        let len = buf.written();
+        if len > self.limits.max_frame_size {
+            return Err(RpcError::FrameTooLarge {
+                size: len,
+                limit: self.limits.max_frame_size,
+            });
+        }
+        let payload_len = u32::try_from(len - HEADER_LEN).map_err(|_| RpcError::FrameTooLarge {
+            size: len,
+            limit: self.limits.max_frame_size,
+        })?;
+        buf.patch(24, &payload_len.to_be_bytes());
+        self.tx.send(buf).await.map_err(|e| match e {
+            TransportError::Closed => self.lost(),
+            other => RpcError::Transport(other),
+        })
+    }
+
+    async fn send_error(&self, to: &Header, error: &RpcError) {
+        let (code, message) = error.to_wire();
+        self.send_notice(to.call_id, to.interface, to.method, code, &message)
+            .await;
+    }
+
+    async fn send_notice(
+        &self,
+        call_id: u64,
+        interface: InterfaceId,
+        method: MethodId,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        let mut cut = message.len().min(MAX_ERROR_MESSAGE);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let message = &message[..cut];
+        let header = Header::new(FrameKind::Error, call_id, interface, method);
+        let sent = self
+            .send_frame(header, 2 + message.len(), |buf| {
+                wire::encode_error_payload(code, message, buf);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(call_id, error = %e, "could not send an error frame");
+        }
+    }
+
+    /// Sends an error frame from a task of its own, so the reader never waits on the link. The
+    /// number of such tasks is bounded; past the bound the notice is dropped (and logged), since
+    /// a peer flooding us with bad frames is not owed an answer to each.
+    fn notify_peer(
+        self: &Arc<Self>,
+        call_id: u64,
+        interface: InterfaceId,
+        method: MethodId,
+        code: ErrorCode,
+        message: String,
+    ) {
+        let Ok(permit) = Arc::clone(&self.notices).try_acquire_owned() else {
+            tracing::warn!(call_id, %message, "too many error notices pending; dropping one");
+            return;
+        };
+        let shared = Arc::clone(self);
+        self.runtime.spawn(async move {
+            shared
+                .send_notice(call_id, interface, method, code, &message)
+                .await;
+            drop(permit);
+        });
+    }
+
+    fn refuse(self: &Arc<Self>, to: &Header, error: RpcError) {
+        if to.kind == FrameKind::OneWay {
+            tracing::warn!(call_id = to.call_id, %error, "one-way call refused");
+            return;
+        }
+        let (code, message) = error.to_wire();
+        self.notify_peer(to.call_id, to.interface, to.method, code, message);
+    }
+
+    /// Handles one frame from the reader.
+    fn on_frame(self: &Arc<Self>, frame: Bytes) {
+        if frame.len() > self.limits.max_frame_size {
+            let call_id = (frame.len() >= 16).then(|| {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&frame[8..16]);
+                u64::from_be_bytes(id)
+            });
+            let problem = FrameProblem::TooLarge {
+                len: frame.len(),
+                limit: self.limits.max_frame_size,
+            };
+            return self.on_bad_frame(&frame, FrameError { call_id, problem });
+        }
+        let header = match Header::decode(&frame) {
+            Ok(h) => h,
+            Err(e) => return self.on_bad_frame(&frame, e),
+        };
+        match header.kind {
+            FrameKind::Call | FrameKind::OneWay => self.on_call(header, frame),
+            FrameKind::Reply | FrameKind::Error => {
+                let pending = lock(&self.calls).remove(&header.call_id);
+                match pending {
+                    Some(p) => {
+                        let _ = p.reply.send(Ok((header, frame)));
+                    }
+                    None if header.kind == FrameKind::Error && header.call_id == 0 => {
+                        let (_, _, message) = wire::decode_error_payload(&frame[HEADER_LEN..]);
+                        tracing::warn!(peer = ?self.peer, %message, "peer reported a protocol error");
+                    }
+                    // The caller gave up (cancelled or timed out) before the reply came.
+                    None => {}
+                }
+            }
+            FrameKind::Ack => {
+                if let Some(p) = lock(&self.calls).get_mut(&header.call_id) {
+                    if let Some(ack) = p.ack.take() {
+                        let _ = ack.send(());
+                    }
+                }
+            }
+            FrameKind::Cancel => {
+                if let Some(h) = lock(&self.handlers).remove(&header.call_id) {
+                    h.abort.abort();
+                }
+            }
+        }
+    }
+
+    /// A frame that could not be parsed: fail the call it belongs to, on whichever side that is,
+    /// and keep the connection.
+    fn on_bad_frame(self: &Arc<Self>, frame: &[u8], error: FrameError) {
+        let kind = frame.get(1).copied();
+        let is_response = matches!(kind, Some(3..=5)); // Ack, Reply, Error
+        tracing::debug!(peer = ?self.peer, problem = %error.problem, "malformed frame");
+        let rpc_error = RpcError::from(error.problem.clone());
+        match error.call_id {
+            Some(id) if is_response => {
+                if let Some(p) = lock(&self.calls).remove(&id) {
+                    let _ = p.reply.send(Err(rpc_error));
+                }
+            }
+            Some(_) if kind == Some(FrameKind::Cancel as u8) => {}
+            id => {
+                let (code, message) = rpc_error.to_wire();
+                let zero = InterfaceId::new(0);
+                self.notify_peer(id.unwrap_or(0), zero, MethodId::new(0), code, message);
+            }
+        }
+    }
+
+    fn on_call(self: &Arc<Self>, header: Header, frame: Bytes) {
+        let deadline = (header.budget_micros != 0)
+            .then(|| Instant::now() + Duration::from_micros(u64::from(header.budget_micros)));
+        let Some(router) = &self.router else {
+            let interface = header.interface;
+            return self.refuse(&header, RpcError::UnknownInterface { interface });
+        };
+        let context = Context::new(Arc::clone(self), &header, deadline);
+        let mut handlers = lock(&self.handlers);
+        if handlers.len() >= self.limits.max_handlers {
+            drop(handlers);
+            let message = format!(
+                "{} calls already running on this connection",
+                self.limits.max_handlers
+            );
+            return self.refuse(&header, RpcError::Overloaded(message));
+        }
+        if handlers.contains_key(&header.call_id) {
+            drop(handlers);
+            let message = format!("call id {} is already running", header.call_id);
+            return self.refuse(&header, RpcError::Protocol(message));
+        }
+        let incoming = Incoming {
+            header: &header,
+            payload: &frame[HEADER_LEN..],
+            context: &context,
+        };
+        let future = match router.dispatch(incoming) {
+            Ok(f) => f,
+            Err(e) => {
+                drop(handlers);
+                return self.refuse(&header, e);
+            }
+        };
+        drop(frame);
+        let task = self
+            .runtime
+            .spawn(run_handler(Arc::clone(self), header, future, deadline));
+        handlers.insert(
+            header.call_id,
+            RunningHandler {
+                abort: task.abort_handle(),
+                abort_on_close: header.kind == FrameKind::Call,
+            },
+        );
+    }
+
+    /// Registers a call in the table and sends it. The returned [`CallSlot`] resolves with the
+    /// reply; dropping it before then cancels the call.
+    pub(crate) async fn begin_call<F>(
+        self: &Arc<Self>,
+        method: &MethodDesc,
+        deadline: Option<Instant>,
+        flags: Flags,
+        size_hint: usize,
+        body: F,
+    ) -> Result<CallSlot, RpcError>
+    where
+        F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
+    {
+        let acquire = Arc::clone(&self.in_flight).acquire_owned();
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d, acquire)
+                .await
+                .map_err(|_| RpcError::DeadlineExceeded)?,
+            None => acquire.await,
+        }
+        .map_err(|_| self.lost())?;
+        let budget_micros = budget(deadline)?;
+        let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply) = oneshot::channel();
+        let (ack_tx, ack) = if flags.contains(Flags::ACK) {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        {
+            let mut calls = lock(&self.calls);
+            // Checked under the table's lock: `close` drains the table under it, so a call
+            // inserted after the drain would wait forever.
+            if self.is_closed() {
+                return Err(self.lost());
+            }
+            calls.insert(
+                call_id,
+                PendingCall {
+                    reply: reply_tx,
+                    ack: ack_tx,
+                },
+            );
+        }
+        let guard = CallGuard {
+            shared: Arc::clone(self),
+            call_id,
+            interface: method.interface,
+            method: method.method,
+            cancel_on_drop: true,
+            finished: false,
+            _permit: permit,
+        };
+        let header = Header {
+            flags,
+            version: method.version,
+            budget_micros,
+            ..Header::new(FrameKind::Call, call_id, method.interface, method.method)
+        };
+        self.send_frame(header, size_hint, body).await?;
+        Ok(CallSlot {
+            reply,
+            ack,
+            deadline,
+            guard,
+        })
+    }
+
+    /// Sends a one-way call; resolves once the transport has taken it.
+    pub(crate) async fn send_one_way<F>(
+        &self,
+        method: &MethodDesc,
+        size_hint: usize,
+        body: F,
+    ) -> Result<(), RpcError>
+    where
+        F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
+    {
+        if self.is_closed() {
+            return Err(self.lost());
+        }
+        let header = Header {
+            version: method.version,
+            ..Header::new(FrameKind::OneWay, 0, method.interface, method.method)
+        };
+        self.send_frame(header, size_hint, body).await
+    }
+}
+
+/// Runs one handler: ack if asked, apply the deadline, catch a panic, send the outcome.
+async fn run_handler(
+    shared: Arc<Shared>,
+    header: Header,
+    future: HandlerFuture,
+    deadline: Option<Instant>,
+) {
+    struct Deregister<'a>(&'a Shared, u64);
+    impl Drop for Deregister<'_> {
+        fn drop(&mut self) {
+            lock(&self.0.handlers).remove(&self.1);
+        }
+    }
+    let _deregister = Deregister(&shared, header.call_id);
+
+    if header.flags.contains(Flags::ACK) {
+        let ack = Header::new(
+            FrameKind::Ack,
+            header.call_id,
+            header.interface,
+            header.method,
+        );
+        if let Err(e) = shared.send_frame(ack, 0, |_| Ok(())).await {
+            tracing::debug!(call_id = header.call_id, error = %e, "could not send an ack");
+        }
+    }
+    let guarded = AssertUnwindSafe(future).catch_unwind();
+    let outcome = match deadline {
+        Some(d) => tokio::time::timeout_at(d, guarded)
+            .await
+            .unwrap_or(Ok(Err(RpcError::DeadlineExceeded))),
+        None => guarded.await,
+    };
+    let outcome = outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string payload".to_owned());
+        tracing::error!(call_id = header.call_id, panic = %what, "handler panicked");
+        Err(RpcError::Internal(format!("the handler panicked: {what}")))
+    });
+    if header.kind == FrameKind::OneWay {
+        if let Err(e) = outcome {
+            tracing::warn!(call_id = header.call_id, error = %e, "one-way call failed");
+        }
+        return;
+    }
+    let result = match outcome {
+        Ok(body) => {
+            let reply = Header::new(
+                FrameKind::Reply,
+                header.call_id,
+                header.interface,
+                header.method,
+            );
+            shared
+                .send_frame(reply, 64, move |buf| {
+                    body.encode(buf)
+                        .map_err(|e| RpcError::Internal(format!("could not encode the reply: {e}")))
+                })
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {}
+        Err(RpcError::ConnectionLost(_)) => {}
+        Err(e) => shared.send_error(&header, &e).await,
+    }
+}
+
+async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {
+    let reason = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.shutdown.notified() => break "closed by this side".to_owned(),
+            next = rx.recv() => next,
+        };
+        match next {
+            Ok(Some(frame)) => shared.on_frame(frame),
+            Ok(None) => break "the peer closed the connection".to_owned(),
+            Err(e) => break format!("the link failed: {e}"),
+        }
+    };
+    shared.close(reason);
+}
+
+/// A call registered in the table and sent.
+pub(crate) struct CallSlot {
+    reply: oneshot::Receiver<ReplyResult>,
+    ack: Option<oneshot::Receiver<()>>,
+    deadline: Option<Instant>,
+    guard: CallGuard,
+}
+
+impl CallSlot {
+    /// Waits for the reply frame, within the deadline.
+    pub(crate) async fn reply(mut self) -> ReplyResult {
+        let reply = &mut self.reply;
+        let received = match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, reply)
+                .await
+                .map_err(|_| RpcError::DeadlineExceeded)?,
+            None => reply.await,
+        };
+        self.guard.finished = true;
+        received.map_err(|_| self.guard.shared.lost())?
+    }
+
+    /// Waits for the server's ack (or an early reply, such as an error), within the deadline.
+    /// Afterwards, dropping the slot no longer cancels the call: it runs to completion.
+    pub(crate) async fn acked(mut self) -> Result<CallSlot, RpcError> {
+        if let Some(ack) = self.ack.take() {
+            let early = &mut self.reply;
+            let wait = async {
+                tokio::select! {
+                    // Either an ack, or the sender dropped because a reply or error arrived
+                    // first; both mean the server has the call.
+                    _ = ack => Ok::<_, RpcError>(None),
+                    r = early => Ok(Some(r)),
+                }
+            };
+            let got = match self.deadline {
+                Some(d) => tokio::time::timeout_at(d, wait)
+                    .await
+                    .map_err(|_| RpcError::DeadlineExceeded)?,
+                None => wait.await,
+            }?;
+            if let Some(early) = got {
+                let result = early.map_err(|_| self.guard.shared.lost())?;
+                self.guard.finished = true;
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(result);
+                self.reply = rx;
+            }
+        }
+        self.guard.cancel_on_drop = false;
+        Ok(self)
+    }
+}
+
+/// Removes a call from the table if its caller goes away, and tells the server to drop it.
+struct CallGuard {
+    shared: Arc<Shared>,
+    call_id: u64,
+    interface: InterfaceId,
+    method: MethodId,
+    cancel_on_drop: bool,
+    finished: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let was_pending = lock(&self.shared.calls).remove(&self.call_id).is_some();
+        if was_pending && self.cancel_on_drop && !self.shared.is_closed() {
+            let shared = Arc::clone(&self.shared);
+            let header = Header::new(FrameKind::Cancel, self.call_id, self.interface, self.method);
+            self.shared.runtime.spawn(async move {
+                let _ = shared.send_frame(header, 0, |_| Ok(())).await;
+            });
+        }
+    }
+}
+
+/// Client side of the handshake: send the hello, check the welcome.
+pub(crate) async fn client_handshake(
+    link: &mut Link,
+    codec: &'static str,
+    client_id: u128,
+    epoch: u64,
+    timeout: Duration,
+) -> Result<(), RpcError> {
+    let hello = Hello {
+        version: u16::from(PROTOCOL_VERSION),
+        codec: codec.to_owned(),
+        client_id,
+        epoch,
+    };
+    send_raw(&*link.tx, &hello.encode()).await?;
+    let answer = tokio::time::timeout(timeout, link.rx.recv())
+        .await
+        .map_err(|_| HandshakeError::Timeout)??
+        .ok_or(HandshakeError::Closed)?;
+    let welcome = Welcome::decode(&answer)?;
+    match welcome.status {
+        WelcomeStatus::Accepted => Ok(()),
+        WelcomeStatus::VersionUnsupported => Err(HandshakeError::Version {
+            ours: u16::from(PROTOCOL_VERSION),
+            theirs: welcome.version,
+        }
+        .into()),
+        WelcomeStatus::CodecUnsupported => Err(HandshakeError::Codec {
+            requested: codec.to_owned(),
+            offered: welcome.codecs,
+        }
+        .into()),
+    }
+}
+
+/// Server side of the handshake: read the hello, pick the codec, answer. Returns the index of
+/// the codec in `codecs` and the hello.
+pub(crate) async fn server_handshake(
+    link: &mut Link,
+    codecs: &[&'static str],
+    timeout: Duration,
+) -> Result<(usize, Hello), RpcError> {
+    let first = tokio::time::timeout(timeout, link.rx.recv())
+        .await
+        .map_err(|_| HandshakeError::Timeout)??
+        .ok_or(HandshakeError::Closed)?;
+    let hello = Hello::decode(&first)?;
+    let offered = codecs.join(",");
+    let answer = |status| Welcome {
+        version: u16::from(PROTOCOL_VERSION),
+        status,
+        codecs: offered.clone(),
+    };
+    if hello.version != u16::from(PROTOCOL_VERSION) {
+        send_raw(
+            &*link.tx,
+            &answer(WelcomeStatus::VersionUnsupported).encode(),
+        )
+        .await?;
+        return Err(HandshakeError::Version {
+            ours: u16::from(PROTOCOL_VERSION),
+            theirs: hello.version,
+        }
+        .into());
+    }
+    let Some(index) = codecs.iter().position(|c| *c == hello.codec) else {
+        send_raw(&*link.tx, &answer(WelcomeStatus::CodecUnsupported).encode()).await?;
+        return Err(HandshakeError::Codec {
+            requested: hello.codec,
+            offered,
+        }
+        .into());
+    };
+    send_raw(&*link.tx, &answer(WelcomeStatus::Accepted).encode()).await?;
+    Ok((index, hello))
+}
+
+async fn send_raw(tx: &dyn LinkTx, message: &[u8]) -> Result<(), TransportError> {
+    let mut buf = tx.buffer(message.len()).await?;
+    bytes::BufMut::put_slice(&mut buf, message);
+    tx.send(buf).await
+}

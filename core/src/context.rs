@@ -1,0 +1,103 @@
+//! [`Context`]: what a handler knows about the call it serves.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::codec::Codec;
+use crate::connection::Shared;
+use crate::error::{HandshakeError, RpcError};
+use crate::ids::{InterfaceId, MethodId};
+use crate::peer::Peer;
+use crate::wire::Header;
+
+/// Per call, on the server: who called, until when, and a way to call them back.
+///
+/// A method receives it when its first parameter (after `&self`) has type `Context`.
+#[derive(Clone)]
+pub struct Context {
+    shared: Arc<Shared>,
+    call_id: u64,
+    interface: InterfaceId,
+    method: MethodId,
+    deadline: Option<Instant>,
+}
+
+impl Context {
+    pub(crate) fn new(shared: Arc<Shared>, header: &Header, deadline: Option<Instant>) -> Self {
+        Context {
+            shared,
+            call_id: header.call_id,
+            interface: header.interface,
+            method: header.method,
+            deadline,
+        }
+    }
+
+    /// Who called, as the transport authenticated them.
+    pub fn peer(&self) -> &Peer {
+        self.shared.peer()
+    }
+
+    /// The caller's id for this call (unique among its calls in flight).
+    pub fn call_id(&self) -> u64 {
+        self.call_id
+    }
+
+    /// The interface called.
+    pub fn interface(&self) -> InterfaceId {
+        self.interface
+    }
+
+    /// The method called.
+    pub fn method(&self) -> MethodId {
+        self.method
+    }
+
+    /// When the caller gives up, if it set a deadline. The handler is dropped at that instant.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline, if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The codec this connection's handshake chose.
+    pub fn codec_name(&self) -> &str {
+        self.shared.codec_name()
+    }
+
+    /// A client for calling back the services the peer exports on this same connection.
+    ///
+    /// `codec` must be the connection's codec (see [`Context::codec_name`]): a server that offers
+    /// several codecs learns which one each client chose. Dropping the returned client does not
+    /// close the connection.
+    pub fn client<C: Codec>(&self, codec: C) -> Result<Client<C>, RpcError> {
+        if C::NAME != self.shared.codec_name() {
+            return Err(HandshakeError::Codec {
+                requested: C::NAME.to_owned(),
+                offered: self.shared.codec_name().to_owned(),
+            }
+            .into());
+        }
+        Ok(Client::borrowed(Arc::clone(&self.shared), codec))
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("peer", self.peer())
+            .field("call_id", &self.call_id)
+            .field("interface", &self.interface)
+            .field("method", &self.method)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}

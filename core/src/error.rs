@@ -1,0 +1,252 @@
+//! Errors: [`RpcError`] for everything that can go wrong in a call, and the smaller errors of the
+//! layers beneath it.
+
+use std::fmt;
+
+use crate::ids::{InterfaceId, MethodId};
+use crate::wire::{ErrorCode, FrameProblem};
+
+/// Everything that can go wrong in a call.
+///
+/// Application errors are not here: a method that returns `Result<T, E>` delivers `E` to the
+/// caller as `Ok(Err(e))`, typed. An `RpcError` means the call itself did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The connection closed or failed before the reply arrived. The call may or may not have
+    /// run on the server; reconnect, and retry only if the method is idempotent.
+    #[error("connection lost before the reply arrived: {0}")]
+    ConnectionLost(String),
+    /// The call's deadline passed. The server drops the handler when it sees the deadline pass;
+    /// raise the timeout in `CallOptions` if the method is legitimately slow.
+    #[error("the call's deadline passed before the reply arrived")]
+    DeadlineExceeded,
+    /// The server has no service with this interface id: check that the service is registered
+    /// on the server and that both sides agree on its id.
+    #[error("the server has no service with interface id {interface}")]
+    UnknownInterface {
+        /// The interface that was called.
+        interface: InterfaceId,
+    },
+    /// The service exists but has no method with this id: the client was probably built
+    /// against a newer definition of the service.
+    #[error("the service {interface} has no method with id {method}")]
+    UnknownMethod {
+        /// The interface that was called.
+        interface: InterfaceId,
+        /// The method that was called.
+        method: MethodId,
+    },
+    /// The client and the server were built against different versions of the service.
+    #[error("version mismatch for interface {interface}: {message}")]
+    VersionMismatch {
+        /// The interface that was called.
+        interface: InterfaceId,
+        /// What each side has.
+        message: String,
+    },
+    /// The server's authorizer refused this peer the method.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// The server has too many calls running on this connection; back off and retry.
+    #[error("the server is overloaded: {0}")]
+    Overloaded(String),
+    /// The arguments or the reply could not be encoded or decoded. Both sides must use the same
+    /// types for a method; the message says which value failed.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// The server could not decode the arguments of the call.
+    #[error("the server could not decode the call's arguments: {0}")]
+    BadRequest(String),
+    /// A frame was larger than the configured limit; raise `max_frame_size` on both sides or
+    /// send less per call.
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The peer broke the protocol (a malformed frame). The connection's other calls go on.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The handshake failed: the two sides cannot talk.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The transport failed to connect or to carry a frame.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The handler panicked or its reply could not be produced; see the server's log.
+    #[error("the server failed to handle the call: {0}")]
+    Internal(String),
+    /// A blocking call was made from inside an async runtime, where blocking the thread would
+    /// stall other tasks; `.await` the async method instead.
+    #[error("blocking call made from inside an async runtime; await the async method instead")]
+    BlockingInAsync,
+    /// The server returned an error code this version does not know.
+    #[error("the server returned error code {code}: {message}")]
+    Remote {
+        /// The raw code.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl RpcError {
+    /// The code and message to put in an error frame for this error.
+    pub(crate) fn to_wire(&self) -> (ErrorCode, String) {
+        let code = match self {
+            RpcError::UnknownInterface { .. } => ErrorCode::UnknownInterface,
+            RpcError::UnknownMethod { .. } => ErrorCode::UnknownMethod,
+            RpcError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+            RpcError::BadRequest(_) | RpcError::Codec(_) => ErrorCode::BadRequest,
+            RpcError::AccessDenied(_) => ErrorCode::AccessDenied,
+            RpcError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+            RpcError::Overloaded(_) => ErrorCode::Overloaded,
+            RpcError::Protocol(_) => ErrorCode::Protocol,
+            RpcError::FrameTooLarge { .. } => ErrorCode::TooLarge,
+            _ => ErrorCode::Internal,
+        };
+        let message = match self {
+            RpcError::BadRequest(m)
+            | RpcError::Codec(m)
+            | RpcError::AccessDenied(m)
+            | RpcError::Overloaded(m)
+            | RpcError::Protocol(m)
+            | RpcError::Internal(m) => m.clone(),
+            RpcError::VersionMismatch { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        (code, message)
+    }
+
+    /// Rebuilds the error a server reported in an error frame.
+    pub(crate) fn from_wire(
+        code: Option<ErrorCode>,
+        raw: u16,
+        message: String,
+        interface: InterfaceId,
+        method: MethodId,
+    ) -> RpcError {
+        match code {
+            Some(ErrorCode::UnknownInterface) => RpcError::UnknownInterface { interface },
+            Some(ErrorCode::UnknownMethod) => RpcError::UnknownMethod { interface, method },
+            Some(ErrorCode::VersionMismatch) => RpcError::VersionMismatch { interface, message },
+            Some(ErrorCode::BadRequest) => RpcError::BadRequest(message),
+            Some(ErrorCode::AccessDenied) => RpcError::AccessDenied(message),
+            Some(ErrorCode::DeadlineExceeded) => RpcError::DeadlineExceeded,
+            Some(ErrorCode::Overloaded) => RpcError::Overloaded(message),
+            Some(ErrorCode::Internal) => RpcError::Internal(message),
+            Some(ErrorCode::Protocol) => RpcError::Protocol(message),
+            Some(ErrorCode::TooLarge) => {
+                // Our own peers say "frame of N bytes exceeds the limit of M bytes".
+                let numbers: Vec<usize> = message
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                match numbers[..] {
+                    [size, limit] => RpcError::FrameTooLarge { size, limit },
+                    _ => RpcError::Protocol(message),
+                }
+            }
+            None => RpcError::Remote { code: raw, message },
+        }
+    }
+}
+
+impl From<FrameProblem> for RpcError {
+    fn from(p: FrameProblem) -> Self {
+        match p {
+            FrameProblem::TooLarge { len, limit } => RpcError::FrameTooLarge { size: len, limit },
+            other => RpcError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// The two sides could not agree on how to talk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The peer speaks another protocol version; upgrade the older side.
+    #[error("protocol version mismatch: this side speaks {ours}, the peer {theirs}")]
+    Version {
+        /// This side's version.
+        ours: u16,
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// The server does not offer the client's codec; use one the server offers.
+    #[error("the server does not offer the codec `{requested}`; it offers: {offered}")]
+    Codec {
+        /// The codec the client asked for.
+        requested: String,
+        /// The codecs the server offers, comma-separated.
+        offered: String,
+    },
+    /// The peer sent something that is not a Courier handshake: is it a Courier endpoint?
+    #[error("malformed handshake: {0}")]
+    Malformed(String),
+    /// The peer did not complete the handshake in time.
+    #[error("the peer did not complete the handshake in time")]
+    Timeout,
+    /// The link closed during the handshake.
+    #[error("the link closed during the handshake")]
+    Closed,
+}
+
+/// A transport failed to connect or to carry a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The link is closed; no more frames can be sent on it.
+    #[error("the link is closed")]
+    Closed,
+    /// Nothing listens at the address.
+    #[error("nothing listens at `{0}`")]
+    NotFound(String),
+    /// The address is already taken by another listener.
+    #[error("the address `{0}` is already in use")]
+    AddrInUse(String),
+    /// The frame is larger than the transport or the configuration allows.
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// Any other failure, described by the transport.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A codec failed to encode or decode a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecError(String);
+
+impl CodecError {
+    /// An error with the given description.
+    pub fn new(message: impl fmt::Display) -> Self {
+        CodecError(message.to_string())
+    }
+
+    /// The description.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+impl From<CodecError> for RpcError {
+    fn from(e: CodecError) -> Self {
+        RpcError::Codec(e.0)
+    }
+}

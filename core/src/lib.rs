@@ -1,0 +1,95 @@
+//! Courier: async-first RPC where a service is a Rust trait.
+//!
+//! `#[courier::service]` on a trait of `async fn`s generates the client stub (`FooClient<C>`)
+//! and the server dispatcher (`FooServer<S>`). A [`Codec`] (CBOR in `courier-cbor`, XDR in
+//! `courier-xdr`) turns arguments into endianness-neutral bytes, and a transport carries them:
+//! [`transport::mem`] within a process, QUIC between machines, shared memory between processes.
+//! Codec and transport are chosen independently.
+//!
+//! ```
+//! use courier::{transport::mem, Client, Server, RpcError};
+//! use courier_cbor::Cbor;
+//!
+//! #[courier::service]
+//! pub trait Calc {
+//!     /// Adds two numbers.
+//!     async fn add(&self, a: i32, b: i32) -> i32;
+//!     /// Divides, or says why it cannot.
+//!     async fn div(&self, a: i32, b: i32) -> Result<i32, String>;
+//! }
+//!
+//! struct MyCalc;
+//! impl Calc for MyCalc {
+//!     async fn add(&self, a: i32, b: i32) -> i32 { a + b }
+//!     async fn div(&self, a: i32, b: i32) -> Result<i32, String> {
+//!         a.checked_div(b).ok_or_else(|| "division by zero".to_owned())
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), RpcError> {
+//! let server = Server::builder(Cbor::default()).service(CalcServer::new(MyCalc)).build();
+//! let listener = mem::Listener::bind("calc")?;
+//! tokio::spawn(async move { server.serve(listener).await });
+//!
+//! let calc = CalcClient::new(Client::builder(Cbor::default()).connect(&mem::Dialer::new("calc")).await?);
+//! assert_eq!(calc.add(2, 3).await?, 5);
+//! assert_eq!(calc.div(1, 0).await?, Err("division by zero".to_owned()));
+//! # Ok(()) }
+//! ```
+//!
+//! # Call kinds
+//!
+//! Every method of the stub comes in these forms:
+//!
+//! | form | resolves when |
+//! |---|---|
+//! | `calc.add(a, b).await` | the reply arrives |
+//! | `calc.add_blocking(a, b)` | the same, blocking a thread that has no runtime |
+//! | `calc.add_acked(a, b).await` | the server has the call, before the method runs; the [`Pending`] it returns resolves with the reply |
+//!
+//! A method marked `#[oneway]` (it must return `()`) is fire and forget: `calc.log(msg).await`
+//! resolves once the transport has taken the request, and no reply ever comes.
+//!
+//! A method whose first parameter after `&self` is a [`Context`] receives the call's context:
+//! the peer, the deadline, and [`Context::client`] to call back services that the client
+//! exported on the same connection ([`ClientBuilder::export`]).
+//!
+//! # Limits
+//!
+//! Nothing a peer sends can panic this side or make it allocate without bound. [`Limits`] holds
+//! the frame size, calls in flight and concurrent handlers, each with a safe default. A
+//! malformed frame fails that one call; the connection's other calls go on.
+
+#![warn(clippy::unwrap_used)]
+
+// The generated code names `::courier`; this makes that path work inside this crate too.
+extern crate self as courier;
+
+mod client;
+pub mod codec;
+mod connection;
+mod context;
+pub mod dispatch;
+pub mod error;
+pub mod ids;
+mod options;
+mod peer;
+mod server;
+pub mod transport;
+pub mod wire;
+
+pub use client::{Client, ClientBuilder, Pending};
+pub use codec::{Codec, CodecSet};
+pub use context::Context;
+pub use courier_macros::service;
+pub use error::{CodecError, HandshakeError, RpcError, TransportError};
+pub use ids::{InterfaceId, MethodDesc, MethodId};
+pub use options::{CallOptions, Limits};
+pub use peer::Peer;
+pub use server::{Server, ServerBuilder};
+
+/// Re-exports for the code that `#[courier::service]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}

@@ -1,0 +1,98 @@
+//! Per-call options on the client, and per-connection limits on both sides.
+
+use std::time::Duration;
+
+/// Options for one call: its deadline.
+///
+/// Stubs carry a default set; `FooClient::with_options` makes a stub with other defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = courier::CallOptions::new().timeout(Duration::from_millis(250));
+/// assert_eq!(opts.timeout_value(), Some(Duration::from_millis(250)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// No deadline: the call waits until the reply arrives or the connection is lost.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives the call a deadline `timeout` after it starts. The server is told the remaining
+    /// budget and drops the handler when it passes; the caller gets
+    /// [`RpcError::DeadlineExceeded`](crate::RpcError::DeadlineExceeded).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The timeout, if one is set.
+    pub fn timeout_value(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
+/// Limits that protect one side of a connection from its peer. Each has a safe default.
+///
+/// ```
+/// let limits = courier::Limits::default().max_frame_size(1 << 20).max_in_flight(64);
+/// assert_eq!(limits.frame_size_limit(), 1 << 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_handlers: usize,
+    pub(crate) handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_size: 16 * 1024 * 1024 + crate::wire::HEADER_LEN,
+            max_in_flight: 1024,
+            max_handlers: 4096,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// Largest frame (header and payload) this side sends or accepts. Default: 16 MiB of
+    /// payload plus the header. A larger frame is refused with
+    /// [`RpcError::FrameTooLarge`](crate::RpcError::FrameTooLarge); the connection goes on.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes.max(crate::wire::HEADER_LEN);
+        self
+    }
+
+    /// How many calls this side may have waiting for replies at once. Default: 1024. Further
+    /// calls wait for a slot (back-pressure), within their deadline.
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = calls.max(1);
+        self
+    }
+
+    /// How many of the peer's calls may run here at once. Default: 4096. A call beyond it is
+    /// refused at once with [`RpcError::Overloaded`](crate::RpcError::Overloaded) rather than
+    /// queued without bound.
+    pub fn max_handlers(mut self, calls: usize) -> Self {
+        self.max_handlers = calls.max(1);
+        self
+    }
+
+    /// How long the handshake may take. Default: 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The frame size limit in force.
+    pub fn frame_size_limit(&self) -> usize {
+        self.max_frame_size
+    }
+}

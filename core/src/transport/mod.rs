@@ -1,0 +1,104 @@
+//! What a transport implements, and the in-process transport [`mem`].
+//!
+//! A transport turns an address into a [`Link`]: a pair of halves that carry *messages*
+//! (whole frames, and the two handshake messages) in order, plus the [`Peer`] it authenticated.
+//! The connection engine does the rest: call table, deadlines, cancellation, dispatch.
+//!
+//! # Marshal once, into the memory that travels
+//!
+//! Sending is two steps so that the codec writes straight into transport memory:
+//! [`LinkTx::buffer`] hands out a [`FrameBuf`] (the engine writes the header and the codec
+//! writes the payload into it), then [`LinkTx::send`] publishes it. Receiving yields a
+//! [`Bytes`] holding one whole frame, which the codec decodes in place.
+//!
+//! How the transports implement this:
+//!
+//! - **In-process** ([`mem`]): the buffer is a `BytesMut`; `send` freezes it and moves it through
+//!   a bounded channel, so the receiver decodes the very bytes the sender wrote.
+//! - **QUIC**: the buffer is a `BytesMut`; `send` writes it to the call's stream (a new
+//!   bidirectional stream for a call, the call's stream for its reply, a unidirectional stream
+//!   for a one-way call), which quinn sends without another copy. `recv` reads whole frames off
+//!   the streams, bounded by the frame size limit.
+//! - **Shared memory**: `buffer` reserves space in the sending ring of the shared segment and
+//!   returns a `FrameBuf` that writes into it directly, growing into an overflow area if the
+//!   frame outgrows the reservation; `send` publishes the ring's tail and wakes the receiver if
+//!   it sleeps. `recv` returns a `Bytes` over the ring slot (`Bytes::from_owner`) that releases
+//!   the slot when dropped, so decoding borrows straight from the segment.
+
+pub mod mem;
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
+
+use crate::error::TransportError;
+use crate::peer::Peer;
+
+/// Memory for one outgoing message, provided by the transport.
+pub trait FrameBuf: BufMut + Send + Any {
+    /// How many bytes have been written so far.
+    fn written(&self) -> usize;
+
+    /// Overwrites `bytes.len()` bytes already written, starting at `offset`; used to fill in
+    /// the payload length once the codec is done.
+    ///
+    /// # Panics
+    ///
+    /// May panic if the range was not written yet; the engine only patches its own header.
+    fn patch(&mut self, offset: usize, bytes: &[u8]);
+}
+
+impl FrameBuf for BytesMut {
+    fn written(&self) -> usize {
+        self.len()
+    }
+
+    fn patch(&mut self, offset: usize, bytes: &[u8]) {
+        self[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+}
+
+/// The sending half of a link. Shared by every call on the connection.
+pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
+    /// Memory for a message of about `size_hint` bytes. May wait for room (back-pressure).
+    fn buffer(&self, size_hint: usize) -> BoxFuture<'_, Result<Box<dyn FrameBuf>, TransportError>>;
+
+    /// Sends a message written into a buffer from [`LinkTx::buffer`]. Resolves once the
+    /// transport has taken it; may wait for room (back-pressure).
+    fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>>;
+
+    /// Closes the sending direction: the peer's `recv` ends after what was sent.
+    fn close(&self);
+}
+
+/// The receiving half of a link. Owned by the connection's reader.
+pub trait LinkRx: Send + fmt::Debug + 'static {
+    /// The next whole message, or `None` once the peer has closed the link.
+    fn recv(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, TransportError>>;
+}
+
+/// A connected link: both halves and who is on the other end.
+#[derive(Debug)]
+pub struct Link {
+    /// The sending half.
+    pub tx: Box<dyn LinkTx>,
+    /// The receiving half.
+    pub rx: Box<dyn LinkRx>,
+    /// The peer, as the transport authenticated it.
+    pub peer: Peer,
+}
+
+/// Accepts links, on the server side.
+pub trait Listener: Send + 'static {
+    /// Waits for the next link. An error here ends [`Server::serve`](crate::Server::serve).
+    fn accept(&mut self) -> impl Future<Output = Result<Link, TransportError>> + Send;
+}
+
+/// Opens links to one address, on the client side.
+pub trait Connector: Send + Sync {
+    /// Opens a new link.
+    fn connect(&self) -> impl Future<Output = Result<Link, TransportError>> + Send;
+}

@@ -1,0 +1,605 @@
+//! The wire format: the fixed frame header and the per-connection handshake.
+//!
+//! Every frame Courier sends is a 32-byte header followed by the codec's payload. The header is
+//! big-endian and the same whatever the codec, so a peer can route, cancel and reject a frame
+//! without understanding its payload.
+//!
+//! # Frame header
+//!
+//! | offset | size | field | notes |
+//! |-------:|-----:|-------|-------|
+//! | 0  | 1 | protocol version | [`PROTOCOL_VERSION`]; at the same offset in every version |
+//! | 1  | 1 | kind | [`FrameKind`]: 1 Call, 2 OneWay, 3 Ack, 4 Reply, 5 Error, 6 Cancel |
+//! | 2  | 2 | flags | bit 0: [`Flags::ACK`] (the caller wants an Ack before the method runs); other bits must be zero |
+//! | 4  | 4 | interface id | [`InterfaceId`] of the service called |
+//! | 8  | 8 | call id | chosen by the caller, unique among its calls in flight; at the same offset in every version |
+//! | 16 | 4 | method id | [`MethodId`] within the interface |
+//! | 20 | 2 | interface version | the version of the interface the caller was built against |
+//! | 22 | 2 | reserved | must be zero |
+//! | 24 | 4 | payload length | bytes after the header; must equal the rest of the frame |
+//! | 28 | 4 | deadline budget | microseconds left when the frame was sent; 0 = none. Relative, so clocks need not agree |
+//!
+//! Replies, errors, acks and cancels echo the call id (and interface and method) of the call they
+//! answer. A budget longer than `u32::MAX` µs (about 71 minutes) is sent as 0: the server then
+//! enforces no deadline, while the caller still enforces its own.
+//!
+//! # Error payload
+//!
+//! An [`FrameKind::Error`] frame carries a codec-independent payload, so that errors raised before
+//! any codec is involved (an unknown interface, a malformed frame) can always be reported:
+//! a 2-byte big-endian [`ErrorCode`] followed by a UTF-8 message (the rest of the payload).
+//!
+//! # Handshake
+//!
+//! Before any frame, the connecting side sends a *hello* and the accepting side answers with a
+//! *welcome*, each as one transport message:
+//!
+//! | hello field | size | | welcome field | size |
+//! |---|---:|---|---|---:|
+//! | magic `b"CRPC"` | 4 | | magic `b"CRPC"` | 4 |
+//! | protocol version | 2 | | protocol version | 2 |
+//! | codec name length *n* (1–32) | 1 | | status (0 accepted, 1 version unsupported, 2 codec unsupported) | 1 |
+//! | codec name, ASCII | *n* | | codec names the server offers, comma-separated: length | 1 |
+//! | client id | 16 | | … and the names | *m* |
+//! | epoch | 8 | | | |
+//!
+//! The client id is random per client process and the epoch changes on every process start, so a
+//! server can tell a restarted client (a new epoch for a known id) from a reconnecting one.
+
+use bytes::{BufMut, Bytes};
+
+use crate::error::HandshakeError;
+use crate::ids::{InterfaceId, MethodId};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Size of the frame header in bytes.
+pub const HEADER_LEN: usize = 32;
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum FrameKind {
+    /// A call that expects a reply (or an error).
+    Call = 1,
+    /// A call that never gets a reply.
+    OneWay = 2,
+    /// The server has received a call that asked for [`Flags::ACK`]; the method has not run yet.
+    Ack = 3,
+    /// The successful result of a call, encoded by the codec.
+    Reply = 4,
+    /// A call failed; the payload is an [`ErrorCode`] and a message.
+    Error = 5,
+    /// The caller no longer wants the result; the server drops the handler.
+    Cancel = 6,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Call,
+            2 => Self::OneWay,
+            3 => Self::Ack,
+            4 => Self::Reply,
+            5 => Self::Error,
+            6 => Self::Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// Header flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// No flags.
+    pub const NONE: Flags = Flags(0);
+    /// The caller wants an [`FrameKind::Ack`] as soon as the server has the call.
+    pub const ACK: Flags = Flags(1);
+    const KNOWN: u16 = Self::ACK.0;
+
+    /// The raw bits.
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// Whether every flag of `other` is set in `self`.
+    pub const fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// The fixed part of every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// What the frame is.
+    pub kind: FrameKind,
+    /// Flags; see [`Flags`].
+    pub flags: Flags,
+    /// Which service.
+    pub interface: InterfaceId,
+    /// The call this frame belongs to.
+    pub call_id: u64,
+    /// Which method of the service.
+    pub method: MethodId,
+    /// The interface version the caller was built against.
+    pub version: u16,
+    /// Length of the payload that follows the header.
+    pub payload_len: u32,
+    /// Microseconds left before the caller gives up; 0 means no deadline.
+    pub budget_micros: u32,
+}
+
+impl Header {
+    /// A header with no flags, no deadline and an empty payload.
+    pub fn new(kind: FrameKind, call_id: u64, interface: InterfaceId, method: MethodId) -> Self {
+        Header {
+            kind,
+            flags: Flags::NONE,
+            interface,
+            call_id,
+            method,
+            version: 0,
+            payload_len: 0,
+            budget_micros: 0,
+        }
+    }
+
+    /// Writes the 32 header bytes.
+    pub fn encode<B: BufMut + ?Sized>(&self, out: &mut B) {
+        out.put_u8(PROTOCOL_VERSION);
+        out.put_u8(self.kind as u8);
+        out.put_u16(self.flags.0);
+        out.put_u32(self.interface.get());
+        out.put_u64(self.call_id);
+        out.put_u32(self.method.get());
+        out.put_u16(self.version);
+        out.put_u16(0);
+        out.put_u32(self.payload_len);
+        out.put_u32(self.budget_micros);
+    }
+
+    /// Encodes the header into an array.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        self.encode(&mut &mut out[..]);
+        out
+    }
+
+    /// Parses and checks the header at the start of `frame`, which must be one whole frame.
+    ///
+    /// The error tells what was wrong and, when the frame was long enough to carry one, the call
+    /// id it claimed, so the receiver can fail that one call instead of the connection.
+    pub fn decode(frame: &[u8]) -> Result<Header, FrameError> {
+        let call_id = (frame.len() >= 16).then(|| be_u64(&frame[8..16]));
+        let fail = |problem| FrameError { call_id, problem };
+        if frame.len() < HEADER_LEN {
+            return Err(fail(FrameProblem::Truncated { len: frame.len() }));
+        }
+        if frame[0] != PROTOCOL_VERSION {
+            return Err(fail(FrameProblem::Version { got: frame[0] }));
+        }
+        let kind = FrameKind::from_u8(frame[1])
+            .ok_or(fail(FrameProblem::UnknownKind { got: frame[1] }))?;
+        let flags = be_u16(&frame[2..4]);
+        if flags & !Flags::KNOWN != 0 {
+            return Err(fail(FrameProblem::UnknownFlags { got: flags }));
+        }
+        if frame[22..24] != [0, 0] {
+            return Err(fail(FrameProblem::Reserved));
+        }
+        let payload_len = be_u32(&frame[24..28]);
+        let actual = frame.len() - HEADER_LEN;
+        if payload_len as usize != actual {
+            return Err(fail(FrameProblem::LengthMismatch {
+                declared: payload_len,
+                actual,
+            }));
+        }
+        Ok(Header {
+            kind,
+            flags: Flags(flags),
+            interface: InterfaceId::new(be_u32(&frame[4..8])),
+            call_id: be_u64(&frame[8..16]),
+            method: MethodId::new(be_u32(&frame[16..20])),
+            version: be_u16(&frame[20..22]),
+            payload_len,
+            budget_micros: be_u32(&frame[28..32]),
+        })
+    }
+}
+
+fn be_u16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// A frame that could not be accepted, and the call it claimed to belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The call id at offset 8, when the frame was long enough to carry one.
+    pub call_id: Option<u64>,
+    /// What was wrong.
+    pub problem: FrameProblem,
+}
+
+/// What was wrong with a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameProblem {
+    /// Shorter than the header.
+    #[error("frame of {len} bytes is shorter than the {HEADER_LEN}-byte header")]
+    Truncated {
+        /// The frame's length.
+        len: usize,
+    },
+    /// A protocol version this side does not speak.
+    #[error("frame has protocol version {got}, this side speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// The version byte received.
+        got: u8,
+    },
+    /// A kind byte that names no frame kind.
+    #[error("frame kind {got} is unknown")]
+    UnknownKind {
+        /// The kind byte received.
+        got: u8,
+    },
+    /// Flag bits this version does not define.
+    #[error("frame sets unknown flag bits {got:#06x}")]
+    UnknownFlags {
+        /// The flags received.
+        got: u16,
+    },
+    /// The reserved bytes were not zero.
+    #[error("frame's reserved bytes are not zero")]
+    Reserved,
+    /// The payload length in the header disagrees with the frame.
+    #[error("header declares a {declared}-byte payload but {actual} bytes follow it")]
+    LengthMismatch {
+        /// The length in the header.
+        declared: u32,
+        /// The bytes that actually follow.
+        actual: usize,
+    },
+    /// The frame is larger than the configured limit.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+/// Codes carried by [`FrameKind::Error`] frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No service with that interface id is registered.
+    UnknownInterface = 1,
+    /// The service has no method with that id.
+    UnknownMethod = 2,
+    /// The service's version differs from the caller's.
+    VersionMismatch = 3,
+    /// The arguments could not be decoded.
+    BadRequest = 4,
+    /// The authorizer refused the call.
+    AccessDenied = 5,
+    /// The deadline passed before the handler finished.
+    DeadlineExceeded = 6,
+    /// The server has too many calls running on this connection.
+    Overloaded = 7,
+    /// The handler panicked or its reply could not be encoded.
+    Internal = 8,
+    /// The frame was malformed.
+    Protocol = 9,
+    /// The frame exceeded the size limit.
+    TooLarge = 10,
+}
+
+impl ErrorCode {
+    /// The code for a raw value, if it names one.
+    pub fn from_u16(v: u16) -> Option<Self> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => UnknownInterface,
+            2 => UnknownMethod,
+            3 => VersionMismatch,
+            4 => BadRequest,
+            5 => AccessDenied,
+            6 => DeadlineExceeded,
+            7 => Overloaded,
+            8 => Internal,
+            9 => Protocol,
+            10 => TooLarge,
+            _ => return None,
+        })
+    }
+}
+
+/// Encodes an error payload: code then message.
+pub fn encode_error_payload<B: BufMut + ?Sized>(code: ErrorCode, message: &str, out: &mut B) {
+    out.put_u16(code as u16);
+    out.put_slice(message.as_bytes());
+}
+
+/// Decodes an error payload. Unknown codes and invalid UTF-8 are kept, not rejected: an error
+/// report should reach the user even from a newer peer.
+pub fn decode_error_payload(payload: &[u8]) -> (Option<ErrorCode>, u16, String) {
+    if payload.len() < 2 {
+        return (None, 0, String::from("error frame without a code"));
+    }
+    let raw = be_u16(payload);
+    let message = String::from_utf8_lossy(&payload[2..]).into_owned();
+    (ErrorCode::from_u16(raw), raw, message)
+}
+
+const MAGIC: &[u8; 4] = b"CRPC";
+const MAX_CODEC_NAME: usize = 32;
+
+/// The hello a connecting side sends first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The protocol version the client speaks.
+    pub version: u16,
+    /// The codec the client will use.
+    pub codec: String,
+    /// Random per client process.
+    pub client_id: u128,
+    /// New on every client process start.
+    pub epoch: u64,
+}
+
+impl Hello {
+    /// Encodes the hello.
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(4 + 2 + 1 + self.codec.len() + 24);
+        out.extend_from_slice(MAGIC);
+        out.put_u16(self.version);
+        out.put_u8(self.codec.len() as u8);
+        out.extend_from_slice(self.codec.as_bytes());
+        out.put_u128(self.client_id);
+        out.put_u64(self.epoch);
+        out.into()
+    }
+
+    /// Decodes and checks a hello.
+    pub fn decode(b: &[u8]) -> Result<Hello, HandshakeError> {
+        let bad = |why: &str| HandshakeError::Malformed(why.to_owned());
+        if b.len() < 7 || &b[..4] != MAGIC {
+            return Err(bad("hello does not start with the Courier magic"));
+        }
+        let version = be_u16(&b[4..6]);
+        let n = b[6] as usize;
+        if n == 0 || n > MAX_CODEC_NAME {
+            return Err(bad("codec name length out of range"));
+        }
+        if b.len() != 7 + n + 24 {
+            return Err(bad("hello has the wrong length"));
+        }
+        let codec = std::str::from_utf8(&b[7..7 + n])
+            .ok()
+            .filter(|s| s.is_ascii())
+            .ok_or_else(|| bad("codec name is not ASCII"))?
+            .to_owned();
+        let rest = &b[7 + n..];
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&rest[..16]);
+        Ok(Hello {
+            version,
+            codec,
+            client_id: u128::from_be_bytes(id),
+            epoch: be_u64(&rest[16..24]),
+        })
+    }
+}
+
+/// Whether the server accepted a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum WelcomeStatus {
+    /// Accepted: calls may flow.
+    Accepted = 0,
+    /// The server does not speak the client's protocol version.
+    VersionUnsupported = 1,
+    /// The server does not offer the client's codec.
+    CodecUnsupported = 2,
+}
+
+/// The server's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The protocol version the server speaks.
+    pub version: u16,
+    /// Whether the hello was accepted.
+    pub status: WelcomeStatus,
+    /// The codecs the server offers, comma-separated.
+    pub codecs: String,
+}
+
+impl Welcome {
+    /// Encodes the welcome.
+    pub fn encode(&self) -> Bytes {
+        let codecs = &self.codecs.as_bytes()[..self.codecs.len().min(255)];
+        let mut out = Vec::with_capacity(8 + codecs.len());
+        out.extend_from_slice(MAGIC);
+        out.put_u16(self.version);
+        out.put_u8(self.status as u8);
+        out.put_u8(codecs.len() as u8);
+        out.extend_from_slice(codecs);
+        out.into()
+    }
+
+    /// Decodes and checks a welcome.
+    pub fn decode(b: &[u8]) -> Result<Welcome, HandshakeError> {
+        let bad = |why: &str| HandshakeError::Malformed(why.to_owned());
+        if b.len() < 8 || &b[..4] != MAGIC {
+            return Err(bad("welcome does not start with the Courier magic"));
+        }
+        let status = match b[6] {
+            0 => WelcomeStatus::Accepted,
+            1 => WelcomeStatus::VersionUnsupported,
+            2 => WelcomeStatus::CodecUnsupported,
+            _ => return Err(bad("unknown welcome status")),
+        };
+        let m = b[7] as usize;
+        if b.len() != 8 + m {
+            return Err(bad("welcome has the wrong length"));
+        }
+        Ok(Welcome {
+            version: be_u16(&b[4..6]),
+            status,
+            codecs: String::from_utf8_lossy(&b[8..]).into_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the exact bytes of the header layout documented above.
+    #[test]
+    fn header_layout_is_pinned() {
+        let h = Header {
+            kind: FrameKind::Call,
+            flags: Flags::ACK,
+            interface: InterfaceId::new(0x0A0B_0C0D),
+            call_id: 0x0102_0304_0506_0708,
+            method: MethodId::new(0x1112_1314),
+            version: 0x2122,
+            payload_len: 3,
+            budget_micros: 0x3132_3334,
+        };
+        let bytes = h.to_bytes();
+        #[rustfmt::skip]
+        let expected: [u8; 32] = [
+            1, 1, 0x00, 0x01,                               // version, kind, flags
+            0x0A, 0x0B, 0x0C, 0x0D,                         // interface id
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // call id
+            0x11, 0x12, 0x13, 0x14,                         // method id
+            0x21, 0x22, 0, 0,                               // interface version, reserved
+            0, 0, 0, 3,                                     // payload length
+            0x31, 0x32, 0x33, 0x34,                         // deadline budget
+        ];
+        assert_eq!(bytes, expected);
+        let mut frame = bytes.to_vec();
+        frame.extend_from_slice(b"abc");
+        assert_eq!(Header::decode(&frame), Ok(h));
+    }
+
+    #[test]
+    fn kinds_have_their_documented_values() {
+        for (kind, v) in [
+            (FrameKind::Call, 1),
+            (FrameKind::OneWay, 2),
+            (FrameKind::Ack, 3),
+            (FrameKind::Reply, 4),
+            (FrameKind::Error, 5),
+            (FrameKind::Cancel, 6),
+        ] {
+            assert_eq!(kind as u8, v);
+            assert_eq!(FrameKind::from_u8(v), Some(kind));
+        }
+    }
+
+    #[test]
+    fn malformed_headers_are_rejected_with_the_call_id() {
+        let good = Header::new(FrameKind::Call, 77, InterfaceId::new(1), MethodId::new(2));
+        let bytes = good.to_bytes();
+
+        let e = Header::decode(&bytes[..10]).unwrap_err();
+        assert_eq!(e.call_id, None);
+        assert!(matches!(e.problem, FrameProblem::Truncated { len: 10 }));
+
+        let e = Header::decode(&bytes[..20]).unwrap_err();
+        assert_eq!(e.call_id, Some(77));
+
+        let mut v = bytes;
+        v[0] = 9;
+        let e = Header::decode(&v).unwrap_err();
+        assert_eq!(e.problem, FrameProblem::Version { got: 9 });
+        assert_eq!(e.call_id, Some(77));
+
+        let mut v = bytes;
+        v[1] = 42;
+        assert_eq!(
+            Header::decode(&v).unwrap_err().problem,
+            FrameProblem::UnknownKind { got: 42 }
+        );
+
+        let mut v = bytes;
+        v[3] = 0x80;
+        assert!(matches!(
+            Header::decode(&v).unwrap_err().problem,
+            FrameProblem::UnknownFlags { .. }
+        ));
+
+        let mut v = bytes;
+        v[23] = 1;
+        assert_eq!(
+            Header::decode(&v).unwrap_err().problem,
+            FrameProblem::Reserved
+        );
+
+        let mut v = bytes.to_vec();
+        v[27] = 200; // claims 200 bytes of payload, has 1
+        v.push(0);
+        assert_eq!(
+            Header::decode(&v).unwrap_err().problem,
+            FrameProblem::LengthMismatch {
+                declared: 200,
+                actual: 1
+            }
+        );
+    }
+
+    #[test]
+    fn handshake_round_trips_and_rejects_garbage() {
+        let h = Hello {
+            version: 1,
+            codec: "cbor".into(),
+            client_id: 0xDEAD_BEEF,
+            epoch: 7,
+        };
+        assert_eq!(Hello::decode(&h.encode()), Ok(h.clone()));
+        let w = Welcome {
+            version: 1,
+            status: WelcomeStatus::CodecUnsupported,
+            codecs: "xdr".into(),
+        };
+        assert_eq!(Welcome::decode(&w.encode()), Ok(w));
+
+        assert!(Hello::decode(b"nope").is_err());
+        let mut bad = h.encode().to_vec();
+        bad[6] = 200; // codec name length beyond the limit
+        assert!(Hello::decode(&bad).is_err());
+        let bad = &h.encode()[..20];
+        assert!(Hello::decode(bad).is_err());
+        assert!(Welcome::decode(b"CRPC\0\x01\x07\0").is_err());
+    }
+
+    #[test]
+    fn error_payload_round_trips() {
+        let mut v = Vec::new();
+        encode_error_payload(ErrorCode::AccessDenied, "no", &mut v);
+        assert_eq!(
+            decode_error_payload(&v),
+            (Some(ErrorCode::AccessDenied), 5, "no".to_owned())
+        );
+        assert_eq!(decode_error_payload(&[1]).0, None);
+    }
+}

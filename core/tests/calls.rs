@@ -1,0 +1,362 @@
+//! Call kinds and call semantics over the in-process transport.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use courier::{CallOptions, Client, Limits, MethodId, RpcError, Server};
+use courier_cbor::Cbor;
+use futures::future::join_all;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_calls_each_get_their_own_reply() {
+    within(async {
+        let (server, _probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        let calls = (0..10_000u64).map(|i| {
+            let lab = lab.clone();
+            async move { (i, lab.echo(i * 7 + 1).await) }
+        });
+        let results = join_all(calls).await;
+        assert_eq!(results.len(), 10_000);
+        for (i, r) in results {
+            assert_eq!(r.unwrap(), i * 7 + 1);
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_caller_future_drops_the_handler() {
+    within(async {
+        let (server, mut probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        let task = tokio::spawn({
+            let lab = lab.clone();
+            async move { lab.hold(1).await }
+        });
+        assert_eq!(probes.started.recv().await, Some(1));
+        task.abort();
+        assert_eq!(probes.dropped.recv().await, Some(1));
+        // The connection still works afterwards.
+        assert_eq!(lab.echo(5).await.unwrap(), 5);
+        assert!(probes.finished.try_recv().is_err());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_fails_the_call_and_drops_the_handler() {
+    within(async {
+        let (server, mut probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        let hurried = lab.with_options(CallOptions::new().timeout(Duration::from_millis(50)));
+        let err = expect_err(hurried.hold(2).await);
+        assert_eq!(err, RpcError::DeadlineExceeded);
+        assert_eq!(probes.started.recv().await, Some(2));
+        assert_eq!(probes.dropped.recv().await, Some(2));
+        assert!(probes.finished.try_recv().is_err());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_call_runs_its_handler() {
+    within(async {
+        let (server, mut probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        lab.note(77).await.unwrap();
+        assert_eq!(probes.noted.recv().await, Some(77));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_call_returns_while_the_handler_is_still_blocked() {
+    within(async {
+        let (server, mut probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        let pending = lab.hold_acked(3).await.unwrap();
+        // Acked: the server has the call. The handler is blocked on the gate, unfinished.
+        assert_eq!(probes.started.recv().await, Some(3));
+        assert!(probes.finished.try_recv().is_err());
+        probes.gate.add_permits(1);
+        assert_eq!(pending.await.unwrap(), 3);
+        assert_eq!(probes.finished.recv().await, Some(3));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_call_reports_an_early_error() {
+    within(async {
+        let (server, _probes) = lab_server();
+        let client = connect(&server).await;
+        let method = courier::MethodDesc {
+            method: MethodId::new(0xBAD),
+            ..LabClient::<Cbor>::ECHO
+        };
+        let err = expect_err(
+            client
+                .call_acked::<_, u64>(&method, (1u64,), &CallOptions::new())
+                .await
+                .unwrap()
+                .await,
+        );
+        assert!(matches!(err, RpcError::UnknownMethod { .. }), "{err:?}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_call_from_a_plain_thread() {
+    within(async {
+        let (server, _probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        let in_thread = lab.clone();
+        let answer = std::thread::spawn(move || in_thread.echo_blocking(41))
+            .join()
+            .unwrap();
+        assert_eq!(answer.unwrap(), 41);
+        // From inside the runtime it refuses instead of stalling the executor.
+        assert_eq!(lab.echo_blocking(1), Err(RpcError::BlockingInAsync));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_calls_back_a_service_the_client_exports() {
+    within(async {
+        let (lab, _probes) = lab();
+        // This server has no Helper of its own: the one called is the client's.
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(lab))
+            .build();
+        struct ClientSideHelper;
+        impl Helper for ClientSideHelper {
+            async fn triple(&self, x: u32) -> u32 {
+                x * 300
+            }
+        }
+        let builder = Client::builder(Cbor::default()).export(HelperServer::new(ClientSideHelper));
+        let lab = LabClient::new(connect_with(&server, builder).await);
+        assert_eq!(lab.ask_back(2).await.unwrap(), Ok(600));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_application_error_reaches_the_caller() {
+    within(async {
+        let (server, _probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        assert_eq!(lab.div(7, 2).await.unwrap(), Ok(3));
+        assert_eq!(lab.div(1, 0).await.unwrap(), Err(DivError::ByZero));
+        assert_eq!(
+            lab.div(i32::MIN, -1).await.unwrap(),
+            Err(DivError::Overflow { a: i32::MIN })
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_on_one_server_and_one_connection() {
+    within(async {
+        let (server, _probes) = lab_server();
+        let client = connect(&server).await;
+        let lab = LabClient::new(client.clone());
+        let helper = HelperClient::new(client);
+        let (a, b) = tokio::join!(lab.echo(10), helper.triple(10));
+        assert_eq!((a.unwrap(), b.unwrap()), (10, 30));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_interface_method_and_version_fail_at_once() {
+    within(async {
+        let (lab, _probes) = lab();
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(lab))
+            .build();
+        let client = connect(&server).await;
+
+        let err = expect_err(HelperClient::new(client.clone()).triple(1).await);
+        assert!(matches!(err, RpcError::UnknownInterface { .. }), "{err:?}");
+
+        let bad_method = courier::MethodDesc {
+            method: MethodId::new(0xBAD),
+            ..LabClient::<Cbor>::ECHO
+        };
+        let err = expect_err(
+            client
+                .call::<_, u64>(&bad_method, (1u64,), &CallOptions::new())
+                .await,
+        );
+        assert!(matches!(err, RpcError::UnknownMethod { .. }), "{err:?}");
+
+        let bad_version = courier::MethodDesc {
+            version: 9,
+            ..LabClient::<Cbor>::ECHO
+        };
+        let err = expect_err(
+            client
+                .call::<_, u64>(&bad_version, (1u64,), &CallOptions::new())
+                .await,
+        );
+        assert!(matches!(err, RpcError::VersionMismatch { .. }), "{err:?}");
+
+        // Arguments of the wrong type are a BadRequest, not a hang or a panic.
+        let err = expect_err(
+            client
+                .call::<_, u64>(&LabClient::<Cbor>::ECHO, ("text",), &CallOptions::new())
+                .await,
+        );
+        assert!(matches!(err, RpcError::BadRequest(_)), "{err:?}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_an_internal_error_and_the_connection_goes_on() {
+    within(async {
+        let (server, _probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        let err = expect_err(lab.explode().await);
+        assert!(
+            matches!(&err, RpcError::Internal(m) if m.contains("boom")),
+            "{err:?}"
+        );
+        assert_eq!(lab.echo(3).await.unwrap(), 3);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorizer_refuses_with_access_denied() {
+    within(async {
+        let (lab, _probes) = lab();
+        let div = LabClient::<Cbor>::DIV.method;
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(lab))
+            .authorizer(move |_: &courier::Peer, _, m| m != div)
+            .build();
+        let lab = LabClient::new(connect(&server).await);
+        let err = expect_err(lab.div(1, 1).await);
+        assert!(matches!(err, RpcError::AccessDenied(_)), "{err:?}");
+        assert_eq!(lab.echo(1).await.unwrap(), 1);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_beyond_the_limit_are_refused_as_overloaded() {
+    within(async {
+        let (lab, mut probes) = lab();
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(lab))
+            .limits(Limits::default().max_handlers(2))
+            .build();
+        let lab = LabClient::new(connect(&server).await);
+        let a = lab.hold_acked(1).await.unwrap();
+        let b = lab.hold_acked(2).await.unwrap();
+        probes.started.recv().await;
+        probes.started.recv().await;
+        let err = expect_err(lab.echo(3).await);
+        assert!(matches!(err, RpcError::Overloaded(_)), "{err:?}");
+        probes.gate.add_permits(2);
+        assert_eq!(a.await.unwrap() + b.await.unwrap(), 3);
+        assert_eq!(lab.echo(3).await.unwrap(), 3);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_the_limit_are_refused_on_both_sides() {
+    within(async {
+        let (lab, _probes) = lab();
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(lab))
+            .limits(Limits::default().max_frame_size(1024))
+            .build();
+        // The client's own limit stops a large call before it leaves.
+        let small = Client::builder(Cbor::default()).limits(Limits::default().max_frame_size(1024));
+        let lab_small = LabClient::new(connect_with(&server, small).await);
+        let err = expect_err(lab_small.echo_bytes(vec![1; 4096]).await);
+        assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err:?}");
+
+        // The server's limit refuses what a more generous client sends, and the connection
+        // carries on with the next call.
+        let lab = LabClient::new(connect(&server).await);
+        let err = expect_err(lab.echo_bytes(vec![1; 4096]).await);
+        assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err:?}");
+        assert_eq!(lab.echo_bytes(vec![2; 16]).await.unwrap(), vec![2; 16]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_wait_for_a_slot_when_too_many_are_in_flight() {
+    within(async {
+        let (server, mut probes) = lab_server();
+        let limited = Client::builder(Cbor::default()).limits(Limits::default().max_in_flight(1));
+        let lab = LabClient::new(connect_with(&server, limited).await);
+        let first = tokio::spawn({
+            let lab = lab.clone();
+            async move { lab.hold(1).await }
+        });
+        assert_eq!(probes.started.recv().await, Some(1));
+        // The second call cannot start until the first frees the only slot.
+        let second = tokio::spawn({
+            let lab = lab.clone();
+            async move { lab.hold(2).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(probes.started.try_recv().is_err());
+        probes.gate.add_permits(2);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        assert_eq!(second.await.unwrap().unwrap(), 2);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_sees_the_peer() {
+    within(async {
+        let (server, _probes) = lab_server();
+        let lab = LabClient::new(connect(&server).await);
+        assert!(lab.whoami().await.unwrap().contains("InProcess"));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_listener_and_dialer() {
+    within(async {
+        let (server, _probes) = lab_server();
+        let listener = courier::transport::mem::Listener::bind("calls-test").unwrap();
+        assert!(matches!(
+            courier::transport::mem::Listener::bind("calls-test"),
+            Err(courier::TransportError::AddrInUse(_))
+        ));
+        let serving = tokio::spawn(async move { server.serve(listener).await });
+        let client = Client::builder(Cbor::default())
+            .connect(&courier::transport::mem::Dialer::new("calls-test"))
+            .await
+            .unwrap();
+        assert_eq!(LabClient::new(client).echo(8).await.unwrap(), 8);
+        serving.abort();
+        let err = Client::builder(Cbor::default())
+            .connect(&courier::transport::mem::Dialer::new("nobody-here"))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            RpcError::Transport(courier::TransportError::NotFound(_))
+        ));
+    })
+    .await
+}
