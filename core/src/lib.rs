@@ -93,3 +93,8 @@ pub use server::{Server, ServerBuilder};
 pub mod __private {
     pub use serde;
 }
+
+/// The README's code blocks, compiled and run as doc-tests so the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
