@@ -297,6 +297,18 @@ impl Shared {
         }
         let header = match Header::decode(&frame) {
             Ok(h) => h,
+            Err(FrameError {
+                call_id,
+                problem: FrameProblem::LengthMismatch { declared, .. },
+            }) if HEADER_LEN + declared as usize > self.limits.max_frame_size => {
+                // A transport that refuses to read an oversized frame hands over its header
+                // alone; report the size, not the missing bytes.
+                let problem = FrameProblem::TooLarge {
+                    len: HEADER_LEN + declared as usize,
+                    limit: self.limits.max_frame_size,
+                };
+                return self.on_bad_frame(&frame, FrameError { call_id, problem });
+            }
             Err(e) => return self.on_bad_frame(&frame, e),
         };
         match header.kind {

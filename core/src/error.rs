@@ -216,6 +216,10 @@ pub enum TransportError {
         /// The limit in force.
         limit: usize,
     },
+    /// The TLS handshake failed: the peer's certificate is not trusted, or it refused ours.
+    /// Check which roots the client trusts and, with mutual TLS, which the server trusts.
+    #[error("TLS handshake failed {0}")]
+    Tls(String),
     /// Any other failure, described by the transport.
     #[error("{0}")]
     Other(String),

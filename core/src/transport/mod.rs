@@ -77,6 +77,9 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
 /// The receiving half of a link. Owned by the connection's reader.
 pub trait LinkRx: Send + fmt::Debug + 'static {
     /// The next whole message, or `None` once the peer has closed the link.
+    ///
+    /// A transport that refuses to read a frame larger than its limit may deliver the frame's
+    /// header alone; the engine then fails that call with `FrameTooLarge`.
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, TransportError>>;
 }
 

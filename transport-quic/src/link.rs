@@ -1,0 +1,440 @@
+//! One QUIC connection as a Courier [`Link`].
+//!
+//! The engine sends and receives whole frames; this module maps them onto streams:
+//!
+//! | frame | stream |
+//! |---|---|
+//! | Call (ours) | a new bidirectional stream; its reply comes back on it |
+//! | Ack, Reply, Error (to the peer's call) | the send half of the call's stream; a reply finishes it |
+//! | OneWay, or an Error that belongs to no stream | a new unidirectional stream |
+//! | Cancel (of our call) | a reset of the call's stream; the peer turns the reset into a Cancel |
+//!
+//! The handshake's two messages travel on the connection's first bidirectional stream, each
+//! with a 4-byte length before it.
+//!
+//! Memory is bounded twice over: every frame is checked against the frame size limit before it
+//! is read, and a per-connection byte budget is taken before its payload is read and given back
+//! when the engine drops the frame, so a peer that opens many streams at once waits on QUIC flow
+//! control instead of growing this side's memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use courier::transport::{FrameBuf, Link, LinkRx, LinkTx};
+use courier::wire::{FrameKind, HEADER_LEN};
+use courier::{Peer, TransportError};
+use futures::future::BoxFuture;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Frames queued between the connection's readers and the engine.
+const QUEUE_DEPTH: usize = 256;
+/// Largest handshake message accepted.
+const MAX_HANDSHAKE: usize = 1024;
+/// Stream error code for a cancelled call.
+const CANCELLED: VarInt = VarInt::from_u32(1);
+/// Stream error code for a frame refused as too large.
+const REFUSED: VarInt = VarInt::from_u32(2);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Shared = Arc<tokio::sync::Mutex<SendStream>>;
+
+struct State {
+    conn: Connection,
+    max_frame: usize,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+    incoming: mpsc::Sender<Bytes>,
+    /// The handshake stream's send half, until the one handshake message is sent.
+    control: Mutex<Option<SendStream>>,
+    /// Send halves of our calls in flight, to reset on cancel and finish on reply.
+    ours: Mutex<HashMap<u64, SendStream>>,
+    /// Send halves of the peer's calls, waiting for their ack or reply.
+    theirs: Mutex<HashMap<u64, Shared>>,
+}
+
+fn closed(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Other(format!("QUIC: {e}"))
+}
+
+/// Turns a finished QUIC connection into a link. `control` is the handshake stream for the
+/// connecting side; the accepting side takes the first stream the peer opens.
+pub(crate) fn link(
+    conn: Connection,
+    control: Option<(SendStream, RecvStream)>,
+    max_frame: usize,
+    budget_bytes: usize,
+) -> Link {
+    let (incoming, rx) = mpsc::channel(QUEUE_DEPTH);
+    let budget_bytes = budget_bytes.max(max_frame);
+    let peer = Peer::Network {
+        addr: conn.remote_address(),
+        certificates: conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
+            .unwrap_or_default(),
+    };
+    let (control_send, control_recv) = match control {
+        Some((s, r)) => (Some(s), Some(r)),
+        None => (None, None),
+    };
+    let state = Arc::new(State {
+        conn: conn.clone(),
+        max_frame,
+        budget: Arc::new(Semaphore::new(budget_bytes)),
+        budget_bytes,
+        incoming,
+        control: Mutex::new(control_send),
+        ours: Mutex::new(HashMap::new()),
+        theirs: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(accept_streams(Arc::clone(&state), control_recv));
+    Link {
+        tx: Box::new(Tx(Arc::clone(&state))),
+        rx: Box::new(Rx {
+            frames: rx,
+            conn,
+        }),
+        peer,
+    }
+}
+
+/// Reads the peer's streams for the lifetime of the connection.
+async fn accept_streams(state: Arc<State>, control: Option<RecvStream>) {
+    let conn = state.conn.clone();
+    if let Some(recv) = control {
+        // Connecting side: the peer's welcome comes back on our handshake stream.
+        tokio::spawn(read_handshake(Arc::clone(&state), recv));
+    } else {
+        // Accepting side: the peer's first stream carries its hello.
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                *lock(&state.control) = Some(send);
+                tokio::spawn(read_handshake(Arc::clone(&state), recv));
+            }
+            Err(_) => return,
+        }
+    }
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    tokio::spawn(read_peer_call(Arc::clone(&state), send, recv));
+                }
+                Err(_) => return,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    tokio::spawn(read_frames(Arc::clone(&state), recv, None));
+                }
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+async fn read_handshake(state: Arc<State>, mut recv: RecvStream) {
+    let mut len = [0u8; 4];
+    if recv.read_exact(&mut len).await.is_err() {
+        return;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_HANDSHAKE {
+        state.conn.close(REFUSED, b"handshake message too large");
+        return;
+    }
+    let mut message = vec![0u8; len];
+    if recv.read_exact(&mut message).await.is_ok() {
+        let _ = state.incoming.send(Bytes::from(message)).await;
+    }
+}
+
+/// What reading one frame off a stream gave.
+enum Read {
+    Frame(Bytes),
+    /// The stream ended cleanly between frames.
+    End,
+    /// The peer reset the stream.
+    Reset,
+    /// The stream or the connection failed; nothing more will come.
+    Failed,
+}
+
+/// The bytes of one frame, holding its share of the connection's budget until dropped.
+struct Budgeted {
+    bytes: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+async fn read_frame(state: &State, recv: &mut RecvStream) -> Read {
+    let mut header = [0u8; HEADER_LEN];
+    // The first byte tells a clean end between frames from a truncated one.
+    match recv.read(&mut header[..1]).await {
+        Ok(Some(1)) => {}
+        Ok(_) => return Read::End,
+        Err(quinn::ReadError::Reset(_)) => return Read::Reset,
+        Err(_) => return Read::Failed,
+    }
+    match recv.read_exact(&mut header[1..]).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(_))) => return Read::Reset,
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            // A truncated header: hand what came to the engine, which reports it.
+            return Read::Frame(Bytes::copy_from_slice(&header[..1 + n]));
+        }
+        Err(_) => return Read::Failed,
+    }
+    let declared = u32::from_be_bytes([header[24], header[25], header[26], header[27]]) as usize;
+    if HEADER_LEN + declared > state.max_frame {
+        // Refuse to read it: the engine sees the header alone and reports the frame as too
+        // large against its call; the stream's sender is told to stop.
+        let _ = recv.stop(REFUSED);
+        return Read::Frame(Bytes::copy_from_slice(&header));
+    }
+    let total = HEADER_LEN + declared;
+    let Ok(permit) = Arc::clone(&state.budget)
+        .acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
+        .await
+    else {
+        return Read::Failed;
+    };
+    let mut bytes = vec![0u8; total];
+    bytes[..HEADER_LEN].copy_from_slice(&header);
+    match recv.read_exact(&mut bytes[HEADER_LEN..]).await {
+        Ok(()) => Read::Frame(Bytes::from_owner(Budgeted {
+            bytes,
+            _permit: permit,
+        })),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            bytes.truncate(HEADER_LEN + n);
+            Read::Frame(Bytes::from(bytes))
+        }
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(_))) => Read::Reset,
+        Err(_) => Read::Failed,
+    }
+}
+
+fn call_id(frame: &[u8]) -> Option<u64> {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(frame.get(8..16)?);
+    Some(u64::from_be_bytes(id))
+}
+
+fn cancel_frame(id: u64) -> Bytes {
+    let header = courier::wire::Header::new(
+        FrameKind::Cancel,
+        id,
+        courier::InterfaceId::new(0),
+        courier::MethodId::new(0),
+    );
+    Bytes::copy_from_slice(&header.to_bytes())
+}
+
+/// A stream the peer opened for a call: register its send half for the reply, pass the frames
+/// on, and turn a reset into a Cancel.
+async fn read_peer_call(state: Arc<State>, send: SendStream, mut recv: RecvStream) {
+    let mut send = Some(send);
+    let mut id = None;
+    loop {
+        match read_frame(&state, &mut recv).await {
+            Read::Frame(frame) => {
+                if let Some(send) = send.take() {
+                    if let Some(call) = call_id(&frame) {
+                        lock(&state.theirs).insert(call, Arc::new(tokio::sync::Mutex::new(send)));
+                        id = Some(call);
+                    }
+                }
+                if state.incoming.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            Read::Reset => {
+                if let Some(call) = id {
+                    let _ = state.incoming.send(cancel_frame(call)).await;
+                }
+                return;
+            }
+            Read::End | Read::Failed => return,
+        }
+    }
+}
+
+/// Frames on a stream whose send half, if any, is not ours to answer on: one-way calls and
+/// notices (uni streams), and the replies to our own calls.
+async fn read_frames(state: Arc<State>, mut recv: RecvStream, ours: Option<u64>) {
+    loop {
+        match read_frame(&state, &mut recv).await {
+            Read::Frame(frame) => {
+                let answers = matches!(
+                    frame.get(1).copied(),
+                    Some(k) if k == FrameKind::Reply as u8 || k == FrameKind::Error as u8
+                );
+                if state.incoming.send(frame).await.is_err() {
+                    return;
+                }
+                if answers {
+                    if let Some(id) = ours {
+                        if let Some(mut send) = lock(&state.ours).remove(&id) {
+                            let _ = send.finish();
+                        }
+                    }
+                    return;
+                }
+            }
+            Read::End | Read::Reset | Read::Failed => {
+                if let Some(id) = ours {
+                    lock(&state.ours).remove(&id);
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tx(Arc<State>);
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicLink")
+            .field("remote", &self.conn.remote_address())
+            .field("max_frame", &self.max_frame)
+            .field("budget_bytes", &self.budget_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tx {
+    async fn send_bytes(&self, bytes: Bytes) -> Result<(), TransportError> {
+        let state = &self.0;
+        let control = lock(&state.control).take();
+        if let Some(mut control) = control {
+            // The handshake message: length-prefixed on the handshake stream.
+            let len = u32::try_from(bytes.len()).map_err(|_| TransportError::FrameTooLarge {
+                size: bytes.len(),
+                limit: MAX_HANDSHAKE,
+            })?;
+            control
+                .write_all(&len.to_be_bytes())
+                .await
+                .map_err(closed)?;
+            control.write_chunk(bytes).await.map_err(closed)?;
+            let _ = control.finish();
+            return Ok(());
+        }
+        let kind = bytes.get(1).copied();
+        let id = call_id(&bytes).unwrap_or(0);
+        match kind {
+            Some(k) if k == FrameKind::Call as u8 => {
+                let (mut send, recv) = state.conn.open_bi().await.map_err(closed)?;
+                send.write_chunk(bytes).await.map_err(closed)?;
+                lock(&state.ours).insert(id, send);
+                tokio::spawn(read_frames(Arc::clone(state), recv, Some(id)));
+                Ok(())
+            }
+            Some(k) if k == FrameKind::Cancel as u8 => {
+                if let Some(mut send) = lock(&state.ours).remove(&id) {
+                    let _ = send.reset(CANCELLED);
+                }
+                Ok(())
+            }
+            Some(k)
+                if k == FrameKind::Ack as u8
+                    || k == FrameKind::Reply as u8
+                    || k == FrameKind::Error as u8 =>
+            {
+                let last = k != FrameKind::Ack as u8;
+                let stream = if last {
+                    lock(&state.theirs).remove(&id)
+                } else {
+                    lock(&state.theirs).get(&id).cloned()
+                };
+                match stream {
+                    Some(stream) => {
+                        let mut send = stream.lock().await;
+                        send.write_chunk(bytes).await.map_err(closed)?;
+                        if last {
+                            let _ = send.finish();
+                        }
+                        Ok(())
+                    }
+                    // An answer with no stream (a notice about a malformed frame, or a call
+                    // whose stream is gone): send it on a stream of its own.
+                    None => self.uni(bytes).await,
+                }
+            }
+            _ => self.uni(bytes).await,
+        }
+    }
+
+    async fn uni(&self, bytes: Bytes) -> Result<(), TransportError> {
+        let mut send = self.0.conn.open_uni().await.map_err(closed)?;
+        send.write_chunk(bytes).await.map_err(closed)?;
+        let _ = send.finish();
+        Ok(())
+    }
+}
+
+impl LinkTx for Tx {
+    fn buffer(&self, size_hint: usize) -> BoxFuture<'_, Result<Box<dyn FrameBuf>, TransportError>> {
+        let buf = BytesMut::with_capacity(size_hint.min(64 * 1024));
+        Box::pin(async move { Ok(Box::new(buf) as Box<dyn FrameBuf>) })
+    }
+
+    fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let any: Box<dyn std::any::Any> = message;
+            let buf = any.downcast::<BytesMut>().map_err(|_| {
+                TransportError::Other("the QUIC link was given a foreign buffer".into())
+            })?;
+            self.send_bytes(buf.freeze()).await
+        })
+    }
+
+    fn close(&self) {
+        self.0.conn.close(VarInt::from_u32(0), b"closed");
+    }
+}
+
+struct Rx {
+    frames: mpsc::Receiver<Bytes>,
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Rx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicRx")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkRx for Rx {
+    fn recv(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, TransportError>> {
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                frame = self.frames.recv() => Ok(frame),
+                reason = self.conn.closed() => match reason {
+                    quinn::ConnectionError::LocallyClosed
+                    | quinn::ConnectionError::ApplicationClosed(_) => Ok(None),
+                    other => Err(TransportError::Other(format!("QUIC connection lost: {other}"))),
+                },
+            }
+        })
+    }
+}

@@ -1,0 +1,252 @@
+//! TLS configuration: development certificates in one call, PEM files for production, and
+//! mutual TLS as one option.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::RootCertStore;
+
+use crate::Error;
+
+/// The ALPN protocol Courier speaks over QUIC.
+pub const ALPN: &[u8] = b"courier/1";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A self-signed certificate and its key, made with rcgen: for development and tests.
+///
+/// ```
+/// let cert = courier_quic::DevCert::localhost().unwrap();
+/// let server = courier_quic::ServerTls::dev(&cert);
+/// let client = courier_quic::ClientTls::trusting_dev(&cert);
+/// # drop((server, client));
+/// ```
+pub struct DevCert {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for DevCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("DevCert").finish_non_exhaustive()
+    }
+}
+
+impl Clone for DevCert {
+    fn clone(&self) -> Self {
+        DevCert {
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+}
+
+impl DevCert {
+    /// A certificate for `names` (DNS names or IP addresses).
+    pub fn generate(names: impl Into<Vec<String>>) -> Result<DevCert, Error> {
+        let certified = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| Error::Certificate(e.to_string()))?;
+        Ok(DevCert {
+            cert: certified.cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
+            cert_pem: certified.cert.pem(),
+            key_pem: certified.signing_key.serialize_pem(),
+        })
+    }
+
+    /// A certificate for `localhost`, `127.0.0.1` and `::1`.
+    pub fn localhost() -> Result<DevCert, Error> {
+        Self::generate(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ])
+    }
+
+    /// The certificate, DER.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The private key, DER.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    /// The certificate as PEM, for writing to a file.
+    pub fn certificate_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The private key as PEM, for writing to a file.
+    pub fn private_key_pem(&self) -> &str {
+        &self.key_pem
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| Error::Pem(format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Pem(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Pem(format!("{}: no certificate in the file", path.display())));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| Error::Pem(format!("{}: {e}", path.display())))
+}
+
+fn roots(certs: &[CertificateDer<'static>]) -> Result<RootCertStore, Error> {
+    let mut store = RootCertStore::empty();
+    for cert in certs {
+        store.add(cert.clone()).map_err(Error::Tls)?;
+    }
+    Ok(store)
+}
+
+/// The server's TLS identity and, optionally, the roots it checks client certificates against.
+#[derive(Debug)]
+pub struct ServerTls {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: Option<Vec<CertificateDer<'static>>>,
+}
+
+impl ServerTls {
+    /// A certificate chain (leaf first) and its private key.
+    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        ServerTls {
+            chain,
+            key,
+            client_roots: None,
+        }
+    }
+
+    /// A development certificate.
+    pub fn dev(cert: &DevCert) -> Self {
+        Self::new(vec![cert.certificate().clone()], cert.private_key())
+    }
+
+    /// Reads the chain and the key from PEM files.
+    pub fn from_pem_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, Error> {
+        Ok(Self::new(read_certs(chain.as_ref())?, read_key(key.as_ref())?))
+    }
+
+    /// Requires every client to present a certificate that chains to one of `roots` (mutual
+    /// TLS). The client's certificate chain becomes the `Peer` handlers see.
+    pub fn require_client_certificates(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
+        self.client_roots = Some(roots);
+        self
+    }
+
+    /// [`ServerTls::require_client_certificates`] with the roots read from a PEM file.
+    pub fn require_client_certificates_pem(self, roots: impl AsRef<Path>) -> Result<Self, Error> {
+        Ok(self.require_client_certificates(read_certs(roots.as_ref())?))
+    }
+
+    pub(crate) fn build(self) -> Result<rustls::ServerConfig, Error> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(Error::Tls)?;
+        let builder = match self.client_roots {
+            Some(r) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots(&r)?),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(self.chain, self.key)
+            .map_err(Error::Tls)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+/// The certificates a client trusts and, for mutual TLS, its own identity.
+#[derive(Debug)]
+pub struct ClientTls {
+    roots: Vec<CertificateDer<'static>>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
+impl ClientTls {
+    /// Trusts servers whose certificates chain to one of `roots`.
+    pub fn trusting(roots: Vec<CertificateDer<'static>>) -> Self {
+        ClientTls {
+            roots,
+            identity: None,
+        }
+    }
+
+    /// Trusts a development certificate.
+    pub fn trusting_dev(cert: &DevCert) -> Self {
+        Self::trusting(vec![cert.certificate().clone()])
+    }
+
+    /// Trusts the certificates in a PEM file.
+    pub fn from_pem_file(roots: impl AsRef<Path>) -> Result<Self, Error> {
+        Ok(Self::trusting(read_certs(roots.as_ref())?))
+    }
+
+    /// Presents this certificate chain (leaf first) and key to servers that ask (mutual TLS).
+    pub fn with_identity(
+        mut self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.identity = Some((chain, key));
+        self
+    }
+
+    /// Presents a development certificate.
+    pub fn with_dev_identity(self, cert: &DevCert) -> Self {
+        self.with_identity(vec![cert.certificate().clone()], cert.private_key())
+    }
+
+    pub(crate) fn build(self) -> Result<rustls::ClientConfig, Error> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(Error::Tls)?
+            .with_root_certificates(roots(&self.roots)?);
+        let mut config = match self.identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(Error::Tls)?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trips_through_the_pki_types_parser() {
+        let cert = DevCert::localhost().unwrap();
+        let parsed = CertificateDer::from_pem_slice(cert.certificate_pem().as_bytes()).unwrap();
+        assert_eq!(&parsed, cert.certificate());
+        let key = PrivateKeyDer::from_pem_slice(cert.private_key_pem().as_bytes()).unwrap();
+        assert_eq!(key.secret_der(), cert.private_key().secret_der());
+    }
+}
