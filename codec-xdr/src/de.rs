@@ -2,7 +2,7 @@
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
-use crate::Error;
+use crate::{Error, ErrorKind};
 
 /// Reads XDR from a byte slice.
 pub(crate) struct Deserializer<'de> {
@@ -12,6 +12,7 @@ pub(crate) struct Deserializer<'de> {
     max_depth: usize,
 }
 
+#[inline]
 fn pad(len: usize) -> usize {
     (4 - len % 4) % 4
 }
@@ -27,73 +28,97 @@ impl<'de> Deserializer<'de> {
     }
 
     /// Fails unless every byte was read.
+    #[inline]
     pub(crate) fn end(&self) -> Result<(), Error> {
         if self.pos == self.input.len() {
             Ok(())
         } else {
-            Err(Error::TrailingBytes {
+            Err(Error::from(ErrorKind::TrailingBytes {
                 offset: self.pos,
                 count: self.input.len() - self.pos,
-            })
+            }))
         }
     }
 
+    #[inline]
     fn remaining(&self) -> usize {
         self.input.len() - self.pos
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8], Error> {
-        if n > self.remaining() {
-            return Err(Error::Truncated {
-                offset: self.pos,
-                needed: n,
-            });
+        let input: &'de [u8] = self.input;
+        match input.get(self.pos..self.pos.wrapping_add(n)) {
+            Some(bytes) => {
+                self.pos += n;
+                Ok(bytes)
+            }
+            None => Err(self.truncated(n)),
         }
-        let bytes = &self.input[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(bytes)
     }
 
+    #[cold]
+    fn truncated(&self, needed: usize) -> Error {
+        Error::from(ErrorKind::Truncated {
+            offset: self.pos,
+            needed,
+        })
+    }
+
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
+        let input: &'de [u8] = self.input;
+        match input
+            .get(self.pos..self.pos.wrapping_add(N))
+            .and_then(|b| <[u8; N]>::try_from(b).ok())
+        {
+            Some(out) => {
+                self.pos += N;
+                Ok(out)
+            }
+            None => Err(self.truncated(N)),
+        }
     }
 
+    #[inline]
     fn u32(&mut self) -> Result<u32, Error> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
+    #[inline]
     fn i32(&mut self) -> Result<i32, Error> {
         Ok(i32::from_be_bytes(self.array()?))
     }
 
     /// Zero padding after `len` bytes of data.
+    #[inline]
     fn padding(&mut self, len: usize) -> Result<(), Error> {
         let offset = self.pos;
         if self.take(pad(len))?.iter().any(|b| *b != 0) {
-            return Err(Error::NonZeroPadding { offset });
+            return Err(Error::from(ErrorKind::NonZeroPadding { offset }));
         }
         Ok(())
     }
 
     /// A count of items, each at least one byte: checked against what remains before anything
     /// is allocated for them.
+    #[inline]
     fn count(&mut self) -> Result<usize, Error> {
         let offset = self.pos;
         let declared = self.u32()?;
         let available = self.remaining();
         match usize::try_from(declared) {
             Ok(n) if n <= available => Ok(n),
-            _ => Err(Error::LengthBeyondInput {
+            _ => Err(Error::from(ErrorKind::LengthBeyondInput {
                 offset,
                 declared,
                 available,
-            }),
+            })),
         }
     }
 
     /// Variable-length opaque data, borrowed.
+    #[inline]
     fn opaque(&mut self) -> Result<&'de [u8], Error> {
         let len = self.count()?;
         let bytes = self.take(len)?;
@@ -101,26 +126,29 @@ impl<'de> Deserializer<'de> {
         Ok(bytes)
     }
 
+    #[inline]
     fn string(&mut self) -> Result<&'de str, Error> {
         let offset = self.pos;
-        std::str::from_utf8(self.opaque()?).map_err(|_| Error::InvalidUtf8 { offset })
+        std::str::from_utf8(self.opaque()?)
+            .map_err(|_| Error::from(ErrorKind::InvalidUtf8 { offset }))
     }
 
+    #[inline]
     fn bool(&mut self) -> Result<bool, Error> {
         let offset = self.pos;
         match self.u32()? {
             0 => Ok(false),
             1 => Ok(true),
-            value => Err(Error::InvalidBool { offset, value }),
+            value => Err(Error::from(ErrorKind::InvalidBool { offset, value })),
         }
     }
 
     fn nest<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R, Error>) -> Result<R, Error> {
         if self.depth >= self.max_depth {
-            return Err(Error::DepthLimit {
+            return Err(Error::from(ErrorKind::DepthLimit {
                 limit: self.max_depth,
                 offset: self.pos,
-            });
+            }));
         }
         self.depth += 1;
         let r = f(self);
@@ -129,10 +157,12 @@ impl<'de> Deserializer<'de> {
     }
 
     fn narrow<T: TryFrom<i64>>(&mut self, wide: i64, offset: usize) -> Result<T, Error> {
-        T::try_from(wide).map_err(|_| Error::IntegerOutOfRange {
-            offset,
-            value: wide,
-            target: std::any::type_name::<T>(),
+        T::try_from(wide).map_err(|_| {
+            Error::from(ErrorKind::IntegerOutOfRange {
+                offset,
+                value: wide,
+                target: std::any::type_name::<T>(),
+            })
         })
     }
 }
@@ -141,16 +171,17 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     type Error = Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
-        Err(Error::Unsupported(
+        Err(Error::from(ErrorKind::Unsupported(
             "a self-describing type (untagged or flattened serde attributes, or a dynamic value): \
              XDR carries no type information",
-        ))
+        )))
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.deserialize_any(visitor)
     }
 
+    #[inline]
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_bool(self.bool()?)
     }
@@ -161,52 +192,65 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         visitor.visit_i8(self.narrow(v, at)?)
     }
 
+    #[inline]
     fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let at = self.pos;
         let v = i64::from(self.i32()?);
         visitor.visit_i16(self.narrow(v, at)?)
     }
 
+    #[inline]
     fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_i32(self.i32()?)
     }
 
+    #[inline]
     fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_i64(i64::from_be_bytes(self.array()?))
     }
 
+    #[inline]
     fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let at = self.pos;
         let v = i64::from(self.u32()?);
         visitor.visit_u8(self.narrow(v, at)?)
     }
 
+    #[inline]
     fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let at = self.pos;
         let v = i64::from(self.u32()?);
         visitor.visit_u16(self.narrow(v, at)?)
     }
 
+    #[inline]
     fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_u32(self.u32()?)
     }
 
+    #[inline]
     fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_u64(u64::from_be_bytes(self.array()?))
     }
 
     fn deserialize_i128<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
-        Err(Error::Unsupported("i128: XDR has no 128-bit integers"))
+        Err(Error::from(ErrorKind::Unsupported(
+            "i128: XDR has no 128-bit integers",
+        )))
     }
 
     fn deserialize_u128<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
-        Err(Error::Unsupported("u128: XDR has no 128-bit integers"))
+        Err(Error::from(ErrorKind::Unsupported(
+            "u128: XDR has no 128-bit integers",
+        )))
     }
 
+    #[inline]
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_f32(f32::from_be_bytes(self.array()?))
     }
 
+    #[inline]
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_f64(f64::from_be_bytes(self.array()?))
     }
@@ -214,13 +258,18 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let offset = self.pos;
         let value = self.u32()?;
-        visitor.visit_char(char::from_u32(value).ok_or(Error::InvalidChar { offset, value })?)
+        visitor.visit_char(
+            char::from_u32(value)
+                .ok_or_else(|| Error::from(ErrorKind::InvalidChar { offset, value }))?,
+        )
     }
 
+    #[inline]
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_borrowed_str(self.string()?)
     }
 
+    #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.deserialize_str(visitor)
     }
@@ -233,6 +282,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         self.deserialize_bytes(visitor)
     }
 
+    #[inline]
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         if self.bool()? {
             self.nest(|de| visitor.visit_some(de))
@@ -288,6 +338,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         })
     }
 
+    #[inline]
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         _: &'static str,
@@ -312,11 +363,11 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
             let offset = de.pos;
             let value = de.u32()?;
             if value as usize >= variants.len() {
-                return Err(Error::InvalidDiscriminant {
+                return Err(Error::from(ErrorKind::InvalidDiscriminant {
                     offset,
                     value,
                     variants: variants.len(),
-                });
+                }));
             }
             visitor.visit_enum(Union { de, index: value })
         })
@@ -341,6 +392,7 @@ struct Fields<'a, 'de> {
 impl<'de> de::SeqAccess<'de> for Fields<'_, 'de> {
     type Error = Error;
 
+    #[inline]
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
@@ -360,6 +412,7 @@ impl<'de> de::SeqAccess<'de> for Fields<'_, 'de> {
 impl<'de> de::MapAccess<'de> for Fields<'_, 'de> {
     type Error = Error;
 
+    #[inline]
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
@@ -371,6 +424,7 @@ impl<'de> de::MapAccess<'de> for Fields<'_, 'de> {
         seed.deserialize(&mut *self.de).map(Some)
     }
 
+    #[inline]
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
         seed.deserialize(&mut *self.de)
     }
@@ -389,6 +443,7 @@ struct PackedSeq<'a, 'de> {
 }
 
 impl<'a, 'de> PackedSeq<'a, 'de> {
+    #[inline]
     fn visit<V: Visitor<'de>>(
         de: &'a mut Deserializer<'de>,
         left: usize,
@@ -397,15 +452,16 @@ impl<'a, 'de> PackedSeq<'a, 'de> {
         let mut seq = PackedSeq { de, left, run: 0 };
         let value = visitor.visit_seq(&mut seq)?;
         if seq.left != 0 {
-            return Err(Error::Message(format!(
+            return Err(Error::from(ErrorKind::Message(format!(
                 "the sequence has {} more elements than the type reads",
                 seq.left
-            )));
+            ))));
         }
         seq.end_run()?;
         Ok(value)
     }
 
+    #[inline]
     fn end_run(&mut self) -> Result<(), Error> {
         if self.run == 0 {
             return Ok(());
@@ -418,6 +474,7 @@ impl<'a, 'de> PackedSeq<'a, 'de> {
 impl<'de> de::SeqAccess<'de> for PackedSeq<'_, 'de> {
     type Error = Error;
 
+    #[inline]
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
@@ -442,6 +499,7 @@ struct Element<'s, 'a, 'de> {
 macro_rules! after_run {
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
         $(
+            #[inline]
             fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, Error> {
                 self.seq.end_run()?;
                 de::Deserializer::$method(&mut *self.seq.de, $($arg,)* visitor)
@@ -453,6 +511,7 @@ macro_rules! after_run {
 impl<'de> de::Deserializer<'de> for Element<'_, '_, 'de> {
     type Error = Error;
 
+    #[inline]
     fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let byte = self.seq.de.take(1)?[0];
         self.seq.run += 1;

@@ -27,7 +27,7 @@
 //! | `i8`, `i16`, `i32` | int (§4.1), range-checked on decode |
 //! | `u8`, `u16`, `u32` | unsigned int (§4.2), range-checked on decode |
 //! | `i64` / `u64` | hyper / unsigned hyper (§4.5) |
-//! | `i128`, `u128` | refused: [`Error::Unsupported`] |
+//! | `i128`, `u128` | refused: [`ErrorKind::Unsupported`] |
 //! | `f32` / `f64` | float (§4.6) / double (§4.7) |
 //! | `char` | unsigned int holding the code point |
 //! | `String`, `&str` | string (§4.11): length, UTF-8 bytes, padding |
@@ -80,10 +80,50 @@ use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializ
 /// each count one level.
 pub const DEFAULT_MAX_DEPTH: usize = 128;
 
-/// Why a value could not be encoded or decoded.
+/// Why a value could not be encoded or decoded: [`Error::kind`] says which rule was broken.
+///
+/// The details live behind a box, so that the `Result`s on the decoder's hot path stay one
+/// pointer wide.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error(Box<ErrorKind>);
+
+impl Error {
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0
+    }
+
+    /// What went wrong, by value.
+    pub fn into_kind(self) -> ErrorKind {
+        *self.0
+    }
+}
+
+impl From<ErrorKind> for Error {
+    #[cold]
+    fn from(kind: ErrorKind) -> Self {
+        Error(Box::new(kind))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// What went wrong; see [`Error::kind`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// The input ended early.
     #[error("XDR input ends early: {needed} more bytes needed at byte {offset}")]
     Truncated {
@@ -195,13 +235,13 @@ pub enum Error {
 
 impl serde::ser::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error::Message(msg.to_string())
+        Error::from(ErrorKind::Message(msg.to_string()))
     }
 }
 
 impl serde::de::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error::Message(msg.to_string())
+        Error::from(ErrorKind::Message(msg.to_string()))
     }
 }
 
@@ -330,15 +370,16 @@ impl<T> XdrLen for Vec<T> {
 /// XDR's bounded forms: `string<N>`, `opaque<N>` and `T<N>` are `Bounded<String, N>`,
 /// `Bounded<Vec<u8>, N>` (or `Bounded<&[u8], N>`) and `Bounded<Vec<T>, N>`.
 ///
-/// A longer value is refused when encoding and when decoding ([`Error::BoundExceeded`]). On the
+/// A longer value is refused when encoding and when decoding ([`ErrorKind::BoundExceeded`]). On the
 /// wire it is the unbounded form: the bound is the protocol's promise, not extra bytes.
 ///
 /// ```
-/// use courier_xdr::{Bounded, Error};
+/// use courier_xdr::{Bounded, ErrorKind};
 /// let name: Bounded<String, 8> = Bounded::new("courier".to_owned()).unwrap();
 /// let bytes = courier_xdr::to_vec(&name).unwrap();
 /// assert!(courier_xdr::from_slice::<Bounded<String, 4>>(&bytes).is_err());
-/// assert!(matches!(Bounded::<String, 3>::new("toolong".into()), Err(Error::BoundExceeded { .. })));
+/// let err = Bounded::<String, 3>::new("toolong".into()).unwrap_err();
+/// assert!(matches!(err.kind(), ErrorKind::BoundExceeded { .. }));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Bounded<T, const N: usize>(T);
@@ -348,7 +389,7 @@ impl<T: XdrLen, const N: usize> Bounded<T, N> {
     pub fn new(value: T) -> Result<Self, Error> {
         let len = value.xdr_len();
         if len > N {
-            return Err(Error::BoundExceeded { len, max: N });
+            return Err(Error::from(ErrorKind::BoundExceeded { len, max: N }));
         }
         Ok(Bounded(value))
     }
@@ -368,10 +409,9 @@ impl<T: XdrLen + Serialize, const N: usize> Serialize for Bounded<T, N> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let len = self.0.xdr_len();
         if len > N {
-            return Err(serde::ser::Error::custom(Error::BoundExceeded {
-                len,
-                max: N,
-            }));
+            return Err(serde::ser::Error::custom(Error::from(
+                ErrorKind::BoundExceeded { len, max: N },
+            )));
         }
         self.0.serialize(s)
     }

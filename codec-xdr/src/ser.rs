@@ -3,22 +3,25 @@
 use bytes::BufMut;
 use serde::ser::{self, Serialize};
 
-use crate::Error;
+use crate::{Error, ErrorKind};
 
 /// Writes XDR into `out`.
 pub(crate) struct Serializer<'a, B: ?Sized> {
     pub(crate) out: &'a mut B,
 }
 
+#[inline]
 fn len32(len: usize) -> Result<u32, Error> {
-    u32::try_from(len).map_err(|_| Error::TooLong { len })
+    u32::try_from(len).map_err(|_| Error::from(ErrorKind::TooLong { len }))
 }
 
+#[inline]
 fn pad(len: usize) -> usize {
     (4 - len % 4) % 4
 }
 
 impl<B: BufMut + ?Sized> Serializer<'_, B> {
+    #[inline]
     fn opaque(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.out.put_u32(len32(bytes.len())?);
         self.out.put_slice(bytes);
@@ -62,9 +65,12 @@ impl<'s, 'o, B: BufMut + ?Sized> ser::Serializer for &'s mut Serializer<'o, B> {
     }
 
     fn serialize_i128(self, _: i128) -> Result<(), Error> {
-        Err(Error::Unsupported("i128: XDR has no 128-bit integers"))
+        Err(Error::from(ErrorKind::Unsupported(
+            "i128: XDR has no 128-bit integers",
+        )))
     }
 
+    #[inline]
     fn serialize_u8(self, v: u8) -> Result<(), Error> {
         self.serialize_u32(u32::from(v))
     }
@@ -73,6 +79,7 @@ impl<'s, 'o, B: BufMut + ?Sized> ser::Serializer for &'s mut Serializer<'o, B> {
         self.serialize_u32(u32::from(v))
     }
 
+    #[inline]
     fn serialize_u32(self, v: u32) -> Result<(), Error> {
         self.out.put_u32(v);
         Ok(())
@@ -84,7 +91,9 @@ impl<'s, 'o, B: BufMut + ?Sized> ser::Serializer for &'s mut Serializer<'o, B> {
     }
 
     fn serialize_u128(self, _: u128) -> Result<(), Error> {
-        Err(Error::Unsupported("u128: XDR has no 128-bit integers"))
+        Err(Error::from(ErrorKind::Unsupported(
+            "u128: XDR has no 128-bit integers",
+        )))
     }
 
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
@@ -155,9 +164,11 @@ impl<'s, 'o, B: BufMut + ?Sized> ser::Serializer for &'s mut Serializer<'o, B> {
     }
 
     fn serialize_seq(self, len: Option<usize>) -> Result<Packed<'s, 'o, B>, Error> {
-        let len = len.ok_or(Error::Unsupported(
-            "a sequence of unknown length: XDR writes the count first",
-        ))?;
+        let len = len.ok_or_else(|| {
+            Error::from(ErrorKind::Unsupported(
+                "a sequence of unknown length: XDR writes the count first",
+            ))
+        })?;
         self.out.put_u32(len32(len)?);
         Ok(Packed { ser: self, run: 0 })
     }
@@ -182,9 +193,11 @@ impl<'s, 'o, B: BufMut + ?Sized> ser::Serializer for &'s mut Serializer<'o, B> {
     }
 
     fn serialize_map(self, len: Option<usize>) -> Result<Self, Error> {
-        let len = len.ok_or(Error::Unsupported(
-            "a map of unknown length: XDR writes the count first",
-        ))?;
+        let len = len.ok_or_else(|| {
+            Error::from(ErrorKind::Unsupported(
+                "a map of unknown length: XDR writes the count first",
+            ))
+        })?;
         self.out.put_u32(len32(len)?);
         Ok(self)
     }
@@ -218,10 +231,12 @@ pub(crate) struct Packed<'s, 'o, B: ?Sized> {
 }
 
 impl<B: BufMut + ?Sized> Packed<'_, '_, B> {
+    #[inline]
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         value.serialize(Element { packed: self })
     }
 
+    #[inline]
     fn end_run(&mut self) {
         if self.run != 0 {
             self.ser.out.put_bytes(0, pad(self.run));
@@ -234,6 +249,7 @@ impl<B: BufMut + ?Sized> ser::SerializeSeq for Packed<'_, '_, B> {
     type Ok = ();
     type Error = Error;
 
+    #[inline]
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         self.element(value)
     }
@@ -248,6 +264,7 @@ impl<B: BufMut + ?Sized> ser::SerializeTuple for Packed<'_, '_, B> {
     type Ok = ();
     type Error = Error;
 
+    #[inline]
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         self.element(value)
     }
@@ -267,6 +284,7 @@ struct Element<'p, 's, 'o, B: ?Sized> {
 macro_rules! after_run {
     ($($method:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         $(
+            #[inline]
             fn $method(self, $($arg: $ty),*) -> Result<$ret, Error> {
                 self.packed.end_run();
                 ser::Serializer::$method(&mut *self.packed.ser, $($arg),*)
@@ -286,6 +304,7 @@ impl<'p, 'o, B: BufMut + ?Sized> ser::Serializer for Element<'p, '_, 'o, B> {
     type SerializeStruct = &'p mut Serializer<'o, B>;
     type SerializeStructVariant = &'p mut Serializer<'o, B>;
 
+    #[inline]
     fn serialize_u8(self, v: u8) -> Result<(), Error> {
         self.packed.ser.out.put_u8(v);
         self.packed.run += 1;
@@ -361,6 +380,7 @@ impl<B: BufMut + ?Sized> ser::SerializeTupleStruct for &mut Serializer<'_, B> {
     type Ok = ();
     type Error = Error;
 
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         value.serialize(&mut **self)
     }
@@ -374,6 +394,7 @@ impl<B: BufMut + ?Sized> ser::SerializeTupleVariant for &mut Serializer<'_, B> {
     type Ok = ();
     type Error = Error;
 
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         value.serialize(&mut **self)
     }
@@ -404,6 +425,7 @@ impl<B: BufMut + ?Sized> ser::SerializeStruct for &mut Serializer<'_, B> {
     type Ok = ();
     type Error = Error;
 
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(
         &mut self,
         _: &'static str,
@@ -413,7 +435,7 @@ impl<B: BufMut + ?Sized> ser::SerializeStruct for &mut Serializer<'_, B> {
     }
 
     fn skip_field(&mut self, key: &'static str) -> Result<(), Error> {
-        Err(Error::SkippedField(key))
+        Err(Error::from(ErrorKind::SkippedField(key)))
     }
 
     fn end(self) -> Result<(), Error> {
@@ -425,6 +447,7 @@ impl<B: BufMut + ?Sized> ser::SerializeStructVariant for &mut Serializer<'_, B> 
     type Ok = ();
     type Error = Error;
 
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(
         &mut self,
         _: &'static str,
@@ -434,7 +457,7 @@ impl<B: BufMut + ?Sized> ser::SerializeStructVariant for &mut Serializer<'_, B> 
     }
 
     fn skip_field(&mut self, key: &'static str) -> Result<(), Error> {
-        Err(Error::SkippedField(key))
+        Err(Error::from(ErrorKind::SkippedField(key)))
     }
 
     fn end(self) -> Result<(), Error> {

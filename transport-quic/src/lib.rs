@@ -152,7 +152,9 @@ fn tls_error(e: &quinn::ConnectionError) -> Option<String> {
         quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") => {
             Some(t.to_string())
         }
-        quinn::ConnectionError::ConnectionClosed(c) if c.error_code.to_string().contains("crypto") => {
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code.to_string().contains("crypto") =>
+        {
             Some(c.to_string())
         }
         _ => None,
@@ -176,8 +178,8 @@ pub struct QuicListener {
 impl QuicListener {
     /// Binds a UDP socket at `addr` and accepts connections with `tls`.
     pub fn bind(addr: SocketAddr, tls: ServerTls, options: QuicOptions) -> Result<Self, Error> {
-        let crypto = QuicServerConfig::try_from(tls.build()?)
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let crypto =
+            QuicServerConfig::try_from(tls.build()?).map_err(|e| Error::Config(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(options.transport()?));
         let endpoint = quinn::Endpoint::server(config, addr)?;
@@ -215,7 +217,8 @@ impl QuicListener {
 
     /// Closes the endpoint: every connection is closed at once.
     pub fn close(&self) {
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"server closing");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"server closing");
     }
 }
 
@@ -244,8 +247,8 @@ impl QuicConnector {
         tls: ClientTls,
         options: QuicOptions,
     ) -> Result<Self, Error> {
-        let crypto = QuicClientConfig::try_from(tls.build()?)
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let crypto =
+            QuicClientConfig::try_from(tls.build()?).map_err(|e| Error::Config(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(options.transport()?));
         let local: SocketAddr = if addr.is_ipv6() {

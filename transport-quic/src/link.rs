@@ -99,10 +99,7 @@ pub(crate) fn link(
     tokio::spawn(accept_streams(Arc::clone(&state), control_recv));
     Link {
         tx: Box::new(Tx(Arc::clone(&state))),
-        rx: Box::new(Rx {
-            frames: rx,
-            conn,
-        }),
+        rx: Box::new(Rx { frames: rx, conn }),
         peer,
     }
 }

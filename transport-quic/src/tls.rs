@@ -99,7 +99,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Pem(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(Error::Pem(format!("{}: no certificate in the file", path.display())));
+        return Err(Error::Pem(format!(
+            "{}: no certificate in the file",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -141,7 +144,10 @@ impl ServerTls {
 
     /// Reads the chain and the key from PEM files.
     pub fn from_pem_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, Error> {
-        Ok(Self::new(read_certs(chain.as_ref())?, read_key(key.as_ref())?))
+        Ok(Self::new(
+            read_certs(chain.as_ref())?,
+            read_key(key.as_ref())?,
+        ))
     }
 
     /// Requires every client to present a certificate that chains to one of `roots` (mutual
