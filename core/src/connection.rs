@@ -116,6 +116,10 @@ impl Shared {
         router: Option<Arc<dyn Router>>,
     ) -> Arc<Shared> {
         let Link { tx, rx, peer } = link;
+        let mut limits = limits;
+        if let Some(limit) = rx.frame_limit() {
+            limits.max_frame_size = limits.max_frame_size.min(limit);
+        }
         let shared = Arc::new(Shared {
             tx,
             peer,

@@ -53,7 +53,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_frame_size: 16 * 1024 * 1024 + crate::wire::HEADER_LEN,
+            max_frame_size: 16 * 1024 * 1024 + 64 * 1024,
             max_in_flight: 1024,
             max_handlers: 4096,
             handshake_timeout: Duration::from_secs(10),
@@ -62,8 +62,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Largest frame (header and payload) this side sends or accepts. Default: 16 MiB of
-    /// payload plus the header. A larger frame is refused with
+    /// Largest frame (header and payload) this side sends or accepts. Default: 16 MiB plus
+    /// 64 KiB, so a 16 MiB byte string and its encoding overhead fit. A larger frame is refused with
     /// [`RpcError::FrameTooLarge`](crate::RpcError::FrameTooLarge); the connection goes on.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.max_frame_size = bytes.max(crate::wire::HEADER_LEN);

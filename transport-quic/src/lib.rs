@@ -215,7 +215,28 @@ impl QuicListener {
         Ok(self.endpoint.local_addr()?)
     }
 
-    /// Closes the endpoint: every connection is closed at once.
+    /// A handle that can close the listener after it has been given to a server.
+    pub fn handle(&self) -> QuicListenerHandle {
+        QuicListenerHandle {
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+/// Closes a [`QuicListener`] from outside the server that owns it.
+#[derive(Debug, Clone)]
+pub struct QuicListenerHandle {
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicListenerHandle {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Closes the endpoint: every connection is closed at once, and calls in flight on them
+    /// fail with `ConnectionLost` on the client side.
     pub fn close(&self) {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"server closing");

@@ -99,7 +99,11 @@ pub(crate) fn link(
     tokio::spawn(accept_streams(Arc::clone(&state), control_recv));
     Link {
         tx: Box::new(Tx(Arc::clone(&state))),
-        rx: Box::new(Rx { frames: rx, conn }),
+        rx: Box::new(Rx {
+            frames: rx,
+            conn,
+            max_frame,
+        }),
         peer,
     }
 }
@@ -338,7 +342,12 @@ impl Tx {
         match kind {
             Some(k) if k == FrameKind::Call as u8 => {
                 let (mut send, recv) = state.conn.open_bi().await.map_err(closed)?;
-                send.write_chunk(bytes).await.map_err(closed)?;
+                match send.write_chunk(bytes).await {
+                    // The peer stopped reading: it refused the frame (too large) and answers
+                    // with an error on this stream, which the reader below delivers.
+                    Ok(()) | Err(quinn::WriteError::Stopped(_)) => {}
+                    Err(e) => return Err(closed(e)),
+                }
                 lock(&state.ours).insert(id, send);
                 tokio::spawn(read_frames(Arc::clone(state), recv, Some(id)));
                 Ok(())
@@ -410,6 +419,7 @@ impl LinkTx for Tx {
 struct Rx {
     frames: mpsc::Receiver<Bytes>,
     conn: Connection,
+    max_frame: usize,
 }
 
 impl std::fmt::Debug for Rx {
@@ -433,5 +443,9 @@ impl LinkRx for Rx {
                 },
             }
         })
+    }
+
+    fn frame_limit(&self) -> Option<usize> {
+        Some(self.max_frame)
     }
 }

@@ -81,6 +81,13 @@ pub trait LinkRx: Send + fmt::Debug + 'static {
     /// A transport that refuses to read a frame larger than its limit may deliver the frame's
     /// header alone; the engine then fails that call with `FrameTooLarge`.
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, TransportError>>;
+
+    /// The largest frame this transport reads, if it enforces a limit of its own. The engine
+    /// applies the smaller of this and its configured limit, so an oversized frame is reported
+    /// as `FrameTooLarge` whichever side of the link refused it.
+    fn frame_limit(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A connected link: both halves and who is on the other end.

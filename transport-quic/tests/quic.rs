@@ -1,0 +1,515 @@
+//! Calls over real loopback UDP with real TLS.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier::{CallOptions, Client, Context, Peer, RpcError, Server, TransportError};
+use courier_cbor::Cbor;
+use courier_quic::{ClientTls, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls};
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, Semaphore};
+
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .expect("test timed out")
+}
+
+#[courier::service]
+pub trait Lab {
+    /// Returns its argument.
+    async fn echo(&self, v: u64) -> u64;
+    /// Returns the bytes it was given.
+    async fn blob(&self, b: ByteBuf) -> ByteBuf;
+    /// Reports start, then waits for the gate.
+    async fn hold(&self, tag: u32) -> u32;
+    /// One-way: reports the value.
+    #[oneway]
+    async fn note(&self, v: u64);
+    /// Calls the client's `Doubler` back on the same connection.
+    async fn ask_back(&self, ctx: Context, x: u32) -> Result<u32, String>;
+    /// The caller's certificate chain, as the handler sees it.
+    async fn peer_certs(&self, ctx: Context) -> Vec<Vec<u8>>;
+}
+
+#[courier::service]
+pub trait Doubler {
+    /// Doubles.
+    async fn double(&self, x: u32) -> u32;
+}
+
+struct LabImpl {
+    started: mpsc::UnboundedSender<u32>,
+    noted: mpsc::UnboundedSender<u64>,
+    gate: Arc<Semaphore>,
+}
+
+impl Lab for LabImpl {
+    async fn echo(&self, v: u64) -> u64 {
+        v
+    }
+    async fn blob(&self, b: ByteBuf) -> ByteBuf {
+        b
+    }
+    async fn hold(&self, tag: u32) -> u32 {
+        let _ = self.started.send(tag);
+        self.gate.acquire().await.unwrap().forget();
+        tag
+    }
+    async fn note(&self, v: u64) {
+        let _ = self.noted.send(v);
+    }
+    async fn ask_back(&self, ctx: Context, x: u32) -> Result<u32, String> {
+        let client = ctx.client(Cbor::default()).map_err(|e| e.to_string())?;
+        DoublerClient::new(client)
+            .double(x)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    async fn peer_certs(&self, ctx: Context) -> Vec<Vec<u8>> {
+        match ctx.peer() {
+            Peer::Network { certificates, .. } => certificates.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+struct Probes {
+    started: mpsc::UnboundedReceiver<u32>,
+    noted: mpsc::UnboundedReceiver<u64>,
+    gate: Arc<Semaphore>,
+}
+
+fn lab() -> (LabImpl, Probes) {
+    let (started, started_rx) = mpsc::unbounded_channel();
+    let (noted, noted_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let probes = Probes {
+        started: started_rx,
+        noted: noted_rx,
+        gate: Arc::clone(&gate),
+    };
+    (
+        LabImpl {
+            started,
+            noted,
+            gate,
+        },
+        probes,
+    )
+}
+
+struct Running {
+    addr: SocketAddr,
+    cert: DevCert,
+    probes: Probes,
+}
+
+fn serve(tls: ServerTls, cert: DevCert, options: QuicOptions) -> Running {
+    let listener = QuicListener::bind("127.0.0.1:0".parse().unwrap(), tls, options).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (lab, probes) = lab();
+    let server = Server::builder(Cbor::default())
+        .service(LabServer::new(lab))
+        .build();
+    tokio::spawn(async move { server.serve(listener).await });
+    Running { addr, cert, probes }
+}
+
+fn start() -> Running {
+    let cert = DevCert::localhost().unwrap();
+    serve(ServerTls::dev(&cert), cert, QuicOptions::default())
+}
+
+async fn connect(r: &Running) -> LabClient<Cbor> {
+    connect_with(r, Client::builder(Cbor::default())).await
+}
+
+async fn connect_with(r: &Running, builder: courier::ClientBuilder<Cbor>) -> LabClient<Cbor> {
+    let connector = QuicConnector::new(
+        r.addr,
+        "localhost",
+        ClientTls::trusting_dev(&r.cert),
+        QuicOptions::default(),
+    )
+    .unwrap();
+    LabClient::new(builder.connect(&connector).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_kind_over_quic() {
+    within(async {
+        let mut r = start();
+        struct Twice;
+        impl Doubler for Twice {
+            async fn double(&self, x: u32) -> u32 {
+                x * 2
+            }
+        }
+        let lab = connect_with(
+            &r,
+            Client::builder(Cbor::default()).export(DoublerServer::new(Twice)),
+        )
+        .await;
+
+        // Call.
+        assert_eq!(lab.echo(7).await.unwrap(), 7);
+        // Blocking, from a thread without a runtime.
+        let blocking = lab.clone();
+        let answer = std::thread::spawn(move || blocking.echo_blocking(8))
+            .join()
+            .unwrap();
+        assert_eq!(answer.unwrap(), 8);
+        // One-way.
+        lab.note(9).await.unwrap();
+        assert_eq!(r.probes.noted.recv().await, Some(9));
+        // Acknowledged: resolves while the handler still waits on the gate.
+        let pending = lab.hold_acked(10).await.unwrap();
+        assert_eq!(r.probes.started.recv().await, Some(10));
+        r.probes.gate.add_permits(1);
+        assert_eq!(pending.await.unwrap(), 10);
+        // Server to client, on the same connection.
+        assert_eq!(lab.ask_back(21).await.unwrap(), Ok(42));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls_on_one_connection() {
+    within(async {
+        let r = start();
+        let lab = connect(&r).await;
+        let calls = (0..1000u64).map(|i| {
+            let lab = lab.clone();
+            async move { (i, lab.echo(i * 3).await) }
+        });
+        for (i, result) in futures::future::join_all(calls).await {
+            assert_eq!(result.unwrap(), i * 3);
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_mib_argument_and_reply() {
+    within(async {
+        let r = start();
+        let lab = connect(&r).await;
+        let big: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+        let back = lab.blob(ByteBuf::from(big.clone())).await.unwrap();
+        assert!(back.into_vec() == big);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_certificate_is_a_clear_tls_error() {
+    within(async {
+        let r = start();
+        let stranger = DevCert::localhost().unwrap();
+        let connector = QuicConnector::new(
+            r.addr,
+            "localhost",
+            ClientTls::trusting_dev(&stranger),
+            QuicOptions::default(),
+        )
+        .unwrap();
+        let err = Client::builder(Cbor::default())
+            .connect(&connector)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Transport(TransportError::Tls(m)) if m.contains("certificate")),
+            "{err}"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_anonymous_clients_and_names_the_others() {
+    within(async {
+        let server_cert = DevCert::localhost().unwrap();
+        let client_cert = DevCert::generate(vec!["client.example".to_owned()]).unwrap();
+        let tls = ServerTls::dev(&server_cert)
+            .require_client_certificates(vec![client_cert.certificate().clone()]);
+        let r = serve(tls, server_cert.clone(), QuicOptions::default());
+
+        // Without a certificate: refused. TLS 1.3 reports a client-auth failure after the
+        // handshake, so it may surface at connect or at the first call.
+        let anonymous = QuicConnector::new(
+            r.addr,
+            "localhost",
+            ClientTls::trusting_dev(&server_cert),
+            QuicOptions::default(),
+        )
+        .unwrap();
+        match Client::builder(Cbor::default()).connect(&anonymous).await {
+            Err(e) => assert!(
+                matches!(e, RpcError::Transport(_) | RpcError::Handshake(_)),
+                "{e}"
+            ),
+            Ok(client) => {
+                let err = LabClient::new(client).echo(1).await.unwrap_err();
+                assert!(matches!(err, RpcError::ConnectionLost(_)), "{err}");
+            }
+        }
+
+        // With one: the handler sees it as the peer.
+        let known = QuicConnector::new(
+            r.addr,
+            "localhost",
+            ClientTls::trusting_dev(&server_cert).with_dev_identity(&client_cert),
+            QuicOptions::default(),
+        )
+        .unwrap();
+        let lab = LabClient::new(
+            Client::builder(Cbor::default())
+                .connect(&known)
+                .await
+                .unwrap(),
+        );
+        let chain = lab.peer_certs().await.unwrap();
+        assert_eq!(chain, vec![client_cert.certificate().to_vec()]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_garbage_does_not_disturb_live_connections() {
+    within(async {
+        let r = start();
+        let lab = connect(&r).await;
+        assert_eq!(lab.echo(1).await.unwrap(), 1);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..2000usize {
+            let len = 1 + (i * 37) % 1400;
+            let datagram: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            socket.send_to(&datagram, r.addr).unwrap();
+            if i % 500 == 0 {
+                assert_eq!(lab.echo(i as u64).await.unwrap(), i as u64);
+            }
+        }
+        assert_eq!(lab.echo(2).await.unwrap(), 2);
+        // And a new connection is still accepted.
+        assert_eq!(connect(&r).await.echo(3).await.unwrap(), 3);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_limit_is_refused_and_other_calls_complete() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let options = QuicOptions::default().max_frame_size(64 * 1024);
+        let r = serve(ServerTls::dev(&cert), cert, options);
+        let lab = connect(&r).await;
+        let (big, small) =
+            tokio::join!(lab.blob(ByteBuf::from(vec![0u8; 256 * 1024])), lab.echo(5));
+        let err = big.unwrap_err();
+        assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err}");
+        assert_eq!(small.unwrap(), 5);
+        assert_eq!(
+            lab.blob(ByteBuf::from(vec![1u8; 1024]))
+                .await
+                .unwrap()
+                .len(),
+            1024
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_server_fails_calls_in_flight() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let listener = QuicListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerTls::dev(&cert),
+            QuicOptions::default(),
+        )
+        .unwrap();
+        let handle = listener.handle();
+        let addr = handle.local_addr().unwrap();
+        let (impl_, mut probes) = lab();
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(impl_))
+            .build();
+        tokio::spawn(async move { server.serve(listener).await });
+
+        let r = Running {
+            addr,
+            cert,
+            probes: lab().1,
+        };
+        let lab = connect(&r).await;
+        let patient = lab.with_options(CallOptions::new().timeout(Duration::from_secs(60)));
+        let call = patient.hold(1);
+        let (result, ()) = tokio::join!(call, async {
+            assert_eq!(probes.started.recv().await, Some(1));
+            handle.close();
+        });
+        assert!(
+            matches!(result, Err(RpcError::ConnectionLost(_))),
+            "{result:?}"
+        );
+        assert!(matches!(
+            lab.echo(1).await,
+            Err(RpcError::ConnectionLost(_))
+        ));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_lost_at_the_idle_timeout_and_the_client_reconnects() {
+    within(async {
+        let mut r = start();
+        // No keep-alives and a one-second idle timeout: a call that waits in silence loses
+        // its connection long before its deadline, as it would if the network went away.
+        let options = QuicOptions::default()
+            .idle_timeout(Duration::from_secs(1))
+            .keep_alive(None);
+        let connector = QuicConnector::new(
+            r.addr,
+            "localhost",
+            ClientTls::trusting_dev(&r.cert),
+            options,
+        )
+        .unwrap();
+        let lab = LabClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        let patient = lab.with_options(CallOptions::new().timeout(Duration::from_secs(60)));
+        let result = patient.hold(2).await;
+        assert!(
+            matches!(result, Err(RpcError::ConnectionLost(_))),
+            "{result:?}"
+        );
+        assert_eq!(r.probes.started.recv().await, Some(2));
+        // The same connector makes a new connection to the same server.
+        let lab = LabClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(lab.echo(4).await.unwrap(), 4);
+    })
+    .await
+}
+
+/// The server half of `a_killed_server_process_fails_the_call_promptly`, run in a child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: runs as the child process of another test"]
+async fn child_server_process() {
+    let (Ok(cert), Ok(key)) = (std::env::var("CHILD_CERT"), std::env::var("CHILD_KEY")) else {
+        return;
+    };
+    let tls = ServerTls::from_pem_files(cert, key).unwrap();
+    let listener =
+        QuicListener::bind("127.0.0.1:0".parse().unwrap(), tls, QuicOptions::default()).unwrap();
+    println!("PORT {}", listener.local_addr().unwrap().port());
+    let (impl_, mut probes) = lab();
+    let server = Server::builder(Cbor::default())
+        .service(LabServer::new(impl_))
+        .build();
+    tokio::spawn(async move { server.serve(listener).await });
+    while let Some(tag) = probes.started.recv().await {
+        println!("STARTED {tag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_process_fails_the_call_promptly() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let dir = std::env::temp_dir().join(format!("courier-quic-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.certificate_pem()).unwrap();
+        std::fs::write(&key_path, cert.private_key_pem()).unwrap();
+
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_server_process",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("CHILD_CERT", &cert_path)
+            .env("CHILD_KEY", &key_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let port: u16 = loop {
+            let line = lines.recv().await.expect("child exited before listening");
+            if let Some(p) = line.strip_prefix("PORT ") {
+                break p.trim().parse().unwrap();
+            }
+        };
+        // A short idle timeout: a killed peer sends nothing, so silence is how its death shows.
+        let options = QuicOptions::default()
+            .idle_timeout(Duration::from_secs(2))
+            .keep_alive(Some(Duration::from_millis(300)));
+        let connector = QuicConnector::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "localhost",
+            ClientTls::from_pem_file(&cert_path).unwrap(),
+            options,
+        )
+        .unwrap();
+        let lab = LabClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        let patient = lab.with_options(CallOptions::new().timeout(Duration::from_secs(90)));
+        let call = patient.hold(5);
+        let (result, ()) = tokio::join!(call, async {
+            loop {
+                let line = lines.recv().await.expect("child exited early");
+                if line.starts_with("STARTED 5") {
+                    break;
+                }
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+        });
+        // ConnectionLost, not DeadlineExceeded: the loss was seen long before the deadline.
+        assert!(
+            matches!(result, Err(RpcError::ConnectionLost(_))),
+            "{result:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+}
