@@ -1,1 +1,1 @@
-//! placeholder
+//! Shared-memory transport for Courier between processes on one machine (LRPC-style); not yet implemented.

@@ -1,4 +1,4 @@
-//! Quick start: one service, every call kind, over the in-process transport with CBOR.
+//! Quick start: one service, every call kind, over QUIC on loopback, once per codec.
 //!
 //! ```text
 //! cargo run --release -p courier-examples --bin quickstart
@@ -6,13 +6,15 @@
 //!
 //! The service is a plain Rust trait. `#[courier::service]` turns it into a client stub
 //! (`GreeterClient`) and a server dispatcher (`GreeterServer`); the codec and the transport are
-//! picked when connecting, not in the trait.
+//! picked when connecting, not in the trait. The server offers CBOR and XDR at once; each client
+//! picks one in its handshake.
 
 use std::time::Duration;
 
-use courier::transport::mem;
-use courier::{CallOptions, Client, Context, RpcError, Server};
+use courier::{CallOptions, Client, Codec, Context, RpcError, Server};
 use courier_cbor::Cbor;
+use courier_quic::{ClientTls, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls};
+use courier_xdr::Xdr;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -33,7 +35,7 @@ pub trait Greeter {
     /// Fire and forget: no reply ever comes.
     #[oneway]
     async fn log(&self, line: String);
-    /// Replies by calling back the client's `Progress` service, then returns.
+    /// Calls back the client's `Progress` service during the call, then returns.
     async fn work(&self, ctx: Context, steps: u32) -> u32;
 }
 
@@ -41,7 +43,7 @@ pub trait Greeter {
 #[courier::service]
 pub trait Progress {
     /// Reports how far the work is.
-    async fn report(&self, step: u32, of: u32);
+    async fn report(&self, step: u32, of: u32) -> ();
 }
 
 struct MyGreeter {
@@ -66,67 +68,114 @@ impl Greeter for MyGreeter {
     }
 
     async fn work(&self, ctx: Context, steps: u32) -> u32 {
-        // The client exported `Progress` on this same connection: call it back.
-        if let Ok(client) = ctx.client(Cbor::default()) {
-            let progress = ProgressClient::new(client);
-            for step in 1..=steps {
-                let _ = progress.report(step, steps).await;
-            }
+        // The client exported `Progress` on this same connection; call it back with the
+        // codec this connection uses.
+        match ctx.codec_name() {
+            "xdr" => report(ctx.client(Xdr::default()), steps).await,
+            _ => report(ctx.client(Cbor::default()), steps).await,
         }
-        steps
     }
 }
 
-struct PrintProgress;
+async fn report<C: Codec>(client: Result<Client<C>, RpcError>, steps: u32) -> u32 {
+    let Ok(client) = client else { return 0 };
+    let progress = ProgressClient::new(client);
+    for step in 1..=steps {
+        if progress.report(step, steps).await.is_err() {
+            return step - 1;
+        }
+    }
+    steps
+}
+
+struct PrintProgress(&'static str);
 
 impl Progress for PrintProgress {
     async fn report(&self, step: u32, of: u32) {
-        println!("  callback  : progress {step}/{of}");
+        println!("[{}] callback : progress {step}/{of}", self.0);
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), RpcError> {
-    // Server: register services, pick the codec(s), serve a listener.
-    let (logs, mut logged) = mpsc::unbounded_channel();
-    let server = Server::builder(Cbor::default())
-        .service(GreeterServer::new(MyGreeter { logs }))
-        .build();
-    let listener = mem::Listener::bind("quickstart")?;
-    tokio::spawn(async move { server.serve(listener).await });
-
-    // Client: same codec, export `Progress` for callbacks, connect by name.
-    let client = Client::builder(Cbor::default())
-        .export(ProgressServer::new(PrintProgress))
-        .connect(&mem::Dialer::new("quickstart"))
+/// Every call kind, with one codec.
+async fn tour<C: Codec>(
+    codec: C,
+    connector: &QuicConnector,
+    logged: &mut mpsc::UnboundedReceiver<String>,
+) -> Result<(), RpcError> {
+    let tag = C::NAME;
+    // Connect, exporting `Progress` so the server can call back.
+    let client = Client::builder(codec)
+        .export(ProgressServer::new(PrintProgress(tag)))
+        .connect(connector)
         .await?;
     let greeter = GreeterClient::new(client);
 
     // 1. A call: waits for the reply. The method's own error type comes back typed.
-    println!("call      : {:?}", greeter.greet("Ada".into()).await?);
-    println!("call      : {:?}", greeter.greet(String::new()).await?);
+    println!(
+        "[{tag}] call     : {:?}",
+        greeter.greet("Ada".into()).await?
+    );
+    println!(
+        "[{tag}] call     : {:?}",
+        greeter.greet(String::new()).await?
+    );
 
     // 2. A blocking call, from a thread with no async runtime.
     let blocking = greeter.clone();
     let answer = std::thread::spawn(move || blocking.greet_blocking("Grace".into()))
         .join()
         .map_err(|_| RpcError::Internal("the blocking thread panicked".into()))??;
-    println!("blocking  : {answer:?}");
+    println!("[{tag}] blocking : {answer:?}");
 
     // 3. A one-way call: returns once sent; the server logs it.
-    greeter.log("a line for the server's log".into()).await?;
-    println!("one-way   : sent; server logged {:?}", logged.recv().await);
+    greeter.log(format!("a line sent with {tag}")).await?;
+    println!(
+        "[{tag}] one-way  : sent; server logged {:?}",
+        logged.recv().await
+    );
 
     // 4. An acknowledged call: returns as soon as the server has it; the reply comes later.
     let pending = greeter.slow_count_acked(10).await?;
-    println!("acked     : the server has the call");
-    println!("acked     : reply {}", pending.await?);
+    println!("[{tag}] acked    : the server has the call");
+    println!("[{tag}] acked    : reply {}", pending.await?);
 
-    // 5. A callback reply: the server calls back into the client during the call.
-    println!("callback  : work done, {} steps", greeter.work(3).await?);
+    // 5. A callback: the server calls back into the client during the call.
+    println!(
+        "[{tag}] callback : work done, {} steps",
+        greeter.work(3).await?
+    );
 
     // 6. A deadline: the call gives up, and the server drops the handler.
     let hurried = greeter.with_options(CallOptions::new().timeout(Duration::from_millis(1)));
-    println!("deadline  : {:?}", hurried.slow_count(5).await);
+    println!("[{tag}] deadline : {:?}", hurried.slow_count(5).await);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Server: a development certificate, a QUIC listener on loopback, both codecs.
+    let cert = DevCert::localhost()?;
+    let listener = QuicListener::bind(
+        "127.0.0.1:0".parse()?,
+        ServerTls::dev(&cert),
+        QuicOptions::default(),
+    )?;
+    let addr = listener.local_addr()?;
+    let (logs, mut logged) = mpsc::unbounded_channel();
+    let server = Server::builder((Cbor::default(), Xdr::default()))
+        .service(GreeterServer::new(MyGreeter { logs }))
+        .build();
+    tokio::spawn(async move { server.serve(listener).await });
+    println!("serving Greeter over QUIC on {addr}");
+
+    // Client: trust exactly that certificate, then take the tour once per codec.
+    let connector = QuicConnector::new(
+        addr,
+        "localhost",
+        ClientTls::trusting_dev(&cert),
+        QuicOptions::default(),
+    )?;
+    tour(Cbor::default(), &connector, &mut logged).await?;
+    tour(Xdr::default(), &connector, &mut logged).await?;
     Ok(())
 }
