@@ -8,6 +8,8 @@
 //! assert_eq!(p.id, 42);
 //! ```
 
+pub mod quic;
+
 /// The payloads every codec bench uses, so that figures compare like with like.
 pub mod payloads {
     use serde::{Deserialize, Serialize};

@@ -135,6 +135,12 @@ impl QuicOptions {
         self
     }
 
+    /// The quinn transport configuration these options make, for tools that drive quinn
+    /// directly with the same settings.
+    pub fn into_transport(&self) -> Result<quinn::TransportConfig, Error> {
+        self.transport()
+    }
+
     fn transport(&self) -> Result<quinn::TransportConfig, Error> {
         let mut t = quinn::TransportConfig::default();
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)

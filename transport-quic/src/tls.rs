@@ -162,6 +162,12 @@ impl ServerTls {
         Ok(self.require_client_certificates(read_certs(roots.as_ref())?))
     }
 
+    /// The rustls configuration this makes (TLS 1.3 only, ALPN `courier/1`), for tools that
+    /// drive quinn directly, such as the benchmarks' raw-quinn floor.
+    pub fn into_rustls(self) -> Result<rustls::ServerConfig, Error> {
+        self.build()
+    }
+
     pub(crate) fn build(self) -> Result<rustls::ServerConfig, Error> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -225,6 +231,12 @@ impl ClientTls {
     /// Presents a development certificate.
     pub fn with_dev_identity(self, cert: &DevCert) -> Self {
         self.with_identity(vec![cert.certificate().clone()], cert.private_key())
+    }
+
+    /// The rustls configuration this makes (TLS 1.3 only, ALPN `courier/1`), for tools that
+    /// drive quinn directly.
+    pub fn into_rustls(self) -> Result<rustls::ClientConfig, Error> {
+        self.build()
     }
 
     pub(crate) fn build(self) -> Result<rustls::ClientConfig, Error> {

@@ -1,0 +1,82 @@
+//! Courier over QUIC against raw quinn, in the same run, on the same runtime, with the same bytes.
+//!
+//! ```text
+//! cargo bench -p courier-benches --bench quic
+//! ```
+//!
+//! The floor is quinn alone: one bidirectional stream per request, the request written and
+//! finished, the reply read to its end. Courier sends the same number of bytes per request (its
+//! 32-byte header plus the encoded argument), so the difference is Courier's own work: framing,
+//! the call table, dispatch and the codec.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use courier_benches::quic;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures::future::join_all;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    let (courier, raw) = rt.block_on(async {
+        (
+            quic::courier_pair().await.expect("courier over QUIC"),
+            quic::raw_pair().await.expect("raw quinn"),
+        )
+    });
+    let courier = Arc::new(courier);
+    let raw = Arc::new(raw);
+
+    // Null call: one request in flight, round trip.
+    let null_bytes = quic::courier_request_len(&[]);
+    let mut g = c.benchmark_group("quic/null_call");
+    g.bench_function("raw_quinn", |b| {
+        b.to_async(&rt).iter(|| async { black_box(raw.round_trip(null_bytes).await) })
+    });
+    g.bench_function("courier_cbor", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(courier.echo(&[]).await.expect("call")) })
+    });
+    g.finish();
+
+    // 64 calls in flight: time per batch of 64, so elements/s is calls/s.
+    let mut g = c.benchmark_group("quic/in_flight_64");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("raw_quinn", |b| {
+        b.to_async(&rt).iter(|| async {
+            join_all((0..64).map(|_| raw.round_trip(null_bytes))).await
+        })
+    });
+    g.bench_function("courier_cbor", |b| {
+        b.to_async(&rt).iter(|| async {
+            join_all((0..64).map(|_| courier.echo(&[]))).await
+        })
+    });
+    g.finish();
+
+    // 1 MiB echo: bytes both ways per iteration.
+    let mib = vec![0x5au8; 1024 * 1024];
+    let mib_bytes = quic::courier_request_len(&mib);
+    let mut g = c.benchmark_group("quic/echo_1mib");
+    g.throughput(Throughput::Bytes(2 * mib.len() as u64));
+    g.sample_size(30);
+    g.bench_with_input(BenchmarkId::new("raw_quinn", "1MiB"), &mib_bytes, |b, &n| {
+        b.to_async(&rt).iter(|| async { black_box(raw.round_trip(n).await) })
+    });
+    g.bench_with_input(BenchmarkId::new("courier_cbor", "1MiB"), &mib, |b, mib| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(courier.echo(mib).await.expect("call")) })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
