@@ -39,7 +39,8 @@ fn bench(c: &mut Criterion) {
     let null_bytes = quic::courier_request_len(&[]);
     let mut g = c.benchmark_group("quic/null_call");
     g.bench_function("raw_quinn", |b| {
-        b.to_async(&rt).iter(|| async { black_box(raw.round_trip(null_bytes).await) })
+        b.to_async(&rt)
+            .iter(|| async { black_box(raw.round_trip(null_bytes).await) })
     });
     g.bench_function("courier_cbor", |b| {
         b.to_async(&rt)
@@ -51,14 +52,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("quic/in_flight_64");
     g.throughput(Throughput::Elements(64));
     g.bench_function("raw_quinn", |b| {
-        b.to_async(&rt).iter(|| async {
-            join_all((0..64).map(|_| raw.round_trip(null_bytes))).await
-        })
+        b.to_async(&rt)
+            .iter(|| async { join_all((0..64).map(|_| raw.round_trip(null_bytes))).await })
     });
     g.bench_function("courier_cbor", |b| {
-        b.to_async(&rt).iter(|| async {
-            join_all((0..64).map(|_| courier.echo(&[]))).await
-        })
+        b.to_async(&rt)
+            .iter(|| async { join_all((0..64).map(|_| courier.echo(&[]))).await })
     });
     g.finish();
 
@@ -68,9 +67,14 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("quic/echo_1mib");
     g.throughput(Throughput::Bytes(2 * mib.len() as u64));
     g.sample_size(30);
-    g.bench_with_input(BenchmarkId::new("raw_quinn", "1MiB"), &mib_bytes, |b, &n| {
-        b.to_async(&rt).iter(|| async { black_box(raw.round_trip(n).await) })
-    });
+    g.bench_with_input(
+        BenchmarkId::new("raw_quinn", "1MiB"),
+        &mib_bytes,
+        |b, &n| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(raw.round_trip(n).await) })
+        },
+    );
     g.bench_with_input(BenchmarkId::new("courier_cbor", "1MiB"), &mib, |b, mib| {
         b.to_async(&rt)
             .iter(|| async { black_box(courier.echo(mib).await.expect("call")) })

@@ -131,7 +131,9 @@ impl RawEcho {
         let Ok((mut send, mut recv)) = self.conn.open_bi().await else {
             return 0;
         };
-        let _ = send.write_chunk(self.payload.slice(..len.min(self.payload.len()))).await;
+        let _ = send
+            .write_chunk(self.payload.slice(..len.min(self.payload.len())))
+            .await;
         let _ = send.finish();
         recv.read_to_end(64 * 1024 * 1024)
             .await

@@ -136,7 +136,18 @@ impl Shared {
             shutdown: Notify::new(),
             limits,
         });
-        tokio::spawn(read_loop(Arc::clone(&shared), rx));
+        let sink = crate::transport::FrameSink {
+            shared: Arc::downgrade(&shared),
+        };
+        let mut rx = rx;
+        if rx.start(sink) {
+            // The transport holds the connection only weakly; this task keeps it alive until
+            // it closes, as the reader task does in pull mode.
+            let keeper = Arc::clone(&shared);
+            tokio::spawn(async move { keeper.closed().await });
+        } else {
+            tokio::spawn(read_loop(Arc::clone(&shared), rx));
+        }
         shared
     }
 
@@ -160,14 +171,25 @@ impl Shared {
         RpcError::ConnectionLost(lock(&self.close_reason).clone())
     }
 
-    /// Asks the reader to stop; the connection then closes.
+    /// Resolves once the connection has closed.
+    async fn closed(&self) {
+        loop {
+            let notified = self.shutdown.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the connection from this side and stops the reader.
     pub(crate) fn shutdown(&self) {
-        self.shutdown.notify_one();
+        self.close("closed by this side".to_owned());
     }
 
     /// Fails every call in flight with `ConnectionLost`, stops the handlers that have someone to
     /// reply to, and closes the link.
-    fn close(&self, reason: String) {
+    pub(crate) fn close(&self, reason: String) {
         let pending: Vec<PendingCall> = {
             let mut calls = lock(&self.calls);
             if self.closed.swap(true, Ordering::AcqRel) {
@@ -188,6 +210,9 @@ impl Shared {
         });
         self.in_flight.close();
         self.tx.close();
+        // Wake the reader (pull mode) and the keeper (push mode), wherever they wait.
+        self.shutdown.notify_waiters();
+        self.shutdown.notify_one();
     }
 
     /// Writes one frame: the header, then whatever `body` writes, then the payload length.
@@ -286,7 +311,7 @@ impl Shared {
     }
 
     /// Handles one frame from the reader.
-    fn on_frame(self: &Arc<Self>, frame: Bytes) {
+    pub(crate) fn on_frame(self: &Arc<Self>, frame: Bytes) {
         if frame.len() > self.limits.max_frame_size {
             let call_id = (frame.len() >= 16).then(|| {
                 let mut id = [0u8; 8];
@@ -369,6 +394,9 @@ impl Shared {
     }
 
     fn on_call(self: &Arc<Self>, header: Header, frame: Bytes) {
+        if self.is_closed() {
+            return;
+        }
         let deadline = (header.budget_micros != 0)
             .then(|| Instant::now() + Duration::from_micros(u64::from(header.budget_micros)));
         let Some(router) = &self.router else {

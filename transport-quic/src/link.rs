@@ -18,10 +18,10 @@
 //! control instead of growing this side's memory.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use bytes::{Bytes, BytesMut};
-use courier::transport::{FrameBuf, Link, LinkRx, LinkTx};
+use bytes::{Buf, Bytes, BytesMut};
+use courier::transport::{FrameBuf, FrameSink, Link, LinkRx, LinkTx};
 use courier::wire::{FrameKind, HEADER_LEN};
 use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
@@ -49,6 +49,8 @@ struct State {
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     incoming: mpsc::Sender<Bytes>,
+    /// Set once the handshake is done: frames then go straight to the connection.
+    sink: OnceLock<FrameSink>,
     /// The handshake stream's send half, until the one handshake message is sent.
     control: Mutex<Option<SendStream>>,
     /// Send halves of our calls in flight, to reset on cancel and finish on reply.
@@ -92,6 +94,7 @@ pub(crate) fn link(
         budget: Arc::new(Semaphore::new(budget_bytes)),
         budget_bytes,
         incoming,
+        sink: OnceLock::new(),
         control: Mutex::new(control_send),
         ours: Mutex::new(HashMap::new()),
         theirs: Mutex::new(HashMap::new()),
@@ -103,6 +106,7 @@ pub(crate) fn link(
             frames: rx,
             conn,
             max_frame,
+            state: Arc::clone(&state),
         }),
         peer,
     }
@@ -142,6 +146,20 @@ async fn accept_streams(state: Arc<State>, control: Option<RecvStream>) {
     }
 }
 
+impl State {
+    /// Hands a frame to the connection: straight to its sink once the handshake is done, else
+    /// through the queue that `recv` reads. Returns false once nobody is listening.
+    async fn deliver(&self, frame: Bytes) -> bool {
+        match self.sink.get() {
+            Some(sink) => {
+                sink.deliver(frame);
+                true
+            }
+            None => self.incoming.send(frame).await.is_ok(),
+        }
+    }
+}
+
 async fn read_handshake(state: Arc<State>, mut recv: RecvStream) {
     let mut len = [0u8; 4];
     if recv.read_exact(&mut len).await.is_err() {
@@ -154,7 +172,7 @@ async fn read_handshake(state: Arc<State>, mut recv: RecvStream) {
     }
     let mut message = vec![0u8; len];
     if recv.read_exact(&mut message).await.is_ok() {
-        let _ = state.incoming.send(Bytes::from(message)).await;
+        state.deliver(Bytes::from(message)).await;
     }
 }
 
@@ -171,61 +189,82 @@ enum Read {
 
 /// The bytes of one frame, holding its share of the connection's budget until dropped.
 struct Budgeted {
-    bytes: Vec<u8>,
+    bytes: BytesMut,
     _permit: OwnedSemaphorePermit,
 }
 
 impl AsRef<[u8]> for Budgeted {
     fn as_ref(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.chunk()
     }
 }
 
-async fn read_frame(state: &State, recv: &mut RecvStream) -> Read {
-    let mut header = [0u8; HEADER_LEN];
-    // The first byte tells a clean end between frames from a truncated one.
-    match recv.read(&mut header[..1]).await {
-        Ok(Some(1)) => {}
-        Ok(_) => return Read::End,
-        Err(quinn::ReadError::Reset(_)) => return Read::Reset,
-        Err(_) => return Read::Failed,
-    }
-    match recv.read_exact(&mut header[1..]).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(_))) => return Read::Reset,
-        Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            // A truncated header: hand what came to the engine, which reports it.
-            return Read::Frame(Bytes::copy_from_slice(&header[..1 + n]));
+/// Reads whole frames off one stream, a chunk at a time: a small frame usually arrives in one
+/// chunk, so it costs one read instead of one for the header and one for the payload.
+struct Frames {
+    recv: RecvStream,
+    buf: BytesMut,
+}
+
+impl Frames {
+    fn new(recv: RecvStream) -> Self {
+        Frames {
+            recv,
+            buf: BytesMut::new(),
         }
-        Err(_) => return Read::Failed,
     }
-    let declared = u32::from_be_bytes([header[24], header[25], header[26], header[27]]) as usize;
-    if HEADER_LEN + declared > state.max_frame {
-        // Refuse to read it: the engine sees the header alone and reports the frame as too
-        // large against its call; the stream's sender is told to stop.
-        let _ = recv.stop(REFUSED);
-        return Read::Frame(Bytes::copy_from_slice(&header));
-    }
-    let total = HEADER_LEN + declared;
-    let Ok(permit) = Arc::clone(&state.budget)
-        .acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
-        .await
-    else {
-        return Read::Failed;
-    };
-    let mut bytes = vec![0u8; total];
-    bytes[..HEADER_LEN].copy_from_slice(&header);
-    match recv.read_exact(&mut bytes[HEADER_LEN..]).await {
-        Ok(()) => Read::Frame(Bytes::from_owner(Budgeted {
-            bytes,
-            _permit: permit,
-        })),
-        Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            bytes.truncate(HEADER_LEN + n);
-            Read::Frame(Bytes::from(bytes))
+
+    /// Reads until `buf` holds at least `want` bytes. `Ok(false)` if the stream ended first.
+    async fn fill(&mut self, want: usize) -> Result<bool, Read> {
+        while self.buf.len() < want {
+            match self.recv.read_chunk(want - self.buf.len(), true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Ok(false),
+                Err(quinn::ReadError::Reset(_)) => return Err(Read::Reset),
+                Err(_) => return Err(Read::Failed),
+            }
         }
-        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(_))) => Read::Reset,
-        Err(_) => Read::Failed,
+        Ok(true)
+    }
+
+    async fn next(&mut self, state: &State) -> Read {
+        match self.fill(HEADER_LEN).await {
+            Ok(true) => {}
+            // A clean end between frames, or a truncated header, which the engine reports.
+            Ok(false) if self.buf.is_empty() => return Read::End,
+            Ok(false) => return Read::Frame(self.buf.split().freeze()),
+            Err(read) => return read,
+        }
+        let declared =
+            u32::from_be_bytes([self.buf[24], self.buf[25], self.buf[26], self.buf[27]]) as usize;
+        if HEADER_LEN + declared > state.max_frame {
+            // Refuse to read it: the engine sees the header alone and reports the frame as too
+            // large against its call; the stream's sender is told to stop.
+            let _ = self.recv.stop(REFUSED);
+            let header = self.buf.split_to(HEADER_LEN).freeze();
+            self.buf.clear();
+            return Read::Frame(header);
+        }
+        let total = HEADER_LEN + declared;
+        let Ok(permit) = Arc::clone(&state.budget)
+            .acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
+            .await
+        else {
+            return Read::Failed;
+        };
+        self.buf.reserve(total.saturating_sub(self.buf.len()));
+        match self.fill(total).await {
+            Ok(true) => {
+                let frame = self.buf.split_to(total);
+                Read::Frame(Bytes::from_owner(Budgeted {
+                    bytes: frame,
+                    _permit: permit,
+                }))
+            }
+            // Truncated: hand over what came; the engine reports the length mismatch.
+            Ok(false) => Read::Frame(self.buf.split().freeze()),
+            Err(read) => read,
+        }
     }
 }
 
@@ -247,11 +286,12 @@ fn cancel_frame(id: u64) -> Bytes {
 
 /// A stream the peer opened for a call: register its send half for the reply, pass the frames
 /// on, and turn a reset into a Cancel.
-async fn read_peer_call(state: Arc<State>, send: SendStream, mut recv: RecvStream) {
+async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
     let mut send = Some(send);
     let mut id = None;
+    let mut frames = Frames::new(recv);
     loop {
-        match read_frame(&state, &mut recv).await {
+        match frames.next(&state).await {
             Read::Frame(frame) => {
                 if let Some(send) = send.take() {
                     if let Some(call) = call_id(&frame) {
@@ -259,13 +299,13 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, mut recv: RecvStrea
                         id = Some(call);
                     }
                 }
-                if state.incoming.send(frame).await.is_err() {
+                if !state.deliver(frame).await {
                     return;
                 }
             }
             Read::Reset => {
                 if let Some(call) = id {
-                    let _ = state.incoming.send(cancel_frame(call)).await;
+                    state.deliver(cancel_frame(call)).await;
                 }
                 return;
             }
@@ -276,15 +316,16 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, mut recv: RecvStrea
 
 /// Frames on a stream whose send half, if any, is not ours to answer on: one-way calls and
 /// notices (uni streams), and the replies to our own calls.
-async fn read_frames(state: Arc<State>, mut recv: RecvStream, ours: Option<u64>) {
+async fn read_frames(state: Arc<State>, recv: RecvStream, ours: Option<u64>) {
+    let mut frames = Frames::new(recv);
     loop {
-        match read_frame(&state, &mut recv).await {
+        match frames.next(&state).await {
             Read::Frame(frame) => {
                 let answers = matches!(
                     frame.get(1).copied(),
                     Some(k) if k == FrameKind::Reply as u8 || k == FrameKind::Error as u8
                 );
-                if state.incoming.send(frame).await.is_err() {
+                if !state.deliver(frame).await {
                     return;
                 }
                 if answers {
@@ -420,6 +461,7 @@ struct Rx {
     frames: mpsc::Receiver<Bytes>,
     conn: Connection,
     max_frame: usize,
+    state: Arc<State>,
 }
 
 impl std::fmt::Debug for Rx {
@@ -447,5 +489,31 @@ impl LinkRx for Rx {
 
     fn frame_limit(&self) -> Option<usize> {
         Some(self.max_frame)
+    }
+
+    fn start(&mut self, sink: FrameSink) -> bool {
+        let (_, mut frames) = mpsc::channel(1);
+        std::mem::swap(&mut frames, &mut self.frames);
+        let conn = self.conn.clone();
+        let _ = self.state.sink.set(sink.clone());
+        // Frames queued before the switch (or by a reader that looked just before it) still
+        // arrive, in order, through the queue.
+        let forward = sink.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = frames.recv().await {
+                forward.deliver(frame);
+            }
+        });
+        tokio::spawn(async move {
+            let reason = match conn.closed().await {
+                quinn::ConnectionError::LocallyClosed => "closed by this side".to_owned(),
+                quinn::ConnectionError::ApplicationClosed(_) => {
+                    "the peer closed the connection".to_owned()
+                }
+                other => format!("QUIC connection lost: {other}"),
+            };
+            sink.close(reason);
+        });
+        true
     }
 }

@@ -15,7 +15,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, Semaphore};
 
 async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(120), f)
+    tokio::time::timeout(Duration::from_secs(60), f)
         .await
         .expect("test timed out")
 }

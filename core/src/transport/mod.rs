@@ -88,6 +88,51 @@ pub trait LinkRx: Send + fmt::Debug + 'static {
     fn frame_limit(&self) -> Option<usize> {
         None
     }
+
+    /// Switches to push delivery once the handshake is done: the transport hands every frame
+    /// to `sink` from its own tasks, as it arrives, instead of waiting to be polled by
+    /// [`LinkRx::recv`], and reports the link's end through [`FrameSink::close`]. This saves a
+    /// hop and a task wake-up per frame on transports that already read on many tasks at once
+    /// (one per QUIC stream).
+    ///
+    /// Returns true if the transport switched; false (the default) to keep being polled. After
+    /// a switch the engine drops the receiver, so the transport moves out what it still needs.
+    fn start(&mut self, sink: FrameSink) -> bool {
+        let _ = sink;
+        false
+    }
+}
+
+/// Where a transport in push mode delivers frames; see [`LinkRx::start`].
+///
+/// Delivering is synchronous and cheap: the engine routes the frame and spawns whatever work it
+/// needs. The sink holds the connection weakly, so a transport may keep it as long as it likes.
+#[derive(Clone)]
+pub struct FrameSink {
+    pub(crate) shared: std::sync::Weak<crate::connection::Shared>,
+}
+
+impl FrameSink {
+    /// Hands one whole frame to the connection.
+    pub fn deliver(&self, frame: Bytes) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.on_frame(frame);
+        }
+    }
+
+    /// Tells the connection the link has ended; calls in flight fail with `ConnectionLost`
+    /// carrying `reason`.
+    pub fn close(&self, reason: String) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.close(reason);
+        }
+    }
+}
+
+impl fmt::Debug for FrameSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameSink").finish_non_exhaustive()
+    }
 }
 
 /// A connected link: both halves and who is on the other end.
