@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::{AbortHandle, BoxFuture};
 use futures::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::context::Context;
@@ -41,6 +41,10 @@ use crate::wire::{
 
 /// Longest error message put on the wire; the rest is cut so error frames stay small.
 const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// A handler ready to run, returned by [`Shared::on_frame`]: the caller awaits it on its own
+/// task or spawns it. Dropping it (or aborting it through the handler table) drops the handler.
+pub(crate) type Work = BoxFuture<'static, ()>;
 
 /// A reply frame (its parsed header and the whole frame), or why none will come.
 pub(crate) type ReplyResult = Result<(Header, Bytes), RpcError>;
@@ -311,7 +315,7 @@ impl Shared {
     }
 
     /// Handles one frame from the reader.
-    pub(crate) fn on_frame(self: &Arc<Self>, frame: Bytes) {
+    pub(crate) fn on_frame(self: &Arc<Self>, frame: Bytes) -> Option<Work> {
         if frame.len() > self.limits.max_frame_size {
             let call_id = (frame.len() >= 16).then(|| {
                 let mut id = [0u8; 8];
@@ -322,7 +326,8 @@ impl Shared {
                 len: frame.len(),
                 limit: self.limits.max_frame_size,
             };
-            return self.on_bad_frame(&frame, FrameError { call_id, problem });
+            self.on_bad_frame(&frame, FrameError { call_id, problem });
+            return None;
         }
         let header = match Header::decode(&frame) {
             Ok(h) => h,
@@ -336,12 +341,16 @@ impl Shared {
                     len: HEADER_LEN + declared as usize,
                     limit: self.limits.max_frame_size,
                 };
-                return self.on_bad_frame(&frame, FrameError { call_id, problem });
+                self.on_bad_frame(&frame, FrameError { call_id, problem });
+                return None;
             }
-            Err(e) => return self.on_bad_frame(&frame, e),
+            Err(e) => {
+                self.on_bad_frame(&frame, e);
+                return None;
+            }
         };
         match header.kind {
-            FrameKind::Call | FrameKind::OneWay => self.on_call(header, frame),
+            FrameKind::Call | FrameKind::OneWay => return self.on_call(header, frame),
             FrameKind::Reply | FrameKind::Error => {
                 let pending = lock(&self.calls).remove(&header.call_id);
                 match pending {
@@ -369,6 +378,7 @@ impl Shared {
                 }
             }
         }
+        None
     }
 
     /// A frame that could not be parsed: fail the call it belongs to, on whichever side that is,
@@ -393,15 +403,16 @@ impl Shared {
         }
     }
 
-    fn on_call(self: &Arc<Self>, header: Header, frame: Bytes) {
+    fn on_call(self: &Arc<Self>, header: Header, frame: Bytes) -> Option<Work> {
         if self.is_closed() {
-            return;
+            return None;
         }
         let deadline = (header.budget_micros != 0)
             .then(|| Instant::now() + Duration::from_micros(u64::from(header.budget_micros)));
         let Some(router) = &self.router else {
             let interface = header.interface;
-            return self.refuse(&header, RpcError::UnknownInterface { interface });
+            self.refuse(&header, RpcError::UnknownInterface { interface });
+            return None;
         };
         let context = Context::new(Arc::clone(self), &header, deadline);
         let mut handlers = lock(&self.handlers);
@@ -411,12 +422,14 @@ impl Shared {
                 "{} calls already running on this connection",
                 self.limits.max_handlers
             );
-            return self.refuse(&header, RpcError::Overloaded(message));
+            self.refuse(&header, RpcError::Overloaded(message));
+            return None;
         }
         if handlers.contains_key(&header.call_id) {
             drop(handlers);
             let message = format!("call id {} is already running", header.call_id);
-            return self.refuse(&header, RpcError::Protocol(message));
+            self.refuse(&header, RpcError::Protocol(message));
+            return None;
         }
         let incoming = Incoming {
             header: &header,
@@ -427,20 +440,23 @@ impl Shared {
             Ok(f) => f,
             Err(e) => {
                 drop(handlers);
-                return self.refuse(&header, e);
+                self.refuse(&header, e);
+                return None;
             }
         };
         drop(frame);
-        let task = self
-            .runtime
-            .spawn(run_handler(Arc::clone(self), header, future, deadline));
+        let (work, abort) =
+            futures::future::abortable(run_handler(Arc::clone(self), header, future, deadline));
         handlers.insert(
             header.call_id,
             RunningHandler {
-                abort: task.abort_handle(),
+                abort,
                 abort_on_close: header.kind == FrameKind::Call,
             },
         );
+        Some(Box::pin(async move {
+            let _: Result<(), _> = work.await;
+        }))
     }
 
     /// Registers a call in the table and sends it. The returned [`CallSlot`] resolves with the
@@ -613,7 +629,11 @@ async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {
             next = rx.recv() => next,
         };
         match next {
-            Ok(Some(frame)) => shared.on_frame(frame),
+            Ok(Some(frame)) => {
+                if let Some(work) = shared.on_frame(frame) {
+                    shared.runtime.spawn(work);
+                }
+            }
             Ok(None) => break "the peer closed the connection".to_owned(),
             Err(e) => break format!("the link failed: {e}"),
         }

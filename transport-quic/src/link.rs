@@ -7,7 +7,7 @@
 //! | Call (ours) | a new bidirectional stream; its reply comes back on it |
 //! | Ack, Reply, Error (to the peer's call) | the send half of the call's stream; a reply finishes it |
 //! | OneWay, or an Error that belongs to no stream | a new unidirectional stream |
-//! | Cancel (of our call) | a reset of the call's stream; the peer turns the reset into a Cancel |
+//! | Cancel (of our call) | STOP_SENDING on the call's stream (its reader is dropped); the peer turns that, or a reset, into a Cancel |
 //!
 //! The handshake's two messages travel on the connection's first bidirectional stream, each
 //! with a 4-byte length before it.
@@ -32,8 +32,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 const QUEUE_DEPTH: usize = 256;
 /// Largest handshake message accepted.
 const MAX_HANDSHAKE: usize = 1024;
-/// Stream error code for a cancelled call.
-const CANCELLED: VarInt = VarInt::from_u32(1);
 /// Stream error code for a frame refused as too large.
 const REFUSED: VarInt = VarInt::from_u32(2);
 
@@ -53,8 +51,9 @@ struct State {
     sink: OnceLock<FrameSink>,
     /// The handshake stream's send half, until the one handshake message is sent.
     control: Mutex<Option<SendStream>>,
-    /// Send halves of our calls in flight, to reset on cancel and finish on reply.
-    ours: Mutex<HashMap<u64, SendStream>>,
+    /// The reader tasks of our calls in flight: aborting one drops its receive half, which
+    /// tells the peer (STOP_SENDING) that the call is cancelled.
+    ours: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
     /// Send halves of the peer's calls, waiting for their ack or reply.
     theirs: Mutex<HashMap<u64, Shared>>,
 }
@@ -146,16 +145,29 @@ async fn accept_streams(state: Arc<State>, control: Option<RecvStream>) {
     }
 }
 
+/// What became of a delivered frame.
+enum Delivered {
+    /// Taken; nothing more to do here.
+    Done,
+    /// A call whose handler this task should run (or drop, to cancel it).
+    Handler(futures::future::BoxFuture<'static, ()>),
+    /// Nobody listens any more.
+    Gone,
+}
+
 impl State {
     /// Hands a frame to the connection: straight to its sink once the handshake is done, else
-    /// through the queue that `recv` reads. Returns false once nobody is listening.
-    async fn deliver(&self, frame: Bytes) -> bool {
+    /// through the queue that `recv` reads.
+    async fn deliver(&self, frame: Bytes) -> Delivered {
         match self.sink.get() {
-            Some(sink) => {
-                sink.deliver(frame);
-                true
-            }
-            None => self.incoming.send(frame).await.is_ok(),
+            Some(sink) => match sink.deliver(frame) {
+                Some(handler) => Delivered::Handler(handler),
+                None => Delivered::Done,
+            },
+            None => match self.incoming.send(frame).await {
+                Ok(()) => Delivered::Done,
+                Err(_) => Delivered::Gone,
+            },
         }
     }
 }
@@ -172,7 +184,7 @@ async fn read_handshake(state: Arc<State>, mut recv: RecvStream) {
     }
     let mut message = vec![0u8; len];
     if recv.read_exact(&mut message).await.is_ok() {
-        state.deliver(Bytes::from(message)).await;
+        let _ = state.deliver(Bytes::from(message)).await;
     }
 }
 
@@ -199,12 +211,16 @@ impl AsRef<[u8]> for Budgeted {
     }
 }
 
-/// Reads whole frames off one stream, a chunk at a time: a small frame usually arrives in one
-/// chunk, so it costs one read instead of one for the header and one for the payload.
+/// Reads whole frames off one stream. Small frames usually come in one read (header and payload
+/// together); a large payload is read straight into its buffer, many packets per read.
 struct Frames {
     recv: RecvStream,
     buf: BytesMut,
 }
+
+/// How much a read for a header may take at once; what follows the frame stays buffered for the
+/// next one.
+const READ_AHEAD: usize = 4096;
 
 impl Frames {
     fn new(recv: RecvStream) -> Self {
@@ -217,9 +233,31 @@ impl Frames {
     /// Reads until `buf` holds at least `want` bytes. `Ok(false)` if the stream ended first.
     async fn fill(&mut self, want: usize) -> Result<bool, Read> {
         while self.buf.len() < want {
-            match self.recv.read_chunk(want - self.buf.len(), true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
-                Ok(None) => return Ok(false),
+            let have = self.buf.len();
+            if want - have > READ_AHEAD {
+                // A large payload: one buffer of the exact size, filled by as few reads as the
+                // stream allows.
+                self.buf.resize(want, 0);
+                return match self.recv.read_exact(&mut self.buf[have..]).await {
+                    Ok(()) => Ok(true),
+                    Err(quinn::ReadExactError::FinishedEarly(n)) => {
+                        self.buf.truncate(have + n);
+                        Ok(false)
+                    }
+                    Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(_))) => {
+                        Err(Read::Reset)
+                    }
+                    Err(_) => Err(Read::Failed),
+                };
+            }
+            self.buf.resize(have + READ_AHEAD, 0);
+            let read = self.recv.read(&mut self.buf[have..]).await;
+            match read {
+                Ok(Some(n)) => self.buf.truncate(have + n),
+                Ok(None) => {
+                    self.buf.truncate(have);
+                    return Ok(false);
+                }
                 Err(quinn::ReadError::Reset(_)) => return Err(Read::Reset),
                 Err(_) => return Err(Read::Failed),
             }
@@ -252,7 +290,6 @@ impl Frames {
         else {
             return Read::Failed;
         };
-        self.buf.reserve(total.saturating_sub(self.buf.len()));
         match self.fill(total).await {
             Ok(true) => {
                 let frame = self.buf.split_to(total);
@@ -287,6 +324,9 @@ fn cancel_frame(id: u64) -> Bytes {
 /// A stream the peer opened for a call: register its send half for the reply, pass the frames
 /// on, and turn a reset into a Cancel.
 async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
+    // Resolves when the caller stops reading (it cancelled), or once our reply is finished and
+    // acknowledged.
+    let mut stopped = Some(Box::pin(send.stopped()));
     let mut send = Some(send);
     let mut id = None;
     let mut frames = Frames::new(recv);
@@ -299,17 +339,49 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
                         id = Some(call);
                     }
                 }
-                if !state.deliver(frame).await {
-                    return;
+                match state.deliver(frame).await {
+                    Delivered::Done => {}
+                    Delivered::Gone => return,
+                    Delivered::Handler(mut handler) => {
+                        // Run the handler on this task, the stream's own: no spawn per call.
+                        // A STOP_SENDING from the caller is its Cancel: drop the handler.
+                        let Some(mut stop) = stopped.take() else {
+                            handler.await;
+                            continue;
+                        };
+                        tokio::select! {
+                            () = &mut handler => stopped = Some(stop),
+                            why = &mut stop => {
+                                if let Ok(Some(_)) = why {
+                                    if let Some(call) = id {
+                                        lock(&state.theirs).remove(&call);
+                                    }
+                                    return;
+                                }
+                                handler.await;
+                            }
+                        }
+                    }
                 }
             }
+            Read::End => break,
             Read::Reset => {
                 if let Some(call) = id {
-                    state.deliver(cancel_frame(call)).await;
+                    if let Delivered::Handler(h) = state.deliver(cancel_frame(call)).await {
+                        h.await;
+                    }
                 }
                 return;
             }
-            Read::End | Read::Failed => return,
+            Read::Failed => return,
+        }
+    }
+    // The request is all read; a handler still running elsewhere (delivered before the switch
+    // to push mode) is cancelled through the connection if the caller stops reading.
+    if let (Some(call), Some(stop)) = (id, stopped) {
+        if let Ok(Some(_)) = stop.await {
+            lock(&state.theirs).remove(&call);
+            state.deliver(cancel_frame(call)).await;
         }
     }
 }
@@ -318,32 +390,21 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
 /// notices (uni streams), and the replies to our own calls.
 async fn read_frames(state: Arc<State>, recv: RecvStream, ours: Option<u64>) {
     let mut frames = Frames::new(recv);
+    // Read to the end of the stream even after the reply, so the stream closes cleanly instead
+    // of with the STOP_SENDING that means "cancelled".
     loop {
         match frames.next(&state).await {
-            Read::Frame(frame) => {
-                let answers = matches!(
-                    frame.get(1).copied(),
-                    Some(k) if k == FrameKind::Reply as u8 || k == FrameKind::Error as u8
-                );
-                if !state.deliver(frame).await {
-                    return;
-                }
-                if answers {
-                    if let Some(id) = ours {
-                        if let Some(mut send) = lock(&state.ours).remove(&id) {
-                            let _ = send.finish();
-                        }
-                    }
-                    return;
-                }
-            }
-            Read::End | Read::Reset | Read::Failed => {
-                if let Some(id) = ours {
-                    lock(&state.ours).remove(&id);
-                }
-                return;
-            }
+            Read::Frame(frame) => match state.deliver(frame).await {
+                Delivered::Done => {}
+                // A one-way call: run it here, on its stream's task.
+                Delivered::Handler(handler) => handler.await,
+                Delivered::Gone => break,
+            },
+            Read::End | Read::Reset | Read::Failed => break,
         }
+    }
+    if let Some(id) = ours {
+        lock(&state.ours).remove(&id);
     }
 }
 
@@ -389,13 +450,18 @@ impl Tx {
                     Ok(()) | Err(quinn::WriteError::Stopped(_)) => {}
                     Err(e) => return Err(closed(e)),
                 }
-                lock(&state.ours).insert(id, send);
-                tokio::spawn(read_frames(Arc::clone(state), recv, Some(id)));
+                // The request goes out with its FIN; cancelling is done on the receive half.
+                let _ = send.finish();
+                let mut ours = lock(&state.ours);
+                let reader = tokio::spawn(read_frames(Arc::clone(state), recv, Some(id)));
+                ours.insert(id, reader.abort_handle());
                 Ok(())
             }
             Some(k) if k == FrameKind::Cancel as u8 => {
-                if let Some(mut send) = lock(&state.ours).remove(&id) {
-                    let _ = send.reset(CANCELLED);
+                // Dropping the reader drops the receive half, which sends STOP_SENDING: the
+                // peer turns that into a Cancel for the handler.
+                if let Some(reader) = lock(&state.ours).remove(&id) {
+                    reader.abort();
                 }
                 Ok(())
             }
@@ -501,7 +567,9 @@ impl LinkRx for Rx {
         let forward = sink.clone();
         tokio::spawn(async move {
             while let Some(frame) = frames.recv().await {
-                forward.deliver(frame);
+                if let Some(handler) = forward.deliver(frame) {
+                    tokio::spawn(handler);
+                }
             }
         });
         tokio::spawn(async move {

@@ -114,10 +114,13 @@ pub struct FrameSink {
 
 impl FrameSink {
     /// Hands one whole frame to the connection.
-    pub fn deliver(&self, frame: Bytes) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.on_frame(frame);
-        }
+    ///
+    /// If the frame is a call, the returned future runs its handler: await it on the delivering
+    /// task (a transport that reads each call on a task of its own saves a spawn that way) or
+    /// spawn it. Dropping it drops the handler, as a Cancel would.
+    #[must_use = "a returned handler does nothing unless awaited or spawned"]
+    pub fn deliver(&self, frame: Bytes) -> Option<BoxFuture<'static, ()>> {
+        self.shared.upgrade()?.on_frame(frame)
     }
 
     /// Tells the connection the link has ended; calls in flight fail with `ConnectionLost`
