@@ -392,15 +392,12 @@ async fn read_frames(state: Arc<State>, recv: RecvStream, ours: Option<u64>) {
     let mut frames = Frames::new(recv);
     // Read to the end of the stream even after the reply, so the stream closes cleanly instead
     // of with the STOP_SENDING that means "cancelled".
-    loop {
-        match frames.next(&state).await {
-            Read::Frame(frame) => match state.deliver(frame).await {
-                Delivered::Done => {}
-                // A one-way call: run it here, on its stream's task.
-                Delivered::Handler(handler) => handler.await,
-                Delivered::Gone => break,
-            },
-            Read::End | Read::Reset | Read::Failed => break,
+    while let Read::Frame(frame) = frames.next(&state).await {
+        match state.deliver(frame).await {
+            Delivered::Done => {}
+            // A one-way call: run it here, on its stream's task.
+            Delivered::Handler(handler) => handler.await,
+            Delivered::Gone => break,
         }
     }
     if let Some(id) = ours {
