@@ -376,33 +376,58 @@ impl<'p, 'o, B: BufMut + ?Sized> ser::Serializer for Element<'p, '_, 'o, B> {
     }
 }
 
-impl<B: BufMut + ?Sized> ser::SerializeTupleStruct for &mut Serializer<'_, B> {
-    type Ok = ();
-    type Error = Error;
+/// Structures, tuple structs and the arms of unions: the fields in order, nothing around them.
+macro_rules! fields_in_order {
+    ($($trait:ident),*) => {
+        $(
+            impl<B: BufMut + ?Sized> ser::$trait for &mut Serializer<'_, B> {
+                type Ok = ();
+                type Error = Error;
 
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
+                #[inline]
+                fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                    value.serialize(&mut **self)
+                }
 
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+                fn end(self) -> Result<(), Error> {
+                    Ok(())
+                }
+            }
+        )*
+    };
 }
+fields_in_order!(SerializeTupleStruct, SerializeTupleVariant);
 
-impl<B: BufMut + ?Sized> ser::SerializeTupleVariant for &mut Serializer<'_, B> {
-    type Ok = ();
-    type Error = Error;
+/// Named fields: the names are not written, so a skipped field would shift every field after
+/// it and is refused.
+macro_rules! named_fields_in_order {
+    ($($trait:ident),*) => {
+        $(
+            impl<B: BufMut + ?Sized> ser::$trait for &mut Serializer<'_, B> {
+                type Ok = ();
+                type Error = Error;
 
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
+                #[inline]
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    _: &'static str,
+                    value: &T,
+                ) -> Result<(), Error> {
+                    value.serialize(&mut **self)
+                }
 
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+                fn skip_field(&mut self, key: &'static str) -> Result<(), Error> {
+                    Err(Error::from(ErrorKind::SkippedField(key)))
+                }
+
+                fn end(self) -> Result<(), Error> {
+                    Ok(())
+                }
+            }
+        )*
+    };
 }
+named_fields_in_order!(SerializeStruct, SerializeStructVariant);
 
 impl<B: BufMut + ?Sized> ser::SerializeMap for &mut Serializer<'_, B> {
     type Ok = ();
@@ -414,50 +439,6 @@ impl<B: BufMut + ?Sized> ser::SerializeMap for &mut Serializer<'_, B> {
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         value.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl<B: BufMut + ?Sized> ser::SerializeStruct for &mut Serializer<'_, B> {
-    type Ok = ();
-    type Error = Error;
-
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
-
-    fn skip_field(&mut self, key: &'static str) -> Result<(), Error> {
-        Err(Error::from(ErrorKind::SkippedField(key)))
-    }
-
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl<B: BufMut + ?Sized> ser::SerializeStructVariant for &mut Serializer<'_, B> {
-    type Ok = ();
-    type Error = Error;
-
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        value.serialize(&mut **self)
-    }
-
-    fn skip_field(&mut self, key: &'static str) -> Result<(), Error> {
-        Err(Error::from(ErrorKind::SkippedField(key)))
     }
 
     fn end(self) -> Result<(), Error> {

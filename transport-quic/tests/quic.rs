@@ -130,6 +130,15 @@ async fn connect(r: &Running) -> LabClient<Cbor> {
     connect_with(r, Client::builder(Cbor::default())).await
 }
 
+async fn lab_via(connector: &QuicConnector) -> LabClient<Cbor> {
+    LabClient::new(
+        Client::builder(Cbor::default())
+            .connect(connector)
+            .await
+            .unwrap(),
+    )
+}
+
 async fn connect_with(r: &Running, builder: courier::ClientBuilder<Cbor>) -> LabClient<Cbor> {
     let connector = QuicConnector::new(
         r.addr,
@@ -391,12 +400,7 @@ async fn a_silent_connection_is_lost_at_the_idle_timeout_and_the_client_reconnec
             options,
         )
         .unwrap();
-        let lab = LabClient::new(
-            Client::builder(Cbor::default())
-                .connect(&connector)
-                .await
-                .unwrap(),
-        );
+        let lab = lab_via(&connector).await;
         let patient = lab.with_options(CallOptions::new().timeout(Duration::from_secs(60)));
         let result = patient.hold(2).await;
         assert!(
@@ -405,12 +409,7 @@ async fn a_silent_connection_is_lost_at_the_idle_timeout_and_the_client_reconnec
         );
         assert_eq!(r.probes.started.recv().await, Some(2));
         // The same connector makes a new connection to the same server.
-        let lab = LabClient::new(
-            Client::builder(Cbor::default())
-                .connect(&connector)
-                .await
-                .unwrap(),
-        );
+        let lab = lab_via(&connector).await;
         assert_eq!(lab.echo(4).await.unwrap(), 4);
     })
     .await
@@ -486,12 +485,7 @@ async fn a_killed_server_process_fails_the_call_promptly() {
             options,
         )
         .unwrap();
-        let lab = LabClient::new(
-            Client::builder(Cbor::default())
-                .connect(&connector)
-                .await
-                .unwrap(),
-        );
+        let lab = lab_via(&connector).await;
         let patient = lab.with_options(CallOptions::new().timeout(Duration::from_secs(90)));
         let call = patient.hold(5);
         let (result, ()) = tokio::join!(call, async {
