@@ -350,7 +350,9 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
                             continue;
                         };
                         tokio::select! {
-                            () = &mut handler => stopped = Some(stop),
+                            // Answered: a later STOP_SENDING no longer matters, so stop
+                            // watching for one (it would only wake this task once more).
+                            () = &mut handler => drop(stop),
                             why = &mut stop => {
                                 if let Ok(Some(_)) = why {
                                     if let Some(call) = id {
