@@ -1,0 +1,486 @@
+//! A single-producer, single-consumer ring of records in memory shared with another process.
+//!
+//! This is the data path of the shared-memory transport, written without any I/O so that it can
+//! be tested on its own. Each direction of a connection has one ring; one process produces into
+//! it and the other consumes.
+//!
+//! # Layout
+//!
+//! | offset | size | field |
+//! |---:|---:|---|
+//! | 0 | 8 | `head`: bytes consumed so far (written by the consumer) |
+//! | 64 | 8 | `tail`: bytes produced so far (written by the producer) |
+//! | 128 | 4 | `sleeping`: nonzero while the consumer waits to be woken |
+//! | 192 | capacity | records |
+//!
+//! `head`, `tail` and `sleeping` sit on cache lines of their own, so that the two sides do not
+//! bounce one line between cores while both are busy. Positions only grow; a record starts at
+//! `position % capacity`.
+//!
+//! A record is an 8-byte header (`u32` length, `u32` flags) and its bytes, padded to 8. A record
+//! never wraps: when the space before the end of the ring is too short, the producer writes a
+//! *skip* record there and starts again at offset 0. A message longer than one record can hold is
+//! sent as several records, all but the last flagged *more*, so a frame larger than the ring
+//! still goes through.
+//!
+//! # Hostile memory
+//!
+//! The other process may write anything anywhere in the segment at any time. Nothing read from
+//! it is trusted: `head` and `tail` must stay within one capacity of what this side knows and
+//! must never go backwards, a record's length must fit what was published, flags must be known.
+//! Any violation is [`Corrupt`], after which the ring must not be used again. Bytes are copied
+//! out of the ring before anyone looks at them, so a peer changing them afterwards changes
+//! nothing.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Bytes before the records.
+pub const HEADER: usize = 192;
+const HEAD_AT: usize = 0;
+const TAIL_AT: usize = 64;
+const SLEEPING_AT: usize = 128;
+/// Size of a record's header.
+const RECORD_HEADER: usize = 8;
+/// The record continues in the next one.
+const MORE: u32 = 1;
+/// Nothing here: the next record starts at offset 0.
+const SKIP: u32 = 2;
+
+/// The peer broke the ring's rules; the connection must be dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the shared ring is corrupt: {0}")]
+pub struct Corrupt(pub &'static str);
+
+fn padded(len: usize) -> usize {
+    (len + 7) & !7
+}
+
+/// The shared memory one ring lives in.
+///
+/// Holds a raw pointer: the mapping must outlive the ring, which the transport guarantees by
+/// keeping the mapping alive as long as either end of the ring.
+#[derive(Debug)]
+struct Region {
+    base: *mut u8,
+    capacity: usize,
+}
+
+// SAFETY: the region is plain memory mapped for the life of the connection; all access to the
+// control words goes through atomics, and record bytes are only copied with bounds checked
+// against `capacity`. Moving the handle to another thread changes none of that.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// # Safety
+    ///
+    /// `base` must point to `HEADER + capacity` bytes, aligned to 64, readable and writable, that
+    /// stay mapped as long as the returned value lives.
+    unsafe fn new(base: *mut u8, capacity: usize) -> Result<Region, Corrupt> {
+        if capacity < 64 || !capacity.is_power_of_two() || base.align_offset(64) != 0 {
+            return Err(Corrupt(
+                "ring capacity must be a power of two of at least 64",
+            ));
+        }
+        Ok(Region { base, capacity })
+    }
+
+    fn word(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: `at` is one of the header offsets (< HEADER, 8-aligned); `base` is 64-aligned
+        // and valid for HEADER bytes (Region::new's contract), so the pointer is aligned and in
+        // bounds. Other processes only ever access these words atomically too.
+        unsafe { &*self.base.add(at).cast::<AtomicU64>() }
+    }
+
+    fn flag(&self) -> &AtomicU32 {
+        // SAFETY: as for `word`: offset 128 is within the header and 4-aligned.
+        unsafe { &*self.base.add(SLEEPING_AT).cast::<AtomicU32>() }
+    }
+
+    /// Writes `bytes` at `offset` in the record area. The caller checked the bounds.
+    fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= self.capacity);
+        // SAFETY: the range is inside the record area (asserted above); the consumer does not
+        // read it until the tail that covers it is published, and we never create a reference
+        // to shared bytes, only copy into them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.base.add(HEADER + offset),
+                bytes.len(),
+            )
+        }
+    }
+
+    /// Copies `out.len()` bytes from `offset` in the record area. The caller checked the bounds.
+    fn read(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= self.capacity);
+        // SAFETY: the range is inside the record area (asserted above). A hostile producer may
+        // change these bytes while we copy them; that can only give us other bytes, which are
+        // validated after the copy like any peer input. No reference to shared memory escapes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.add(HEADER + offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
+    }
+
+    fn record_header(&self, offset: usize) -> (u32, u32) {
+        let mut h = [0u8; RECORD_HEADER];
+        self.read(offset, &mut h);
+        (
+            u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
+            u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+        )
+    }
+}
+
+/// The producing end of a ring.
+#[derive(Debug)]
+pub struct Producer {
+    region: Region,
+    tail: u64,
+    head_seen: u64,
+}
+
+impl Producer {
+    /// The producing end of the ring at `base`, which it initialises (positions at zero).
+    ///
+    /// # Safety
+    ///
+    /// `base` must point to [`HEADER`]` + capacity` bytes, aligned to 64, readable and writable
+    /// and mapped for as long as the producer lives; only one producer may use the ring.
+    pub unsafe fn new(base: *mut u8, capacity: usize) -> Result<Producer, Corrupt> {
+        // SAFETY: forwarded to the caller.
+        let region = unsafe { Region::new(base, capacity)? };
+        region.word(HEAD_AT).store(0, Ordering::Relaxed);
+        region.word(TAIL_AT).store(0, Ordering::Release);
+        region.flag().store(0, Ordering::Release);
+        Ok(Producer {
+            region,
+            tail: 0,
+            head_seen: 0,
+        })
+    }
+
+    /// Largest payload one record can carry.
+    pub fn max_record(&self) -> usize {
+        self.region.capacity / 2 - RECORD_HEADER
+    }
+
+    /// Reads the consumer's `head`, checking it against what this side knows.
+    fn head(&mut self) -> Result<u64, Corrupt> {
+        let head = self.region.word(HEAD_AT).load(Ordering::Acquire);
+        let cap = self.region.capacity as u64;
+        if head < self.head_seen || head > self.tail || self.tail - head > cap {
+            return Err(Corrupt(
+                "the consumer's position moved backwards or past the data",
+            ));
+        }
+        self.head_seen = head;
+        Ok(head)
+    }
+
+    /// Appends one record of `bytes` (at most [`Producer::max_record`]) if there is room.
+    /// Returns `Ok(false)` when the ring is too full now; the consumer frees room as it reads.
+    pub fn try_push(&mut self, bytes: &[u8], more: bool) -> Result<bool, Corrupt> {
+        assert!(
+            bytes.len() <= self.max_record(),
+            "record too large for the ring"
+        );
+        let cap = self.region.capacity as u64;
+        let need = (RECORD_HEADER + padded(bytes.len())) as u64;
+        let offset = (self.tail % cap) as usize;
+        let to_end = cap - offset as u64;
+        let skip = if to_end < need { to_end } else { 0 };
+        let free = cap - (self.tail - self.head()?);
+        if free < skip + need {
+            return Ok(false);
+        }
+        let mut at = offset;
+        if skip > 0 {
+            // Too little room before the end: mark the rest as skipped, continue at 0. There
+            // is always room for a record header here, since records are 8-aligned.
+            let mut h = [0u8; RECORD_HEADER];
+            h[4..].copy_from_slice(&SKIP.to_le_bytes());
+            self.region.write(at, &h);
+            at = 0;
+        }
+        let mut h = [0u8; RECORD_HEADER];
+        h[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        h[4..].copy_from_slice(&(if more { MORE } else { 0 }).to_le_bytes());
+        self.region.write(at, &h);
+        self.region.write(at + RECORD_HEADER, bytes);
+        self.tail += skip + need;
+        // Release: the record's bytes are visible before the tail that covers them.
+        self.region
+            .word(TAIL_AT)
+            .store(self.tail, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Whether the consumer said it is going to sleep and needs a wake-up.
+    pub fn consumer_sleeping(&self) -> bool {
+        self.region.flag().load(Ordering::SeqCst) != 0
+    }
+}
+
+/// The consuming end of a ring.
+#[derive(Debug)]
+pub struct Consumer {
+    region: Region,
+    head: u64,
+    tail_seen: u64,
+    max_message: usize,
+    /// The records of a message whose last record has not arrived yet.
+    partial: Vec<u8>,
+}
+
+impl Consumer {
+    /// The consuming end of the ring at `base`, which the producer initialised.
+    ///
+    /// Messages longer than `max_message` bytes are refused as [`Corrupt`] before they are
+    /// assembled, so a peer cannot make this side allocate without bound.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Producer::new`], for the one consumer of the ring.
+    pub unsafe fn new(
+        base: *mut u8,
+        capacity: usize,
+        max_message: usize,
+    ) -> Result<Consumer, Corrupt> {
+        // SAFETY: forwarded to the caller.
+        let region = unsafe { Region::new(base, capacity)? };
+        Ok(Consumer {
+            region,
+            head: 0,
+            tail_seen: 0,
+            max_message,
+            partial: Vec::new(),
+        })
+    }
+
+    /// Reads the producer's `tail`, checking it against what this side knows.
+    fn tail(&mut self) -> Result<u64, Corrupt> {
+        let tail = self.region.word(TAIL_AT).load(Ordering::Acquire);
+        if tail < self.tail_seen
+            || tail < self.head
+            || tail - self.head > self.region.capacity as u64
+        {
+            return Err(Corrupt(
+                "the producer's position moved backwards or beyond the ring",
+            ));
+        }
+        self.tail_seen = tail;
+        Ok(tail)
+    }
+
+    /// Takes the records published so far. Returns the next whole message, if its last record
+    /// has arrived; the records of a message still being written are kept aside (freeing their
+    /// room in the ring), so a message larger than the ring goes through.
+    pub fn try_pop(&mut self) -> Result<Option<Vec<u8>>, Corrupt> {
+        let tail = self.tail()?;
+        let cap = self.region.capacity as u64;
+        while self.head != tail {
+            let offset = (self.head % cap) as usize;
+            if offset % 8 != 0 {
+                return Err(Corrupt("record header misaligned"));
+            }
+            let (len, flags) = self.region.record_header(offset);
+            let len = len as usize;
+            if flags == SKIP {
+                let next = self.head + (cap - offset as u64);
+                if next > tail {
+                    return Err(Corrupt("skip record beyond the published data"));
+                }
+                self.advance(next);
+                continue;
+            }
+            if flags & !MORE != 0 {
+                return Err(Corrupt("record has unknown flags"));
+            }
+            let size = (RECORD_HEADER + padded(len)) as u64;
+            if offset as u64 + size > cap || self.head + size > tail {
+                return Err(Corrupt("record length beyond the published data"));
+            }
+            if self.partial.len() + len > self.max_message {
+                return Err(Corrupt("message longer than the limit"));
+            }
+            let at = self.partial.len();
+            self.partial.resize(at + len, 0);
+            self.region
+                .read(offset + RECORD_HEADER, &mut self.partial[at..]);
+            self.advance(self.head + size);
+            if flags & MORE == 0 {
+                return Ok(Some(std::mem::take(&mut self.partial)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn advance(&mut self, head: u64) {
+        self.head = head;
+        // Release: we are done reading those bytes before the producer may reuse them.
+        self.region.word(HEAD_AT).store(head, Ordering::Release);
+    }
+
+    /// Tells the producer whether this side is about to sleep (so it must be woken) or awake.
+    /// After setting it, check the ring once more before sleeping: a message published just
+    /// before the flag was seen would otherwise wait for the next one.
+    pub fn set_sleeping(&self, sleeping: bool) {
+        self.region
+            .flag()
+            .store(u32::from(sleeping), Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring's memory in this process, 64-aligned.
+    struct Memory(Vec<AlignedLine>);
+
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct AlignedLine([u8; 64]);
+
+    impl Memory {
+        fn new(capacity: usize) -> Memory {
+            Memory(vec![AlignedLine([0; 64]); (HEADER + capacity) / 64])
+        }
+        fn base(&mut self) -> *mut u8 {
+            self.0.as_mut_ptr().cast()
+        }
+    }
+
+    fn ring(mem: &mut Memory, capacity: usize) -> (Producer, Consumer) {
+        // SAFETY: `mem` holds HEADER + capacity bytes, 64-aligned, and outlives both ends in
+        // every test; one producer and one consumer.
+        unsafe {
+            (
+                Producer::new(mem.base(), capacity).unwrap(),
+                Consumer::new(mem.base(), capacity, 1 << 20).unwrap(),
+            )
+        }
+    }
+
+    fn send(p: &mut Producer, message: &[u8]) -> bool {
+        let chunk = p.max_record();
+        let parts: Vec<&[u8]> = if message.is_empty() {
+            vec![message]
+        } else {
+            message.chunks(chunk).collect()
+        };
+        let last = parts.len() - 1;
+        parts
+            .iter()
+            .enumerate()
+            .all(|(i, part)| p.try_push(part, i != last).unwrap())
+    }
+
+    #[test]
+    fn messages_round_trip_in_order_across_wraparound() {
+        let mut mem = Memory::new(256);
+        let (mut p, mut c) = ring(&mut mem, 256);
+        for i in 0..1000u32 {
+            let message: Vec<u8> = (0..(i % 50)).map(|b| (b as u8) ^ (i as u8)).collect();
+            assert!(send(&mut p, &message), "message {i}");
+            assert_eq!(c.try_pop().unwrap(), Some(message), "message {i}");
+        }
+        assert_eq!(c.try_pop().unwrap(), None);
+    }
+
+    #[test]
+    fn a_full_ring_refuses_until_the_consumer_reads() {
+        let mut mem = Memory::new(128);
+        let (mut p, mut c) = ring(&mut mem, 128);
+        let mut pushed = 0;
+        while p.try_push(&[7; 24], false).unwrap() {
+            pushed += 1;
+        }
+        assert!(pushed > 0);
+        assert!(c.try_pop().unwrap().is_some());
+        assert!(p.try_push(&[7; 24], false).unwrap());
+    }
+
+    #[test]
+    fn a_message_larger_than_the_ring_goes_through_in_records() {
+        let mut mem = Memory::new(1024);
+        let (mut p, mut c) = ring(&mut mem, 1024);
+        let message: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut received = None;
+        let mut parts = message.chunks(p.max_record()).peekable();
+        while let Some(part) = parts.next() {
+            let more = parts.peek().is_some();
+            // When the ring is full, the consumer takes what is there, even mid-message.
+            while !p.try_push(part, more).unwrap() {
+                assert_eq!(c.try_pop().unwrap(), None);
+            }
+        }
+        while received.is_none() {
+            received = c.try_pop().unwrap();
+        }
+        assert_eq!(received, Some(message));
+    }
+
+    #[test]
+    fn scribbled_memory_is_an_error_never_a_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for round in 0..2000 {
+            let mut mem = Memory::new(256);
+            let (mut p, mut c) = ring(&mut mem, 256);
+            assert!(send(&mut p, b"hello"));
+            // Scribble over a random part of the whole segment, header included.
+            let base = mem.base();
+            for _ in 0..(1 + round % 16) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % (HEADER + 256);
+                // SAFETY: `at` is within the memory; single-threaded test.
+                unsafe { *base.add(at) = (x >> 32) as u8 };
+            }
+            for _ in 0..4 {
+                match c.try_pop() {
+                    Ok(message) => assert!(message.is_none_or(|m| m.len() <= 1 << 20)),
+                    Err(Corrupt(_)) => break,
+                }
+            }
+            let _ = p.try_push(b"again", false);
+        }
+    }
+
+    #[test]
+    fn positions_that_jump_are_refused() {
+        let mut mem = Memory::new(256);
+        let (mut p, mut c) = ring(&mut mem, 256);
+        assert!(send(&mut p, b"x"));
+        let base = mem.base();
+        // A tail more than one capacity ahead of the head.
+        // SAFETY: offset TAIL_AT is inside the header; single-threaded test.
+        unsafe { (*base.add(TAIL_AT).cast::<AtomicU64>()).store(10_000, Ordering::SeqCst) };
+        assert!(c.try_pop().is_err());
+        // A head past the tail.
+        // SAFETY: as above.
+        unsafe { (*base.add(HEAD_AT).cast::<AtomicU64>()).store(99, Ordering::SeqCst) };
+        assert!(p.try_push(b"y", false).is_err());
+    }
+
+    #[test]
+    fn long_messages_are_refused_before_they_are_assembled() {
+        let mut mem = Memory::new(1024);
+        // SAFETY: as in `ring`.
+        let (mut p, mut c) = unsafe {
+            (
+                Producer::new(mem.base(), 1024).unwrap(),
+                Consumer::new(mem.base(), 1024, 100).unwrap(),
+            )
+        };
+        assert!(p.try_push(&[1; 64], true).unwrap());
+        assert!(p.try_push(&[1; 64], false).unwrap());
+        assert_eq!(c.try_pop(), Err(Corrupt("message longer than the limit")));
+    }
+}
