@@ -1,9 +1,8 @@
 //! Shared-memory transport for Courier between processes on one machine, after LRPC.
 //!
-//! Work in progress: this crate holds the data path so far, [`ring`], a single-producer,
-//! single-consumer ring of records in memory shared with another process, written to treat
-//! that memory as hostile. The listener and connector (Unix socket, `SO_PEERCRED`, `memfd`
-//! passed with `SCM_RIGHTS`, futex or eventfd wake-ups) come next; see DESIGN.md §6.
+//! [`ShmListener`] and [`ShmConnector`] connect two processes through a Unix socket, then move
+//! every frame through rings in an anonymous shared segment ([`ring`]), which each side treats
+//! as hostile memory. Linux only.
 //!
 //! ```
 //! # use courier_shm::ring::{Consumer, Producer, HEADER};
@@ -21,4 +20,11 @@
 
 #![warn(clippy::unwrap_used)]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!("courier-shm needs Linux: memfd_create, eventfd and SO_PEERCRED");
+
+mod link;
 pub mod ring;
+mod sys;
+
+pub use link::{ShmConnector, ShmListener, ShmOptions};

@@ -11,6 +11,7 @@
 //! | 0 | 8 | `head`: bytes consumed so far (written by the consumer) |
 //! | 64 | 8 | `tail`: bytes produced so far (written by the producer) |
 //! | 128 | 4 | `sleeping`: nonzero while the consumer waits to be woken |
+//! | 132 | 4 | `waiting`: nonzero while the producer waits for room |
 //! | 192 | capacity | records |
 //!
 //! `head`, `tail` and `sleeping` sit on cache lines of their own, so that the two sides do not
@@ -39,6 +40,7 @@ pub const HEADER: usize = 192;
 const HEAD_AT: usize = 0;
 const TAIL_AT: usize = 64;
 const SLEEPING_AT: usize = 128;
+const WAITING_AT: usize = 132;
 /// Size of a record's header.
 const RECORD_HEADER: usize = 8;
 /// The record continues in the next one.
@@ -92,8 +94,12 @@ impl Region {
     }
 
     fn flag(&self) -> &AtomicU32 {
-        // SAFETY: as for `word`: offset 128 is within the header and 4-aligned.
-        unsafe { &*self.base.add(SLEEPING_AT).cast::<AtomicU32>() }
+        self.flag_at(SLEEPING_AT)
+    }
+
+    fn flag_at(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: as for `word`: `at` is 128 or 132, within the header and 4-aligned.
+        unsafe { &*self.base.add(at).cast::<AtomicU32>() }
     }
 
     /// Writes `bytes` at `offset` in the record area. The caller checked the bounds.
@@ -224,6 +230,14 @@ impl Producer {
     pub fn consumer_sleeping(&self) -> bool {
         self.region.flag().load(Ordering::SeqCst) != 0
     }
+
+    /// Tells the consumer whether this side waits for room (so it should be woken when the
+    /// consumer frees some).
+    pub fn set_waiting(&self, waiting: bool) {
+        self.region
+            .flag_at(WAITING_AT)
+            .store(u32::from(waiting), Ordering::SeqCst);
+    }
 }
 
 /// The consuming end of a ring.
@@ -324,6 +338,11 @@ impl Consumer {
         self.head = head;
         // Release: we are done reading those bytes before the producer may reuse them.
         self.region.word(HEAD_AT).store(head, Ordering::Release);
+    }
+
+    /// Whether the producer said it waits for room.
+    pub fn producer_waiting(&self) -> bool {
+        self.region.flag_at(WAITING_AT).load(Ordering::SeqCst) != 0
     }
 
     /// Tells the producer whether this side is about to sleep (so it must be woken) or awake.

@@ -1,0 +1,272 @@
+//! Calls between real separate processes over shared memory: the server runs in a child process
+//! (this test binary, started again in the `child_server` role).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use courier::{CallOptions, Client, Context, Limits, RpcError, Server};
+use courier_cbor::Cbor;
+use courier_shm::{ShmConnector, ShmListener, ShmOptions};
+use serde_bytes::ByteBuf;
+use tokio::sync::mpsc;
+
+const BIG: usize = 64 * 1024 * 1024 + 64 * 1024;
+
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .expect("test timed out")
+}
+
+#[courier::service]
+pub trait Lab {
+    /// Returns its argument.
+    async fn echo(&self, v: u64) -> u64;
+    /// Returns the bytes it was given.
+    async fn blob(&self, b: ByteBuf) -> ByteBuf;
+    /// Prints STARTED, then never returns.
+    async fn hang(&self, tag: u32) -> u32;
+    /// Prints NOTED.
+    #[oneway]
+    async fn note(&self, v: u64);
+    /// Calls the client's `Doubler` back.
+    async fn ask_back(&self, ctx: Context, x: u32) -> Result<u32, String>;
+    /// The caller's uid, as the server sees it.
+    async fn whoami(&self, ctx: Context) -> String;
+}
+
+#[courier::service]
+pub trait Doubler {
+    /// Doubles.
+    async fn double(&self, x: u32) -> u32;
+}
+
+struct LabImpl;
+
+impl Lab for LabImpl {
+    async fn echo(&self, v: u64) -> u64 {
+        v
+    }
+    async fn blob(&self, b: ByteBuf) -> ByteBuf {
+        b
+    }
+    async fn hang(&self, tag: u32) -> u32 {
+        println!("STARTED {tag}");
+        std::future::pending::<()>().await;
+        tag
+    }
+    async fn note(&self, v: u64) {
+        println!("NOTED {v}");
+    }
+    async fn ask_back(&self, ctx: Context, x: u32) -> Result<u32, String> {
+        let client = ctx.client(Cbor::default()).map_err(|e| e.to_string())?;
+        DoublerClient::new(client)
+            .double(x)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    async fn whoami(&self, ctx: Context) -> String {
+        format!("{:?}", ctx.peer())
+    }
+}
+
+fn big_limits() -> Limits {
+    Limits::default().max_frame_size(BIG)
+}
+
+fn options() -> ShmOptions {
+    ShmOptions::default().max_frame_size(BIG)
+}
+
+/// The server process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: runs as the child process of the other tests"]
+async fn child_server() {
+    let Ok(path) = std::env::var("SHM_TEST_PATH") else {
+        return;
+    };
+    let listener = ShmListener::bind(&path, options()).unwrap();
+    let server = Server::builder(Cbor::default())
+        .service(LabServer::new(LabImpl))
+        .limits(big_limits())
+        .build();
+    println!("READY");
+    let _ = server.serve(listener).await;
+}
+
+struct ServerProcess {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    path: PathBuf,
+}
+
+impl ServerProcess {
+    async fn start(name: &str) -> ServerProcess {
+        let path =
+            std::env::temp_dir().join(format!("courier-shm-{}-{name}.sock", std::process::id()));
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_server", "--ignored", "--nocapture"])
+            .env("SHM_TEST_PATH", &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = ServerProcess { child, lines, path };
+        server.wait_for("READY").await;
+        server
+    }
+
+    async fn wait_for(&mut self, prefix: &str) -> String {
+        loop {
+            let line = self.lines.recv().await.expect("the server process exited");
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    fn connector(&self) -> ShmConnector {
+        ShmConnector::new(&self.path, options())
+    }
+
+    async fn lab(&self) -> LabClient<Cbor> {
+        let client = Client::builder(Cbor::default())
+            .limits(big_limits())
+            .connect(&self.connector())
+            .await
+            .unwrap();
+        LabClient::new(client)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_kind_across_processes() {
+    within(async {
+        let mut server = ServerProcess::start("kinds").await;
+        struct Twice;
+        impl Doubler for Twice {
+            async fn double(&self, x: u32) -> u32 {
+                x * 2
+            }
+        }
+        let client = Client::builder(Cbor::default())
+            .export(DoublerServer::new(Twice))
+            .connect(&server.connector())
+            .await
+            .unwrap();
+        let lab = LabClient::new(client);
+        assert_eq!(lab.echo(7).await.unwrap(), 7);
+        let blocking = lab.clone();
+        let answer = std::thread::spawn(move || blocking.echo_blocking(8))
+            .join()
+            .unwrap();
+        assert_eq!(answer.unwrap(), 8);
+        lab.note(9).await.unwrap();
+        assert_eq!(server.wait_for("NOTED").await, "NOTED 9");
+        let pending = lab.hang_acked(10).await.unwrap();
+        assert_eq!(server.wait_for("STARTED").await, "STARTED 10");
+        drop(pending);
+        assert_eq!(lab.ask_back(21).await.unwrap(), Ok(42));
+        let me = lab.whoami().await.unwrap();
+        let uid = unsafe_free_uid();
+        assert!(me.contains(&format!("uid: {uid}")), "{me}");
+    })
+    .await
+}
+
+/// This process's uid, read from /proc so the test needs no libc call of its own.
+fn unsafe_free_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_calls_across_processes() {
+    within(async {
+        let server = ServerProcess::start("many").await;
+        let lab = server.lab().await;
+        let calls = (0..10_000u64).map(|i| {
+            let lab = lab.clone();
+            async move { (i, lab.echo(i * 5).await) }
+        });
+        for (i, result) in futures::future::join_all(calls).await {
+            assert_eq!(result.unwrap(), i * 5);
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_from_empty_to_larger_than_the_ring() {
+    within(async {
+        let server = ServerProcess::start("sizes").await;
+        let lab = server.lab().await;
+        for size in [0usize, 1024, 1024 * 1024, 64 * 1024 * 1024] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let back = lab.blob(ByteBuf::from(data.clone())).await.unwrap();
+            assert!(back.into_vec() == data, "size {size}");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_fails_the_call_promptly() {
+    within(async {
+        let mut server = ServerProcess::start("killed").await;
+        let lab = server.lab().await;
+        let patient = lab.with_options(CallOptions::new().timeout(Duration::from_secs(90)));
+        let (result, ()) = tokio::join!(patient.hang(3), async {
+            server.wait_for("STARTED 3").await;
+            server.child.kill().unwrap();
+            server.child.wait().unwrap();
+        });
+        // ConnectionLost, not DeadlineExceeded: the socket told us at once.
+        assert!(
+            matches!(result, Err(RpcError::ConnectionLost(_))),
+            "{result:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_file_is_owner_only_and_removed_with_the_listener() {
+    within(async {
+        use std::os::unix::fs::PermissionsExt;
+        let path =
+            std::env::temp_dir().join(format!("courier-shm-{}-perm.sock", std::process::id()));
+        let listener = ShmListener::bind(&path, ShmOptions::default()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(
+            ShmListener::bind(&path, ShmOptions::default()),
+            Err(courier::TransportError::AddrInUse(_))
+        ));
+        drop(listener);
+        assert!(!Path::new(&path).exists());
+    })
+    .await
+}
