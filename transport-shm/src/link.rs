@@ -259,18 +259,27 @@ fn segment_len(capacity: usize) -> usize {
     2 * (HEADER + capacity)
 }
 
-/// Builds one end: `produce` and `consume` are the ring indices (0: client to server, 1: server
-/// to client).
+/// The doorbells of one end: the one it waits on and the one it rings.
+struct Bells {
+    mine: OwnedFd,
+    peer: OwnedFd,
+}
+
+/// Builds one end: it produces into ring `produce` (0: client to server, 1: server to client)
+/// and consumes the other.
 fn make_end(
     socket: UnixStream,
     map: Mapping,
     capacity: usize,
     produce: usize,
-    my_bell: OwnedFd,
-    peer_bell: OwnedFd,
+    bells: Bells,
     peer: Peer,
     max_frame: usize,
 ) -> Result<Link, TransportError> {
+    let Bells {
+        mine: my_bell,
+        peer: peer_bell,
+    } = bells;
     let map = Arc::new(map);
     let ring = |i: usize| {
         // SAFETY: ring `i` of two starts at i * (HEADER + capacity) within the mapping, which
@@ -390,8 +399,10 @@ impl ShmListener {
             map,
             capacity,
             1,
-            server_bell,
-            client_bell,
+            Bells {
+                mine: server_bell,
+                peer: client_bell,
+            },
             peer,
             self.options.max_frame_size,
         )
@@ -472,8 +483,10 @@ impl courier::transport::Connector for ShmConnector {
             map,
             capacity,
             0,
-            my_bell,
-            peer_bell,
+            Bells {
+                mine: my_bell,
+                peer: peer_bell,
+            },
             peer,
             self.options.max_frame_size,
         )
