@@ -225,8 +225,9 @@ async fn receive(
         tokio::select! {
             ready = bell.readable() => {
                 if let Ok(mut guard) = ready {
-                    sys::drain(bell.as_raw_fd());
+                    // Clear first, then drain: a ring after the drain raises readiness anew.
                     guard.clear_ready();
+                    sys::drain(bell.as_raw_fd());
                 }
             }
             gone = peer_gone(&end.socket) => {

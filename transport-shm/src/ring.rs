@@ -33,7 +33,7 @@
 //! out of the ring before anyone looks at them, so a peer changing them afterwards changes
 //! nothing.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// Bytes before the records.
 pub const HEADER: usize = 192;
@@ -151,7 +151,11 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// The producing end of the ring at `base`, which it initialises (positions at zero).
+    /// The producing end of the ring at `base`.
+    ///
+    /// The ring's memory must have been all zeros when the segment was created (a new memory
+    /// file is). Neither end resets it: the other side may already be using its half (a
+    /// consumer that set its `sleeping` flag must not have it cleared under it).
     ///
     /// # Safety
     ///
@@ -160,9 +164,6 @@ impl Producer {
     pub unsafe fn new(base: *mut u8, capacity: usize) -> Result<Producer, Corrupt> {
         // SAFETY: forwarded to the caller.
         let region = unsafe { Region::new(base, capacity)? };
-        region.word(HEAD_AT).store(0, Ordering::Relaxed);
-        region.word(TAIL_AT).store(0, Ordering::Release);
-        region.flag().store(0, Ordering::Release);
         Ok(Producer {
             region,
             tail: 0,
@@ -228,6 +229,9 @@ impl Producer {
 
     /// Whether the consumer said it is going to sleep and needs a wake-up.
     pub fn consumer_sleeping(&self) -> bool {
+        // Pairs with the fence in `Consumer::set_sleeping`: either the consumer sees our tail,
+        // or we see its flag (a store followed by a load on each side needs both fences).
+        fence(Ordering::SeqCst);
         self.region.flag().load(Ordering::SeqCst) != 0
     }
 
@@ -237,6 +241,7 @@ impl Producer {
         self.region
             .flag_at(WAITING_AT)
             .store(u32::from(waiting), Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 }
 
@@ -342,6 +347,7 @@ impl Consumer {
 
     /// Whether the producer said it waits for room.
     pub fn producer_waiting(&self) -> bool {
+        fence(Ordering::SeqCst);
         self.region.flag_at(WAITING_AT).load(Ordering::SeqCst) != 0
     }
 
@@ -352,6 +358,8 @@ impl Consumer {
         self.region
             .flag()
             .store(u32::from(sleeping), Ordering::SeqCst);
+        // See `Producer::consumer_sleeping`.
+        fence(Ordering::SeqCst);
     }
 }
 
