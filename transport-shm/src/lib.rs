@@ -28,3 +28,33 @@ pub mod ring;
 mod sys;
 
 pub use link::{ShmConnector, ShmListener, ShmOptions};
+
+/// Test support: a client that breaks the rules on purpose. Not a public API.
+#[doc(hidden)]
+pub mod __hostile {
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+
+    /// Connects to the listener at `path` like a client, overwrites the whole shared segment
+    /// with bytes from `seed`, rings the server's doorbell, and returns the socket (closed when
+    /// dropped) so the caller can watch for the server dropping the connection.
+    pub fn connect_and_scribble(
+        path: &Path,
+        seed: u64,
+    ) -> std::io::Result<std::os::unix::net::UnixStream> {
+        let socket = std::os::unix::net::UnixStream::connect(path)?;
+        let [memfd, _mine, server_bell] = crate::sys::recv_fds::<3>(socket.as_raw_fd())?;
+        let len = crate::sys::file_len(&memfd)?;
+        let map = crate::sys::Mapping::new(&memfd, len)?;
+        let mut x = seed | 1;
+        for i in 0..map.len() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // SAFETY: `i` is within the mapping, which lives until the end of this function.
+            unsafe { map.base().add(i).write_volatile(x as u8) };
+        }
+        crate::sys::ring(server_bell.as_raw_fd());
+        Ok(socket)
+    }
+}

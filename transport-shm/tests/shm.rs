@@ -270,3 +270,209 @@ async fn the_socket_file_is_owner_only_and_removed_with_the_listener() {
     })
     .await
 }
+
+/// Client roles run in child processes against a server in the test process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper: runs as the child process of the other tests"]
+async fn child_client() {
+    let (Ok(path), Ok(role)) = (std::env::var("SHM_TEST_PATH"), std::env::var("SHM_ROLE")) else {
+        return;
+    };
+    let connector = ShmConnector::new(&path, options());
+    match role.as_str() {
+        "hang" => {
+            let lab = LabClient::new(
+                Client::builder(Cbor::default())
+                    .connect(&connector)
+                    .await
+                    .unwrap(),
+            );
+            println!("CONNECTED");
+            let _ = lab.hang(1).await;
+        }
+        "echo" => {
+            let lab = LabClient::new(
+                Client::builder(Cbor::default())
+                    .connect(&connector)
+                    .await
+                    .unwrap(),
+            );
+            match lab.echo(5).await {
+                Err(RpcError::AccessDenied(_)) => println!("DENIED"),
+                other => println!("ANSWER {other:?}"),
+            }
+        }
+        "scribble" => {
+            let socket =
+                courier_shm::__hostile::connect_and_scribble(Path::new(&path), 0x5eed).unwrap();
+            println!("SCRIBBLED");
+            // The server drops the connection: our socket reads its end.
+            let mut byte = [0u8; 1];
+            let n = std::io::Read::read(&mut &socket, &mut byte).unwrap_or(0);
+            println!("DROPPED {n}");
+        }
+        _ => {}
+    }
+}
+
+/// A server in this process, with probes, for the client-process tests.
+struct LocalServer {
+    path: PathBuf,
+    started: mpsc::UnboundedReceiver<u32>,
+    dropped: mpsc::UnboundedReceiver<u32>,
+}
+
+struct Probed {
+    started: mpsc::UnboundedSender<u32>,
+    dropped: mpsc::UnboundedSender<u32>,
+}
+
+struct Guard(u32, mpsc::UnboundedSender<u32>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+impl Lab for Probed {
+    async fn echo(&self, v: u64) -> u64 {
+        v
+    }
+    async fn blob(&self, b: ByteBuf) -> ByteBuf {
+        b
+    }
+    async fn hang(&self, tag: u32) -> u32 {
+        let _guard = Guard(tag, self.dropped.clone());
+        let _ = self.started.send(tag);
+        std::future::pending::<()>().await;
+        tag
+    }
+    async fn note(&self, _: u64) {}
+    async fn ask_back(&self, _: Context, x: u32) -> Result<u32, String> {
+        Ok(x)
+    }
+    async fn whoami(&self, ctx: Context) -> String {
+        format!("{:?}", ctx.peer())
+    }
+}
+
+fn local_server(name: &str, mode: u32, refuse_uid: Option<u32>) -> LocalServer {
+    let path = std::env::temp_dir().join(format!("courier-shm-{}-{name}.sock", std::process::id()));
+    let listener = ShmListener::bind(&path, options().mode(mode)).unwrap();
+    let (started, started_rx) = mpsc::unbounded_channel();
+    let (dropped, dropped_rx) = mpsc::unbounded_channel();
+    let mut builder = Server::builder(Cbor::default())
+        .service(LabServer::new(Probed { started, dropped }))
+        .limits(big_limits());
+    if let Some(refused) = refuse_uid {
+        builder = builder.authorizer(move |peer: &courier::Peer, _, _| {
+            !matches!(peer, courier::Peer::Process { uid, .. } if *uid == refused)
+        });
+    }
+    let server = builder.build();
+    tokio::spawn(async move { server.serve(listener).await });
+    LocalServer {
+        path,
+        started: started_rx,
+        dropped: dropped_rx,
+    }
+}
+
+fn client_process(
+    path: &Path,
+    role: &str,
+    uid: Option<u32>,
+) -> (Child, mpsc::UnboundedReceiver<String>) {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "child_client", "--ignored", "--nocapture"])
+        .env("SHM_TEST_PATH", path)
+        .env("SHM_ROLE", role)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
+async fn line_starting(lines: &mut mpsc::UnboundedReceiver<String>, prefix: &str) -> String {
+    loop {
+        let line = lines.recv().await.expect("the client process exited");
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
+async fn local_lab(path: &Path) -> LabClient<Cbor> {
+    let client = Client::builder(Cbor::default())
+        .connect(&ShmConnector::new(path, options()))
+        .await
+        .unwrap();
+    LabClient::new(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_mid_call_leaves_the_server_serving_others() {
+    within(async {
+        let mut server = local_server("client-killed", 0o600, None);
+        let (mut child, mut lines) = client_process(&server.path, "hang", None);
+        line_starting(&mut lines, "CONNECTED").await;
+        assert_eq!(server.started.recv().await, Some(1));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The dead client's handler is dropped, and another client is served.
+        assert_eq!(server.dropped.recv().await, Some(1));
+        assert_eq!(local_lab(&server.path).await.echo(3).await.unwrap(), 3);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_scribbling_over_the_segment_is_dropped_and_others_are_served() {
+    within(async {
+        let server = local_server("scribble", 0o600, None);
+        let other = local_lab(&server.path).await;
+        let (mut child, mut lines) = client_process(&server.path, "scribble", None);
+        line_starting(&mut lines, "SCRIBBLED").await;
+        // The server drops the scribbler: it reads the end of its socket.
+        assert_eq!(line_starting(&mut lines, "DROPPED").await, "DROPPED 0");
+        child.wait().unwrap();
+        assert_eq!(other.echo(4).await.unwrap(), 4);
+        assert_eq!(local_lab(&server.path).await.echo(5).await.unwrap(), 5);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_the_authorizer_refuses_is_turned_away() {
+    within(async {
+        if unsafe_free_uid() != 0 {
+            // Starting a process under another uid needs root; CI runs as root.
+            eprintln!("skipped: not root");
+            return;
+        }
+        let nobody = 65534;
+        // World-accessible socket, so another user can reach it; the authorizer decides.
+        let server = local_server("uid", 0o666, Some(nobody));
+        let (mut child, mut lines) = client_process(&server.path, "echo", Some(nobody));
+        assert_eq!(line_starting(&mut lines, "DENIED").await, "DENIED");
+        child.wait().unwrap();
+        // This process's uid is allowed.
+        assert_eq!(local_lab(&server.path).await.echo(6).await.unwrap(), 6);
+    })
+    .await
+}
