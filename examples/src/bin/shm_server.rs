@@ -1,0 +1,39 @@
+//! A key-value server over shared memory, for `shm_client` to call from another process on the
+//! same machine.
+//!
+//! ```text
+//! cargo run --release -p courier-examples --bin shm_server -- [SOCKET_PATH]
+//! ```
+//!
+//! SOCKET_PATH defaults to `courier-kv.sock` in the system's temporary directory. The socket is
+//! owner-only, so clients must run as the same user. Both codecs are offered. Stop with Ctrl-C;
+//! the socket file is removed on exit.
+
+use std::path::PathBuf;
+
+use courier::Server;
+use courier_cbor::Cbor;
+use courier_examples::{KvServer, KvStore};
+use courier_shm::{ShmListener, ShmOptions};
+use courier_xdr::Xdr;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("courier-kv.sock"));
+    let listener = ShmListener::bind(&path, ShmOptions::default())?;
+    println!(
+        "serving Kv over shared memory at {} (codecs cbor, xdr)",
+        path.display()
+    );
+    let server = Server::builder((Cbor::default(), Xdr::default()))
+        .service(KvServer::new(KvStore::default()))
+        .build();
+    tokio::select! {
+        served = server.serve(listener) => served?,
+        _ = tokio::signal::ctrl_c() => println!("stopping"),
+    }
+    Ok(())
+}
