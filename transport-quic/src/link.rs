@@ -503,16 +503,13 @@ impl Tx {
 
 impl LinkTx for Tx {
     fn buffer(&self, size_hint: usize) -> BoxFuture<'_, Result<Box<dyn FrameBuf>, TransportError>> {
-        let buf = BytesMut::with_capacity(size_hint.min(64 * 1024));
-        Box::pin(async move { Ok(Box::new(buf) as Box<dyn FrameBuf>) })
+        let buf = courier::transport::heap_buffer(size_hint);
+        Box::pin(async move { Ok(buf) })
     }
 
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
-            let any: Box<dyn std::any::Any> = message;
-            let buf = any.downcast::<BytesMut>().map_err(|_| {
-                TransportError::Other("the QUIC link was given a foreign buffer".into())
-            })?;
+            let buf = courier::transport::take_heap_buffer(message, "QUIC")?;
             self.send_bytes(buf.freeze()).await
         })
     }

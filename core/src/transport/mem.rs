@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
@@ -45,20 +45,15 @@ impl Tx {
 
 impl LinkTx for Tx {
     fn buffer(&self, size_hint: usize) -> BoxFuture<'_, Result<Box<dyn FrameBuf>, TransportError>> {
-        // Cap the up-front reservation: a hint is not a promise, and a huge one must not
-        // allocate before the codec has written anything.
-        let buf = BytesMut::with_capacity(size_hint.min(64 * 1024));
-        Box::pin(async move { Ok(Box::new(buf) as Box<dyn FrameBuf>) })
+        let buf = super::heap_buffer(size_hint);
+        Box::pin(async move { Ok(buf) })
     }
 
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
         let sender = self.sender();
         Box::pin(async move {
             let sender = sender.ok_or(TransportError::Closed)?;
-            let any: Box<dyn std::any::Any> = message;
-            let buf = any.downcast::<BytesMut>().map_err(|_| {
-                TransportError::Other("the in-process link was given a foreign buffer".into())
-            })?;
+            let buf = super::take_heap_buffer(message, "in-process")?;
             sender
                 .send(buf.freeze())
                 .await

@@ -61,6 +61,25 @@ impl FrameBuf for BytesMut {
     }
 }
 
+/// Heap memory for one outgoing message, for transports whose frames live on the heap
+/// (in-process channels, QUIC, and for now shared memory, which copies them into its ring).
+/// The hint is capped: it is not a promise, and must not allocate before anything is written.
+pub fn heap_buffer(size_hint: usize) -> Box<dyn FrameBuf> {
+    Box::new(BytesMut::with_capacity(size_hint.min(64 * 1024)))
+}
+
+/// Takes back a buffer made by [`heap_buffer`]; any other kind of buffer is an error naming
+/// `transport`.
+pub fn take_heap_buffer(
+    message: Box<dyn FrameBuf>,
+    transport: &str,
+) -> Result<BytesMut, TransportError> {
+    let any: Box<dyn Any> = message;
+    any.downcast::<BytesMut>().map(|b| *b).map_err(|_| {
+        TransportError::Other(format!("the {transport} link was given a foreign buffer"))
+    })
+}
+
 /// The sending half of a link. Shared by every call on the connection.
 pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
     /// Memory for a message of about `size_hint` bytes. May wait for room (back-pressure).
