@@ -384,8 +384,18 @@ fn client_process(
     role: &str,
     uid: Option<u32>,
 ) -> (Child, mpsc::UnboundedReceiver<String>) {
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    let mut exe = std::env::current_exe().unwrap();
+    if uid.is_some() {
+        // Another user may not be able to reach the build directory: run a world-readable
+        // copy of this test binary from the temporary directory instead.
+        let copy = std::env::temp_dir().join(format!("courier-shm-test-{}", std::process::id()));
+        std::fs::copy(&exe, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe = copy;
+    }
+    let mut command = Command::new(exe);
     command
         .args(["--exact", "child_client", "--ignored", "--nocapture"])
         .env("SHM_TEST_PATH", path)
@@ -471,6 +481,9 @@ async fn a_uid_the_authorizer_refuses_is_turned_away() {
         let (mut child, mut lines) = client_process(&server.path, "echo", Some(nobody));
         assert_eq!(line_starting(&mut lines, "DENIED").await, "DENIED");
         child.wait().unwrap();
+        let _ = std::fs::remove_file(
+            std::env::temp_dir().join(format!("courier-shm-test-{}", std::process::id())),
+        );
         // This process's uid is allowed.
         assert_eq!(local_lab(&server.path).await.echo(6).await.unwrap(), 6);
     })
