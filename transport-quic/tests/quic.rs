@@ -45,8 +45,20 @@ pub trait Doubler {
 
 struct LabImpl {
     started: mpsc::UnboundedSender<u32>,
+    dropped: mpsc::UnboundedSender<u32>,
     noted: mpsc::UnboundedSender<u64>,
     gate: Arc<Semaphore>,
+}
+
+/// Reports its tag if the handler is dropped before it finishes.
+struct DropGuard(Option<(u32, mpsc::UnboundedSender<u32>)>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some((tag, tx)) = self.0.take() {
+            let _ = tx.send(tag);
+        }
+    }
 }
 
 impl Lab for LabImpl {
@@ -57,8 +69,10 @@ impl Lab for LabImpl {
         b
     }
     async fn hold(&self, tag: u32) -> u32 {
+        let mut guard = DropGuard(Some((tag, self.dropped.clone())));
         let _ = self.started.send(tag);
         self.gate.acquire().await.unwrap().forget();
+        guard.0 = None;
         tag
     }
     async fn note(&self, v: u64) {
@@ -81,22 +95,26 @@ impl Lab for LabImpl {
 
 struct Probes {
     started: mpsc::UnboundedReceiver<u32>,
+    dropped: mpsc::UnboundedReceiver<u32>,
     noted: mpsc::UnboundedReceiver<u64>,
     gate: Arc<Semaphore>,
 }
 
 fn lab() -> (LabImpl, Probes) {
     let (started, started_rx) = mpsc::unbounded_channel();
+    let (dropped, dropped_rx) = mpsc::unbounded_channel();
     let (noted, noted_rx) = mpsc::unbounded_channel();
     let gate = Arc::new(Semaphore::new(0));
     let probes = Probes {
         started: started_rx,
+        dropped: dropped_rx,
         noted: noted_rx,
         gate: Arc::clone(&gate),
     };
     (
         LabImpl {
             started,
+            dropped,
             noted,
             gate,
         },
@@ -504,6 +522,31 @@ async fn a_killed_server_process_fails_the_call_promptly() {
             "{result:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_or_timing_out_a_call_drops_the_server_handler() {
+    within(async {
+        let mut r = start();
+        let lab = connect(&r).await;
+        // Dropping the caller's future: the stream's receive half goes, the server sees
+        // STOP_SENDING and drops the handler.
+        let call = tokio::spawn({
+            let lab = lab.clone();
+            async move { lab.hold(1).await }
+        });
+        assert_eq!(r.probes.started.recv().await, Some(1));
+        call.abort();
+        assert_eq!(r.probes.dropped.recv().await, Some(1));
+        // A deadline: the caller gets DeadlineExceeded and the handler is dropped too.
+        let hurried = lab.with_options(CallOptions::new().timeout(Duration::from_millis(100)));
+        assert_eq!(hurried.hold(2).await, Err(RpcError::DeadlineExceeded));
+        assert_eq!(r.probes.started.recv().await, Some(2));
+        assert_eq!(r.probes.dropped.recv().await, Some(2));
+        // The connection goes on.
+        assert_eq!(lab.echo(3).await.unwrap(), 3);
     })
     .await
 }

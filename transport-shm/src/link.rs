@@ -110,11 +110,10 @@ impl Tx {
         let end = &self.0;
         let mut producer = end.producer.lock().await;
         let chunk = producer.max_record();
-        let mut parts = frame.chunks(chunk).peekable();
-        let mut first = true;
-        while let Some(part) = parts.next().or(if first { Some(&[][..]) } else { None }) {
-            first = false;
-            let more = parts.peek().is_some();
+        // A frame is never empty (it has a header), so `chunks` yields at least one part.
+        let last = frame.len().saturating_sub(1) / chunk;
+        for (i, part) in frame.chunks(chunk).enumerate() {
+            let more = i != last;
             let mut backoff = 0u32;
             loop {
                 match producer.try_push(part, more) {
