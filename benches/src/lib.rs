@@ -8,7 +8,9 @@
 //! assert_eq!(p.id, 42);
 //! ```
 
+pub mod matrix;
 pub mod quic;
+pub mod spin;
 
 /// The payloads every codec bench uses, so that figures compare like with like.
 pub mod payloads {

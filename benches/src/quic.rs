@@ -16,7 +16,9 @@ pub trait Echo {
     async fn echo(&self, data: ByteBuf) -> ByteBuf;
 }
 
-struct Echoer;
+/// The [`Echo`] implementation every bench serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Echoer;
 
 impl Echo for Echoer {
     async fn echo(&self, data: ByteBuf) -> ByteBuf {
@@ -88,31 +90,49 @@ pub struct RawEcho {
 /// settings as Courier's QUIC transport.
 pub async fn raw_pair() -> Result<RawEcho, Box<dyn std::error::Error>> {
     let cert = DevCert::localhost()?;
-    let server_crypto = ServerTls::dev(&cert).into_rustls()?;
+    let endpoint = raw_server(ServerTls::dev(&cert), "127.0.0.1:0".parse()?)?;
+    let addr = endpoint.local_addr()?;
+    tokio::spawn(serve_raw(endpoint));
+    raw_connect(addr, ClientTls::trusting_dev(&cert)).await
+}
+
+/// A raw quinn server endpoint with Courier's TLS and transport settings, for [`serve_raw`].
+pub fn raw_server(
+    tls: ServerTls,
+    addr: SocketAddr,
+) -> Result<quinn::Endpoint, Box<dyn std::error::Error>> {
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto)?,
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls.into_rustls()?)?,
     ));
     server_config.transport_config(Arc::new(QuicOptions::default().into_transport()?));
-    let endpoint = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
-    let addr: SocketAddr = endpoint.local_addr()?;
-    tokio::spawn(async move {
-        while let Some(incoming) = endpoint.accept().await {
-            tokio::spawn(async move {
-                let Ok(conn) = incoming.await else { return };
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        if let Ok(data) = recv.read_to_end(64 * 1024 * 1024).await {
-                            let _ = send.write_chunk(Bytes::from(data)).await;
-                            let _ = send.finish();
-                        }
-                    });
-                }
-            });
-        }
-    });
-    let client_crypto = ClientTls::trusting_dev(&cert).into_rustls()?;
+    Ok(quinn::Endpoint::server(server_config, addr)?)
+}
+
+/// Echoes every bidirectional stream on `endpoint`: reads the request to its end and writes
+/// it back.
+pub async fn serve_raw(endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    if let Ok(data) = recv.read_to_end(64 * 1024 * 1024).await {
+                        let _ = send.write_chunk(Bytes::from(data)).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// Connects raw quinn to the echo server at `addr` with Courier's transport settings.
+pub async fn raw_connect(
+    addr: SocketAddr,
+    tls: ClientTls,
+) -> Result<RawEcho, Box<dyn std::error::Error>> {
     let mut client_config = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(client_crypto)?,
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls.into_rustls()?)?,
     ));
     client_config.transport_config(Arc::new(QuicOptions::default().into_transport()?));
     let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
@@ -126,18 +146,22 @@ pub async fn raw_pair() -> Result<RawEcho, Box<dyn std::error::Error>> {
 }
 
 impl RawEcho {
-    /// Sends `len` bytes on a new stream and reads the echo to its end; returns its length.
+    /// Sends `len` bytes on a new stream and reads the echo to its end; returns its length
+    /// (0 if the exchange failed).
     pub async fn round_trip(&self, len: usize) -> usize {
-        let Ok((mut send, mut recv)) = self.conn.open_bi().await else {
-            return 0;
-        };
-        let _ = send
-            .write_chunk(self.payload.slice(..len.min(self.payload.len())))
-            .await;
-        let _ = send.finish();
-        recv.read_to_end(64 * 1024 * 1024)
-            .await
-            .map(|v| v.len())
-            .unwrap_or(0)
+        let data = self.payload.slice(..len.min(self.payload.len()));
+        self.echo(data).await.unwrap_or(0)
+    }
+
+    /// Sends `data` on a new stream, finishes it, and reads the echo to its end; returns the
+    /// echo's length.
+    pub async fn echo(
+        &self,
+        data: Bytes,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        send.write_chunk(data).await?;
+        send.finish()?;
+        Ok(recv.read_to_end(64 * 1024 * 1024).await?.len())
     }
 }

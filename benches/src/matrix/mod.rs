@@ -1,0 +1,475 @@
+//! The codec × transport matrix: every codec over every transport at every payload size, with
+//! the floors and a peer measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p courier-benches --bin matrix -- --json matrix.json --svg matrix.svg
+//! ```
+//!
+//! Rows come in three kinds ([`RowKind`]):
+//!
+//! - **Courier**: the `echo(ByteBuf)` method of [`crate::quic::Echo`] through a generated
+//!   client, with CBOR or XDR, in process, over shared memory and over QUIC;
+//! - **floors**: the least work that moves the same bytes the same way, to which each Courier
+//!   row is compared: `memcpy` for in-process, a raw shared-memory spin ping-pong (copying the
+//!   payload in and out) for shared memory, a raw quinn stream echo for QUIC;
+//! - **peers**: tarpc with its bincode transport over TCP loopback and over a Unix socket.
+//!
+//! Every server but the in-process one runs in a child process: this program started again
+//! with a role in its environment. A binary that calls [`run`] must therefore call
+//! [`child_role`] first thing in `main`, as the `matrix` binary does.
+
+mod measure;
+mod report;
+mod targets;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use measure::{Budget, Sample, Target};
+use targets::{ChildServer, Scratch, MAX_PAYLOAD};
+
+/// Errors of a matrix run: they say which row failed and why.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A codec Courier offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecName {
+    /// CBOR (`courier-cbor`).
+    Cbor,
+    /// XDR (`courier-xdr`).
+    Xdr,
+}
+
+/// A transport Courier offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportName {
+    /// In process (`courier::transport::mem`); its peer-free floor is `memcpy`.
+    Mem,
+    /// Shared memory between processes (`courier-shm`); tarpc over a Unix socket beside it.
+    Shm,
+    /// QUIC over loopback (`courier-quic`); tarpc over TCP beside it.
+    Quic,
+}
+
+/// The payload sizes: the bytes of the `echo` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Payload {
+    /// No bytes: the cost of a call itself.
+    #[value(name = "null")]
+    #[serde(rename = "null")]
+    Null,
+    /// 1 KiB.
+    #[value(name = "1k", alias = "1kib")]
+    #[serde(rename = "1 KiB")]
+    Kib1,
+    /// 64 KiB.
+    #[value(name = "64k", alias = "64kib")]
+    #[serde(rename = "64 KiB")]
+    Kib64,
+    /// 1 MiB.
+    #[value(name = "1m", alias = "1mib")]
+    #[serde(rename = "1 MiB")]
+    Mib1,
+}
+
+impl Payload {
+    /// Every payload, smallest first.
+    pub const ALL: [Payload; 4] = [Payload::Null, Payload::Kib1, Payload::Kib64, Payload::Mib1];
+
+    /// The size in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            Payload::Null => 0,
+            Payload::Kib1 => 1024,
+            Payload::Kib64 => 64 * 1024,
+            Payload::Mib1 => MAX_PAYLOAD,
+        }
+    }
+
+    /// How the tables and the chart name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Payload::Null => "null",
+            Payload::Kib1 => "1 KiB",
+            Payload::Kib64 => "64 KiB",
+            Payload::Mib1 => "1 MiB",
+        }
+    }
+
+    /// Whether rows of this payload report MB/s.
+    pub fn is_large(self) -> bool {
+        self.bytes() >= 64 * 1024
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Fewer samples, for a run of well under a minute.
+    pub quick: bool,
+    /// The codecs of the Courier rows.
+    pub codecs: Vec<CodecName>,
+    /// The transports of the Courier rows; the floors and peers of those transports come
+    /// with them.
+    pub transports: Vec<TransportName>,
+    /// The payloads of every row.
+    pub payloads: Vec<Payload>,
+    /// Whether to run the tarpc rows.
+    pub peers: bool,
+}
+
+impl Default for Config {
+    /// Everything, with the full sample budget.
+    fn default() -> Config {
+        Config {
+            quick: false,
+            codecs: vec![CodecName::Cbor, CodecName::Xdr],
+            transports: vec![TransportName::Mem, TransportName::Shm, TransportName::Quic],
+            payloads: Payload::ALL.to_vec(),
+            peers: true,
+        }
+    }
+}
+
+impl Config {
+    fn has(&self, transport: TransportName) -> bool {
+        self.transports.contains(&transport)
+    }
+
+    /// How many rows a run of this configuration produces.
+    pub fn row_count(&self) -> usize {
+        let per_payload: usize = self
+            .transports
+            .iter()
+            .map(|&t| self.codecs.len() + 1 + usize::from(self.peers && t != TransportName::Mem))
+            .sum();
+        per_payload * self.payloads.len()
+    }
+}
+
+/// Which kind of row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowKind {
+    /// Courier, with a codec over a transport.
+    Courier,
+    /// A floor: the least work that moves the bytes.
+    Floor,
+    /// Another RPC crate.
+    Peer,
+}
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// The row's name: `courier cbor/shm`, `floor raw-quinn`, `tarpc bincode/tcp`, ….
+    pub name: String,
+    /// Courier, floor or peer.
+    pub kind: RowKind,
+    /// The payload.
+    pub payload: Payload,
+    /// The payload in bytes.
+    pub payload_bytes: usize,
+    /// Median round trip with one call in flight, µs.
+    pub p50_us: f64,
+    /// 99th-percentile round trip with one call in flight, µs.
+    pub p99_us: f64,
+    /// Calls per second with one call in flight.
+    pub calls_per_sec_1: f64,
+    /// Calls per second with 64 calls in flight (floors have none).
+    pub calls_per_sec_64: Option<f64>,
+    /// For payloads of 64 KiB and more: MB (10⁶ bytes) per second with one call in flight,
+    /// counting the bytes both ways for an echo and once for `memcpy`.
+    pub mb_per_sec: Option<f64>,
+    /// The floor this row is compared with.
+    pub floor: Option<String>,
+    /// This row's p50 divided by its floor's: how many times slower.
+    pub p50_vs_floor: Option<f64>,
+    /// This row's MB/s divided by its floor's: the share of the floor's bandwidth reached.
+    pub mb_vs_floor: Option<f64>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// When the run ended, in seconds since the Unix epoch.
+    pub unix_time: u64,
+    /// Whether it was a `--quick` run.
+    pub quick: bool,
+    /// CPUs available to the run.
+    pub cpus: usize,
+    /// The rows, in the order they ran.
+    pub rows: Vec<Row>,
+}
+
+const MEMCPY: &str = "floor memcpy";
+const RAW_SPIN: &str = "floor raw-spin";
+const RAW_QUINN: &str = "floor raw-quinn";
+
+fn floor_of(transport: TransportName) -> &'static str {
+    match transport {
+        TransportName::Mem => MEMCPY,
+        TransportName::Shm => RAW_SPIN,
+        TransportName::Quic => RAW_QUINN,
+    }
+}
+
+fn transport_label(transport: TransportName) -> &'static str {
+    match transport {
+        TransportName::Mem => "mem",
+        TransportName::Shm => "shm",
+        TransportName::Quic => "quic",
+    }
+}
+
+fn courier_name(codec: CodecName, transport: TransportName) -> String {
+    format!(
+        "courier {}/{}",
+        codec_label(codec),
+        transport_label(transport)
+    )
+}
+
+fn codec_label(codec: CodecName) -> &'static str {
+    match codec {
+        CodecName::Cbor => "cbor",
+        CodecName::Xdr => "xdr",
+    }
+}
+
+/// Runs the child server this process was started as, if it was: `Some` with the outcome for
+/// a child (which should then exit), `None` in the parent. Call it first thing in `main`.
+pub fn child_role() -> Option<Result<(), Error>> {
+    targets::child_role()
+}
+
+struct Runner<'a> {
+    config: &'a Config,
+    budget: Budget,
+    progress: &'a ProgressBar,
+    rows: Vec<Row>,
+}
+
+impl Runner<'_> {
+    fn push(
+        &mut self,
+        name: String,
+        kind: RowKind,
+        payload: Payload,
+        sample: Sample,
+        floor: Option<&str>,
+    ) {
+        let bytes = payload.bytes();
+        let moved = if name == MEMCPY { bytes } else { 2 * bytes };
+        self.rows.push(Row {
+            name,
+            kind,
+            payload,
+            payload_bytes: bytes,
+            p50_us: sample.p50_us,
+            p99_us: sample.p99_us,
+            calls_per_sec_1: sample.calls_per_sec_1,
+            calls_per_sec_64: sample.calls_per_sec_64,
+            mb_per_sec: payload
+                .is_large()
+                .then(|| moved as f64 * sample.calls_per_sec_1 / 1e6),
+            floor: floor.map(str::to_owned),
+            p50_vs_floor: None,
+            mb_vs_floor: None,
+        });
+        self.progress.inc(1);
+    }
+
+    /// Measures `target` at every payload.
+    async fn rows_of(
+        &mut self,
+        name: &str,
+        kind: RowKind,
+        floor: Option<&str>,
+        target: &Target,
+    ) -> Result<(), Error> {
+        for &payload in &self.config.payloads {
+            self.progress
+                .set_message(format!("{name} · {}", payload.label()));
+            let data = Bytes::from(vec![0x5au8; payload.bytes()]);
+            let sample = measure::measure_async(target, data, self.budget)
+                .await
+                .map_err(|e| format!("{name} with {}: {e}", payload.label()))?;
+            self.push(name.to_owned(), kind, payload, sample, floor);
+        }
+        Ok(())
+    }
+
+    fn memcpy(&mut self) -> Result<(), Error> {
+        let src = vec![0x5au8; MAX_PAYLOAD];
+        let mut dst = vec![0u8; MAX_PAYLOAD];
+        for &payload in &self.config.payloads {
+            self.progress
+                .set_message(format!("{MEMCPY} · {}", payload.label()));
+            let n = payload.bytes();
+            let sample = measure::measure_sync(
+                || {
+                    dst[..n].copy_from_slice(std::hint::black_box(&src[..n]));
+                    std::hint::black_box(&dst[..n]).len()
+                },
+                n,
+                self.budget,
+            )?;
+            self.push(MEMCPY.to_owned(), RowKind::Floor, payload, sample, None);
+        }
+        Ok(())
+    }
+
+    fn raw_spin(&mut self) -> Result<(), Error> {
+        let (segment, fd) = crate::spin::SpinSegment::create(MAX_PAYLOAD)?;
+        let child = ChildServer::spawn("raw-spin", &fd.to_string())?;
+        // SAFETY: closes our copy of the descriptor; the mapping and the child's copy remain.
+        unsafe { libc::close(fd) };
+        let mut out = Vec::with_capacity(MAX_PAYLOAD);
+        let mut round = 0u32;
+        for &payload in &self.config.payloads {
+            self.progress
+                .set_message(format!("{RAW_SPIN} · {}", payload.label()));
+            let data = vec![0x5au8; payload.bytes()];
+            let sample = measure::measure_sync(
+                || {
+                    // Rounds run 1..u32::MAX - 1: 0 is the initial value, MAX means stop.
+                    round = round % (u32::MAX - 2) + 1;
+                    segment.ping(round, &data, &mut out, false)
+                },
+                data.len(),
+                self.budget,
+            )?;
+            self.push(RAW_SPIN.to_owned(), RowKind::Floor, payload, sample, None);
+        }
+        segment.stop();
+        drop(child);
+        Ok(())
+    }
+
+    fn ratios(&mut self) {
+        let floors: Vec<(String, Payload, f64, Option<f64>)> = self
+            .rows
+            .iter()
+            .filter(|r| r.kind == RowKind::Floor)
+            .map(|r| (r.name.clone(), r.payload, r.p50_us, r.mb_per_sec))
+            .collect();
+        for row in &mut self.rows {
+            let Some(floor) = &row.floor else { continue };
+            let Some((_, _, p50, mb)) = floors
+                .iter()
+                .find(|(name, payload, ..)| name == floor && *payload == row.payload)
+            else {
+                continue;
+            };
+            row.p50_vs_floor = Some(row.p50_us / p50);
+            row.mb_vs_floor = row.mb_per_sec.zip(*mb).map(|(ours, theirs)| ours / theirs);
+        }
+    }
+}
+
+/// Runs the matrix `config` describes, advancing `progress` by one per row.
+pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
+    let scratch = Scratch::new()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut runner = Runner {
+        config,
+        budget: Budget::new(config.quick),
+        progress,
+        rows: Vec::new(),
+    };
+    // Synchronous floors run on this thread while the runtime's workers sit idle.
+    if config.has(TransportName::Mem) {
+        runner.memcpy()?;
+        for &codec in &config.codecs {
+            let target = rt.block_on(targets::courier_mem(codec))?;
+            let name = courier_name(codec, TransportName::Mem);
+            rt.block_on(runner.rows_of(&name, RowKind::Courier, Some(MEMCPY), &target))?;
+        }
+    }
+    if config.has(TransportName::Shm) {
+        runner.raw_spin()?;
+        let _server = ChildServer::spawn("courier-shm", &scratch.path("").display().to_string())?;
+        for &codec in &config.codecs {
+            let name = courier_name(codec, TransportName::Shm);
+            rt.block_on(async {
+                let target = targets::courier_shm(codec, &scratch).await?;
+                runner
+                    .rows_of(
+                        &name,
+                        RowKind::Courier,
+                        Some(floor_of(TransportName::Shm)),
+                        &target,
+                    )
+                    .await
+            })?;
+        }
+        if config.peers {
+            let _peer = ChildServer::spawn("tarpc-unix", &scratch.path("").display().to_string())?;
+            rt.block_on(async {
+                let target = targets::tarpc_unix(&scratch).await?;
+                runner
+                    .rows_of("tarpc bincode/unix", RowKind::Peer, None, &target)
+                    .await
+            })?;
+        }
+    }
+    if config.has(TransportName::Quic) {
+        let dir = scratch.path("").display().to_string();
+        {
+            let floor = ChildServer::spawn("raw-quinn", &dir)?;
+            let addr = floor.address.parse()?;
+            rt.block_on(async {
+                let target = targets::raw_quinn(&scratch, addr).await?;
+                runner
+                    .rows_of(RAW_QUINN, RowKind::Floor, None, &target)
+                    .await
+            })?;
+        }
+        let server = ChildServer::spawn("courier-quic", &dir)?;
+        let addr = server.address.parse()?;
+        for &codec in &config.codecs {
+            let name = courier_name(codec, TransportName::Quic);
+            rt.block_on(async {
+                let target = targets::courier_quic(codec, &scratch, addr).await?;
+                runner
+                    .rows_of(
+                        &name,
+                        RowKind::Courier,
+                        Some(floor_of(TransportName::Quic)),
+                        &target,
+                    )
+                    .await
+            })?;
+        }
+        drop(server);
+        if config.peers {
+            let peer = ChildServer::spawn("tarpc-tcp", &dir)?;
+            let addr = peer.address.parse()?;
+            rt.block_on(async {
+                let target = targets::tarpc_tcp(addr).await?;
+                runner
+                    .rows_of("tarpc bincode/tcp", RowKind::Peer, None, &target)
+                    .await
+            })?;
+        }
+    }
+    runner.ratios();
+    Ok(Report {
+        unix_time: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        quick: config.quick,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        rows: runner.rows,
+    })
+}

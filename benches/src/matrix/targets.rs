@@ -1,0 +1,319 @@
+//! The servers (each in a child process but the in-process one) and the clients that call
+//! them: Courier with each codec over each transport, the floors and the tarpc peer.
+//!
+//! A child is this same program started again with [`ROLE`] set; it prints `READY <address>`
+//! on stdout once it serves, and dies with its parent.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use courier::transport::{mem, Connector, Link};
+use courier::{CallOptions, Client, Codec, Server};
+use courier_cbor::Cbor;
+use courier_quic::{ClientTls, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls};
+use courier_shm::{ShmConnector, ShmListener, ShmOptions};
+use courier_xdr::Xdr;
+use futures::{FutureExt, StreamExt};
+use serde_bytes::ByteBuf;
+use tarpc::tokio_serde::formats::Bincode;
+
+use super::measure::Target;
+use super::{CodecName, Error};
+use crate::quic::{self, EchoClient, EchoServer, Echoer};
+use crate::spin::SpinSegment;
+
+/// The environment variable that starts this program as a child server.
+pub(crate) const ROLE: &str = "COURIER_MATRIX_ROLE";
+const ARG: &str = "COURIER_MATRIX_ARG";
+
+/// The largest payload any row sends.
+pub(crate) const MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// The same echo service, declared for tarpc.
+#[tarpc::service]
+pub trait TarpcEcho {
+    /// Returns its argument.
+    async fn echo(data: ByteBuf) -> ByteBuf;
+}
+
+#[derive(Clone)]
+struct TarpcEchoer;
+
+impl TarpcEcho for TarpcEchoer {
+    async fn echo(self, _: tarpc::context::Context, data: ByteBuf) -> ByteBuf {
+        data
+    }
+}
+
+/// A per-run directory for the development certificate and the Unix sockets.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    pub(crate) fn new() -> Result<Scratch, Error> {
+        let dir = std::env::temp_dir().join(format!("courier-matrix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let cert = DevCert::localhost()?;
+        std::fs::write(dir.join("cert.pem"), cert.certificate_pem())?;
+        std::fs::write(dir.join("key.pem"), cert.private_key_pem())?;
+        Ok(Scratch { dir })
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A child server, killed when dropped.
+#[derive(Debug)]
+pub(crate) struct ChildServer {
+    child: Child,
+    /// What the child printed after `READY`: its address, if it has one.
+    pub(crate) address: String,
+}
+
+impl ChildServer {
+    pub(crate) fn spawn(role: &str, arg: &str) -> Result<ChildServer, Error> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .env(ROLE, role)
+            .env(ARG, arg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("child has no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(address) = line.trim_end().strip_prefix("READY") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the {role} server did not start").into());
+        };
+        Ok(ChildServer {
+            address: address.trim().to_owned(),
+            child,
+        })
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn ready(address: impl std::fmt::Display) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "READY {address}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Runs the child role named in the environment, if there is one: `None` for the parent.
+pub(crate) fn child_role() -> Option<Result<(), Error>> {
+    let role = std::env::var(ROLE).ok()?;
+    // Die with the parent, so an interrupted run leaves no servers behind.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let arg = std::env::var(ARG).unwrap_or_default();
+    Some(serve(&role, &arg))
+}
+
+fn serve(role: &str, arg: &str) -> Result<(), Error> {
+    let dir = Path::new(arg);
+    match role {
+        "raw-spin" => {
+            let fd: i32 = arg.parse()?;
+            // SAFETY: the parent created this memfd with `SpinSegment::create(MAX_PAYLOAD)` and
+            // left it open across exec.
+            let segment = unsafe { SpinSegment::map(fd, MAX_PAYLOAD)? };
+            ready("")?;
+            segment.pong(false);
+            Ok(())
+        }
+        "courier-shm" => runtime()?.block_on(async {
+            let listener = ShmListener::bind(dir.join("courier.sock"), ShmOptions::default())?;
+            ready("")?;
+            courier_server().serve(listener).await?;
+            Ok(())
+        }),
+        "courier-quic" => runtime()?.block_on(async {
+            let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
+            let listener = QuicListener::bind("127.0.0.1:0".parse()?, tls, QuicOptions::default())?;
+            ready(listener.local_addr()?)?;
+            courier_server().serve(listener).await?;
+            Ok(())
+        }),
+        "raw-quinn" => runtime()?.block_on(async {
+            let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
+            let endpoint =
+                quic::raw_server(tls, "127.0.0.1:0".parse()?).map_err(|e| e.to_string())?;
+            ready(endpoint.local_addr()?)?;
+            quic::serve_raw(endpoint).await;
+            Ok(())
+        }),
+        "tarpc-tcp" => runtime()?.block_on(async {
+            let listener =
+                tarpc::serde_transport::tcp::listen("127.0.0.1:0", Bincode::default).await?;
+            ready(listener.local_addr())?;
+            serve_tarpc(listener).await;
+            Ok(())
+        }),
+        "tarpc-unix" => runtime()?.block_on(async {
+            let listener =
+                tarpc::serde_transport::unix::listen(dir.join("tarpc.sock"), Bincode::default)
+                    .await?;
+            ready("")?;
+            serve_tarpc(listener).await;
+            Ok(())
+        }),
+        other => Err(format!("unknown role {other:?}").into()),
+    }
+}
+
+/// Serves tarpc the way its documentation does: one task per connection, one per request.
+async fn serve_tarpc<T, E>(incoming: impl futures::Stream<Item = Result<T, E>>)
+where
+    T: tarpc::Transport<tarpc::Response<TarpcEchoResponse>, tarpc::ClientMessage<TarpcEchoRequest>>
+        + Send
+        + 'static,
+{
+    use tarpc::server::{BaseChannel, Channel};
+    incoming
+        .filter_map(|conn| futures::future::ready(conn.ok()))
+        .for_each(|transport| async move {
+            let channel = BaseChannel::with_defaults(transport);
+            tokio::spawn(
+                channel
+                    .execute(TarpcEchoer.serve())
+                    .for_each(|reply| async {
+                        tokio::spawn(reply);
+                    }),
+            );
+        })
+        .await;
+}
+
+fn courier_server() -> Server<(Cbor, Xdr)> {
+    Server::builder((Cbor::default(), Xdr::default()))
+        .service(EchoServer::new(Echoer))
+        .build()
+}
+
+/// Calls `echo` through a Courier client, the argument encoded from the borrowed bytes.
+fn courier_target<C: Codec>(client: Client<C>) -> Target {
+    let options = CallOptions::new().timeout(std::time::Duration::from_secs(60));
+    Target::new(move |data: Bytes| {
+        let (client, options) = (client.clone(), options.clone());
+        async move {
+            let reply: ByteBuf = client
+                .call(
+                    &EchoClient::<C>::ECHO,
+                    (serde_bytes::Bytes::new(&data),),
+                    &options,
+                )
+                .await?;
+            Ok(reply.len())
+        }
+        .boxed()
+    })
+}
+
+/// Starts a Courier client with `codec` on `link` and wraps it as a target.
+async fn courier_client(codec: CodecName, link: Link) -> Result<Target, Error> {
+    Ok(match codec {
+        CodecName::Cbor => {
+            courier_target(Client::builder(Cbor::default()).connect_link(link).await?)
+        }
+        CodecName::Xdr => courier_target(Client::builder(Xdr::default()).connect_link(link).await?),
+    })
+}
+
+/// Courier in process: the server runs on the caller's runtime.
+pub(crate) async fn courier_mem(codec: CodecName) -> Result<Target, Error> {
+    let (client_end, server_end) = mem::pair();
+    tokio::spawn(async move { courier_server().serve_link(server_end).await });
+    courier_client(codec, client_end).await
+}
+
+/// Courier over shared memory to the `courier-shm` child serving in `scratch`.
+pub(crate) async fn courier_shm(codec: CodecName, scratch: &Scratch) -> Result<Target, Error> {
+    let connector = ShmConnector::new(scratch.path("courier.sock"), ShmOptions::default());
+    courier_client(codec, connector.connect().await?).await
+}
+
+/// Courier over QUIC to the `courier-quic` child at `addr`.
+pub(crate) async fn courier_quic(
+    codec: CodecName,
+    scratch: &Scratch,
+    addr: SocketAddr,
+) -> Result<Target, Error> {
+    let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
+    let connector = QuicConnector::new(addr, "localhost", tls, QuicOptions::default())?;
+    courier_client(codec, connector.connect().await?).await
+}
+
+/// Raw quinn to the `raw-quinn` child at `addr`: one stream per echo.
+pub(crate) async fn raw_quinn(scratch: &Scratch, addr: SocketAddr) -> Result<Target, Error> {
+    let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
+    let raw = quic::raw_connect(addr, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let raw = Arc::new(raw);
+    Ok(Target::new(move |data: Bytes| {
+        let raw = raw.clone();
+        async move { raw.echo(data).await }.boxed()
+    }))
+}
+
+/// tarpc with its bincode transport over TCP to the `tarpc-tcp` child at `addr`.
+pub(crate) async fn tarpc_tcp(addr: SocketAddr) -> Result<Target, Error> {
+    let transport = tarpc::serde_transport::tcp::connect(addr, Bincode::default).await?;
+    Ok(tarpc_target(transport))
+}
+
+/// tarpc with its bincode transport over the Unix socket of the `tarpc-unix` child.
+pub(crate) async fn tarpc_unix(scratch: &Scratch) -> Result<Target, Error> {
+    let transport =
+        tarpc::serde_transport::unix::connect(scratch.path("tarpc.sock"), Bincode::default).await?;
+    Ok(tarpc_target(transport))
+}
+
+fn tarpc_target<T>(transport: T) -> Target
+where
+    T: tarpc::Transport<tarpc::ClientMessage<TarpcEchoRequest>, tarpc::Response<TarpcEchoResponse>>
+        + Send
+        + 'static,
+{
+    let client = TarpcEchoClient::new(tarpc::client::Config::default(), transport).spawn();
+    Target::new(move |data: Bytes| {
+        let client = client.clone();
+        async move {
+            // tarpc's arguments are owned: the bytes are copied into the request here.
+            let reply = client
+                .echo(tarpc::context::current(), ByteBuf::from(data.to_vec()))
+                .await?;
+            Ok(reply.len())
+        }
+        .boxed()
+    })
+}

@@ -1,0 +1,199 @@
+//! The raw shared-memory floor: a ping-pong between two processes on shared atomics, with both
+//! sides busy-spinning (or sleeping on a futex), optionally echoing a payload through the
+//! shared page.
+//!
+//! This is the least work two processes can do to exchange a message through shared memory:
+//! no framing, no codec, no wake-up protocol beyond one word each way. The benches measure
+//! Courier's shared-memory transport against it.
+//!
+//! The segment is a memory file the child process inherits (it is created without
+//! close-on-exec); the child maps it by the descriptor number it is given.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+/// The control page: the ping word, the pong word and the payload length, each on its own
+/// cache line.
+const CONTROL: usize = 4096;
+
+/// A shared segment for the raw ping-pong: a control page, then a request area and a reply
+/// area of `capacity` bytes each.
+#[derive(Debug)]
+pub struct SpinSegment {
+    base: *mut u8,
+    capacity: usize,
+}
+
+// SAFETY: the segment is plain shared memory; all access to the control words is atomic, and
+// the payload areas are only touched by the side that the ping/pong protocol gives them to.
+unsafe impl Send for SpinSegment {}
+
+impl SpinSegment {
+    /// Creates a segment with room for payloads up to `capacity` bytes and returns it with the
+    /// descriptor a child process can map with [`SpinSegment::map`].
+    pub fn create(capacity: usize) -> std::io::Result<(SpinSegment, i32)> {
+        // SAFETY: memfd_create with a valid NUL-terminated name; no flags, so the descriptor
+        // survives exec for the child.
+        let fd = unsafe { libc::memfd_create(c"courier-bench-spin".as_ptr(), 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let len = Self::len(capacity);
+        // SAFETY: ftruncate on the descriptor just created.
+        if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the file was just sized to `len(capacity)`.
+        let segment = unsafe { SpinSegment::map(fd, capacity)? };
+        Ok((segment, fd))
+    }
+
+    fn len(capacity: usize) -> usize {
+        CONTROL + 2 * capacity.next_multiple_of(4096)
+    }
+
+    /// Maps the segment behind `fd`.
+    ///
+    /// # Safety
+    /// `fd` must be a memory file of at least the size [`SpinSegment::create`] gave it for the
+    /// same `capacity`.
+    pub unsafe fn map(fd: i32, capacity: usize) -> std::io::Result<SpinSegment> {
+        // SAFETY: a fresh shared mapping of the file; the caller vouches for its size.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::len(capacity),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(SpinSegment {
+            base: ptr.cast(),
+            capacity,
+        })
+    }
+
+    fn word(&self, line: usize) -> &AtomicU32 {
+        // SAFETY: lines 0 and 1 of the control page, 64-byte aligned, inside a live mapping
+        // that lasts as long as `self`.
+        unsafe { &*self.base.add(line * 64).cast::<AtomicU32>() }
+    }
+
+    fn length(&self) -> &AtomicUsize {
+        // SAFETY: line 2 of the control page, aligned, inside the live mapping.
+        unsafe { &*self.base.add(128).cast::<AtomicUsize>() }
+    }
+
+    fn area(&self, reply: bool) -> *mut u8 {
+        let offset = CONTROL
+            + if reply {
+                self.capacity.next_multiple_of(4096)
+            } else {
+                0
+            };
+        // SAFETY: within the mapping: CONTROL + 2 areas is its length.
+        unsafe { self.base.add(offset) }
+    }
+
+    /// The ping side: sends round `n` (never 0 or `u32::MAX`) with `payload` and waits for the
+    /// echo, copied into `out`. Returns the echoed length.
+    pub fn ping(&self, n: u32, payload: &[u8], out: &mut Vec<u8>, sleeping: bool) -> usize {
+        let len = payload.len().min(self.capacity);
+        // SAFETY: the request area is ours until we publish `n`; `len` fits in it.
+        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.area(false), len) };
+        self.length().store(len, Ordering::Relaxed);
+        let (ping, pong) = (self.word(0), self.word(1));
+        ping.store(n, Ordering::Release);
+        if sleeping {
+            futex_wake(ping);
+        }
+        loop {
+            let v = pong.load(Ordering::Acquire);
+            if v == n {
+                break;
+            }
+            if sleeping {
+                // Sleep only while the word still holds what we just saw.
+                futex_wait(pong, v);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        out.clear();
+        out.reserve(len);
+        // SAFETY: the pong side published the reply area (Acquire above) and will not touch it
+        // until the next ping; `out` has room for `len` bytes, set as its length after copying.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.area(true), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+        len
+    }
+
+    /// The pong side: echoes every ping until told to stop with [`SpinSegment::stop`].
+    pub fn pong(&self, sleeping: bool) {
+        let (ping, pong) = (self.word(0), self.word(1));
+        let mut seen = 0;
+        loop {
+            let v = loop {
+                let v = ping.load(Ordering::Acquire);
+                if v != seen {
+                    break v;
+                }
+                if sleeping {
+                    futex_wait(ping, seen);
+                } else {
+                    std::hint::spin_loop();
+                }
+            };
+            if v == u32::MAX {
+                return;
+            }
+            seen = v;
+            let len = self.length().load(Ordering::Relaxed).min(self.capacity);
+            // SAFETY: the ping side published the request (Acquire above) and waits for our
+            // pong before touching either area again; both areas hold `capacity` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(self.area(false), self.area(true), len) };
+            pong.store(v, Ordering::Release);
+            if sleeping {
+                futex_wake(pong);
+            }
+        }
+    }
+
+    /// Tells the pong side to return.
+    pub fn stop(&self) {
+        self.word(0).store(u32::MAX, Ordering::Release);
+        futex_wake(self.word(0));
+    }
+}
+
+impl Drop for SpinSegment {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; nothing borrows it past `self`.
+        unsafe { libc::munmap(self.base.cast(), Self::len(self.capacity)) };
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 in shared memory (not FUTEX_PRIVATE: the other
+    // process waits on the same physical page).
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32 in shared memory.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
+}
