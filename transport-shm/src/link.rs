@@ -7,6 +7,17 @@
 //! travel through the rings; the socket carries nothing more, and its end is how each side
 //! learns that the other is gone.
 //!
+//! Sending reserves room at the tail of the sending ring and lets the codec encode straight
+//! into it, then publishes the frame with one store of the tail: the payload is copied once, by
+//! the encoder. A frame that outgrows the room (more than half the ring) moves to the heap and
+//! is copied into the ring in pieces instead.
+//!
+//! Receiving copies each frame out of the ring once, into memory of its own, before anyone
+//! reads it; the codec then decodes from that copy, borrowing byte strings from it. Decoding
+//! straight from the segment would save that copy but not be sound: the peer can write the
+//! segment at any time, so bytes checked once (a string found to be UTF-8, a length found to
+//! fit) could change before they are used.
+//!
 //! Receiving spins briefly when its ring is empty, then sets its `sleeping` flag and waits on
 //! its doorbell; a sender rings the doorbell only when that flag is set. A sender that finds the
 //! ring full backs off until the receiver frees room.
@@ -17,16 +28,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::buf::UninitSlice;
+use bytes::{BufMut, Bytes, BytesMut};
 use courier::transport::{FrameBuf, Link, LinkRx, LinkTx};
 use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 
-use crate::ring::{Consumer, Producer, HEADER};
+use crate::ring::{Consumer, Producer, Reservation, HEADER};
 use crate::sys::{self, Mapping};
 
 /// Frames queued between the receiving task and the connection.
@@ -44,7 +59,7 @@ pub struct ShmOptions {
 impl Default for ShmOptions {
     fn default() -> Self {
         ShmOptions {
-            ring_capacity: 1 << 20,
+            ring_capacity: 4 << 20,
             max_frame_size: courier::Limits::default().frame_size_limit(),
             mode: 0o600,
             spin: 64,
@@ -53,8 +68,12 @@ impl Default for ShmOptions {
 }
 
 impl ShmOptions {
-    /// Bytes in each direction's ring, rounded up to a power of two (at least 4 KiB). Larger
-    /// frames still go through, in pieces. Default: 1 MiB. Chosen by the server.
+    /// Bytes in each direction's ring, rounded up to a power of two (at least 4 KiB). Frames
+    /// of up to half the ring are encoded straight into it; larger frames still go through,
+    /// encoded on the heap and copied into the ring in pieces. Default: 4 MiB, so that frames
+    /// up to 2 MiB take the one-copy path. The segment's pages are only backed once touched,
+    /// but a busy connection touches them all: two rings of this size per connection. Chosen
+    /// by the server.
     pub fn ring_capacity(mut self, bytes: usize) -> Self {
         self.ring_capacity = bytes.max(4096).next_power_of_two();
         self
@@ -89,9 +108,13 @@ fn io_error(context: &str, e: io::Error) -> TransportError {
 /// One end of a connection's segment.
 struct End {
     map: Arc<Mapping>,
-    producer: tokio::sync::Mutex<Producer>,
+    producer: Arc<tokio::sync::Mutex<Producer>>,
     peer_bell: OwnedFd,
     socket: Arc<UnixStream>,
+    /// Set by a sender waiting for room in the sending ring; the receiving task, woken by
+    /// the peer when it frees room, passes the news on through `room`.
+    wants_room: AtomicBool,
+    room: Notify,
 }
 
 impl std::fmt::Debug for End {
@@ -102,57 +125,237 @@ impl std::fmt::Debug for End {
     }
 }
 
+impl End {
+    /// Wakes the peer's receiver if it said it sleeps.
+    fn wake_peer(&self, producer: &Producer) {
+        if producer.consumer_sleeping() {
+            sys::ring(self.peer_bell.as_raw_fd());
+        }
+    }
+
+    /// Runs `attempt` on the producer until it succeeds, waiting for room in between: a few
+    /// yields first, then a wake-up from the receiving task (which the peer's doorbell
+    /// brings when it frees room), with a short timeout as a backstop so that a lost wake-up
+    /// costs a millisecond, never a hang.
+    async fn until_room<T>(
+        &self,
+        producer: &mut Producer,
+        mut attempt: impl FnMut(&mut Producer) -> Result<Option<T>, crate::ring::Corrupt>,
+    ) -> Result<T, TransportError> {
+        let mut tries = 0u32;
+        let found = loop {
+            if let Some(found) = attempt(producer).map_err(corrupt)? {
+                break found;
+            }
+            // Say that we wait, and make sure the consumer is awake to free room.
+            producer.set_waiting(true);
+            self.wake_peer(producer);
+            tries += 1;
+            if tries < 8 {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.wants_room.store(true, Ordering::SeqCst);
+            // Look again now that a wake-up cannot be missed.
+            if let Some(found) = attempt(producer).map_err(corrupt)? {
+                break found;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(1), notified).await;
+        };
+        producer.set_waiting(false);
+        Ok(found)
+    }
+
+    /// Called by the receiving task whenever it runs: a sender waiting for room looks again.
+    fn room_freed(&self) {
+        if self.wants_room.load(Ordering::Relaxed) && self.wants_room.swap(false, Ordering::SeqCst)
+        {
+            self.room.notify_waiters();
+        }
+    }
+}
+
+/// A frame being written straight into the sending ring.
+///
+/// Holds the producer (so no other frame is written meanwhile) and room reserved at the
+/// ring's tail. The codec writes there; `send` publishes it with one store. A frame that
+/// outgrows the room moves to the heap and is sent in pieces, like any frame larger than a
+/// record.
+struct RingBuf {
+    producer: OwnedMutexGuard<Producer>,
+    /// Keeps the segment mapped while `payload` points into it.
+    end: Arc<End>,
+    reservation: Option<Reservation>,
+    payload: *mut u8,
+    room: usize,
+    written: usize,
+    spilled: Option<BytesMut>,
+}
+
+// SAFETY: `payload` points into the shared mapping, which `end` keeps alive and which any
+// thread may write; the producer guard is Send. Nothing ties the buffer to one thread.
+unsafe impl Send for RingBuf {}
+
+impl RingBuf {
+    /// Moves what was written to the heap, where the frame can grow without bound.
+    fn spill(&mut self) -> &mut BytesMut {
+        let written = self.written;
+        let payload = self.payload;
+        self.spilled.get_or_insert_with(|| {
+            let mut heap = BytesMut::with_capacity(2 * written.max(4096));
+            // SAFETY: the first `written` bytes of the reservation were written by the codec
+            // (advance_mut counted them) and lie within the mapping. The peer could change
+            // them meanwhile; then it only changes the frame it receives.
+            heap.extend_from_slice(unsafe { std::slice::from_raw_parts(payload, written) });
+            heap
+        })
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the reservation's unwritten bytes (or the heap buffer's), and
+// `advance_mut` counts only bytes within them, as BufMut requires.
+unsafe impl BufMut for RingBuf {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX - self.written()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        match &mut self.spilled {
+            // SAFETY: forwarded: the caller initialised `cnt` bytes of the last chunk.
+            Some(heap) => unsafe { heap.advance_mut(cnt) },
+            None => {
+                assert!(
+                    cnt <= self.room - self.written,
+                    "advance past the reserved room"
+                );
+                self.written += cnt;
+            }
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        if self.spilled.is_none() && self.written == self.room {
+            self.spill();
+        }
+        match &mut self.spilled {
+            Some(heap) => heap.chunk_mut(),
+            // SAFETY: `payload + written .. payload + room` is reserved room in the sending
+            // ring: inside the mapping (kept alive by `end`), owned by this producer until it
+            // commits, and never read by this process through this slice. The peer is not
+            // meant to touch it; if a hostile peer writes there anyway, it can only change the
+            // bytes of the frame it is about to receive: we never read them back to make a
+            // decision (the header is written, not read, and `patch` only writes).
+            None => unsafe {
+                UninitSlice::from_raw_parts_mut(
+                    self.payload.add(self.written),
+                    self.room - self.written,
+                )
+            },
+        }
+    }
+}
+
+impl FrameBuf for RingBuf {
+    fn written(&self) -> usize {
+        self.spilled.as_ref().map_or(self.written, BytesMut::len)
+    }
+
+    fn patch(&mut self, offset: usize, bytes: &[u8]) {
+        match &mut self.spilled {
+            Some(heap) => heap.patch(offset, bytes),
+            None => {
+                assert!(
+                    offset + bytes.len() <= self.written,
+                    "patching unwritten bytes"
+                );
+                // SAFETY: within the written part of the reservation (asserted above).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        self.payload.add(offset),
+                        bytes.len(),
+                    )
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Tx(Arc<End>);
 
 impl Tx {
-    async fn push(&self, frame: &[u8]) -> Result<(), TransportError> {
-        let end = &self.0;
-        let mut producer = end.producer.lock().await;
+    /// Sends a frame from the heap, in records of at most half the ring each.
+    async fn push(end: &End, producer: &mut Producer, frame: &[u8]) -> Result<(), TransportError> {
         let chunk = producer.max_record();
         // A frame is never empty (it has a header), so `chunks` yields at least one part.
         let last = frame.len().saturating_sub(1) / chunk;
         for (i, part) in frame.chunks(chunk).enumerate() {
             let more = i != last;
-            let mut backoff = 0u32;
-            loop {
-                match producer.try_push(part, more) {
-                    Ok(true) => break,
-                    Ok(false) => {
-                        // Full: say so, let the receiver drain, and try again.
-                        producer.set_waiting(true);
-                        if producer.consumer_sleeping() {
-                            sys::ring(end.peer_bell.as_raw_fd());
-                        }
-                        if backoff < 16 {
-                            tokio::task::yield_now().await;
-                        } else {
-                            tokio::time::sleep(Duration::from_micros(50)).await;
-                        }
-                        backoff += 1;
-                    }
-                    Err(e) => return Err(TransportError::Other(e.to_string())),
-                }
-            }
-            producer.set_waiting(false);
-            if producer.consumer_sleeping() {
-                sys::ring(end.peer_bell.as_raw_fd());
-            }
+            end.until_room(producer, |p| Ok(p.try_push(part, more)?.then_some(())))
+                .await?;
+            end.wake_peer(producer);
         }
         Ok(())
     }
 }
 
+fn corrupt(e: crate::ring::Corrupt) -> TransportError {
+    TransportError::Other(e.to_string())
+}
+
 impl LinkTx for Tx {
     fn buffer(&self, size_hint: usize) -> BoxFuture<'_, Result<Box<dyn FrameBuf>, TransportError>> {
-        let buf = courier::transport::heap_buffer(size_hint);
-        Box::pin(async move { Ok(buf) })
+        Box::pin(async move {
+            let end = &self.0;
+            let mut producer = Arc::clone(&end.producer).lock_owned().await;
+            // Ask for the hint, but at least a page: a frame's size is not known before it
+            // is encoded, and spilling to the heap costs a copy.
+            let reservation = end
+                .until_room(&mut producer, |p| p.reserve(size_hint.max(4096)))
+                .await?;
+            Ok(Box::new(RingBuf {
+                payload: producer.payload(&reservation),
+                room: reservation.room(),
+                reservation: Some(reservation),
+                producer,
+                end: Arc::clone(end),
+                written: 0,
+                spilled: None,
+            }) as Box<dyn FrameBuf>)
+        })
     }
 
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
-            let buf = courier::transport::take_heap_buffer(message, "shared-memory")?;
-            self.push(&buf).await
+            let any: Box<dyn Any> = message;
+            let Ok(buf) = any.downcast::<RingBuf>() else {
+                return Err(TransportError::Other(
+                    "the shared-memory link was given a foreign buffer".into(),
+                ));
+            };
+            let RingBuf {
+                mut producer,
+                end,
+                reservation,
+                written,
+                spilled,
+                ..
+            } = *buf;
+            match (spilled, reservation) {
+                (None, Some(reservation)) => {
+                    producer.commit(reservation, written);
+                    end.wake_peer(&producer);
+                    Ok(())
+                }
+                (Some(heap), _) => Tx::push(&end, &mut producer, &heap).await,
+                (None, None) => Err(TransportError::Other(
+                    "a frame buffer was sent twice".into(),
+                )),
+            }
         })
     }
 
@@ -190,6 +393,7 @@ async fn receive(
     let reason = 'outer: loop {
         let mut idle = 0;
         loop {
+            end.room_freed();
             match consumer.try_pop() {
                 Ok(Some(frame)) => {
                     idle = 0;
@@ -234,6 +438,8 @@ async fn receive(
                     guard.clear_ready();
                     sys::drain(bell.as_raw_fd());
                 }
+                // The peer rings for frames and for room it freed in our sending ring.
+                end.room_freed();
             }
             gone = peer_gone(&end.socket) => {
                 if gone {
@@ -312,9 +518,11 @@ fn make_end(
         .map_err(|e| io_error("eventfd", e.into()))?;
     let end = Arc::new(End {
         map,
-        producer: tokio::sync::Mutex::new(producer),
+        producer: Arc::new(tokio::sync::Mutex::new(producer)),
         peer_bell,
         socket: Arc::new(socket),
+        wants_room: AtomicBool::new(false),
+        room: Notify::new(),
     });
     let (tx, frames) = mpsc::channel(QUEUE_DEPTH);
     tokio::spawn(receive(Arc::clone(&end), consumer, bell, tx, options.spin));
@@ -497,5 +705,69 @@ impl courier::transport::Connector for ShmConnector {
             peer,
             &self.options,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends of one segment in this process, over a socket pair.
+    fn ends(capacity: usize) -> (Link, Link) {
+        let len = segment_len(capacity);
+        let memfd = sys::memfd(len).unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let socket = |s: std::os::unix::net::UnixStream| {
+            s.set_nonblocking(true).unwrap();
+            UnixStream::from_std(s).unwrap()
+        };
+        let (bell_a, bell_b) = (sys::eventfd().unwrap(), sys::eventfd().unwrap());
+        let peer = Peer::Process {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        };
+        let options = ShmOptions::default();
+        let end = |s, produce, mine: &OwnedFd, theirs: &OwnedFd| {
+            let bells = Bells {
+                mine: mine.try_clone().unwrap(),
+                peer: theirs.try_clone().unwrap(),
+            };
+            let map = Mapping::new(&memfd, len).unwrap();
+            make_end(
+                socket(s),
+                map,
+                capacity,
+                produce,
+                bells,
+                peer.clone(),
+                &options,
+            )
+            .unwrap()
+        };
+        (end(a, 0, &bell_a, &bell_b), end(b, 1, &bell_b, &bell_a))
+    }
+
+    #[tokio::test]
+    async fn frames_are_written_in_place_and_spill_only_past_the_room() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let capacity = 64 * 1024;
+            let (a, mut b) = ends(capacity);
+            // One record holds up to half the ring, less its 8-byte header.
+            let room = capacity / 2 - 8;
+            for size in [40, 1000, room - 1, room, room + 1, 3 * capacity] {
+                let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                let mut buf = a.tx.buffer(size).await.unwrap();
+                buf.put_slice(&data);
+                let any: &dyn Any = &*buf;
+                let ring_buf = any.downcast_ref::<RingBuf>().unwrap();
+                assert_eq!(ring_buf.spilled.is_some(), size > room, "{size} bytes");
+                a.tx.send(buf).await.unwrap();
+                let frame = b.rx.recv().await.unwrap().unwrap();
+                assert!(frame[..] == data[..], "{size} bytes arrived changed");
+            }
+        })
+        .await
+        .unwrap();
     }
 }

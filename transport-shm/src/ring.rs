@@ -132,6 +132,33 @@ impl Region {
         }
     }
 
+    /// Appends `len` bytes from `offset` in the record area to `out`, without zero-filling
+    /// first. The caller checked the bounds.
+    fn read_append(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
+        assert!(offset + len <= self.capacity);
+        out.reserve(len);
+        let at = out.len();
+        // SAFETY: the source range is inside the record area (asserted above) and `out` has
+        // room for `len` more bytes (reserved above), which the copy initialises before
+        // `set_len` covers them. A hostile producer changing the source meanwhile only gives
+        // us other bytes, validated later like any peer input.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.add(HEADER + offset),
+                out.as_mut_ptr().add(at),
+                len,
+            );
+            out.set_len(at + len);
+        }
+    }
+
+    /// The address of `offset` in the record area, for writing a reserved record in place.
+    fn record_ptr(&self, offset: usize) -> *mut u8 {
+        assert!(offset <= self.capacity);
+        // SAFETY: within the region (asserted above; `capacity` itself is one past the end).
+        unsafe { self.base.add(HEADER + offset) }
+    }
+
     fn record_header(&self, offset: usize) -> (u32, u32) {
         let mut h = [0u8; RECORD_HEADER];
         self.read(offset, &mut h);
@@ -227,6 +254,66 @@ impl Producer {
         Ok(true)
     }
 
+    /// Reserves contiguous room for one record at the tail, to be written in place and then
+    /// published with [`Producer::commit`]: at least `min` payload bytes (capped at
+    /// [`Producer::max_record`]), and as much more as lies contiguous before the end of the ring
+    /// or the data not yet consumed. Returns `Ok(None)` when there is not that much room now.
+    ///
+    /// When the room before the end of the ring is too short, a skip record is published
+    /// there and the room starts at offset 0. Nothing else is published until `commit`; a
+    /// reservation that is never committed is simply overwritten by the next one.
+    pub fn reserve(&mut self, min: usize) -> Result<Option<Reservation>, Corrupt> {
+        let cap = self.region.capacity as u64;
+        let need = (RECORD_HEADER + padded(min.min(self.max_record()))) as u64;
+        let free = cap - (self.tail - self.head()?);
+        let offset = self.tail % cap;
+        let to_end = cap - offset;
+        let (offset, contiguous) = if to_end.min(free) >= need {
+            (offset, to_end.min(free))
+        } else if to_end < need && free >= to_end + need {
+            let mut h = [0u8; RECORD_HEADER];
+            h[4..].copy_from_slice(&SKIP.to_le_bytes());
+            self.region.write(offset as usize, &h);
+            self.tail += to_end;
+            self.region
+                .word(TAIL_AT)
+                .store(self.tail, Ordering::Release);
+            (0, free - to_end)
+        } else {
+            return Ok(None);
+        };
+        // Both are multiples of 8 (records are padded), so the room is too.
+        let room = (contiguous as usize - RECORD_HEADER).min(self.max_record());
+        Ok(Some(Reservation {
+            tail: self.tail,
+            offset: offset as usize,
+            room,
+        }))
+    }
+
+    /// Where the payload of `reservation` is written: [`Reservation::room`] bytes, which
+    /// belong to this producer until it commits them.
+    pub fn payload(&self, reservation: &Reservation) -> *mut u8 {
+        self.region.record_ptr(reservation.offset + RECORD_HEADER)
+    }
+
+    /// Publishes the first `len` bytes written at [`Producer::payload`] as one whole message.
+    ///
+    /// # Panics
+    ///
+    /// If `len` exceeds the reservation's room, or something was pushed since it was made.
+    pub fn commit(&mut self, reservation: Reservation, len: usize) {
+        assert!(len <= reservation.room && reservation.tail == self.tail);
+        let mut h = [0u8; RECORD_HEADER];
+        h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.region.write(reservation.offset, &h);
+        self.tail += (RECORD_HEADER + padded(len)) as u64;
+        // Release: the record's bytes are visible before the tail that covers them.
+        self.region
+            .word(TAIL_AT)
+            .store(self.tail, Ordering::Release);
+    }
+
     /// Whether the consumer said it is going to sleep and needs a wake-up.
     pub fn consumer_sleeping(&self) -> bool {
         // Pairs with the fence in `Consumer::set_sleeping`: either the consumer sees our tail,
@@ -242,6 +329,23 @@ impl Producer {
             .flag_at(WAITING_AT)
             .store(u32::from(waiting), Ordering::SeqCst);
         fence(Ordering::SeqCst);
+    }
+}
+
+/// Room for one record, from [`Producer::reserve`].
+#[derive(Debug)]
+pub struct Reservation {
+    /// The tail when the room was reserved: committing checks nothing moved since.
+    tail: u64,
+    /// Where the record's header goes.
+    offset: usize,
+    room: usize,
+}
+
+impl Reservation {
+    /// Payload bytes that fit.
+    pub fn room(&self) -> usize {
+        self.room
     }
 }
 
@@ -327,10 +431,8 @@ impl Consumer {
             if self.partial.len() + len > self.max_message {
                 return Err(Corrupt("message longer than the limit"));
             }
-            let at = self.partial.len();
-            self.partial.resize(at + len, 0);
             self.region
-                .read(offset + RECORD_HEADER, &mut self.partial[at..]);
+                .read_append(offset + RECORD_HEADER, len, &mut self.partial);
             self.advance(self.head + size);
             if flags & MORE == 0 {
                 return Ok(Some(std::mem::take(&mut self.partial)));
@@ -418,6 +520,55 @@ mod tests {
             assert_eq!(c.try_pop().unwrap(), Some(message), "message {i}");
         }
         assert_eq!(c.try_pop().unwrap(), None);
+    }
+
+    /// Writes `message` in place through a reservation; false if there was no room.
+    fn send_in_place(p: &mut Producer, message: &[u8]) -> bool {
+        let Some(r) = p.reserve(message.len()).unwrap() else {
+            return false;
+        };
+        assert!(r.room() >= message.len());
+        // SAFETY: the reservation's payload has `room` bytes that belong to the producer.
+        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), p.payload(&r), message.len()) };
+        p.commit(r, message.len());
+        true
+    }
+
+    #[test]
+    fn records_written_in_place_interleave_with_pushed_ones_across_wraparound() {
+        let mut mem = Memory::new(256);
+        let (mut p, mut c) = ring(&mut mem, 256);
+        for i in 0..1000u32 {
+            let message: Vec<u8> = (0..(i % 70)).map(|b| (b as u8) ^ (i as u8)).collect();
+            let sent = if i % 3 == 0 {
+                send(&mut p, &message)
+            } else {
+                send_in_place(&mut p, &message)
+            };
+            assert!(sent, "message {i}");
+            // A reservation dropped without commit publishes nothing.
+            if i % 5 == 0 {
+                let _abandoned = p.reserve(8).unwrap();
+            }
+            assert_eq!(c.try_pop().unwrap(), Some(message), "message {i}");
+        }
+        assert_eq!(c.try_pop().unwrap(), None);
+    }
+
+    #[test]
+    fn reservations_wait_for_room() {
+        let mut mem = Memory::new(256);
+        let (mut p, mut c) = ring(&mut mem, 256);
+        assert!(send_in_place(&mut p, &[1; 100]));
+        // 104 + 8 bytes used of 256: 120 need 128 contiguous, and there are 144 left.
+        assert!(send_in_place(&mut p, &[2; 120]));
+        // Now 16 bytes are free: no room for a record of 8 bytes plus its header.
+        assert!(p.reserve(16).unwrap().is_none());
+        assert_eq!(c.try_pop().unwrap(), Some(vec![1; 100]));
+        // Room came back at the start of the ring, past a skip record.
+        assert!(send_in_place(&mut p, &[3; 64]));
+        assert_eq!(c.try_pop().unwrap(), Some(vec![2; 120]));
+        assert_eq!(c.try_pop().unwrap(), Some(vec![3; 64]));
     }
 
     #[test]

@@ -19,11 +19,12 @@
 //!   bidirectional stream for a call, the call's stream for its reply, a unidirectional stream
 //!   for a one-way call), which quinn sends without another copy. `recv` reads whole frames off
 //!   the streams, bounded by the frame size limit.
-//! - **Shared memory**: `buffer` reserves space in the sending ring of the shared segment and
-//!   returns a `FrameBuf` that writes into it directly, growing into an overflow area if the
-//!   frame outgrows the reservation; `send` publishes the ring's tail and wakes the receiver if
-//!   it sleeps. `recv` returns a `Bytes` over the ring slot (`Bytes::from_owner`) that releases
-//!   the slot when dropped, so decoding borrows straight from the segment.
+//! - **Shared memory** (`courier-shm`): `buffer` reserves room at the tail of the sending ring
+//!   in the shared segment and returns a `FrameBuf` that writes into it directly (a frame that
+//!   outgrows the room moves to the heap and is copied into the ring in pieces); `send`
+//!   publishes the ring's tail and wakes the receiver if it sleeps. `recv` copies each frame
+//!   out of the ring once before it is decoded: the segment is writable by the peer, so bytes
+//!   validated in place could change before they are used.
 
 pub mod mem;
 
@@ -62,7 +63,7 @@ impl FrameBuf for BytesMut {
 }
 
 /// Heap memory for one outgoing message, for transports whose frames live on the heap
-/// (in-process channels, QUIC, and for now shared memory, which copies them into its ring).
+/// (in-process channels and QUIC).
 /// The hint is capped: it is not a promise, and must not allocate before anything is written.
 pub fn heap_buffer(size_hint: usize) -> Box<dyn FrameBuf> {
     Box::new(BytesMut::with_capacity(size_hint.min(64 * 1024)))
