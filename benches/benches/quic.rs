@@ -11,6 +11,7 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use courier_benches::quic;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -22,6 +23,25 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// Times `iters` runs of `op` inside a task spawned on the runtime: callers in an application
+/// are tasks, and a caller on `block_on`'s own thread would pay a cross-thread wake-up per reply
+/// that no task pays.
+async fn in_task<F, Fut>(iters: u64, op: F) -> Duration
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future + Send,
+{
+    tokio::spawn(async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(op().await);
+        }
+        start.elapsed()
+    })
+    .await
+    .expect("bench task")
 }
 
 fn bench(c: &mut Criterion) {
@@ -39,12 +59,22 @@ fn bench(c: &mut Criterion) {
     let null_bytes = quic::courier_request_len(&[]);
     let mut g = c.benchmark_group("quic/null_call");
     g.bench_function("raw_quinn", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(raw.round_trip(null_bytes).await) })
+        b.to_async(&rt).iter_custom(|iters| {
+            let raw = raw.clone();
+            in_task(iters, move || {
+                let raw = raw.clone();
+                async move { raw.round_trip(null_bytes).await }
+            })
+        })
     });
     g.bench_function("courier_cbor", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(courier.echo(&[]).await.expect("call")) })
+        b.to_async(&rt).iter_custom(|iters| {
+            let courier = courier.clone();
+            in_task(iters, move || {
+                let courier = courier.clone();
+                async move { courier.echo(&[]).await.expect("call") }
+            })
+        })
     });
     g.finish();
 
@@ -52,12 +82,22 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("quic/in_flight_64");
     g.throughput(Throughput::Elements(64));
     g.bench_function("raw_quinn", |b| {
-        b.to_async(&rt)
-            .iter(|| async { join_all((0..64).map(|_| raw.round_trip(null_bytes))).await })
+        b.to_async(&rt).iter_custom(|iters| {
+            let raw = raw.clone();
+            in_task(iters, move || {
+                let raw = raw.clone();
+                async move { join_all((0..64).map(|_| raw.round_trip(null_bytes))).await }
+            })
+        })
     });
     g.bench_function("courier_cbor", |b| {
-        b.to_async(&rt)
-            .iter(|| async { join_all((0..64).map(|_| courier.echo(&[]))).await })
+        b.to_async(&rt).iter_custom(|iters| {
+            let courier = courier.clone();
+            in_task(iters, move || {
+                let courier = courier.clone();
+                async move { join_all((0..64).map(|_| courier.echo(&[]))).await }
+            })
+        })
     });
     g.finish();
 
@@ -71,13 +111,24 @@ fn bench(c: &mut Criterion) {
         BenchmarkId::new("raw_quinn", "1MiB"),
         &mib_bytes,
         |b, &n| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(raw.round_trip(n).await) })
+            b.to_async(&rt).iter_custom(|iters| {
+                let raw = raw.clone();
+                in_task(iters, move || {
+                    let raw = raw.clone();
+                    async move { raw.round_trip(n).await }
+                })
+            })
         },
     );
+    let mib = Arc::new(mib);
     g.bench_with_input(BenchmarkId::new("courier_cbor", "1MiB"), &mib, |b, mib| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(courier.echo(mib).await.expect("call")) })
+        b.to_async(&rt).iter_custom(|iters| {
+            let (courier, mib) = (courier.clone(), mib.clone());
+            in_task(iters, move || {
+                let (courier, mib) = (courier.clone(), mib.clone());
+                async move { courier.echo(&mib).await.expect("call") }
+            })
+        })
     });
     g.finish();
 }
