@@ -525,6 +525,7 @@ impl Shared {
             ack,
             deadline,
             guard,
+            reader: self.tx.take_reader(call_id),
         })
     }
 
@@ -647,17 +648,52 @@ pub(crate) struct CallSlot {
     ack: Option<oneshot::Receiver<()>>,
     deadline: Option<Instant>,
     guard: CallGuard,
+    /// The transport's reading of this call's reply stream, if it hands that to the caller
+    /// ([`LinkTx::take_reader`]): polled while the caller waits.
+    reader: Option<BoxFuture<'static, ()>>,
+}
+
+/// Waits for `wait` while polling `reader`, reader first, so that a reply it delivers is seen
+/// in the same poll. A finished reader is dropped.
+async fn driven<T>(
+    reader: &mut Option<BoxFuture<'static, ()>>,
+    wait: impl std::future::Future<Output = T>,
+) -> T {
+    let mut wait = std::pin::pin!(wait);
+    std::future::poll_fn(|cx| {
+        if let Some(r) = reader {
+            if r.as_mut().poll(cx).is_ready() {
+                *reader = None;
+            }
+        }
+        wait.as_mut().poll(cx)
+    })
+    .await
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        // A reader still running: if the call was answered or runs on without a caller (it
+        // was acknowledged), let it read to the end of its stream on the runtime; otherwise
+        // dropping it is what cancels the call.
+        if let Some(reader) = self.reader.take() {
+            if self.guard.finished || !self.guard.cancel_on_drop {
+                self.guard.shared.runtime.spawn(reader);
+            }
+        }
+    }
 }
 
 impl CallSlot {
     /// Waits for the reply frame, within the deadline.
     pub(crate) async fn reply(mut self) -> ReplyResult {
         let reply = &mut self.reply;
+        let reader = &mut self.reader;
         let received = match self.deadline {
-            Some(d) => tokio::time::timeout_at(d, reply)
+            Some(d) => driven(reader, tokio::time::timeout_at(d, reply))
                 .await
                 .map_err(|_| RpcError::DeadlineExceeded)?,
-            None => reply.await,
+            None => driven(reader, reply).await,
         };
         self.guard.finished = true;
         received.map_err(|_| self.guard.shared.lost())?
@@ -676,11 +712,12 @@ impl CallSlot {
                     r = early => Ok(Some(r)),
                 }
             };
+            let reader = &mut self.reader;
             let got = match self.deadline {
-                Some(d) => tokio::time::timeout_at(d, wait)
+                Some(d) => driven(reader, tokio::time::timeout_at(d, wait))
                     .await
                     .map_err(|_| RpcError::DeadlineExceeded)?,
-                None => wait.await,
+                None => driven(reader, wait).await,
             }?;
             if let Some(early) = got {
                 let result = early.map_err(|_| self.guard.shared.lost())?;

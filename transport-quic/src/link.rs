@@ -9,6 +9,11 @@
 //! | OneWay, or an Error that belongs to no stream | a new unidirectional stream |
 //! | Cancel (of our call) | STOP_SENDING on the call's stream (its reader is dropped); the peer turns that, or a reset, into a Cancel |
 //!
+//! The caller reads its own reply: the reading of a call's stream is handed to the engine
+//! ([`LinkTx::take_reader`]) and polled by the calling task while it waits, so a reply reaches
+//! its caller without a task per call or a wake-up between tasks. Dropping the call drops the
+//! reading, and with it the receive half: that is the STOP_SENDING that cancels it.
+//!
 //! The handshake's two messages travel on the connection's first bidirectional stream, each
 //! with a 4-byte length before it.
 //!
@@ -51,9 +56,9 @@ struct State {
     sink: OnceLock<FrameSink>,
     /// The handshake stream's send half, until the one handshake message is sent.
     control: Mutex<Option<SendStream>>,
-    /// The reader tasks of our calls in flight: aborting one drops its receive half, which
-    /// tells the peer (STOP_SENDING) that the call is cancelled.
-    ours: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// The reading of our calls' reply streams, from sending the call until the engine takes
+    /// it ([`LinkTx::take_reader`]) for the caller to poll.
+    readers: Mutex<HashMap<u64, BoxFuture<'static, ()>>>,
     /// Send halves of the peer's calls, waiting for their ack or reply.
     theirs: Mutex<HashMap<u64, Shared>>,
 }
@@ -95,7 +100,7 @@ pub(crate) fn link(
         incoming,
         sink: OnceLock::new(),
         control: Mutex::new(control_send),
-        ours: Mutex::new(HashMap::new()),
+        readers: Mutex::new(HashMap::new()),
         theirs: Mutex::new(HashMap::new()),
     });
     tokio::spawn(accept_streams(Arc::clone(&state), control_recv));
@@ -137,7 +142,7 @@ async fn accept_streams(state: Arc<State>, control: Option<RecvStream>) {
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    tokio::spawn(read_frames(Arc::clone(&state), recv, None));
+                    tokio::spawn(read_frames(Arc::clone(&state), recv));
                 }
                 Err(_) => return,
             },
@@ -390,7 +395,7 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
 
 /// Frames on a stream whose send half, if any, is not ours to answer on: one-way calls and
 /// notices (uni streams), and the replies to our own calls.
-async fn read_frames(state: Arc<State>, recv: RecvStream, ours: Option<u64>) {
+async fn read_frames(state: Arc<State>, recv: RecvStream) {
     let mut frames = Frames::new(recv);
     // Read to the end of the stream even after the reply, so the stream closes cleanly instead
     // of with the STOP_SENDING that means "cancelled".
@@ -401,9 +406,6 @@ async fn read_frames(state: Arc<State>, recv: RecvStream, ours: Option<u64>) {
             Delivered::Handler(handler) => handler.await,
             Delivered::Gone => break,
         }
-    }
-    if let Some(id) = ours {
-        lock(&state.ours).remove(&id);
     }
 }
 
@@ -451,17 +453,15 @@ impl Tx {
                 }
                 // The request goes out with its FIN; cancelling is done on the receive half.
                 let _ = send.finish();
-                let mut ours = lock(&state.ours);
-                let reader = tokio::spawn(read_frames(Arc::clone(state), recv, Some(id)));
-                ours.insert(id, reader.abort_handle());
+                // The caller reads the reply: the engine takes this right after the send.
+                lock(&state.readers).insert(id, Box::pin(read_frames(Arc::clone(state), recv)));
                 Ok(())
             }
             Some(k) if k == FrameKind::Cancel as u8 => {
-                // Dropping the reader drops the receive half, which sends STOP_SENDING: the
-                // peer turns that into a Cancel for the handler.
-                if let Some(reader) = lock(&state.ours).remove(&id) {
-                    reader.abort();
-                }
+                // Nothing to send: the caller's reader went with the call, and dropping it
+                // dropped the receive half, which sends STOP_SENDING; the peer turns that into
+                // a Cancel for the handler. A reader not yet taken goes the same way.
+                lock(&state.readers).remove(&id);
                 Ok(())
             }
             Some(k)
@@ -516,6 +516,10 @@ impl LinkTx for Tx {
 
     fn close(&self) {
         self.0.conn.close(VarInt::from_u32(0), b"closed");
+    }
+
+    fn take_reader(&self, call_id: u64) -> Option<BoxFuture<'static, ()>> {
+        lock(&self.0.readers).remove(&call_id)
     }
 }
 
