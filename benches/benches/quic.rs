@@ -9,11 +9,9 @@
 //! 32-byte header plus the encoded argument), so the difference is Courier's own work: framing,
 //! the call table, dispatch and the codec.
 
-use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use courier_benches::quic;
+use courier_benches::{in_task, quic};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
 
@@ -23,25 +21,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// Times `iters` runs of `op` inside a task spawned on the runtime: callers in an application
-/// are tasks, and a caller on `block_on`'s own thread would pay a cross-thread wake-up per reply
-/// that no task pays.
-async fn in_task<F, Fut>(iters: u64, op: F) -> Duration
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future + Send,
-{
-    tokio::spawn(async move {
-        let start = Instant::now();
-        for _ in 0..iters {
-            black_box(op().await);
-        }
-        start.elapsed()
-    })
-    .await
-    .expect("bench task")
 }
 
 fn bench(c: &mut Criterion) {

@@ -10,8 +10,10 @@
 
 use std::hint::black_box;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 use courier::{Client, Limits, Server};
+use courier_benches::in_task;
 use courier_benches::quic::{EchoClient, EchoServer, Echoer};
 use courier_benches::spin::SpinSegment;
 use courier_cbor::Cbor;
@@ -124,10 +126,15 @@ fn courier_shm(c: &mut Criterion) {
                 .await
                 .expect("connect")
         });
-        let echo = EchoClient::new(client);
+        let echo = Arc::new(EchoClient::new(client));
         c.bench_function(&format!("shm/null_round_trip/{name}"), |b| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(echo.echo(ByteBuf::new()).await.expect("call")) })
+            b.to_async(&rt).iter_custom(|iters| {
+                let echo = echo.clone();
+                in_task(iters, move || {
+                    let echo = echo.clone();
+                    async move { echo.echo(ByteBuf::new()).await.expect("call") }
+                })
+            })
         });
         if spin > 0 {
             let mib = ByteBuf::from(vec![0x5au8; 1024 * 1024]);
@@ -135,8 +142,13 @@ fn courier_shm(c: &mut Criterion) {
             g.throughput(Throughput::Bytes(2 * mib.len() as u64));
             g.sample_size(30);
             g.bench_function(name, |b| {
-                b.to_async(&rt)
-                    .iter(|| async { black_box(echo.echo(mib.clone()).await.expect("call")) })
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (echo, mib) = (echo.clone(), mib.clone());
+                    in_task(iters, move || {
+                        let (echo, mib) = (echo.clone(), mib.clone());
+                        async move { echo.echo(mib).await.expect("call") }
+                    })
+                })
             });
             g.finish();
         }

@@ -8,9 +8,37 @@
 //! assert_eq!(p.id, 42);
 //! ```
 
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
 pub mod matrix;
 pub mod quic;
 pub mod spin;
+
+/// Times `iters` runs of `op` inside a task spawned on the current runtime, for criterion's
+/// `iter_custom`. Callers in an application are tasks; a caller on `block_on`'s own thread
+/// would pay a cross-thread wake-up per reply that no task pays.
+///
+/// # Panics
+///
+/// If the task panics (a failed call in a bench).
+pub async fn in_task<F, Fut>(iters: u64, op: F) -> Duration
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future + Send,
+{
+    let task = tokio::spawn(async move {
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(op().await);
+        }
+        start.elapsed()
+    });
+    match task.await {
+        Ok(elapsed) => elapsed,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
 
 /// The payloads every codec bench uses, so that figures compare like with like.
 pub mod payloads {

@@ -299,13 +299,12 @@ impl Runner<'_> {
             let data = Bytes::from(vec![0x5au8; payload.bytes()]);
             // The client runs as a task on the runtime, as callers in an application do.
             let (target2, budget) = (target.clone(), self.budget);
-            let sample = tokio::spawn(async move {
-                measure::measure_async(&target2, data, budget).await
-            })
-            .await
-            .map_err(Error::from)
-            .and_then(|sample| sample)
-            .map_err(|e| format!("{name} with {}: {e}", payload.label()))?;
+            let sample =
+                tokio::spawn(async move { measure::measure_async(&target2, data, budget).await })
+                    .await
+                    .map_err(Error::from)
+                    .and_then(|sample| sample)
+                    .map_err(|e| format!("{name} with {}: {e}", payload.label()))?;
             self.push(name.to_owned(), kind, payload, sample, floor);
         }
         Ok(())
