@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use courier::transport::{FrameBuf, FrameSink, Link, LinkRx, LinkTx};
 use courier::wire::{FrameKind, HEADER_LEN};
 use courier::{Peer, TransportError};
@@ -206,86 +206,111 @@ enum Read {
 
 /// The bytes of one frame, holding its share of the connection's budget until dropped.
 struct Budgeted {
-    bytes: BytesMut,
+    bytes: Bytes,
     _permit: OwnedSemaphorePermit,
 }
 
 impl AsRef<[u8]> for Budgeted {
     fn as_ref(&self) -> &[u8] {
-        self.bytes.chunk()
+        &self.bytes
     }
 }
 
-/// Reads whole frames off one stream. Small frames usually come in one read (header and payload
-/// together); a large payload is read straight into its buffer, many packets per read.
+/// Reads whole frames off one stream.
+///
+/// Reading takes quinn's chunks as they are (`read_chunk`), without copying: a small frame
+/// that arrived in one packet is delivered as a slice of that packet's buffer. A frame split
+/// across chunks is gathered into a buffer of its exact size; a large one is read straight
+/// into it, many packets per read.
 struct Frames {
     recv: RecvStream,
-    buf: BytesMut,
+    /// Bytes read and not yet framed.
+    pending: Bytes,
 }
 
-/// How much a read for a header may take at once; what follows the frame stays buffered for the
-/// next one.
-const READ_AHEAD: usize = 4096;
+/// Above this many missing bytes, a frame's rest is read with `read_exact` into its buffer
+/// rather than chunk by chunk.
+const READ_EXACT_ABOVE: usize = 4096;
+
+/// The outcome of a read that may hit the end of the stream.
+fn read_error(e: quinn::ReadError) -> Read {
+    match e {
+        quinn::ReadError::Reset(_) => Read::Reset,
+        _ => Read::Failed,
+    }
+}
 
 impl Frames {
     fn new(recv: RecvStream) -> Self {
         Frames {
             recv,
-            buf: BytesMut::new(),
+            pending: Bytes::new(),
         }
     }
 
-    /// Reads until `buf` holds at least `want` bytes. `Ok(false)` if the stream ended first.
-    async fn fill(&mut self, want: usize) -> Result<bool, Read> {
-        while self.buf.len() < want {
-            let have = self.buf.len();
-            if want - have > READ_AHEAD {
-                // A large payload: one buffer of the exact size, filled by as few reads as the
-                // stream allows.
-                self.buf.resize(want, 0);
-                return match self.recv.read_exact(&mut self.buf[have..]).await {
-                    Ok(()) => Ok(true),
-                    Err(quinn::ReadExactError::FinishedEarly(n)) => {
-                        self.buf.truncate(have + n);
-                        Ok(false)
-                    }
-                    Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(_))) => {
-                        Err(Read::Reset)
-                    }
-                    Err(_) => Err(Read::Failed),
-                };
-            }
-            self.buf.resize(have + READ_AHEAD, 0);
-            let read = self.recv.read(&mut self.buf[have..]).await;
-            match read {
-                Ok(Some(n)) => self.buf.truncate(have + n),
-                Ok(None) => {
-                    self.buf.truncate(have);
-                    return Ok(false);
+    /// Reads until `pending` holds at least `want` bytes (`want` is small: a header).
+    /// `Ok(false)` if the stream ended first.
+    async fn fill_pending(&mut self, want: usize) -> Result<bool, Read> {
+        while self.pending.len() < want {
+            match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) if self.pending.is_empty() => self.pending = chunk.bytes,
+                Ok(Some(chunk)) => {
+                    let mut joined = BytesMut::with_capacity(self.pending.len() + chunk.bytes.len());
+                    joined.extend_from_slice(&self.pending);
+                    joined.extend_from_slice(&chunk.bytes);
+                    self.pending = joined.freeze();
                 }
-                Err(quinn::ReadError::Reset(_)) => return Err(Read::Reset),
-                Err(_) => return Err(Read::Failed),
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(read_error(e)),
             }
         }
         Ok(true)
     }
 
+    /// Gathers a frame of `total` bytes whose start is in `pending`. `Err(Ok(bytes))` if the
+    /// stream ended first, with what came.
+    async fn gather(&mut self, total: usize) -> Result<Bytes, Result<Bytes, Read>> {
+        let mut frame = BytesMut::with_capacity(total);
+        frame.extend_from_slice(&std::mem::take(&mut self.pending));
+        let have = frame.len();
+        if total - have > READ_EXACT_ABOVE {
+            frame.resize(total, 0);
+            return match self.recv.read_exact(&mut frame[have..]).await {
+                Ok(()) => Ok(frame.freeze()),
+                Err(quinn::ReadExactError::FinishedEarly(n)) => {
+                    frame.truncate(have + n);
+                    Err(Ok(frame.freeze()))
+                }
+                Err(quinn::ReadExactError::ReadError(e)) => Err(Err(read_error(e))),
+            };
+        }
+        while frame.len() < total {
+            // At most the rest of this frame: what follows stays in quinn for the next one.
+            match self.recv.read_chunk(total - frame.len(), true).await {
+                Ok(Some(chunk)) => frame.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(Ok(frame.freeze())),
+                Err(e) => return Err(Err(read_error(e))),
+            }
+        }
+        Ok(frame.freeze())
+    }
+
     async fn next(&mut self, state: &State) -> Read {
-        match self.fill(HEADER_LEN).await {
+        match self.fill_pending(HEADER_LEN).await {
             Ok(true) => {}
             // A clean end between frames, or a truncated header, which the engine reports.
-            Ok(false) if self.buf.is_empty() => return Read::End,
-            Ok(false) => return Read::Frame(self.buf.split().freeze()),
+            Ok(false) if self.pending.is_empty() => return Read::End,
+            Ok(false) => return Read::Frame(std::mem::take(&mut self.pending)),
             Err(read) => return read,
         }
-        let declared =
-            u32::from_be_bytes([self.buf[24], self.buf[25], self.buf[26], self.buf[27]]) as usize;
+        let p = &self.pending;
+        let declared = u32::from_be_bytes([p[24], p[25], p[26], p[27]]) as usize;
         if HEADER_LEN + declared > state.max_frame {
             // Refuse to read it: the engine sees the header alone and reports the frame as too
             // large against its call; the stream's sender is told to stop.
             let _ = self.recv.stop(REFUSED);
-            let header = self.buf.split_to(HEADER_LEN).freeze();
-            self.buf.clear();
+            let header = self.pending.split_to(HEADER_LEN);
+            self.pending = Bytes::new();
             return Read::Frame(header);
         }
         let total = HEADER_LEN + declared;
@@ -295,18 +320,20 @@ impl Frames {
         else {
             return Read::Failed;
         };
-        match self.fill(total).await {
-            Ok(true) => {
-                let frame = self.buf.split_to(total);
-                Read::Frame(Bytes::from_owner(Budgeted {
-                    bytes: frame,
-                    _permit: permit,
-                }))
+        let frame = if self.pending.len() >= total {
+            self.pending.split_to(total)
+        } else {
+            match self.gather(total).await {
+                Ok(frame) => frame,
+                // Truncated: hand over what came; the engine reports the length mismatch.
+                Err(Ok(partial)) => return Read::Frame(partial),
+                Err(Err(read)) => return read,
             }
-            // Truncated: hand over what came; the engine reports the length mismatch.
-            Ok(false) => Read::Frame(self.buf.split().freeze()),
-            Err(read) => read,
-        }
+        };
+        Read::Frame(Bytes::from_owner(Budgeted {
+            bytes: frame,
+            _permit: permit,
+        }))
     }
 }
 
