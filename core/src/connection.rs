@@ -229,7 +229,10 @@ impl Shared {
     where
         F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
     {
-        let mut buf = self.tx.buffer(HEADER_LEN + size_hint).await?;
+        let mut buf = match self.tx.try_buffer(HEADER_LEN + size_hint) {
+            Some(buf) => buf,
+            None => self.tx.buffer(HEADER_LEN + size_hint).await?,
+        };
         header.encode(&mut buf);
         body(&mut *buf)?;
         let len = buf.written();

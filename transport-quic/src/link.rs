@@ -20,9 +20,11 @@
 //! Memory is bounded twice over: every frame is checked against the frame size limit before it
 //! is read, and a per-connection byte budget is taken before its payload is read and given back
 //! when the engine drops the frame, so a peer that opens many streams at once waits on QUIC flow
-//! control instead of growing this side's memory.
+//! control instead of growing this side's memory. Frames of up to 4 KiB that arrived whole are
+//! not counted: the concurrent-stream limit bounds them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -56,6 +58,8 @@ struct State {
     sink: OnceLock<FrameSink>,
     /// The handshake stream's send half, until the one handshake message is sent.
     control: Mutex<Option<SendStream>>,
+    /// Set once the handshake message went out on `control`.
+    handshake_sent: AtomicBool,
     /// The reading of our calls' reply streams, from sending the call until the engine takes
     /// it ([`LinkTx::take_reader`]) for the caller to poll.
     readers: Mutex<HashMap<u64, BoxFuture<'static, ()>>>,
@@ -100,6 +104,7 @@ pub(crate) fn link(
         incoming,
         sink: OnceLock::new(),
         control: Mutex::new(control_send),
+        handshake_sent: AtomicBool::new(false),
         readers: Mutex::new(HashMap::new()),
         theirs: Mutex::new(HashMap::new()),
     });
@@ -228,6 +233,12 @@ struct Frames {
     pending: Bytes,
 }
 
+/// Frames up to this size that have already arrived are not counted against the receive
+/// budget: the stream limit bounds them (a frame per stream at a time, so at most
+/// `max_concurrent_calls` × 4 KiB per direction), and counting them cost a contended semaphore
+/// and an allocation per frame.
+const UNBUDGETED: usize = 4096;
+
 /// Above this many missing bytes, a frame's rest is read with `read_exact` into its buffer
 /// rather than chunk by chunk.
 const READ_EXACT_ABOVE: usize = 4096;
@@ -255,7 +266,8 @@ impl Frames {
             match self.recv.read_chunk(usize::MAX, true).await {
                 Ok(Some(chunk)) if self.pending.is_empty() => self.pending = chunk.bytes,
                 Ok(Some(chunk)) => {
-                    let mut joined = BytesMut::with_capacity(self.pending.len() + chunk.bytes.len());
+                    let mut joined =
+                        BytesMut::with_capacity(self.pending.len() + chunk.bytes.len());
                     joined.extend_from_slice(&self.pending);
                     joined.extend_from_slice(&chunk.bytes);
                     self.pending = joined.freeze();
@@ -314,6 +326,9 @@ impl Frames {
             return Read::Frame(header);
         }
         let total = HEADER_LEN + declared;
+        if total <= UNBUDGETED && self.pending.len() >= total {
+            return Read::Frame(self.pending.split_to(total));
+        }
         let Ok(permit) = Arc::clone(&state.budget)
             .acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
             .await
@@ -452,8 +467,14 @@ impl std::fmt::Debug for State {
 impl Tx {
     async fn send_bytes(&self, bytes: Bytes) -> Result<(), TransportError> {
         let state = &self.0;
-        let control = lock(&state.control).take();
+        // After the handshake, skip the lock: every frame passes here.
+        let control = if state.handshake_sent.load(Ordering::Acquire) {
+            None
+        } else {
+            lock(&state.control).take()
+        };
         if let Some(mut control) = control {
+            state.handshake_sent.store(true, Ordering::Release);
             // The handshake message: length-prefixed on the handshake stream.
             let len = u32::try_from(bytes.len()).map_err(|_| TransportError::FrameTooLarge {
                 size: bytes.len(),
@@ -532,6 +553,10 @@ impl LinkTx for Tx {
     fn buffer(&self, size_hint: usize) -> BoxFuture<'_, Result<Box<dyn FrameBuf>, TransportError>> {
         let buf = courier::transport::heap_buffer(size_hint);
         Box::pin(async move { Ok(buf) })
+    }
+
+    fn try_buffer(&self, size_hint: usize) -> Option<Box<dyn FrameBuf>> {
+        Some(courier::transport::heap_buffer(size_hint))
     }
 
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {

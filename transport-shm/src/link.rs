@@ -200,6 +200,22 @@ struct RingBuf {
 unsafe impl Send for RingBuf {}
 
 impl RingBuf {
+    fn boxed(
+        end: &Arc<End>,
+        producer: OwnedMutexGuard<Producer>,
+        reservation: Reservation,
+    ) -> Box<dyn FrameBuf> {
+        Box::new(RingBuf {
+            payload: producer.payload(&reservation),
+            room: reservation.room(),
+            reservation: Some(reservation),
+            producer,
+            end: Arc::clone(end),
+            written: 0,
+            spilled: None,
+        })
+    }
+
     /// Moves what was written to the heap, where the frame can grow without bound.
     fn spill(&mut self) -> &mut BytesMut {
         let written = self.written;
@@ -317,16 +333,16 @@ impl LinkTx for Tx {
             let reservation = end
                 .until_room(&mut producer, |p| p.reserve(size_hint.max(4096)))
                 .await?;
-            Ok(Box::new(RingBuf {
-                payload: producer.payload(&reservation),
-                room: reservation.room(),
-                reservation: Some(reservation),
-                producer,
-                end: Arc::clone(end),
-                written: 0,
-                spilled: None,
-            }) as Box<dyn FrameBuf>)
+            Ok(RingBuf::boxed(end, producer, reservation))
         })
+    }
+
+    fn try_buffer(&self, size_hint: usize) -> Option<Box<dyn FrameBuf>> {
+        let end = &self.0;
+        let mut producer = Arc::clone(&end.producer).try_lock_owned().ok()?;
+        // No room (or a corrupt ring, which `buffer` then reports): take the slow path.
+        let reservation = producer.reserve(size_hint.max(4096)).ok()??;
+        Some(RingBuf::boxed(end, producer, reservation))
     }
 
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {

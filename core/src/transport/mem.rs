@@ -49,6 +49,10 @@ impl LinkTx for Tx {
         Box::pin(async move { Ok(buf) })
     }
 
+    fn try_buffer(&self, size_hint: usize) -> Option<Box<dyn FrameBuf>> {
+        Some(super::heap_buffer(size_hint))
+    }
+
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
         let sender = self.sender();
         Box::pin(async move {

@@ -86,7 +86,15 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
     /// Memory for a message of about `size_hint` bytes. May wait for room (back-pressure).
     fn buffer(&self, size_hint: usize) -> BoxFuture<'_, Result<Box<dyn FrameBuf>, TransportError>>;
 
-    /// Sends a message written into a buffer from [`LinkTx::buffer`]. Resolves once the
+    /// Memory for a message at once, if the transport has it without waiting: saves the
+    /// boxed future of [`LinkTx::buffer`] on every frame. `None` means "ask `buffer`", which
+    /// is also the default.
+    fn try_buffer(&self, size_hint: usize) -> Option<Box<dyn FrameBuf>> {
+        let _ = size_hint;
+        None
+    }
+
+    /// Sends a message written into a buffer from [`LinkTx::buffer`] or [`LinkTx::try_buffer`]. Resolves once the
     /// transport has taken it; may wait for room (back-pressure).
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>>;
 
