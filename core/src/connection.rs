@@ -229,6 +229,21 @@ impl Shared {
     where
         F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
     {
+        let buf = self.fill_frame(header, size_hint, body).await?;
+        self.tx.send(buf).await.map_err(|e| self.transport_error(e))
+    }
+
+    /// The header, then whatever `body` writes, then the payload length, in a buffer from the
+    /// transport, ready to send.
+    async fn fill_frame<F>(
+        &self,
+        header: Header,
+        size_hint: usize,
+        body: F,
+    ) -> Result<Box<dyn FrameBuf>, RpcError>
+    where
+        F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
+    {
         let mut buf = match self.tx.try_buffer(HEADER_LEN + size_hint) {
             Some(buf) => buf,
             None => self.tx.buffer(HEADER_LEN + size_hint).await?,
@@ -247,10 +262,14 @@ impl Shared {
             limit: self.limits.max_frame_size,
         })?;
         buf.patch(24, &payload_len.to_be_bytes());
-        self.tx.send(buf).await.map_err(|e| match e {
+        Ok(buf)
+    }
+
+    fn transport_error(&self, e: TransportError) -> RpcError {
+        match e {
             TransportError::Closed => self.lost(),
             other => RpcError::Transport(other),
-        })
+        }
     }
 
     async fn send_error(&self, to: &Header, error: &RpcError) {
@@ -522,13 +541,18 @@ impl Shared {
             budget_micros,
             ..Header::new(FrameKind::Call, call_id, method.interface, method.method)
         };
-        self.send_frame(header, size_hint, body).await?;
+        let buf = self.fill_frame(header, size_hint, body).await?;
+        let reader = self
+            .tx
+            .send_call(buf)
+            .await
+            .map_err(|e| self.transport_error(e))?;
         Ok(CallSlot {
             reply,
             ack,
             deadline,
             guard,
-            reader: self.tx.take_reader(call_id),
+            reader,
         })
     }
 
@@ -652,7 +676,7 @@ pub(crate) struct CallSlot {
     deadline: Option<Instant>,
     guard: CallGuard,
     /// The transport's reading of this call's reply stream, if it hands that to the caller
-    /// ([`LinkTx::take_reader`]): polled while the caller waits.
+    /// ([`LinkTx::send_call`]): polled while the caller waits.
     reader: Option<BoxFuture<'static, ()>>,
 }
 

@@ -10,7 +10,7 @@
 //! | Cancel (of our call) | STOP_SENDING on the call's stream (its reader is dropped); the peer turns that, or a reset, into a Cancel |
 //!
 //! The caller reads its own reply: the reading of a call's stream is handed to the engine
-//! ([`LinkTx::take_reader`]) and polled by the calling task while it waits, so a reply reaches
+//! ([`LinkTx::send_call`]) and polled by the calling task while it waits, so a reply reaches
 //! its caller without a task per call or a wake-up between tasks. Dropping the call drops the
 //! reading, and with it the receive half: that is the STOP_SENDING that cancels it.
 //!
@@ -48,6 +48,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type Shared = Arc<tokio::sync::Mutex<SendStream>>;
 
+/// The reading of one call's reply stream, polled by the caller.
+type Reader = BoxFuture<'static, ()>;
+
 struct State {
     conn: Connection,
     max_frame: usize,
@@ -60,9 +63,6 @@ struct State {
     control: Mutex<Option<SendStream>>,
     /// Set once the handshake message went out on `control`.
     handshake_sent: AtomicBool,
-    /// The reading of our calls' reply streams, from sending the call until the engine takes
-    /// it ([`LinkTx::take_reader`]) for the caller to poll.
-    readers: Mutex<HashMap<u64, BoxFuture<'static, ()>>>,
     /// Send halves of the peer's calls, waiting for their ack or reply.
     theirs: Mutex<HashMap<u64, Shared>>,
 }
@@ -105,7 +105,6 @@ pub(crate) fn link(
         sink: OnceLock::new(),
         control: Mutex::new(control_send),
         handshake_sent: AtomicBool::new(false),
-        readers: Mutex::new(HashMap::new()),
         theirs: Mutex::new(HashMap::new()),
     });
     tokio::spawn(accept_streams(Arc::clone(&state), control_recv));
@@ -465,7 +464,8 @@ impl std::fmt::Debug for State {
 }
 
 impl Tx {
-    async fn send_bytes(&self, bytes: Bytes) -> Result<(), TransportError> {
+    /// Sends one frame; for a call, returns the reading of its reply stream.
+    async fn send_bytes(&self, bytes: Bytes) -> Result<Option<Reader>, TransportError> {
         let state = &self.0;
         // After the handshake, skip the lock: every frame passes here.
         let control = if state.handshake_sent.load(Ordering::Acquire) {
@@ -486,7 +486,7 @@ impl Tx {
                 .map_err(closed)?;
             control.write_chunk(bytes).await.map_err(closed)?;
             let _ = control.finish();
-            return Ok(());
+            return Ok(None);
         }
         let kind = bytes.get(1).copied();
         let id = call_id(&bytes).unwrap_or(0);
@@ -501,17 +501,13 @@ impl Tx {
                 }
                 // The request goes out with its FIN; cancelling is done on the receive half.
                 let _ = send.finish();
-                // The caller reads the reply: the engine takes this right after the send.
-                lock(&state.readers).insert(id, Box::pin(read_frames(Arc::clone(state), recv)));
-                Ok(())
+                // The caller reads the reply (see the module's documentation).
+                Ok(Some(Box::pin(read_frames(Arc::clone(state), recv))))
             }
-            Some(k) if k == FrameKind::Cancel as u8 => {
-                // Nothing to send: the caller's reader went with the call, and dropping it
-                // dropped the receive half, which sends STOP_SENDING; the peer turns that into
-                // a Cancel for the handler. A reader not yet taken goes the same way.
-                lock(&state.readers).remove(&id);
-                Ok(())
-            }
+            // Nothing to send: the caller's reader went with the call, and dropping it dropped
+            // the receive half, which sends STOP_SENDING; the peer turns that into a Cancel for
+            // the handler.
+            Some(k) if k == FrameKind::Cancel as u8 => Ok(None),
             Some(k)
                 if k == FrameKind::Ack as u8
                     || k == FrameKind::Reply as u8
@@ -530,14 +526,14 @@ impl Tx {
                         if last {
                             let _ = send.finish();
                         }
-                        Ok(())
+                        Ok(None)
                     }
                     // An answer with no stream (a notice about a malformed frame, or a call
                     // whose stream is gone): send it on a stream of its own.
-                    None => self.uni(bytes).await,
+                    None => self.uni(bytes).await.map(|()| None),
                 }
             }
-            _ => self.uni(bytes).await,
+            _ => self.uni(bytes).await.map(|()| None),
         }
     }
 
@@ -562,7 +558,12 @@ impl LinkTx for Tx {
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             let buf = courier::transport::take_heap_buffer(message, "QUIC")?;
-            self.send_bytes(buf.freeze()).await
+            // A call sent this way rather than with `send_call` has no caller polling its
+            // reply: read it on a task of its own.
+            if let Some(reader) = self.send_bytes(buf.freeze()).await? {
+                tokio::spawn(reader);
+            }
+            Ok(())
         })
     }
 
@@ -570,8 +571,14 @@ impl LinkTx for Tx {
         self.0.conn.close(VarInt::from_u32(0), b"closed");
     }
 
-    fn take_reader(&self, call_id: u64) -> Option<BoxFuture<'static, ()>> {
-        lock(&self.0.readers).remove(&call_id)
+    fn send_call(
+        &self,
+        message: Box<dyn FrameBuf>,
+    ) -> BoxFuture<'_, Result<Option<Reader>, TransportError>> {
+        Box::pin(async move {
+            let buf = courier::transport::take_heap_buffer(message, "QUIC")?;
+            self.send_bytes(buf.freeze()).await
+        })
     }
 }
 

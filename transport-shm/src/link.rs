@@ -317,6 +317,35 @@ impl Tx {
         }
         Ok(())
     }
+
+    /// Publishes a frame written in a [`RingBuf`].
+    async fn publish(&self, message: Box<dyn FrameBuf>) -> Result<(), TransportError> {
+        let any: Box<dyn Any> = message;
+        let Ok(buf) = any.downcast::<RingBuf>() else {
+            return Err(TransportError::Other(
+                "the shared-memory link was given a foreign buffer".into(),
+            ));
+        };
+        let RingBuf {
+            mut producer,
+            end,
+            reservation,
+            written,
+            spilled,
+            ..
+        } = *buf;
+        match (spilled, reservation) {
+            (None, Some(reservation)) => {
+                producer.commit(reservation, written);
+                end.wake_peer(&producer);
+                Ok(())
+            }
+            (Some(heap), _) => Tx::push(&end, &mut producer, &heap).await,
+            (None, None) => Err(TransportError::Other(
+                "a frame buffer was sent twice".into(),
+            )),
+        }
+    }
 }
 
 fn corrupt(e: crate::ring::Corrupt) -> TransportError {
@@ -346,33 +375,14 @@ impl LinkTx for Tx {
     }
 
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
-        Box::pin(async move {
-            let any: Box<dyn Any> = message;
-            let Ok(buf) = any.downcast::<RingBuf>() else {
-                return Err(TransportError::Other(
-                    "the shared-memory link was given a foreign buffer".into(),
-                ));
-            };
-            let RingBuf {
-                mut producer,
-                end,
-                reservation,
-                written,
-                spilled,
-                ..
-            } = *buf;
-            match (spilled, reservation) {
-                (None, Some(reservation)) => {
-                    producer.commit(reservation, written);
-                    end.wake_peer(&producer);
-                    Ok(())
-                }
-                (Some(heap), _) => Tx::push(&end, &mut producer, &heap).await,
-                (None, None) => Err(TransportError::Other(
-                    "a frame buffer was sent twice".into(),
-                )),
-            }
-        })
+        Box::pin(self.publish(message))
+    }
+
+    fn send_call(
+        &self,
+        message: Box<dyn FrameBuf>,
+    ) -> BoxFuture<'_, Result<Option<BoxFuture<'static, ()>>, TransportError>> {
+        Box::pin(async move { self.publish(message).await.map(|()| None) })
     }
 
     fn close(&self) {

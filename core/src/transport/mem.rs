@@ -41,6 +41,15 @@ impl Tx {
     fn sender(&self) -> Option<mpsc::Sender<Bytes>> {
         self.chan.lock().ok().and_then(|g| g.clone())
     }
+
+    async fn deliver(&self, message: Box<dyn FrameBuf>) -> Result<(), TransportError> {
+        let sender = self.sender().ok_or(TransportError::Closed)?;
+        let buf = super::take_heap_buffer(message, "in-process")?;
+        sender
+            .send(buf.freeze())
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
 }
 
 impl LinkTx for Tx {
@@ -54,15 +63,14 @@ impl LinkTx for Tx {
     }
 
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
-        let sender = self.sender();
-        Box::pin(async move {
-            let sender = sender.ok_or(TransportError::Closed)?;
-            let buf = super::take_heap_buffer(message, "in-process")?;
-            sender
-                .send(buf.freeze())
-                .await
-                .map_err(|_| TransportError::Closed)
-        })
+        Box::pin(self.deliver(message))
+    }
+
+    fn send_call(
+        &self,
+        message: Box<dyn FrameBuf>,
+    ) -> BoxFuture<'_, Result<Option<BoxFuture<'static, ()>>, TransportError>> {
+        Box::pin(async move { self.deliver(message).await.map(|()| None) })
     }
 
     fn close(&self) {

@@ -101,15 +101,20 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
     /// Closes the sending direction: the peer's `recv` ends after what was sent.
     fn close(&self);
 
-    /// For transports that read each call's reply on a stream of its own (QUIC): the reading
-    /// of call `call_id`'s reply, just sent, as a future for the caller to poll while it
-    /// waits. The frames it reads still go to the connection as usual; polling it on the
-    /// caller's task saves a task per call and a wake-up per reply. Dropping it before the
-    /// reply has come must tell the peer the call is cancelled. Default: `None`, the transport
-    /// reads on its own.
-    fn take_reader(&self, call_id: u64) -> Option<BoxFuture<'static, ()>> {
-        let _ = call_id;
-        None
+    /// Sends a call's frame, like [`LinkTx::send`], and returns the reading of its reply if
+    /// the transport reads each call's reply on a stream of its own (QUIC): a future for the
+    /// caller to poll while it waits. The frames it reads still go to the connection as usual;
+    /// polling it on the caller's task saves a task per call and a wake-up per reply.
+    /// Dropping it before the reply has come must tell the peer the call is cancelled.
+    ///
+    /// The default sends with [`LinkTx::send`] and returns `None`: the transport reads on its
+    /// own.
+    #[allow(clippy::type_complexity)]
+    fn send_call(
+        &self,
+        message: Box<dyn FrameBuf>,
+    ) -> BoxFuture<'_, Result<Option<BoxFuture<'static, ()>>, TransportError>> {
+        Box::pin(async move { self.send(message).await.map(|()| None) })
     }
 }
 
