@@ -7,14 +7,20 @@
 //! The floor is quinn alone: one bidirectional stream per request, the request written and
 //! finished, the reply read to its end. Courier sends the same number of bytes per request (its
 //! 32-byte header plus the encoded argument), so the difference is Courier's own work: framing,
-//! the call table, dispatch and the codec.
+//! the call table, dispatch and the codec. Courier runs once per codec.
+//!
+//! After criterion's figures, the same three measures run again as paired, interleaved
+//! comparisons (`courier_benches::paired`), whose ratios one noisy run cannot tilt.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
-use courier_benches::paired::{self, compare};
+use courier::Codec;
+use courier_benches::paired::{self, compare, Ratio};
+use courier_benches::quic::{CourierEcho, RawEcho};
 use courier_benches::{in_task, quic};
+use courier_cbor::Cbor;
+use courier_xdr::Xdr;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
 
@@ -26,146 +32,177 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = runtime();
-    let (courier, raw) = rt.block_on(async {
-        (
-            quic::courier_pair().await.expect("courier over QUIC"),
-            quic::raw_pair().await.expect("raw quinn"),
-        )
-    });
-    let courier = Arc::new(courier);
-    let raw = Arc::new(raw);
+const MIB: usize = 1024 * 1024;
 
-    // Null call: one request in flight, round trip.
+fn raw_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, raw: &Arc<RawEcho>) {
     let null_bytes = quic::courier_request_len(&[]);
-    let mut g = c.benchmark_group("quic/null_call");
-    g.bench_function("raw_quinn", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let raw = raw.clone();
-            in_task(iters, move || {
-                let raw = raw.clone();
-                async move { raw.round_trip(null_bytes).await }
-            })
-        })
-    });
-    g.bench_function("courier_cbor", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let courier = courier.clone();
-            in_task(iters, move || {
-                let courier = courier.clone();
-                async move { courier.echo(&[]).await.expect("call") }
-            })
-        })
-    });
-    g.finish();
-
-    // 64 calls in flight: time per batch of 64, so elements/s is calls/s.
-    let mut g = c.benchmark_group("quic/in_flight_64");
-    g.throughput(Throughput::Elements(64));
-    g.bench_function("raw_quinn", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let raw = raw.clone();
-            in_task(iters, move || {
-                let raw = raw.clone();
-                async move { join_all((0..64).map(|_| raw.round_trip(null_bytes))).await }
-            })
-        })
-    });
-    g.bench_function("courier_cbor", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let courier = courier.clone();
-            in_task(iters, move || {
-                let courier = courier.clone();
-                async move { join_all((0..64).map(|_| courier.echo(&[]))).await }
-            })
-        })
-    });
-    g.finish();
-
-    // 1 MiB echo: bytes both ways per iteration.
-    let mib = vec![0x5au8; 1024 * 1024];
-    let mib_bytes = quic::courier_request_len(&mib);
-    let mut g = c.benchmark_group("quic/echo_1mib");
-    g.throughput(Throughput::Bytes(2 * mib.len() as u64));
-    g.sample_size(30);
-    g.bench_with_input(
-        BenchmarkId::new("raw_quinn", "1MiB"),
-        &mib_bytes,
-        |b, &n| {
-            b.to_async(&rt).iter_custom(|iters| {
+    let mib_bytes = quic::courier_request_len(&vec![0x5a; MIB]);
+    c.benchmark_group("quic/null_call")
+        .bench_function("raw_quinn", |b| {
+            b.to_async(rt).iter_custom(|iters| {
                 let raw = raw.clone();
                 in_task(iters, move || {
                     let raw = raw.clone();
-                    async move { raw.round_trip(n).await }
+                    async move { raw.round_trip(null_bytes).await }
                 })
             })
-        },
-    );
-    let mib = Arc::new(mib);
-    g.bench_with_input(BenchmarkId::new("courier_cbor", "1MiB"), &mib, |b, mib| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let (courier, mib) = (courier.clone(), mib.clone());
-            in_task(iters, move || {
-                let (courier, mib) = (courier.clone(), mib.clone());
-                async move { courier.echo(&mib).await.expect("call") }
+        });
+    c.benchmark_group("quic/in_flight_64")
+        .throughput(Throughput::Elements(64))
+        .bench_function("raw_quinn", |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let raw = raw.clone();
+                in_task(iters, move || {
+                    let raw = raw.clone();
+                    async move { join_all((0..64).map(|_| raw.round_trip(null_bytes))).await }
+                })
             })
-        })
-    });
-    g.finish();
+        });
+    c.benchmark_group("quic/echo_1mib")
+        .throughput(Throughput::Bytes(2 * MIB as u64))
+        .sample_size(30)
+        .bench_with_input(
+            BenchmarkId::new("raw_quinn", "1MiB"),
+            &mib_bytes,
+            |b, &n| {
+                b.to_async(rt).iter_custom(|iters| {
+                    let raw = raw.clone();
+                    in_task(iters, move || {
+                        let raw = raw.clone();
+                        async move { raw.round_trip(n).await }
+                    })
+                })
+            },
+        );
 }
 
-/// The same three measures as paired, interleaved comparisons (see `courier_benches::paired`):
-/// ratios that one noisy run cannot tilt, printed after criterion's figures.
+fn courier_benches<C: Codec>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    courier: &Arc<CourierEcho<C>>,
+) {
+    let name = format!("courier_{}", C::NAME);
+    c.benchmark_group("quic/null_call")
+        .bench_function(&name, |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let courier = courier.clone();
+                in_task(iters, move || {
+                    let courier = courier.clone();
+                    async move { courier.echo(&[]).await.expect("call") }
+                })
+            })
+        });
+    c.benchmark_group("quic/in_flight_64")
+        .throughput(Throughput::Elements(64))
+        .bench_function(&name, |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let courier = courier.clone();
+                in_task(iters, move || {
+                    let courier = courier.clone();
+                    async move { join_all((0..64).map(|_| courier.echo(&[]))).await }
+                })
+            })
+        });
+    let mib = Arc::new(vec![0x5au8; MIB]);
+    c.benchmark_group("quic/echo_1mib")
+        .throughput(Throughput::Bytes(2 * MIB as u64))
+        .sample_size(30)
+        .bench_with_input(BenchmarkId::new(&name, "1MiB"), &mib, |b, mib| {
+            b.to_async(rt).iter_custom(|iters| {
+                let (courier, mib) = (courier.clone(), mib.clone());
+                in_task(iters, move || {
+                    let (courier, mib) = (courier.clone(), mib.clone());
+                    async move { courier.echo(&mib).await.expect("call") }
+                })
+            })
+        });
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    let (raw, cbor, xdr) = rt.block_on(async {
+        (
+            quic::raw_pair().await.expect("raw quinn"),
+            quic::courier_pair(Cbor::default())
+                .await
+                .expect("courier over QUIC"),
+            quic::courier_pair(Xdr::default())
+                .await
+                .expect("courier over QUIC"),
+        )
+    });
+    raw_benches(c, &rt, &Arc::new(raw));
+    courier_benches(c, &rt, &Arc::new(cbor));
+    courier_benches(c, &rt, &Arc::new(xdr));
+}
+
+/// The three ratios of one codec, paired and interleaved against raw quinn.
+async fn paired_for<C: Codec>(raw: Arc<RawEcho>, courier: Arc<CourierEcho<C>>) -> [Ratio; 3] {
+    let null_bytes = quic::courier_request_len(&[]);
+    let slice = Duration::from_millis(150);
+    let null = compare(
+        21,
+        slice,
+        |d| paired::p50(d, || raw.round_trip(null_bytes)),
+        |d| paired::p50(d, || courier.echo(&[])),
+    )
+    .await;
+    let in_flight = compare(
+        21,
+        slice,
+        |d| {
+            paired::rate(d, || async {
+                join_all((0..64).map(|_| raw.round_trip(null_bytes)))
+                    .await
+                    .len() as u64
+            })
+        },
+        |d| {
+            paired::rate(d, || async {
+                join_all((0..64).map(|_| courier.echo(&[]))).await.len() as u64
+            })
+        },
+    )
+    .await;
+    let mib = vec![0x5au8; MIB];
+    let mib_bytes = quic::courier_request_len(&mib);
+    let echo = compare(
+        15,
+        Duration::from_millis(300),
+        |d| paired::rate(d, || async { raw.round_trip(mib_bytes).await as u64 }),
+        |d| {
+            paired::rate(d, || async {
+                courier.echo(&mib).await.map_or(0, |r| r.len() as u64)
+            })
+        },
+    )
+    .await;
+    [null, in_flight, echo]
+}
+
+/// Prints the paired ratios of both codecs.
 fn paired_ratios() {
     let rt = runtime();
     let lines = rt.block_on(async {
-        let courier = Arc::new(quic::courier_pair().await.expect("courier over QUIC"));
         let raw = Arc::new(quic::raw_pair().await.expect("raw quinn"));
+        let cbor = Arc::new(quic::courier_pair(Cbor::default()).await.expect("courier"));
+        let xdr = Arc::new(quic::courier_pair(Xdr::default()).await.expect("courier"));
         let task = tokio::spawn(async move {
-            let null_bytes = quic::courier_request_len(&[]);
-            let slice = Duration::from_millis(150);
-            let null = compare(
-                21,
-                slice,
-                |d| paired::p50(d, || raw.round_trip(null_bytes)),
-                |d| paired::p50(d, || courier.echo(&[])),
-            )
-            .await;
-            let batch = |n: usize| n as u64;
-            let in_flight = compare(
-                21,
-                slice,
-                |d| {
-                    paired::rate(d, || async {
-                        batch(join_all((0..64).map(|_| raw.round_trip(null_bytes))).await.len())
-                    })
-                },
-                |d| {
-                    paired::rate(d, || async {
-                        batch(join_all((0..64).map(|_| courier.echo(&[]))).await.len())
-                    })
-                },
-            )
-            .await;
-            let mib = vec![0x5au8; 1024 * 1024];
-            let mib_bytes = quic::courier_request_len(&mib);
-            let echo = compare(
-                15,
-                Duration::from_millis(300),
-                |d| paired::rate(d, || async { raw.round_trip(mib_bytes).await as u64 }),
-                |d| {
-                    paired::rate(d, || async {
-                        courier.echo(&mib).await.map_or(0, |r| r.len() as u64)
-                    })
-                },
-            )
-            .await;
-            [
-                format!("null call p50, Courier / raw quinn: {null}"),
-                format!("calls/s with 64 in flight, Courier / raw quinn: {in_flight}"),
-                format!("1 MiB echo bytes/s, Courier / raw quinn: {echo}"),
-            ]
+            let mut lines = Vec::new();
+            for (name, ratios) in [
+                ("cbor", paired_for(raw.clone(), cbor).await),
+                ("xdr", paired_for(raw, xdr).await),
+            ] {
+                let [null, in_flight, echo] = ratios;
+                lines.push(format!("courier_{name}: null call p50 / raw quinn: {null}"));
+                lines.push(format!(
+                    "courier_{name}: calls/s with 64 in flight / raw quinn: {in_flight}"
+                ));
+                lines.push(format!(
+                    "courier_{name}: 1 MiB echo bytes/s / raw quinn: {echo}"
+                ));
+            }
+            lines
         });
         task.await.expect("paired task")
     });

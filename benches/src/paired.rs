@@ -46,7 +46,12 @@ impl std::fmt::Display for Ratio {
 
 /// Runs `rounds` rounds; each measures `floor` and `subject` for `slice` apiece (which goes
 /// first alternates) and takes the ratio of their scores, `subject / floor`.
-pub async fn compare<F, FF, S, SF>(rounds: usize, slice: Duration, mut floor: F, mut subject: S) -> Ratio
+pub async fn compare<F, FF, S, SF>(
+    rounds: usize,
+    slice: Duration,
+    mut floor: F,
+    mut subject: S,
+) -> Ratio
 where
     F: FnMut(Duration) -> FF,
     FF: Future<Output = f64>,

@@ -26,8 +26,11 @@ impl Echo for Echoer {
     }
 }
 
-/// A Courier client of [`Echo`] over QUIC on loopback, with its server on the same runtime.
-pub async fn courier_pair() -> Result<CourierEcho, Box<dyn std::error::Error>> {
+/// A Courier client of [`Echo`] over QUIC on loopback with `codec`, with its server on the same
+/// runtime.
+pub async fn courier_pair<C: Codec>(
+    codec: C,
+) -> Result<CourierEcho<C>, Box<dyn std::error::Error>> {
     let cert = DevCert::localhost()?;
     let listener = QuicListener::bind(
         "127.0.0.1:0".parse()?,
@@ -35,7 +38,7 @@ pub async fn courier_pair() -> Result<CourierEcho, Box<dyn std::error::Error>> {
         QuicOptions::default(),
     )?;
     let addr = listener.local_addr()?;
-    let server = Server::builder(Cbor::default())
+    let server = Server::builder(codec.clone())
         .service(EchoServer::new(Echoer))
         .build();
     tokio::spawn(async move { server.serve(listener).await });
@@ -45,7 +48,7 @@ pub async fn courier_pair() -> Result<CourierEcho, Box<dyn std::error::Error>> {
         ClientTls::trusting_dev(&cert),
         QuicOptions::default(),
     )?;
-    let client = Client::builder(Cbor::default()).connect(&connector).await?;
+    let client = Client::builder(codec).connect(&connector).await?;
     Ok(CourierEcho {
         client,
         options: CallOptions::new(),
@@ -54,17 +57,17 @@ pub async fn courier_pair() -> Result<CourierEcho, Box<dyn std::error::Error>> {
 
 /// A connected Courier echo client.
 #[derive(Debug)]
-pub struct CourierEcho {
-    client: Client<Cbor>,
+pub struct CourierEcho<C> {
+    client: Client<C>,
     options: CallOptions,
 }
 
-impl CourierEcho {
+impl<C: Codec> CourierEcho<C> {
     /// Echoes `data`, encoded straight from the borrowed slice.
     pub async fn echo(&self, data: &[u8]) -> Result<ByteBuf, courier::RpcError> {
         self.client
             .call(
-                &EchoClient::<Cbor>::ECHO,
+                &EchoClient::<C>::ECHO,
                 (serde_bytes::Bytes::new(data),),
                 &self.options,
             )

@@ -390,6 +390,12 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
                     Delivered::Gone => return,
                     Delivered::Handler(mut handler) => {
                         // Run the handler on this task, the stream's own: no spawn per call.
+                        // Most finish at once; only one that waits needs watching for the
+                        // caller's STOP_SENDING (a lock and a registration in quinn per call).
+                        if futures::poll!(&mut handler).is_ready() {
+                            stopped = None;
+                            continue;
+                        }
                         // A STOP_SENDING from the caller is its Cancel: drop the handler.
                         let Some(mut stop) = stopped.take() else {
                             handler.await;
