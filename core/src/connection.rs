@@ -599,13 +599,15 @@ async fn run_handler(
             header.interface,
             header.method,
         );
-        if let Err(e) = shared.send_frame(ack, 0, |_| Ok(())).await {
+        // The rarer paths (ack, deadline, error) are boxed, so that the common one keeps this
+        // future small: it is allocated once per call.
+        if let Err(e) = Box::pin(shared.send_frame(ack, 0, |_| Ok(()))).await {
             tracing::debug!(call_id = header.call_id, error = %e, "could not send an ack");
         }
     }
     let guarded = AssertUnwindSafe(future).catch_unwind();
     let outcome = match deadline {
-        Some(d) => tokio::time::timeout_at(d, guarded)
+        Some(d) => Box::pin(tokio::time::timeout_at(d, guarded))
             .await
             .unwrap_or(Ok(Err(RpcError::DeadlineExceeded))),
         None => guarded.await,
@@ -645,7 +647,7 @@ async fn run_handler(
     match result {
         Ok(()) => {}
         Err(RpcError::ConnectionLost(_)) => {}
-        Err(e) => shared.send_error(&header, &e).await,
+        Err(e) => Box::pin(shared.send_error(&header, &e)).await,
     }
 }
 

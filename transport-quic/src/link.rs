@@ -469,51 +469,37 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// Where a frame goes, decided before any waiting, so that each boxed future holds only the
+/// state of its own way (the frames of a call cross here twice).
+enum Route {
+    /// The handshake message, on the handshake stream.
+    Handshake(SendStream),
+    /// A call of ours: a new bidirectional stream.
+    Call,
+    /// The cancel of a call of ours: nothing to send (see `route`).
+    Cancel,
+    /// An ack (`last == false`), reply or error, on the stream of the peer's call.
+    Answer { stream: Shared, last: bool },
+    /// Anything else: a unidirectional stream of its own.
+    Uni,
+}
+
 impl Tx {
-    /// Sends one frame; for a call, returns the reading of its reply stream.
-    async fn send_bytes(&self, bytes: Bytes) -> Result<Option<Reader>, TransportError> {
+    fn route(&self, bytes: &[u8]) -> Route {
         let state = &self.0;
         // After the handshake, skip the lock: every frame passes here.
-        let control = if state.handshake_sent.load(Ordering::Acquire) {
-            None
-        } else {
-            lock(&state.control).take()
-        };
-        if let Some(mut control) = control {
-            state.handshake_sent.store(true, Ordering::Release);
-            // The handshake message: length-prefixed on the handshake stream.
-            let len = u32::try_from(bytes.len()).map_err(|_| TransportError::FrameTooLarge {
-                size: bytes.len(),
-                limit: MAX_HANDSHAKE,
-            })?;
-            control
-                .write_all(&len.to_be_bytes())
-                .await
-                .map_err(closed)?;
-            control.write_chunk(bytes).await.map_err(closed)?;
-            let _ = control.finish();
-            return Ok(None);
-        }
-        let kind = bytes.get(1).copied();
-        let id = call_id(&bytes).unwrap_or(0);
-        match kind {
-            Some(k) if k == FrameKind::Call as u8 => {
-                let (mut send, recv) = state.conn.open_bi().await.map_err(closed)?;
-                match send.write_chunk(bytes).await {
-                    // The peer stopped reading: it refused the frame (too large) and answers
-                    // with an error on this stream, which the reader below delivers.
-                    Ok(()) | Err(quinn::WriteError::Stopped(_)) => {}
-                    Err(e) => return Err(closed(e)),
-                }
-                // The request goes out with its FIN; cancelling is done on the receive half.
-                let _ = send.finish();
-                // The caller reads the reply (see the module's documentation).
-                Ok(Some(Box::pin(read_frames(Arc::clone(state), recv))))
+        if !state.handshake_sent.load(Ordering::Acquire) {
+            if let Some(control) = lock(&state.control).take() {
+                state.handshake_sent.store(true, Ordering::Release);
+                return Route::Handshake(control);
             }
-            // Nothing to send: the caller's reader went with the call, and dropping it dropped
-            // the receive half, which sends STOP_SENDING; the peer turns that into a Cancel for
-            // the handler.
-            Some(k) if k == FrameKind::Cancel as u8 => Ok(None),
+        }
+        let id = call_id(bytes).unwrap_or(0);
+        match bytes.get(1).copied() {
+            Some(k) if k == FrameKind::Call as u8 => Route::Call,
+            // The caller's reader went with the call, and dropping it dropped the receive half,
+            // which sends STOP_SENDING; the peer turns that into a Cancel for the handler.
+            Some(k) if k == FrameKind::Cancel as u8 => Route::Cancel,
             Some(k)
                 if k == FrameKind::Ack as u8
                     || k == FrameKind::Reply as u8
@@ -526,21 +512,70 @@ impl Tx {
                     lock(&state.theirs).get(&id).cloned()
                 };
                 match stream {
-                    Some(stream) => {
-                        let mut send = stream.lock().await;
-                        send.write_chunk(bytes).await.map_err(closed)?;
-                        if last {
-                            let _ = send.finish();
-                        }
-                        Ok(None)
-                    }
+                    Some(stream) => Route::Answer { stream, last },
                     // An answer with no stream (a notice about a malformed frame, or a call
                     // whose stream is gone): send it on a stream of its own.
-                    None => self.uni(bytes).await.map(|()| None),
+                    None => Route::Uni,
                 }
             }
-            _ => self.uni(bytes).await.map(|()| None),
+            _ => Route::Uni,
         }
+    }
+
+    /// Sends a frame that is not a call.
+    fn send_other(&self, route: Route, bytes: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
+        match route {
+            Route::Handshake(control) => Box::pin(Self::handshake(control, bytes)),
+            Route::Cancel => Box::pin(async { Ok(()) }),
+            Route::Answer { stream, last } => Box::pin(Self::answer(stream, last, bytes)),
+            Route::Uni => Box::pin(self.uni(bytes)),
+            // A call sent with `send` rather than `send_call` has no caller polling its reply:
+            // read it on a task of its own.
+            Route::Call => Box::pin(async move {
+                tokio::spawn(self.call(bytes).await?);
+                Ok(())
+            }),
+        }
+    }
+
+    async fn answer(stream: Shared, last: bool, bytes: Bytes) -> Result<(), TransportError> {
+        let mut send = stream.lock().await;
+        send.write_chunk(bytes).await.map_err(closed)?;
+        if last {
+            let _ = send.finish();
+        }
+        Ok(())
+    }
+
+    /// The handshake message: length-prefixed on the handshake stream.
+    async fn handshake(mut control: SendStream, bytes: Bytes) -> Result<(), TransportError> {
+        let len = u32::try_from(bytes.len()).map_err(|_| TransportError::FrameTooLarge {
+            size: bytes.len(),
+            limit: MAX_HANDSHAKE,
+        })?;
+        control
+            .write_all(&len.to_be_bytes())
+            .await
+            .map_err(closed)?;
+        control.write_chunk(bytes).await.map_err(closed)?;
+        let _ = control.finish();
+        Ok(())
+    }
+
+    /// A call: a new bidirectional stream, the request with its FIN, and the reading of the
+    /// reply for the caller (see the module's documentation).
+    async fn call(&self, bytes: Bytes) -> Result<Reader, TransportError> {
+        let state = &self.0;
+        let (mut send, recv) = state.conn.open_bi().await.map_err(closed)?;
+        match send.write_chunk(bytes).await {
+            // The peer stopped reading: it refused the frame (too large) and answers with an
+            // error on this stream, which the reader delivers.
+            Ok(()) | Err(quinn::WriteError::Stopped(_)) => {}
+            Err(e) => return Err(closed(e)),
+        }
+        // Cancelling is done on the receive half.
+        let _ = send.finish();
+        Ok(Box::pin(read_frames(Arc::clone(state), recv)))
     }
 
     async fn uni(&self, bytes: Bytes) -> Result<(), TransportError> {
@@ -562,15 +597,13 @@ impl LinkTx for Tx {
     }
 
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
-        Box::pin(async move {
-            let buf = courier::transport::take_heap_buffer(message, "QUIC")?;
-            // A call sent this way rather than with `send_call` has no caller polling its
-            // reply: read it on a task of its own.
-            if let Some(reader) = self.send_bytes(buf.freeze()).await? {
-                tokio::spawn(reader);
+        match courier::transport::take_heap_buffer(message, "QUIC") {
+            Ok(buf) => {
+                let route = self.route(&buf);
+                self.send_other(route, buf.freeze())
             }
-            Ok(())
-        })
+            Err(e) => Box::pin(async { Err(e) }),
+        }
     }
 
     fn close(&self) {
@@ -581,10 +614,17 @@ impl LinkTx for Tx {
         &self,
         message: Box<dyn FrameBuf>,
     ) -> BoxFuture<'_, Result<Option<Reader>, TransportError>> {
-        Box::pin(async move {
-            let buf = courier::transport::take_heap_buffer(message, "QUIC")?;
-            self.send_bytes(buf.freeze()).await
-        })
+        let buf = match courier::transport::take_heap_buffer(message, "QUIC") {
+            Ok(buf) => buf.freeze(),
+            Err(e) => return Box::pin(async { Err(e) }),
+        };
+        match self.route(&buf) {
+            Route::Call => Box::pin(async move { self.call(buf).await.map(Some) }),
+            other => {
+                let sent = self.send_other(other, buf);
+                Box::pin(async move { sent.await.map(|()| None) })
+            }
+        }
     }
 }
 
