@@ -34,106 +34,97 @@ fn runtime() -> tokio::runtime::Runtime {
 
 const MIB: usize = 1024 * 1024;
 
-fn raw_benches(c: &mut Criterion, rt: &tokio::runtime::Runtime, raw: &Arc<RawEcho>) {
-    let null_bytes = quic::courier_request_len(&[]);
-    let mib_bytes = quic::courier_request_len(&vec![0x5a; MIB]);
-    c.benchmark_group("quic/null_call")
-        .bench_function("raw_quinn", |b| {
-            b.to_async(rt).iter_custom(|iters| {
-                let raw = raw.clone();
-                in_task(iters, move || {
-                    let raw = raw.clone();
-                    async move { raw.round_trip(null_bytes).await }
-                })
-            })
-        });
-    c.benchmark_group("quic/in_flight_64")
-        .throughput(Throughput::Elements(64))
-        .bench_function("raw_quinn", |b| {
-            b.to_async(rt).iter_custom(|iters| {
-                let raw = raw.clone();
-                in_task(iters, move || {
-                    let raw = raw.clone();
-                    async move { join_all((0..64).map(|_| raw.round_trip(null_bytes))).await }
-                })
-            })
-        });
-    c.benchmark_group("quic/echo_1mib")
-        .throughput(Throughput::Bytes(2 * MIB as u64))
-        .sample_size(30)
-        .bench_with_input(
-            BenchmarkId::new("raw_quinn", "1MiB"),
-            &mib_bytes,
-            |b, &n| {
-                b.to_async(rt).iter_custom(|iters| {
-                    let raw = raw.clone();
-                    in_task(iters, move || {
-                        let raw = raw.clone();
-                        async move { raw.round_trip(n).await }
-                    })
-                })
-            },
-        );
+/// One side of the comparison. Every measure runs all three in one criterion group, one
+/// after the other, so that they see the machine in the same state.
+#[derive(Clone)]
+enum Subject {
+    Raw(Arc<RawEcho>),
+    Cbor(Arc<CourierEcho<Cbor>>),
+    Xdr(Arc<CourierEcho<Xdr>>),
 }
 
-fn courier_benches<C: Codec>(
-    c: &mut Criterion,
-    rt: &tokio::runtime::Runtime,
-    courier: &Arc<CourierEcho<C>>,
-) {
-    let name = format!("courier_{}", C::NAME);
-    c.benchmark_group("quic/null_call")
-        .bench_function(&name, |b| {
-            b.to_async(rt).iter_custom(|iters| {
-                let courier = courier.clone();
-                in_task(iters, move || {
-                    let courier = courier.clone();
-                    async move { courier.echo(&[]).await.expect("call") }
-                })
-            })
-        });
-    c.benchmark_group("quic/in_flight_64")
-        .throughput(Throughput::Elements(64))
-        .bench_function(&name, |b| {
-            b.to_async(rt).iter_custom(|iters| {
-                let courier = courier.clone();
-                in_task(iters, move || {
-                    let courier = courier.clone();
-                    async move { join_all((0..64).map(|_| courier.echo(&[]))).await }
-                })
-            })
-        });
-    let mib = Arc::new(vec![0x5au8; MIB]);
-    c.benchmark_group("quic/echo_1mib")
-        .throughput(Throughput::Bytes(2 * MIB as u64))
-        .sample_size(30)
-        .bench_with_input(BenchmarkId::new(&name, "1MiB"), &mib, |b, mib| {
-            b.to_async(rt).iter_custom(|iters| {
-                let (courier, mib) = (courier.clone(), mib.clone());
-                in_task(iters, move || {
-                    let (courier, mib) = (courier.clone(), mib.clone());
-                    async move { courier.echo(&mib).await.expect("call") }
-                })
-            })
-        });
+impl Subject {
+    fn name(&self) -> &'static str {
+        match self {
+            Subject::Raw(_) => "raw_quinn",
+            Subject::Cbor(_) => "courier_cbor",
+            Subject::Xdr(_) => "courier_xdr",
+        }
+    }
+
+    /// Echoes `data`; raw quinn sends `raw_len` bytes instead, the size of Courier's request
+    /// for `data`. Returns the echo's length.
+    async fn echo(&self, data: &[u8], raw_len: usize) -> usize {
+        match self {
+            Subject::Raw(raw) => raw.round_trip(raw_len).await,
+            Subject::Cbor(c) => c.echo(data).await.expect("call").len(),
+            Subject::Xdr(c) => c.echo(data).await.expect("call").len(),
+        }
+    }
 }
 
 fn bench(c: &mut Criterion) {
     let rt = runtime();
-    let (raw, cbor, xdr) = rt.block_on(async {
-        (
-            quic::raw_pair().await.expect("raw quinn"),
-            quic::courier_pair(Cbor::default())
-                .await
-                .expect("courier over QUIC"),
-            quic::courier_pair(Xdr::default())
-                .await
-                .expect("courier over QUIC"),
-        )
+    let subjects = rt.block_on(async {
+        [
+            Subject::Raw(Arc::new(quic::raw_pair().await.expect("raw quinn"))),
+            Subject::Cbor(Arc::new(
+                quic::courier_pair(Cbor::default()).await.expect("courier"),
+            )),
+            Subject::Xdr(Arc::new(
+                quic::courier_pair(Xdr::default()).await.expect("courier"),
+            )),
+        ]
     });
-    raw_benches(c, &rt, &Arc::new(raw));
-    courier_benches(c, &rt, &Arc::new(cbor));
-    courier_benches(c, &rt, &Arc::new(xdr));
+    let null_len = quic::courier_request_len(&[]);
+    let mut g = c.benchmark_group("quic/null_call");
+    for subject in &subjects {
+        g.bench_function(subject.name(), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let subject = subject.clone();
+                in_task(iters, move || {
+                    let subject = subject.clone();
+                    async move { subject.echo(&[], null_len).await }
+                })
+            })
+        });
+    }
+    g.finish();
+
+    // 64 calls in flight: time per batch of 64, so elements/s is calls/s.
+    let mut g = c.benchmark_group("quic/in_flight_64");
+    g.throughput(Throughput::Elements(64));
+    for subject in &subjects {
+        g.bench_function(subject.name(), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let subject = subject.clone();
+                in_task(iters, move || {
+                    let subject = subject.clone();
+                    async move { join_all((0..64).map(|_| subject.echo(&[], null_len))).await }
+                })
+            })
+        });
+    }
+    g.finish();
+
+    // 1 MiB echo: bytes both ways per iteration.
+    let mib = Arc::new(vec![0x5au8; MIB]);
+    let mib_len = quic::courier_request_len(&mib);
+    let mut g = c.benchmark_group("quic/echo_1mib");
+    g.throughput(Throughput::Bytes(2 * MIB as u64));
+    g.sample_size(30);
+    for subject in &subjects {
+        g.bench_with_input(BenchmarkId::new(subject.name(), "1MiB"), &mib, |b, mib| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (subject, mib) = (subject.clone(), mib.clone());
+                in_task(iters, move || {
+                    let (subject, mib) = (subject.clone(), mib.clone());
+                    async move { subject.echo(&mib, mib_len).await }
+                })
+            })
+        });
+    }
+    g.finish();
 }
 
 /// The three ratios of one codec, paired and interleaved against raw quinn.

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 /// The control page: the ping word, the pong word and the payload length, each on its own
 /// cache line.
 const CONTROL: usize = 4096;
+/// Ping word values with a meaning of their own; rounds are numbered below them.
+const STOP: u32 = u32::MAX;
+const PAUSE: u32 = u32::MAX - 1;
 
 /// A shared segment for the raw ping-pong: a control page, then a request area and a reply
 /// area of `capacity` bytes each.
@@ -21,6 +24,8 @@ const CONTROL: usize = 4096;
 pub struct SpinSegment {
     base: *mut u8,
     capacity: usize,
+    /// The pong side was told to sleep: the next ping must wake it.
+    paused: std::cell::Cell<bool>,
 }
 
 // SAFETY: the segment is plain shared memory; all access to the control words is atomic, and
@@ -74,6 +79,7 @@ impl SpinSegment {
         Ok(SpinSegment {
             base: ptr.cast(),
             capacity,
+            paused: std::cell::Cell::new(false),
         })
     }
 
@@ -99,8 +105,8 @@ impl SpinSegment {
         unsafe { self.base.add(offset) }
     }
 
-    /// The ping side: sends round `n` (never 0 or `u32::MAX`) with `payload` and waits for the
-    /// echo, copied into `out`. Returns the echoed length.
+    /// The ping side: sends round `n` (from 1 to `u32::MAX - 2`) with `payload` and waits for
+    /// the echo, copied into `out`. Returns the echoed length.
     pub fn ping(&self, n: u32, payload: &[u8], out: &mut Vec<u8>, sleeping: bool) -> usize {
         let len = payload.len().min(self.capacity);
         // SAFETY: the request area is ours until we publish `n`; `len` fits in it.
@@ -108,7 +114,7 @@ impl SpinSegment {
         self.length().store(len, Ordering::Relaxed);
         let (ping, pong) = (self.word(0), self.word(1));
         ping.store(n, Ordering::Release);
-        if sleeping {
+        if sleeping || self.paused.replace(false) {
             futex_wake(ping);
         }
         loop {
@@ -150,10 +156,17 @@ impl SpinSegment {
                     std::hint::spin_loop();
                 }
             };
-            if v == u32::MAX {
+            if v == STOP {
                 return;
             }
             seen = v;
+            if v == PAUSE {
+                // Sleep until the next ping (or stop) changes the word.
+                while ping.load(Ordering::Acquire) == PAUSE {
+                    futex_wait(ping, PAUSE);
+                }
+                continue;
+            }
             let len = self.length().load(Ordering::Relaxed).min(self.capacity);
             // SAFETY: the ping side published the request (Acquire above) and waits for our
             // pong before touching either area again; both areas hold `capacity` bytes.
@@ -165,9 +178,16 @@ impl SpinSegment {
         }
     }
 
+    /// Tells the pong side to sleep until the next ping, so that it leaves the CPU to others
+    /// between measurements.
+    pub fn pause(&self) {
+        self.word(0).store(PAUSE, Ordering::Release);
+        self.paused.set(true);
+    }
+
     /// Tells the pong side to return.
     pub fn stop(&self) {
-        self.word(0).store(u32::MAX, Ordering::Release);
+        self.word(0).store(STOP, Ordering::Release);
         futex_wake(self.word(0));
     }
 }

@@ -1,5 +1,6 @@
-//! Timing one row: round-trip latency percentiles with one call in flight, then calls per
-//! second with 64 in flight. The same code times every target.
+//! Timing: latency samples with one call in flight and completions with 64 in flight, taken in
+//! short slices so that the rows of one transport can be measured in turns. The same code
+//! times every target.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,16 +11,17 @@ use futures::future::BoxFuture;
 
 use super::Error;
 
-/// How long each row is measured.
+/// How each row is measured: in `rounds` turns of a slice each, so that a row and its floor
+/// take turns and the drift in a noisy machine's speed falls on both alike.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Budget {
-    /// Calls made and thrown away before timing.
+    /// Calls made and thrown away before timing, per row and payload.
     pub(crate) warmup: Duration,
-    /// Time spent taking latency samples, one call at a time.
+    /// Turns per row and payload.
+    pub(crate) rounds: u32,
+    /// Time per turn taking latency samples, one call at a time.
     pub(crate) latency: Duration,
-    /// At most this many latency samples.
-    pub(crate) max_samples: usize,
-    /// Time spent with 64 calls in flight.
+    /// Time per turn with 64 calls in flight.
     pub(crate) flight: Duration,
 }
 
@@ -27,36 +29,27 @@ impl Budget {
     pub(crate) fn new(quick: bool) -> Budget {
         if quick {
             Budget {
-                warmup: Duration::from_millis(30),
-                latency: Duration::from_millis(150),
-                max_samples: 20_000,
-                flight: Duration::from_millis(150),
+                warmup: Duration::from_millis(20),
+                rounds: 3,
+                latency: Duration::from_millis(50),
+                flight: Duration::from_millis(50),
             }
         } else {
             Budget {
-                warmup: Duration::from_millis(300),
-                latency: Duration::from_secs(2),
-                max_samples: 200_000,
-                flight: Duration::from_millis(1500),
+                warmup: Duration::from_millis(200),
+                rounds: 10,
+                latency: Duration::from_millis(200),
+                flight: Duration::from_millis(150),
             }
         }
     }
 }
 
-/// At least this many latency samples, however slow the target.
-const MIN_SAMPLES: usize = 5;
+/// At most this many latency samples per turn.
+const MAX_SAMPLES: usize = 20_000;
 
 /// Calls in flight for the concurrent measure.
 pub(crate) const IN_FLIGHT: usize = 64;
-
-/// What one row measured.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Sample {
-    pub(crate) p50_us: f64,
-    pub(crate) p99_us: f64,
-    pub(crate) calls_per_sec_1: f64,
-    pub(crate) calls_per_sec_64: Option<f64>,
-}
 
 /// An echo target: sends the bytes, resolves with the length of the echo.
 #[derive(Clone)]
@@ -80,42 +73,85 @@ impl Target {
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>, total: Duration) -> Sample {
-    samples.sort_unstable();
-    // Nearest rank: the smallest sample with at least p % of the samples at or below it.
-    let rank = |p: usize| samples[(samples.len() * p).div_ceil(100).max(1) - 1];
-    Sample {
-        p50_us: rank(50).as_secs_f64() * 1e6,
-        p99_us: rank(99).as_secs_f64() * 1e6,
-        calls_per_sec_1: samples.len() as f64 / total.as_secs_f64(),
-        calls_per_sec_64: None,
+/// A synchronous floor: moves the payload once, returns how many bytes it moved.
+pub(crate) type SyncOp = Box<dyn FnMut(&[u8]) -> usize>;
+
+/// What was measured of one row, turn after turn.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    samples: Vec<Duration>,
+    latency_time: Duration,
+    flight_calls: u64,
+    flight_time: Duration,
+}
+
+/// What one row measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) calls_per_sec_1: f64,
+    pub(crate) calls_per_sec_64: Option<f64>,
+}
+
+impl Tally {
+    /// Nearest-rank percentiles of the latency samples, and the rates.
+    pub(crate) fn sample(mut self) -> Sample {
+        self.samples.sort_unstable();
+        let n = self.samples.len().max(1);
+        let rank = |p: usize| {
+            self.samples
+                .get((n * p).div_ceil(100).max(1) - 1)
+                .copied()
+                .unwrap_or_default()
+        };
+        Sample {
+            p50_us: rank(50).as_secs_f64() * 1e6,
+            p99_us: rank(99).as_secs_f64() * 1e6,
+            calls_per_sec_1: self.samples.len() as f64 / self.latency_time.as_secs_f64(),
+            calls_per_sec_64: (self.flight_time > Duration::ZERO)
+                .then(|| self.flight_calls as f64 / self.flight_time.as_secs_f64()),
+        }
     }
 }
 
-/// Times `target` echoing `data`: warm-up, latency samples, then 64 calls in flight on as many
-/// tasks.
-pub(crate) async fn measure_async(
+/// One latency turn of `target`: calls one at a time for `slice` (at least once), on a task
+/// of the runtime as an application's callers are. A warm-up turn records nothing.
+pub(crate) async fn async_latency(
     target: &Target,
-    data: Bytes,
-    budget: Budget,
-) -> Result<Sample, Error> {
-    let start = Instant::now();
-    while start.elapsed() < budget.warmup {
-        target.call(&data).await?;
+    data: &Bytes,
+    slice: Duration,
+    warmup: bool,
+    tally: &mut Tally,
+) -> Result<(), Error> {
+    let (target, data) = (target.clone(), data.clone());
+    let (mut samples, elapsed) = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let start = Instant::now();
+        while samples.is_empty() || (start.elapsed() < slice && samples.len() < MAX_SAMPLES) {
+            let t = Instant::now();
+            target.call(&data).await?;
+            samples.push(t.elapsed());
+        }
+        Ok::<_, Error>((samples, start.elapsed()))
+    })
+    .await??;
+    if !warmup {
+        tally.latency_time += elapsed;
+        tally.samples.append(&mut samples);
     }
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while samples.len() < MIN_SAMPLES
-        || (start.elapsed() < budget.latency && samples.len() < budget.max_samples)
-    {
-        let t = Instant::now();
-        target.call(&data).await?;
-        samples.push(t.elapsed());
-    }
-    let mut sample = percentiles(samples, start.elapsed());
+    Ok(())
+}
 
+/// One turn of 64 calls in flight, each on its own task.
+pub(crate) async fn async_flight(
+    target: &Target,
+    data: &Bytes,
+    slice: Duration,
+    tally: &mut Tally,
+) -> Result<(), Error> {
     let done = Arc::new(AtomicU64::new(0));
-    let stop = Instant::now() + budget.flight;
+    let stop = Instant::now() + slice;
     let start = Instant::now();
     let tasks: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
@@ -132,41 +168,38 @@ pub(crate) async fn measure_async(
     for task in tasks {
         task.await??;
     }
-    let elapsed = start.elapsed();
-    sample.calls_per_sec_64 = Some(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64());
-    Ok(sample)
+    tally.flight_time += start.elapsed();
+    tally.flight_calls += done.load(Ordering::Relaxed);
+    Ok(())
 }
 
-/// Times a synchronous floor (one operation at a time; floors have no "in flight").
-pub(crate) fn measure_sync(
-    mut op: impl FnMut() -> usize,
-    expected: usize,
-    budget: Budget,
-) -> Result<Sample, Error> {
-    let check = |len: usize| {
-        if len == expected {
-            Ok(())
-        } else {
-            Err(Error::from(format!(
-                "the floor moved {len} bytes, {expected} were expected"
-            )))
-        }
-    };
-    let start = Instant::now();
-    while start.elapsed() < budget.warmup {
-        check(op())?;
-    }
+/// One latency turn of a synchronous floor.
+pub(crate) fn sync_latency(
+    op: &mut SyncOp,
+    data: &[u8],
+    slice: Duration,
+    warmup: bool,
+    tally: &mut Tally,
+) -> Result<(), Error> {
     let mut samples = Vec::new();
     let start = Instant::now();
-    while samples.len() < MIN_SAMPLES
-        || (start.elapsed() < budget.latency && samples.len() < budget.max_samples)
-    {
+    while samples.is_empty() || (start.elapsed() < slice && samples.len() < MAX_SAMPLES) {
         let t = Instant::now();
-        let len = op();
+        let moved = op(data);
         samples.push(t.elapsed());
-        check(len)?;
+        if moved != data.len() {
+            return Err(format!(
+                "the floor moved {moved} bytes, {} were expected",
+                data.len()
+            )
+            .into());
+        }
     }
-    Ok(percentiles(samples, start.elapsed()))
+    if !warmup {
+        tally.latency_time += start.elapsed();
+        tally.samples.append(&mut samples);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -175,12 +208,25 @@ mod tests {
 
     #[test]
     fn nearest_rank_percentiles() {
-        let samples: Vec<_> = (1..=200).map(Duration::from_micros).collect();
-        let s = percentiles(samples, Duration::from_secs(1));
+        let tally = Tally {
+            samples: (1..=200).rev().map(Duration::from_micros).collect(),
+            latency_time: Duration::from_secs(1),
+            flight_calls: 0,
+            flight_time: Duration::ZERO,
+        };
+        let s = tally.sample();
         assert_eq!(s.p50_us.round(), 100.0);
         assert_eq!(s.p99_us.round(), 198.0);
         assert_eq!(s.calls_per_sec_1.round(), 200.0);
-        let one = percentiles(vec![Duration::from_micros(7)], Duration::from_secs(1));
+        assert_eq!(s.calls_per_sec_64, None);
+        let one = Tally {
+            samples: vec![Duration::from_micros(7)],
+            latency_time: Duration::from_secs(1),
+            flight_calls: 640,
+            flight_time: Duration::from_secs(2),
+        }
+        .sample();
         assert_eq!((one.p50_us.round(), one.p99_us.round()), (7.0, 7.0));
+        assert_eq!(one.calls_per_sec_64, Some(320.0));
     }
 }

@@ -14,21 +14,30 @@
 //!   payload in and out) for shared memory, a raw quinn stream echo for QUIC;
 //! - **peers**: tarpc with its bincode transport over TCP loopback and over a Unix socket.
 //!
+//! The rows of one transport (its floor, Courier with each codec, its peer) are measured in
+//! turns: ten rounds (three with `--quick`) in which every row gets a slice of time, in an
+//! order that rotates. A noisy machine drifts by tens of percent over a minute; measured in
+//! turns, a row and its floor see the same machine, and their ratio holds still from run to
+//! run. Latency and one-in-flight rates come from calls made one at a time; the 64-in-flight
+//! rate from 64 tasks calling in a loop.
+//!
 //! Every server but the in-process one runs in a child process: this program started again
-//! with a role in its environment. A binary that calls [`run`] must therefore call
+//! with a role in its environment. The spin floor's child sleeps between its turns. A binary that calls [`run`] must therefore call
 //! [`child_role`] first thing in `main`, as the `matrix` binary does.
 
 mod measure;
 mod report;
 mod targets;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use measure::{Budget, Sample, Target};
+use crate::spin::SpinSegment;
+use measure::{Budget, Sample, SyncOp, Tally, Target};
 use targets::{ChildServer, Scratch, MAX_PAYLOAD};
 
 /// Errors of a matrix run: they say which row failed and why.
@@ -248,27 +257,65 @@ pub fn child_role() -> Option<Result<(), Error>> {
     targets::child_role()
 }
 
+/// One row's subject.
+enum Subject {
+    /// Called through the runtime: Courier, raw quinn, tarpc.
+    Async(Target),
+    /// Run on this thread: `memcpy`, the raw spin ping-pong. `pause`, if any, runs after each
+    /// turn (the spin floor's other side sleeps between its turns, leaving the CPU to others).
+    Sync {
+        op: SyncOp,
+        pause: Option<Box<dyn FnMut()>>,
+    },
+}
+
+/// One row of a group.
+struct Entry {
+    name: String,
+    kind: RowKind,
+    floor: Option<&'static str>,
+    subject: Subject,
+}
+
+impl Entry {
+    fn courier(codec: CodecName, transport: TransportName, target: Target) -> Entry {
+        Entry {
+            name: courier_name(codec, transport),
+            kind: RowKind::Courier,
+            floor: Some(floor_of(transport)),
+            subject: Subject::Async(target),
+        }
+    }
+
+    fn other(name: &str, kind: RowKind, target: Target) -> Entry {
+        Entry {
+            name: name.to_owned(),
+            kind,
+            floor: None,
+            subject: Subject::Async(target),
+        }
+    }
+}
+
 struct Runner<'a> {
     config: &'a Config,
     budget: Budget,
     progress: &'a ProgressBar,
+    rt: tokio::runtime::Runtime,
     rows: Vec<Row>,
 }
 
 impl Runner<'_> {
-    fn push(
-        &mut self,
-        name: String,
-        kind: RowKind,
-        payload: Payload,
-        sample: Sample,
-        floor: Option<&str>,
-    ) {
+    fn push(&mut self, entry: &Entry, payload: Payload, sample: Sample) {
         let bytes = payload.bytes();
-        let moved = if name == MEMCPY { bytes } else { 2 * bytes };
+        let moved = if entry.name == MEMCPY {
+            bytes
+        } else {
+            2 * bytes
+        };
         self.rows.push(Row {
-            name,
-            kind,
+            name: entry.name.clone(),
+            kind: entry.kind,
             payload,
             payload_bytes: bytes,
             p50_us: sample.p50_us,
@@ -278,82 +325,87 @@ impl Runner<'_> {
             mb_per_sec: payload
                 .is_large()
                 .then(|| moved as f64 * sample.calls_per_sec_1 / 1e6),
-            floor: floor.map(str::to_owned),
+            floor: entry.floor.map(str::to_owned),
             p50_vs_floor: None,
             mb_vs_floor: None,
         });
         self.progress.inc(1);
     }
 
-    /// Measures `target` at every payload.
-    async fn rows_of(
-        &mut self,
-        name: &str,
-        kind: RowKind,
-        floor: Option<&str>,
-        target: &Target,
+    /// One latency turn of `entry`.
+    fn latency_turn(
+        &self,
+        entry: &mut Entry,
+        data: &Bytes,
+        slice: Duration,
+        warmup: bool,
+        tally: &mut Tally,
     ) -> Result<(), Error> {
-        for &payload in &self.config.payloads {
+        match &mut entry.subject {
+            Subject::Async(target) => self
+                .rt
+                .block_on(measure::async_latency(target, data, slice, warmup, tally)),
+            Subject::Sync { op, pause } => {
+                let outcome = measure::sync_latency(op, data, slice, warmup, tally);
+                if let Some(pause) = pause {
+                    pause();
+                }
+                outcome
+            }
+        }
+    }
+
+    /// Measures a group of rows (a transport's floor, Courier per codec, its peer) at every
+    /// payload, in turns: each round gives every row one slice, in an order that rotates, so
+    /// that a row and its floor see the same machine.
+    fn group(&mut self, label: &str, entries: &mut [Entry]) -> Result<(), Error> {
+        let budget = self.budget;
+        let payloads = self.config.payloads.clone();
+        for payload in payloads {
             self.progress
-                .set_message(format!("{name} · {}", payload.label()));
+                .set_message(format!("{label} · {}", payload.label()));
             let data = Bytes::from(vec![0x5au8; payload.bytes()]);
-            // The client runs as a task on the runtime, as callers in an application do.
-            let (target2, budget) = (target.clone(), self.budget);
-            let sample =
-                tokio::spawn(async move { measure::measure_async(&target2, data, budget).await })
-                    .await
-                    .map_err(Error::from)
-                    .and_then(|sample| sample)
-                    .map_err(|e| format!("{name} with {}: {e}", payload.label()))?;
-            self.push(name.to_owned(), kind, payload, sample, floor);
+            let mut tallies: Vec<Tally> = entries.iter().map(|_| Tally::default()).collect();
+            let failed = |entry: &Entry, e: Error| -> Error {
+                format!("{} with {}: {e}", entry.name, payload.label()).into()
+            };
+            for (entry, tally) in entries.iter_mut().zip(&mut tallies) {
+                self.latency_turn(entry, &data, budget.warmup, true, tally)
+                    .map_err(|e| failed(entry, e))?;
+            }
+            let n = entries.len();
+            for round in 0..budget.rounds as usize {
+                for k in 0..n {
+                    let i = (k + round) % n;
+                    self.latency_turn(
+                        &mut entries[i],
+                        &data,
+                        budget.latency,
+                        false,
+                        &mut tallies[i],
+                    )
+                    .map_err(|e| failed(&entries[i], e))?;
+                }
+            }
+            for round in 0..budget.rounds as usize {
+                for k in 0..n {
+                    let i = (k + round) % n;
+                    if let Subject::Async(target) = &entries[i].subject {
+                        self.rt
+                            .block_on(measure::async_flight(
+                                target,
+                                &data,
+                                budget.flight,
+                                &mut tallies[i],
+                            ))
+                            .map_err(|e| failed(&entries[i], e))?;
+                    }
+                }
+            }
+            for (entry, tally) in entries.iter().zip(tallies) {
+                self.push(entry, payload, tally.sample());
+            }
         }
-        Ok(())
-    }
-
-    fn memcpy(&mut self) -> Result<(), Error> {
-        let src = vec![0x5au8; MAX_PAYLOAD];
-        let mut dst = vec![0u8; MAX_PAYLOAD];
-        for &payload in &self.config.payloads {
-            self.progress
-                .set_message(format!("{MEMCPY} · {}", payload.label()));
-            let n = payload.bytes();
-            let sample = measure::measure_sync(
-                || {
-                    dst[..n].copy_from_slice(std::hint::black_box(&src[..n]));
-                    std::hint::black_box(&dst[..n]).len()
-                },
-                n,
-                self.budget,
-            )?;
-            self.push(MEMCPY.to_owned(), RowKind::Floor, payload, sample, None);
-        }
-        Ok(())
-    }
-
-    fn raw_spin(&mut self) -> Result<(), Error> {
-        let (segment, fd) = crate::spin::SpinSegment::create(MAX_PAYLOAD)?;
-        let child = ChildServer::spawn("raw-spin", &fd.to_string())?;
-        // SAFETY: closes our copy of the descriptor; the mapping and the child's copy remain.
-        unsafe { libc::close(fd) };
-        let mut out = Vec::with_capacity(MAX_PAYLOAD);
-        let mut round = 0u32;
-        for &payload in &self.config.payloads {
-            self.progress
-                .set_message(format!("{RAW_SPIN} · {}", payload.label()));
-            let data = vec![0x5au8; payload.bytes()];
-            let sample = measure::measure_sync(
-                || {
-                    // Rounds run 1..u32::MAX - 1: 0 is the initial value, MAX means stop.
-                    round = round % (u32::MAX - 2) + 1;
-                    segment.ping(round, &data, &mut out, false)
-                },
-                data.len(),
-                self.budget,
-            )?;
-            self.push(RAW_SPIN.to_owned(), RowKind::Floor, payload, sample, None);
-        }
-        segment.stop();
-        drop(child);
         Ok(())
     }
 
@@ -378,9 +430,54 @@ impl Runner<'_> {
     }
 }
 
+fn memcpy_floor() -> Entry {
+    let mut dst = vec![0u8; MAX_PAYLOAD];
+    Entry {
+        name: MEMCPY.to_owned(),
+        kind: RowKind::Floor,
+        floor: None,
+        subject: Subject::Sync {
+            op: Box::new(move |src: &[u8]| {
+                let n = src.len();
+                dst[..n].copy_from_slice(std::hint::black_box(src));
+                std::hint::black_box(&dst[..n]).len()
+            }),
+            pause: None,
+        },
+    }
+}
+
+/// The raw spin ping-pong with a child process, which sleeps between its turns.
+fn spin_floor() -> Result<(Entry, Rc<SpinSegment>, ChildServer), Error> {
+    let (segment, fd) = SpinSegment::create(MAX_PAYLOAD)?;
+    let child = ChildServer::spawn("raw-spin", &fd.to_string());
+    // SAFETY: closes our copy of the descriptor; the mapping and the child's copy remain.
+    unsafe { libc::close(fd) };
+    let child = child?;
+    let segment = Rc::new(segment);
+    let (ping, pause) = (Rc::clone(&segment), Rc::clone(&segment));
+    let mut out = Vec::with_capacity(MAX_PAYLOAD);
+    let mut round = 0u32;
+    let entry = Entry {
+        name: RAW_SPIN.to_owned(),
+        kind: RowKind::Floor,
+        floor: None,
+        subject: Subject::Sync {
+            op: Box::new(move |data: &[u8]| {
+                // Rounds run from 1 to u32::MAX - 2; the values above have meanings of their own.
+                round = round % (u32::MAX - 2) + 1;
+                ping.ping(round, data, &mut out, false)
+            }),
+            pause: Some(Box::new(move || pause.pause())),
+        },
+    };
+    Ok((entry, segment, child))
+}
+
 /// Runs the matrix `config` describes, advancing `progress` by one per row.
 pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
     let scratch = Scratch::new()?;
+    let dir = scratch.path("").display().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -389,83 +486,63 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
         config,
         budget: Budget::new(config.quick),
         progress,
+        rt,
         rows: Vec::new(),
     };
-    // Synchronous floors run on this thread while the runtime's workers sit idle.
+    let codecs = config.codecs.clone();
     if config.has(TransportName::Mem) {
-        runner.memcpy()?;
-        for &codec in &config.codecs {
-            let target = rt.block_on(targets::courier_mem(codec))?;
-            let name = courier_name(codec, TransportName::Mem);
-            rt.block_on(runner.rows_of(&name, RowKind::Courier, Some(MEMCPY), &target))?;
+        let mut entries = vec![memcpy_floor()];
+        for &codec in &codecs {
+            let target = runner.rt.block_on(targets::courier_mem(codec))?;
+            entries.push(Entry::courier(codec, TransportName::Mem, target));
         }
+        runner.group("in-process", &mut entries)?;
     }
     if config.has(TransportName::Shm) {
-        runner.raw_spin()?;
-        let _server = ChildServer::spawn("courier-shm", &scratch.path("").display().to_string())?;
-        for &codec in &config.codecs {
-            let name = courier_name(codec, TransportName::Shm);
-            rt.block_on(async {
-                let target = targets::courier_shm(codec, &scratch).await?;
-                runner
-                    .rows_of(
-                        &name,
-                        RowKind::Courier,
-                        Some(floor_of(TransportName::Shm)),
-                        &target,
-                    )
-                    .await
-            })?;
+        let (spin, segment, _spinner) = spin_floor()?;
+        let _server = ChildServer::spawn("courier-shm", &dir)?;
+        let _peer = config
+            .peers
+            .then(|| ChildServer::spawn("tarpc-unix", &dir))
+            .transpose()?;
+        let mut entries = vec![spin];
+        for &codec in &codecs {
+            let target = runner.rt.block_on(targets::courier_shm(codec, &scratch))?;
+            entries.push(Entry::courier(codec, TransportName::Shm, target));
         }
         if config.peers {
-            let _peer = ChildServer::spawn("tarpc-unix", &scratch.path("").display().to_string())?;
-            rt.block_on(async {
-                let target = targets::tarpc_unix(&scratch).await?;
-                runner
-                    .rows_of("tarpc bincode/unix", RowKind::Peer, None, &target)
-                    .await
-            })?;
+            let target = runner.rt.block_on(targets::tarpc_unix(&scratch))?;
+            entries.push(Entry::other("tarpc bincode/unix", RowKind::Peer, target));
         }
+        let outcome = runner.group("shared memory", &mut entries);
+        segment.stop();
+        outcome?;
     }
     if config.has(TransportName::Quic) {
-        let dir = scratch.path("").display().to_string();
-        {
-            let floor = ChildServer::spawn("raw-quinn", &dir)?;
-            let addr = floor.address.parse()?;
-            rt.block_on(async {
-                let target = targets::raw_quinn(&scratch, addr).await?;
-                runner
-                    .rows_of(RAW_QUINN, RowKind::Floor, None, &target)
-                    .await
-            })?;
-        }
+        let floor = ChildServer::spawn("raw-quinn", &dir)?;
         let server = ChildServer::spawn("courier-quic", &dir)?;
+        let peer = config
+            .peers
+            .then(|| ChildServer::spawn("tarpc-tcp", &dir))
+            .transpose()?;
+        let target = runner
+            .rt
+            .block_on(targets::raw_quinn(&scratch, floor.address.parse()?))?;
+        let mut entries = vec![Entry::other(RAW_QUINN, RowKind::Floor, target)];
         let addr = server.address.parse()?;
-        for &codec in &config.codecs {
-            let name = courier_name(codec, TransportName::Quic);
-            rt.block_on(async {
-                let target = targets::courier_quic(codec, &scratch, addr).await?;
-                runner
-                    .rows_of(
-                        &name,
-                        RowKind::Courier,
-                        Some(floor_of(TransportName::Quic)),
-                        &target,
-                    )
-                    .await
-            })?;
+        for &codec in &codecs {
+            let target = runner
+                .rt
+                .block_on(targets::courier_quic(codec, &scratch, addr))?;
+            entries.push(Entry::courier(codec, TransportName::Quic, target));
         }
-        drop(server);
-        if config.peers {
-            let peer = ChildServer::spawn("tarpc-tcp", &dir)?;
-            let addr = peer.address.parse()?;
-            rt.block_on(async {
-                let target = targets::tarpc_tcp(addr).await?;
-                runner
-                    .rows_of("tarpc bincode/tcp", RowKind::Peer, None, &target)
-                    .await
-            })?;
+        if let Some(peer) = &peer {
+            let target = runner
+                .rt
+                .block_on(targets::tarpc_tcp(peer.address.parse()?))?;
+            entries.push(Entry::other("tarpc bincode/tcp", RowKind::Peer, target));
         }
+        runner.group("QUIC", &mut entries)?;
     }
     runner.ratios();
     Ok(Report {
