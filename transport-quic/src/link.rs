@@ -48,6 +48,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type Shared = Arc<tokio::sync::Mutex<SendStream>>;
 
+/// A peer call's send half, owned outright or under its lock.
+enum Exclusive {
+    Owned(SendStream),
+    Locked(tokio::sync::OwnedMutexGuard<SendStream>),
+}
+
+impl std::ops::Deref for Exclusive {
+    type Target = SendStream;
+    fn deref(&self) -> &SendStream {
+        match self {
+            Exclusive::Owned(s) => s,
+            Exclusive::Locked(g) => g,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Exclusive {
+    fn deref_mut(&mut self) -> &mut SendStream {
+        match self {
+            Exclusive::Owned(s) => s,
+            Exclusive::Locked(g) => g,
+        }
+    }
+}
+
 /// The reading of one call's reply stream, polled by the caller.
 type Reader = BoxFuture<'static, ()>;
 
@@ -539,7 +564,11 @@ impl Tx {
     }
 
     async fn answer(stream: Shared, last: bool, bytes: Bytes) -> Result<(), TransportError> {
-        let mut send = stream.lock().await;
+        // The reply to a call without an ack holds the only handle: no lock to take.
+        let mut send = match Arc::try_unwrap(stream) {
+            Ok(only) => Exclusive::Owned(only.into_inner()),
+            Err(shared) => Exclusive::Locked(shared.lock_owned().await),
+        };
         send.write_chunk(bytes).await.map_err(closed)?;
         if last {
             let _ = send.finish();
