@@ -33,7 +33,7 @@ use crate::error::{HandshakeError, RpcError, TransportError};
 use crate::ids::{InterfaceId, MethodDesc, MethodId};
 use crate::options::Limits;
 use crate::peer::Peer;
-use crate::transport::{FrameBuf, Link, LinkRx, LinkTx};
+use crate::transport::{FrameBuf, Link, LinkRx, LinkTx, ReplyReader};
 use crate::wire::{
     self, ErrorCode, Flags, FrameError, FrameKind, FrameProblem, Header, Hello, Welcome,
     WelcomeStatus, HEADER_LEN, PROTOCOL_VERSION,
@@ -679,13 +679,13 @@ pub(crate) struct CallSlot {
     guard: CallGuard,
     /// The transport's reading of this call's reply stream, if it hands that to the caller
     /// ([`LinkTx::send_call`]): polled while the caller waits.
-    reader: Option<BoxFuture<'static, ()>>,
+    reader: Option<ReplyReader>,
 }
 
 /// Waits for `wait` while polling `reader`, reader first, so that a reply it delivers is seen
 /// in the same poll. A finished reader is dropped.
 async fn driven<T>(
-    reader: &mut Option<BoxFuture<'static, ()>>,
+    reader: &mut Option<ReplyReader>,
     wait: impl std::future::Future<Output = T>,
 ) -> T {
     let mut wait = std::pin::pin!(wait);

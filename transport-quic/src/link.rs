@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use courier::transport::{FrameBuf, FrameSink, Link, LinkRx, LinkTx};
+use courier::transport::{FrameBuf, FrameSink, Link, LinkRx, LinkTx, ReplyReader};
 use courier::wire::{FrameKind, HEADER_LEN};
 use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
@@ -72,9 +72,6 @@ impl std::ops::DerefMut for Exclusive {
         }
     }
 }
-
-/// The reading of one call's reply stream, polled by the caller.
-type Reader = BoxFuture<'static, ()>;
 
 struct State {
     conn: Connection,
@@ -593,7 +590,7 @@ impl Tx {
 
     /// A call: a new bidirectional stream, the request with its FIN, and the reading of the
     /// reply for the caller (see the module's documentation).
-    async fn call(&self, bytes: Bytes) -> Result<Reader, TransportError> {
+    async fn call(&self, bytes: Bytes) -> Result<ReplyReader, TransportError> {
         let state = &self.0;
         let (mut send, recv) = state.conn.open_bi().await.map_err(closed)?;
         match send.write_chunk(bytes).await {
@@ -642,7 +639,7 @@ impl LinkTx for Tx {
     fn send_call(
         &self,
         message: Box<dyn FrameBuf>,
-    ) -> BoxFuture<'_, Result<Option<Reader>, TransportError>> {
+    ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
         let buf = match courier::transport::take_heap_buffer(message, "QUIC") {
             Ok(buf) => buf.freeze(),
             Err(e) => return Box::pin(async { Err(e) }),

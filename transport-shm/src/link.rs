@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
-use courier::transport::{FrameBuf, Link, LinkRx, LinkTx};
+use courier::transport::{FrameBuf, Link, LinkRx, LinkTx, ReplyReader};
 use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
 use tokio::io::unix::AsyncFd;
@@ -381,7 +381,7 @@ impl LinkTx for Tx {
     fn send_call(
         &self,
         message: Box<dyn FrameBuf>,
-    ) -> BoxFuture<'_, Result<Option<BoxFuture<'static, ()>>, TransportError>> {
+    ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
         Box::pin(async move { self.publish(message).await.map(|()| None) })
     }
 

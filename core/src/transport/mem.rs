@@ -69,7 +69,7 @@ impl LinkTx for Tx {
     fn send_call(
         &self,
         message: Box<dyn FrameBuf>,
-    ) -> BoxFuture<'_, Result<Option<BoxFuture<'static, ()>>, TransportError>> {
+    ) -> BoxFuture<'_, Result<Option<super::ReplyReader>, TransportError>> {
         Box::pin(async move { self.deliver(message).await.map(|()| None) })
     }
 

@@ -81,6 +81,10 @@ pub fn take_heap_buffer(
     })
 }
 
+/// The reading of one call's reply, handed to the caller by [`LinkTx::send_call`]: it delivers
+/// what it reads to the connection and ends with the call's stream.
+pub type ReplyReader = BoxFuture<'static, ()>;
+
 /// The sending half of a link. Shared by every call on the connection.
 pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
     /// Memory for a message of about `size_hint` bytes. May wait for room (back-pressure).
@@ -94,8 +98,9 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// Sends a message written into a buffer from [`LinkTx::buffer`] or [`LinkTx::try_buffer`]. Resolves once the
-    /// transport has taken it; may wait for room (back-pressure).
+    /// Sends a message written into a buffer from [`LinkTx::buffer`] or
+    /// [`LinkTx::try_buffer`]. Resolves once the transport has taken it; may wait for room
+    /// (back-pressure).
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>>;
 
     /// Closes the sending direction: the peer's `recv` ends after what was sent.
@@ -109,11 +114,10 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
     ///
     /// The default sends with [`LinkTx::send`] and returns `None`: the transport reads on its
     /// own.
-    #[allow(clippy::type_complexity)]
     fn send_call(
         &self,
         message: Box<dyn FrameBuf>,
-    ) -> BoxFuture<'_, Result<Option<BoxFuture<'static, ()>>, TransportError>> {
+    ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
         Box::pin(async move { self.send(message).await.map(|()| None) })
     }
 }
