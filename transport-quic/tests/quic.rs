@@ -45,6 +45,7 @@ pub trait Doubler {
 
 struct LabImpl {
     started: mpsc::UnboundedSender<u32>,
+    finished: mpsc::UnboundedSender<u32>,
     dropped: mpsc::UnboundedSender<u32>,
     noted: mpsc::UnboundedSender<u64>,
     gate: Arc<Semaphore>,
@@ -73,6 +74,7 @@ impl Lab for LabImpl {
         let _ = self.started.send(tag);
         self.gate.acquire().await.unwrap().forget();
         guard.0 = None;
+        let _ = self.finished.send(tag);
         tag
     }
     async fn note(&self, v: u64) {
@@ -95,6 +97,7 @@ impl Lab for LabImpl {
 
 struct Probes {
     started: mpsc::UnboundedReceiver<u32>,
+    finished: mpsc::UnboundedReceiver<u32>,
     dropped: mpsc::UnboundedReceiver<u32>,
     noted: mpsc::UnboundedReceiver<u64>,
     gate: Arc<Semaphore>,
@@ -102,11 +105,13 @@ struct Probes {
 
 fn lab() -> (LabImpl, Probes) {
     let (started, started_rx) = mpsc::unbounded_channel();
+    let (finished, finished_rx) = mpsc::unbounded_channel();
     let (dropped, dropped_rx) = mpsc::unbounded_channel();
     let (noted, noted_rx) = mpsc::unbounded_channel();
     let gate = Arc::new(Semaphore::new(0));
     let probes = Probes {
         started: started_rx,
+        finished: finished_rx,
         dropped: dropped_rx,
         noted: noted_rx,
         gate: Arc::clone(&gate),
@@ -114,6 +119,7 @@ fn lab() -> (LabImpl, Probes) {
     (
         LabImpl {
             started,
+            finished,
             dropped,
             noted,
             gate,
@@ -200,6 +206,20 @@ async fn every_call_kind_over_quic() {
         assert_eq!(r.probes.started.recv().await, Some(10));
         r.probes.gate.add_permits(1);
         assert_eq!(pending.await.unwrap(), 10);
+        assert_eq!(r.probes.finished.recv().await, Some(10));
+        // Acknowledged, then the reply dropped unread: the call runs on, not cancelled (the
+        // caller's reading of the stream carries on without it; dropping that reading would
+        // send STOP_SENDING, which cancels).
+        let pending = lab.hold_acked(11).await.unwrap();
+        assert_eq!(r.probes.started.recv().await, Some(11));
+        drop(pending);
+        // A STOP_SENDING would travel ahead of these calls' requests on the connection, and
+        // the server would have dropped the handler by the time they are answered.
+        lab.echo(1).await.unwrap();
+        lab.echo(2).await.unwrap();
+        assert!(r.probes.dropped.try_recv().is_err(), "the handler was dropped");
+        r.probes.gate.add_permits(1);
+        assert_eq!(r.probes.finished.recv().await, Some(11));
         // Server to client, on the same connection.
         assert_eq!(lab.ask_back(21).await.unwrap(), Ok(42));
     })
