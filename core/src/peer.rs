@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 /// The identity of the peer of a connection, as the transport established it.
 ///
-/// The server's [`Authorizer`](crate::server::Authorizer) decides on it, and handlers read it
+/// The server's [`Authorizer`](crate::dispatch::Authorizer) decides on it, and handlers read it
 /// from their [`Context`](crate::Context).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
