@@ -217,7 +217,10 @@ async fn every_call_kind_over_quic() {
         // the server would have dropped the handler by the time they are answered.
         lab.echo(1).await.unwrap();
         lab.echo(2).await.unwrap();
-        assert!(r.probes.dropped.try_recv().is_err(), "the handler was dropped");
+        assert!(
+            r.probes.dropped.try_recv().is_err(),
+            "the handler was dropped"
+        );
         r.probes.gate.add_permits(1);
         assert_eq!(r.probes.finished.recv().await, Some(11));
         // Server to client, on the same connection.
