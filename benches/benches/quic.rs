@@ -63,6 +63,22 @@ impl Subject {
     }
 }
 
+/// Times `op` on a clone of `subject`, in a task on `rt` (see `courier_benches::in_task`).
+fn timed_in_task<F, Fut>(
+    b: &mut criterion::Bencher<'_>,
+    rt: &tokio::runtime::Runtime,
+    subject: &Subject,
+    op: F,
+) where
+    F: Fn(Subject) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future + Send,
+{
+    b.to_async(rt).iter_custom(|iters| {
+        let (subject, op) = (subject.clone(), op.clone());
+        in_task(iters, move || op(subject.clone()))
+    })
+}
+
 fn bench(c: &mut Criterion) {
     let rt = runtime();
     let subjects = rt.block_on(async {
@@ -80,12 +96,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("quic/null_call");
     for subject in &subjects {
         g.bench_function(subject.name(), |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let subject = subject.clone();
-                in_task(iters, move || {
-                    let subject = subject.clone();
-                    async move { subject.echo(&[], null_len).await }
-                })
+            timed_in_task(b, &rt, subject, move |s| async move {
+                s.echo(&[], null_len).await
             })
         });
     }
@@ -96,12 +108,8 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(64));
     for subject in &subjects {
         g.bench_function(subject.name(), |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let subject = subject.clone();
-                in_task(iters, move || {
-                    let subject = subject.clone();
-                    async move { join_all((0..64).map(|_| subject.echo(&[], null_len))).await }
-                })
+            timed_in_task(b, &rt, subject, move |s| async move {
+                join_all((0..64).map(|_| s.echo(&[], null_len))).await
             })
         });
     }
@@ -115,12 +123,10 @@ fn bench(c: &mut Criterion) {
     g.sample_size(30);
     for subject in &subjects {
         g.bench_with_input(BenchmarkId::new(subject.name(), "1MiB"), &mib, |b, mib| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let (subject, mib) = (subject.clone(), mib.clone());
-                in_task(iters, move || {
-                    let (subject, mib) = (subject.clone(), mib.clone());
-                    async move { subject.echo(&mib, mib_len).await }
-                })
+            let mib = mib.clone();
+            timed_in_task(b, &rt, subject, move |s| {
+                let mib = mib.clone();
+                async move { s.echo(&mib, mib_len).await }
             })
         });
     }
