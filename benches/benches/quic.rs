@@ -216,7 +216,9 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     // With a filter (`cargo bench --bench quic -- null_call`), the paired ratios run only if
     // it names them: `-- paired`.
-    if filter().is_none_or(|f| "paired".contains(f.as_str())) {
+    // Nor when criterion only lists or smoke-tests the benches.
+    let listing = std::env::args().any(|a| matches!(a.as_str(), "--list" | "--test"));
+    if !listing && filter().is_none_or(|f| "paired".contains(f.as_str())) {
         paired_ratios();
     }
 }
