@@ -425,6 +425,27 @@ impl Shared {
         }
     }
 
+    /// Whether the handler table has room for `header`'s call: not full, and its id not taken.
+    fn room_for(
+        &self,
+        handlers: &HashMap<u64, RunningHandler>,
+        header: &Header,
+    ) -> Result<(), RpcError> {
+        if handlers.len() >= self.limits.max_handlers {
+            return Err(RpcError::Overloaded(format!(
+                "{} calls already running on this connection",
+                self.limits.max_handlers
+            )));
+        }
+        if handlers.contains_key(&header.call_id) {
+            return Err(RpcError::Protocol(format!(
+                "call id {} is already running",
+                header.call_id
+            )));
+        }
+        Ok(())
+    }
+
     fn on_call(self: &Arc<Self>, header: Header, frame: Bytes) -> Option<Work> {
         if self.is_closed() {
             return None;
@@ -437,20 +458,11 @@ impl Shared {
             return None;
         };
         let context = Context::new(Arc::clone(self), &header, deadline);
-        let mut handlers = lock(&self.handlers);
-        if handlers.len() >= self.limits.max_handlers {
-            drop(handlers);
-            let message = format!(
-                "{} calls already running on this connection",
-                self.limits.max_handlers
-            );
-            self.refuse(&header, RpcError::Overloaded(message));
-            return None;
-        }
-        if handlers.contains_key(&header.call_id) {
-            drop(handlers);
-            let message = format!("call id {} is already running", header.call_id);
-            self.refuse(&header, RpcError::Protocol(message));
+        // Refuse before decoding if there is no room, but decode without the table's lock:
+        // every call on the connection takes it, from whichever thread its frame arrives on.
+        let room = self.room_for(&lock(&self.handlers), &header);
+        if let Err(e) = room {
+            self.refuse(&header, e);
             return None;
         }
         let incoming = Incoming {
@@ -461,7 +473,6 @@ impl Shared {
         let future = match router.dispatch(incoming) {
             Ok(f) => f,
             Err(e) => {
-                drop(handlers);
                 self.refuse(&header, e);
                 return None;
             }
@@ -469,6 +480,13 @@ impl Shared {
         drop(frame);
         let (work, abort) =
             futures::future::abortable(run_handler(Arc::clone(self), header, future, deadline));
+        // Look again as the entry goes in: other calls may have filled the table meanwhile.
+        let mut handlers = lock(&self.handlers);
+        if let Err(e) = self.room_for(&handlers, &header) {
+            drop(handlers);
+            self.refuse(&header, e);
+            return None;
+        }
         handlers.insert(
             header.call_id,
             RunningHandler {
@@ -476,6 +494,7 @@ impl Shared {
                 abort_on_close: header.kind == FrameKind::Call,
             },
         );
+        drop(handlers);
         Some(Box::pin(async move {
             let _: Result<(), _> = work.await;
         }))
