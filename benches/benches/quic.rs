@@ -25,11 +25,7 @@ use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    courier_benches::runtime().expect("runtime")
 }
 
 const MIB: usize = 1024 * 1024;

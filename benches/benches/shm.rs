@@ -24,11 +24,7 @@ use serde_bytes::ByteBuf;
 const ROLE: &str = "COURIER_BENCH_ROLE";
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    courier_benches::runtime().expect("runtime")
 }
 
 fn child(role: &str) {

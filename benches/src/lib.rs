@@ -16,6 +16,16 @@ pub mod paired;
 pub mod quic;
 pub mod spin;
 
+/// The runtime every bench runs on, clients and servers alike: multi-threaded with two workers
+/// (the project's machine has two cores), timers and I/O enabled. One definition, so that no
+/// figure differs from another by its runtime's settings.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 /// Times `iters` runs of `op` inside a task spawned on the current runtime, for criterion's
 /// `iter_custom`. Callers in an application are tasks; a caller on `block_on`'s own thread
 /// would pay a cross-thread wake-up per reply that no task pays.

@@ -478,10 +478,7 @@ fn spin_floor() -> Result<(Entry, Rc<SpinSegment>, ChildServer), Error> {
 pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
     let scratch = Scratch::new()?;
     let dir = scratch.path("").display().to_string();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime()?;
     let mut runner = Runner {
         config,
         budget: Budget::new(config.quick),

@@ -114,13 +114,6 @@ impl Drop for ChildServer {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
-}
-
 fn ready(address: impl std::fmt::Display) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "READY {address}")?;
@@ -150,20 +143,20 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
             segment.pong(false);
             Ok(())
         }
-        "courier-shm" => runtime()?.block_on(async {
+        "courier-shm" => crate::runtime()?.block_on(async {
             let listener = ShmListener::bind(dir.join("courier.sock"), ShmOptions::default())?;
             ready("")?;
             courier_server().serve(listener).await?;
             Ok(())
         }),
-        "courier-quic" => runtime()?.block_on(async {
+        "courier-quic" => crate::runtime()?.block_on(async {
             let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
             let listener = QuicListener::bind("127.0.0.1:0".parse()?, tls, QuicOptions::default())?;
             ready(listener.local_addr()?)?;
             courier_server().serve(listener).await?;
             Ok(())
         }),
-        "raw-quinn" => runtime()?.block_on(async {
+        "raw-quinn" => crate::runtime()?.block_on(async {
             let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
             let endpoint =
                 quic::raw_server(tls, "127.0.0.1:0".parse()?).map_err(|e| e.to_string())?;
@@ -171,14 +164,14 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
             quic::serve_raw(endpoint).await;
             Ok(())
         }),
-        "tarpc-tcp" => runtime()?.block_on(async {
+        "tarpc-tcp" => crate::runtime()?.block_on(async {
             let listener =
                 tarpc::serde_transport::tcp::listen("127.0.0.1:0", Bincode::default).await?;
             ready(listener.local_addr())?;
             serve_tarpc(listener).await;
             Ok(())
         }),
-        "tarpc-unix" => runtime()?.block_on(async {
+        "tarpc-unix" => crate::runtime()?.block_on(async {
             let listener =
                 tarpc::serde_transport::unix::listen(dir.join("tarpc.sock"), Bincode::default)
                     .await?;
