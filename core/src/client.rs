@@ -20,7 +20,7 @@ use crate::ids::MethodDesc;
 use crate::options::{CallOptions, Limits};
 use crate::peer::Peer;
 use crate::transport::{Connector, Link};
-use crate::wire::{self, Flags, FrameKind, Header, HEADER_LEN};
+use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
 
 /// Closes the connection when the last user-held [`Client`] clone is dropped.
 struct Owner(Arc<Shared>);
@@ -192,16 +192,38 @@ impl<C: Codec> Client<C> {
     /// Runs one of this client's calls to completion from synchronous code, blocking the
     /// thread. The connection's runtime does the I/O, so this thread needs none of its own.
     ///
-    /// Returns [`RpcError::BlockingInAsync`] instead of blocking when called from inside an
-    /// async runtime, where blocking would stall other tasks.
+    /// Any thread that may block can call it: a plain thread, or a thread of
+    /// `tokio::task::spawn_blocking`, which exists for that. A runtime's own thread (a worker,
+    /// or the thread inside `Runtime::block_on`) must not block: there this returns
+    /// [`RpcError::BlockingInAsync`] instead of stalling the tasks that share the thread.
+    /// Tokio tells the two apart only by refusing, with a panic that this catches before the
+    /// call starts, so a refusal also prints tokio's message on stderr (and aborts a program
+    /// built with `panic = "abort"`): `.await` the async method there instead.
     pub fn block_on<T>(
         &self,
         call: impl Future<Output = Result<T, RpcError>>,
     ) -> Result<T, RpcError> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(RpcError::BlockingInAsync);
+        let runtime = self.shared.runtime();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return runtime.block_on(call);
         }
-        self.shared.runtime().block_on(call)
+        // Inside a runtime's context: fine on a blocking thread, refused on a runtime thread.
+        // `Handle::block_on` panics on entry in the second case, before polling the call.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(call))) {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+                if message.is_some_and(|m| m.contains("Cannot start a runtime")) {
+                    Err(RpcError::BlockingInAsync)
+                } else {
+                    // Not tokio's refusal: the call itself panicked; let it through.
+                    std::panic::resume_unwind(panic)
+                }
+            }
+        }
     }
 }
 
@@ -213,16 +235,11 @@ fn decode_reply<C: Codec, R: DeserializeOwned>(
     let payload = &frame[HEADER_LEN..];
     match header.kind {
         FrameKind::Reply => codec.decode(payload).map_err(RpcError::from),
-        _ => {
-            let (code, raw, message) = wire::decode_error_payload(payload);
-            Err(RpcError::from_wire(
-                code,
-                raw,
-                message,
-                header.interface,
-                header.method,
-            ))
-        }
+        _ => Err(RpcError::from_wire(
+            payload,
+            header.interface,
+            header.method,
+        )),
     }
 }
 
@@ -304,13 +321,16 @@ impl<C: Codec> ClientBuilder<C> {
     pub async fn connect_link(self, mut link: Link) -> Result<Client<C>, RpcError> {
         let (id, epoch) = self.identity.unwrap_or_else(process_identity);
         let timeout = self.limits.handshake_timeout;
-        client_handshake(&mut link, C::NAME, id, epoch, timeout).await?;
+        if let Err(e) = client_handshake(&mut link, C::NAME, id, epoch, timeout).await {
+            link.tx.close();
+            return Err(e);
+        }
         let router: Arc<dyn Router> = Arc::new(BoundRouter {
             registry: Arc::new(self.registry),
             codec_index: 0,
             authorizer: None,
         });
-        let shared = Shared::start(link, C::NAME.to_owned(), self.limits, Some(router));
+        let shared = Shared::start(link, C::NAME.to_owned(), self.limits, Some(router), None);
         Ok(Client {
             owner: Some(Arc::new(Owner(Arc::clone(&shared)))),
             shared,

@@ -35,7 +35,7 @@ use crate::options::Limits;
 use crate::peer::Peer;
 use crate::transport::{FrameBuf, Link, LinkRx, LinkTx, ReplyReader};
 use crate::wire::{
-    self, ErrorCode, Flags, FrameError, FrameKind, FrameProblem, Header, Hello, Welcome,
+    ErrorPayload, Flags, FrameError, FrameKind, FrameProblem, Header, Hello, Welcome,
     WelcomeStatus, HEADER_LEN, PROTOCOL_VERSION,
 };
 
@@ -56,6 +56,8 @@ struct PendingCall {
 
 struct RunningHandler {
     abort: AbortHandle,
+    /// This handler's place among the connection's `max_handlers`; freed when it ends.
+    _slot: OwnedSemaphorePermit,
     /// One-way handlers run to completion even if the connection closes: nobody waits for
     /// them, and the caller may well have closed right after sending.
     abort_on_close: bool,
@@ -72,12 +74,17 @@ pub(crate) struct Shared {
     next_call_id: AtomicU64,
     calls: Mutex<HashMap<u64, PendingCall>>,
     handlers: Mutex<HashMap<u64, RunningHandler>>,
+    /// One permit per handler that may run at once (`max_handlers`).
+    handler_slots: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
     /// Bounds the tasks that only send a notice back (errors for refused or malformed frames).
     notices: Arc<Semaphore>,
     closed: AtomicBool,
     close_reason: Mutex<String>,
     shutdown: Notify,
+    /// Held while the connection is open and dropped when it closes: the server's count of
+    /// connections (see `Limits::max_connections`).
+    admission: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 impl fmt::Debug for Shared {
@@ -118,6 +125,7 @@ impl Shared {
         codec: String,
         limits: Limits,
         router: Option<Arc<dyn Router>>,
+        admission: Option<Box<dyn std::any::Any + Send>>,
     ) -> Arc<Shared> {
         let Link { tx, rx, peer } = link;
         let mut limits = limits;
@@ -133,11 +141,13 @@ impl Shared {
             next_call_id: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
+            handler_slots: Arc::new(Semaphore::new(limits.max_handlers)),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             notices: Arc::new(Semaphore::new(limits.max_handlers)),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(String::new()),
             shutdown: Notify::new(),
+            admission: Mutex::new(admission),
             limits,
         });
         let sink = crate::transport::FrameSink {
@@ -213,7 +223,9 @@ impl Shared {
             !h.abort_on_close
         });
         self.in_flight.close();
+        self.handler_slots.close();
         self.tx.close();
+        drop(lock(&self.admission).take());
         // Wake the reader (pull mode) and the keeper (push mode), wherever they wait.
         self.shutdown.notify_waiters();
         self.shutdown.notify_one();
@@ -273,8 +285,7 @@ impl Shared {
     }
 
     async fn send_error(&self, to: &Header, error: &RpcError) {
-        let (code, message) = error.to_wire();
-        self.send_notice(to.call_id, to.interface, to.method, code, &message)
+        self.send_notice(to.call_id, to.interface, to.method, error.to_payload())
             .await;
     }
 
@@ -283,18 +294,17 @@ impl Shared {
         call_id: u64,
         interface: InterfaceId,
         method: MethodId,
-        code: ErrorCode,
-        message: &str,
+        mut payload: ErrorPayload,
     ) {
-        let mut cut = message.len().min(MAX_ERROR_MESSAGE);
-        while !message.is_char_boundary(cut) {
+        let mut cut = payload.message.len().min(MAX_ERROR_MESSAGE);
+        while !payload.message.is_char_boundary(cut) {
             cut -= 1;
         }
-        let message = &message[..cut];
+        payload.message.truncate(cut);
         let header = Header::new(FrameKind::Error, call_id, interface, method);
         let sent = self
-            .send_frame(header, 2 + message.len(), |buf| {
-                wire::encode_error_payload(code, message, buf);
+            .send_frame(header, payload.encoded_len(), |buf| {
+                payload.encode(buf);
                 Ok(())
             })
             .await;
@@ -305,24 +315,25 @@ impl Shared {
 
     /// Sends an error frame from a task of its own, so the reader never waits on the link. The
     /// number of such tasks is bounded; past the bound the notice is dropped (and logged), since
-    /// a peer flooding us with bad frames is not owed an answer to each.
+    /// a peer flooding us with bad frames is not owed an answer to each. A notice still waiting
+    /// for room on the link when the connection closes is dropped with it.
     fn notify_peer(
         self: &Arc<Self>,
         call_id: u64,
         interface: InterfaceId,
         method: MethodId,
-        code: ErrorCode,
-        message: String,
+        payload: ErrorPayload,
     ) {
         let Ok(permit) = Arc::clone(&self.notices).try_acquire_owned() else {
-            tracing::warn!(call_id, %message, "too many error notices pending; dropping one");
+            tracing::warn!(call_id, message = %payload.message, "too many error notices pending; dropping one");
             return;
         };
         let shared = Arc::clone(self);
         self.runtime.spawn(async move {
-            shared
-                .send_notice(call_id, interface, method, code, &message)
-                .await;
+            tokio::select! {
+                () = shared.send_notice(call_id, interface, method, payload) => {}
+                () = shared.closed() => {}
+            }
             drop(permit);
         });
     }
@@ -332,12 +343,21 @@ impl Shared {
             tracing::warn!(call_id = to.call_id, %error, "one-way call refused");
             return;
         }
-        let (code, message) = error.to_wire();
-        self.notify_peer(to.call_id, to.interface, to.method, code, message);
+        self.notify_peer(to.call_id, to.interface, to.method, error.to_payload());
     }
 
     /// Handles one frame from the reader.
     pub(crate) fn on_frame(self: &Arc<Self>, frame: Bytes) -> Option<Work> {
+        self.on_frame_with(frame, None)
+    }
+
+    /// Handles one frame; a call runs in `slot` if the reader already holds one (it waits for
+    /// a slot before reading on, for one-way calls), else it takes a free one or is refused.
+    fn on_frame_with(
+        self: &Arc<Self>,
+        frame: Bytes,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<Work> {
         if frame.len() > self.limits.max_frame_size {
             let call_id = (frame.len() >= 16).then(|| {
                 let mut id = [0u8; 8];
@@ -372,7 +392,7 @@ impl Shared {
             }
         };
         match header.kind {
-            FrameKind::Call | FrameKind::OneWay => return self.on_call(header, frame),
+            FrameKind::Call | FrameKind::OneWay => return self.on_call(header, frame, slot),
             FrameKind::Reply | FrameKind::Error => {
                 let pending = lock(&self.calls).remove(&header.call_id);
                 match pending {
@@ -380,8 +400,8 @@ impl Shared {
                         let _ = p.reply.send(Ok((header, frame)));
                     }
                     None if header.kind == FrameKind::Error && header.call_id == 0 => {
-                        let (_, _, message) = wire::decode_error_payload(&frame[HEADER_LEN..]);
-                        tracing::warn!(peer = ?self.peer, %message, "peer reported a protocol error");
+                        let payload = ErrorPayload::decode(&frame[HEADER_LEN..]);
+                        tracing::warn!(peer = ?self.peer, message = %payload.message, "peer reported a protocol error");
                     }
                     // The caller gave up (cancelled or timed out) before the reply came.
                     None => {}
@@ -418,25 +438,31 @@ impl Shared {
             }
             Some(_) if kind == Some(FrameKind::Cancel as u8) => {}
             id => {
-                let (code, message) = rpc_error.to_wire();
                 let zero = InterfaceId::new(0);
-                self.notify_peer(id.unwrap_or(0), zero, MethodId::new(0), code, message);
+                let payload = rpc_error.to_payload();
+                self.notify_peer(id.unwrap_or(0), zero, MethodId::new(0), payload);
             }
         }
     }
 
-    /// Whether the handler table has room for `header`'s call: not full, and its id not taken.
+    /// A slot for `header`'s call among the `max_handlers`, unless all are taken.
+    fn take_slot(&self) -> Result<OwnedSemaphorePermit, RpcError> {
+        Arc::clone(&self.handler_slots)
+            .try_acquire_owned()
+            .map_err(|_| {
+                RpcError::Overloaded(format!(
+                    "{} calls already running on this connection",
+                    self.limits.max_handlers
+                ))
+            })
+    }
+
+    /// Whether `header`'s call id is free in the handler table.
     fn room_for(
         &self,
         handlers: &HashMap<u64, RunningHandler>,
         header: &Header,
     ) -> Result<(), RpcError> {
-        if handlers.len() >= self.limits.max_handlers {
-            return Err(RpcError::Overloaded(format!(
-                "{} calls already running on this connection",
-                self.limits.max_handlers
-            )));
-        }
         if handlers.contains_key(&header.call_id) {
             return Err(RpcError::Protocol(format!(
                 "call id {} is already running",
@@ -446,7 +472,12 @@ impl Shared {
         Ok(())
     }
 
-    fn on_call(self: &Arc<Self>, header: Header, frame: Bytes) -> Option<Work> {
+    fn on_call(
+        self: &Arc<Self>,
+        header: Header,
+        frame: Bytes,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<Work> {
         if self.is_closed() {
             return None;
         }
@@ -460,6 +491,13 @@ impl Shared {
         let context = Context::new(Arc::clone(self), &header, deadline);
         // Refuse before decoding if there is no room, but decode without the table's lock:
         // every call on the connection takes it, from whichever thread its frame arrives on.
+        let slot = match slot.map_or_else(|| self.take_slot(), Ok) {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.refuse(&header, e);
+                return None;
+            }
+        };
         let room = self.room_for(&lock(&self.handlers), &header);
         if let Err(e) = room {
             self.refuse(&header, e);
@@ -491,6 +529,7 @@ impl Shared {
             header.call_id,
             RunningHandler {
                 abort,
+                _slot: slot,
                 abort_on_close: header.kind == FrameKind::Call,
             },
         );
@@ -588,9 +627,12 @@ impl Shared {
         if self.is_closed() {
             return Err(self.lost());
         }
+        // One-way calls take ids from the same sequence as the others: the server keys its
+        // handlers by call id, so a shared id would refuse a one-way call while another runs.
+        let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let header = Header {
             version: method.version,
-            ..Header::new(FrameKind::OneWay, 0, method.interface, method.method)
+            ..Header::new(FrameKind::OneWay, call_id, method.interface, method.method)
         };
         self.send_frame(header, size_hint, body).await
     }
@@ -679,7 +721,19 @@ async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {
         };
         match next {
             Ok(Some(frame)) => {
-                if let Some(work) = shared.on_frame(frame) {
+                // A one-way call cannot be refused with an answer, so instead of dropping one
+                // when every handler slot is taken, stop reading until a slot frees: the link's
+                // bounded buffers then push back on the peer.
+                // (`close` closes the semaphore, which ends this wait.)
+                let slot = if frame.get(1) == Some(&(FrameKind::OneWay as u8)) {
+                    match Arc::clone(&shared.handler_slots).acquire_owned().await {
+                        Ok(slot) => Some(slot),
+                        Err(_) => break "closed by this side".to_owned(),
+                    }
+                } else {
+                    None
+                };
+                if let Some(work) = shared.on_frame_with(frame, slot) {
                     shared.runtime.spawn(work);
                 }
             }
@@ -839,15 +893,20 @@ pub(crate) async fn client_handshake(
             offered: welcome.codecs,
         }
         .into()),
+        WelcomeStatus::Busy => Err(HandshakeError::Busy.into()),
     }
 }
 
 /// Server side of the handshake: read the hello, pick the codec, answer. Returns the index of
-/// the codec in `codecs` and the hello.
+/// the codec in `codecs` and the hello. With `busy`, the hello is answered with
+/// [`WelcomeStatus::Busy`] and the handshake fails with [`HandshakeError::Busy`].
+///
+/// The caller closes the link when this fails.
 pub(crate) async fn server_handshake(
     link: &mut Link,
     codecs: &[&'static str],
     timeout: Duration,
+    busy: bool,
 ) -> Result<(usize, Hello), RpcError> {
     let first = tokio::time::timeout(timeout, link.rx.recv())
         .await
@@ -860,6 +919,10 @@ pub(crate) async fn server_handshake(
         status,
         codecs: offered.clone(),
     };
+    if busy {
+        send_raw(&*link.tx, &answer(WelcomeStatus::Busy).encode()).await?;
+        return Err(HandshakeError::Busy.into());
+    }
     if hello.version != u16::from(PROTOCOL_VERSION) {
         send_raw(
             &*link.tx,

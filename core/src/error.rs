@@ -4,7 +4,9 @@
 use std::fmt;
 
 use crate::ids::{InterfaceId, MethodId};
-use crate::wire::{ErrorCode, FrameProblem};
+use std::sync::Arc;
+
+use crate::wire::{ErrorCode, ErrorPayload, FrameProblem};
 
 /// Everything that can go wrong in a call.
 ///
@@ -94,6 +96,21 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// The error payload that reports this error to the peer.
+    pub(crate) fn to_payload(&self) -> ErrorPayload {
+        let (code, message) = self.to_wire();
+        let too_large = match self {
+            RpcError::FrameTooLarge { size, limit } => Some((*size as u64, *limit as u64)),
+            _ => None,
+        };
+        ErrorPayload {
+            code: Some(code),
+            raw: code as u16,
+            too_large,
+            message,
+        }
+    }
+
     /// The code and message to put in an error frame for this error.
     pub(crate) fn to_wire(&self) -> (ErrorCode, String) {
         let code = match self {
@@ -122,13 +139,13 @@ impl RpcError {
     }
 
     /// Rebuilds the error a server reported in an error frame.
-    pub(crate) fn from_wire(
-        code: Option<ErrorCode>,
-        raw: u16,
-        message: String,
-        interface: InterfaceId,
-        method: MethodId,
-    ) -> RpcError {
+    pub(crate) fn from_wire(payload: &[u8], interface: InterfaceId, method: MethodId) -> RpcError {
+        let ErrorPayload {
+            code,
+            raw,
+            too_large,
+            message,
+        } = ErrorPayload::decode(payload);
         match code {
             Some(ErrorCode::UnknownInterface) => RpcError::UnknownInterface { interface },
             Some(ErrorCode::UnknownMethod) => RpcError::UnknownMethod { interface, method },
@@ -139,17 +156,14 @@ impl RpcError {
             Some(ErrorCode::Overloaded) => RpcError::Overloaded(message),
             Some(ErrorCode::Internal) => RpcError::Internal(message),
             Some(ErrorCode::Protocol) => RpcError::Protocol(message),
-            Some(ErrorCode::TooLarge) => {
-                // Our own peers say "frame of N bytes exceeds the limit of M bytes".
-                let numbers: Vec<usize> = message
-                    .split(|c: char| !c.is_ascii_digit())
-                    .filter_map(|n| n.parse().ok())
-                    .collect();
-                match numbers[..] {
-                    [size, limit] => RpcError::FrameTooLarge { size, limit },
-                    _ => RpcError::Protocol(message),
-                }
-            }
+            Some(ErrorCode::TooLarge) => match too_large {
+                Some((size, limit)) => RpcError::FrameTooLarge {
+                    size: usize::try_from(size).unwrap_or(usize::MAX),
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                },
+                // A TooLarge error without its sizes is malformed; keep what the peer said.
+                None => RpcError::Protocol(message),
+            },
             None => RpcError::Remote { code: raw, message },
         }
     }
@@ -193,10 +207,22 @@ pub enum HandshakeError {
     /// The link closed during the handshake.
     #[error("the link closed during the handshake")]
     Closed,
+    /// The server is at its connection limit (in all, or for this peer); retry later or
+    /// elsewhere. The server's operator sets the limits with
+    /// [`Limits::max_connections`](crate::Limits::max_connections) and
+    /// [`Limits::max_connections_per_peer`](crate::Limits::max_connections_per_peer).
+    #[error("the server refused the connection: it has as many connections as it allows")]
+    Busy,
 }
 
+/// A cause kept beside a [`TransportError`]'s description: the library error it came from.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A transport failed to connect or to carry a frame.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Variants that wrap a lower-level failure keep it as their [`source`](std::error::Error::source),
+/// so a user can walk down to the `io::Error` or the TLS alert.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// The link is closed; no more frames can be sent on it.
@@ -218,12 +244,72 @@ pub enum TransportError {
     },
     /// The TLS handshake failed: the peer's certificate is not trusted, or it refused ours.
     /// Check which roots the client trusts and, with mutual TLS, which the server trusts.
-    #[error("TLS handshake failed {0}")]
-    Tls(String),
+    #[error("TLS handshake failed {detail}")]
+    Tls {
+        /// What failed, and with whom.
+        detail: String,
+        /// The QUIC or TLS error behind it.
+        #[source]
+        source: Option<Cause>,
+    },
+    /// A system call failed; `source` is the operating system's error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The connection failed; `source` is the transport library's error.
+    #[error("{context}: {source}")]
+    Connection {
+        /// What was being done, and with whom.
+        context: String,
+        /// The library's error.
+        #[source]
+        source: Cause,
+    },
+    /// The peer did not answer within the configured time.
+    #[error("{0}")]
+    Timeout(String),
     /// Any other failure, described by the transport.
     #[error("{0}")]
     Other(String),
 }
+
+impl TransportError {
+    /// An [`TransportError::Io`] for `source`, raised while doing `context`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        TransportError::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// A [`TransportError::Connection`] for a library error `source`, raised while doing
+    /// `context`.
+    pub fn connection(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        TransportError::Connection {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Two transport errors are equal when they are the same variant and say the same thing; the
+/// causes are compared by what they say, since library errors are rarely comparable.
+impl PartialEq for TransportError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for TransportError {}
 
 /// A codec failed to encode or decode a value.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -75,6 +75,8 @@ pub mod ids;
 mod options;
 mod peer;
 mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;
 pub mod wire;
 
@@ -82,7 +84,7 @@ pub use client::{Client, ClientBuilder, Pending};
 pub use codec::{Codec, CodecSet};
 pub use context::Context;
 pub use courier_macros::service;
-pub use error::{CodecError, HandshakeError, RpcError, TransportError};
+pub use error::{Cause, CodecError, HandshakeError, RpcError, TransportError};
 pub use ids::{InterfaceId, MethodDesc, MethodId};
 pub use options::{CallOptions, Limits};
 pub use peer::Peer;

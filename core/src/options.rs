@@ -48,6 +48,8 @@ pub struct Limits {
     pub(crate) max_in_flight: usize,
     pub(crate) max_handlers: usize,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +59,8 @@ impl Default for Limits {
             max_in_flight: 1024,
             max_handlers: 4096,
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_peer: 64,
         }
     }
 }
@@ -85,9 +89,31 @@ impl Limits {
         self
     }
 
-    /// How long the handshake may take. Default: 10 s.
+    /// How long the handshake may take. Default: 10 s. A server closes a link whose client
+    /// has not sent a valid hello by then, so a silent or garbled client holds its resources
+    /// no longer.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many connections one listener may serve at once ([`Server::serve`]). Default:
+    /// 1024. A client beyond it is refused in the handshake with
+    /// [`HandshakeError::Busy`](crate::HandshakeError::Busy). With the default frame and
+    /// transport limits, each connection can hold at most tens of MiB, so the default keeps a
+    /// server within a few GiB whatever its clients do; raise it with the machine.
+    ///
+    /// [`Server::serve`]: crate::Server::serve
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.max(1);
+        self
+    }
+
+    /// How many of one listener's connections may come from the same peer: the same network
+    /// address (any port), or the same local user for shared memory. Default: 64. Keeps one
+    /// client from taking all of [`Limits::max_connections`].
+    pub fn max_connections_per_peer(mut self, connections: usize) -> Self {
+        self.max_connections_per_peer = connections.max(1);
         self
     }
 

@@ -1,14 +1,20 @@
 //! [`Server`]: services registered once, served on any number of listeners and links.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::CodecSet;
 use crate::connection::{server_handshake, Shared};
 use crate::dispatch::{Authorizer, BoundRouter, Registry, Router, Service};
 use crate::error::{RpcError, TransportError};
 use crate::options::Limits;
+use crate::peer::Peer;
 use crate::transport::{Link, Listener};
+use crate::wire::Hello;
 
 /// Serves registered services over links; cheap to clone.
 ///
@@ -53,13 +59,37 @@ impl<K: CodecSet> Server<K> {
     }
 
     /// Accepts links from `listener` and serves each on a task of its own, until the listener
-    /// fails. A link whose handshake fails is logged and dropped; the others go on.
+    /// fails. A link whose handshake fails is logged and closed; the others go on.
+    ///
+    /// The connections from this listener are capped by [`Limits::max_connections`] in all and
+    /// [`Limits::max_connections_per_peer`] per peer (network address or uid); a client over
+    /// either cap is told so in the handshake ([`HandshakeError::Busy`]) and its link closed.
+    ///
+    /// [`HandshakeError::Busy`]: crate::HandshakeError::Busy
     pub async fn serve(&self, mut listener: impl Listener) -> Result<(), TransportError> {
+        let admission = Admission::new(&self.inner.limits);
         loop {
-            let link = listener.accept().await?;
+            let mut link = listener.accept().await?;
+            let ticket = match admission.admit(&link.peer) {
+                Ok(ticket) => Some(ticket),
+                Err(refusals) => {
+                    let Some(refusal) = refusals else {
+                        // Refusing politely costs a task; past a few at once, just hang up.
+                        link.tx.close();
+                        continue;
+                    };
+                    let server = self.clone();
+                    tokio::spawn(async move {
+                        let _ = server.handshake(&mut link, true).await;
+                        link.tx.close();
+                        drop(refusal);
+                    });
+                    continue;
+                }
+            };
             let server = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = server.serve_link(link).await {
+                if let Err(e) = server.start_link(link, ticket).await {
                     tracing::warn!(error = %e, "connection refused");
                 }
             });
@@ -67,11 +97,32 @@ impl<K: CodecSet> Server<K> {
     }
 
     /// Performs the handshake over one link and starts serving it. Returns once the handshake
-    /// is done; the connection then runs on its own until the peer closes it.
-    pub async fn serve_link(&self, mut link: Link) -> Result<(), RpcError> {
+    /// is done; the connection then runs on its own until the peer closes it. If the handshake
+    /// fails, the link is closed.
+    ///
+    /// Links served this way are not counted against [`Limits::max_connections`]: that is
+    /// [`Server::serve`]'s count of one listener's connections.
+    pub async fn serve_link(&self, link: Link) -> Result<(), RpcError> {
+        self.start_link(link, None).await
+    }
+
+    async fn handshake(&self, link: &mut Link, busy: bool) -> Result<(usize, Hello), RpcError> {
         let names = self.inner.registry.codecs().names();
-        let (codec_index, hello) =
-            server_handshake(&mut link, &names, self.inner.limits.handshake_timeout).await?;
+        let timeout = self.inner.limits.handshake_timeout;
+        server_handshake(link, &names, timeout, busy).await
+    }
+
+    async fn start_link(&self, mut link: Link, ticket: Option<Ticket>) -> Result<(), RpcError> {
+        let (codec_index, hello) = match self.handshake(&mut link, false).await {
+            Ok(done) => done,
+            Err(e) => {
+                // Nothing more will come of this link: free its resources now, not at the
+                // transport's idle timeout.
+                link.tx.close();
+                return Err(e);
+            }
+        };
+        let names = self.inner.registry.codecs().names();
         tracing::debug!(
             peer = ?link.peer,
             codec = names[codec_index],
@@ -89,8 +140,91 @@ impl<K: CodecSet> Server<K> {
             names[codec_index].to_owned(),
             self.inner.limits.clone(),
             Some(router),
+            ticket.map(|t| Box::new(t) as Box<dyn std::any::Any + Send>),
         );
         Ok(())
+    }
+}
+
+/// Who counts as one peer for [`Limits::max_connections_per_peer`]: the network address
+/// without its port, or the local user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PeerKey {
+    Ip(IpAddr),
+    Uid(u32),
+}
+
+fn peer_key(peer: &Peer) -> Option<PeerKey> {
+    match peer {
+        Peer::Network { addr, .. } => Some(PeerKey::Ip(addr.ip())),
+        Peer::Process { uid, .. } => Some(PeerKey::Uid(*uid)),
+        _ => None,
+    }
+}
+
+/// How many refused clients are answered at once; past this, they are hung up on.
+const MAX_REFUSALS: usize = 64;
+
+/// One listener's count of connections, in all and per peer.
+struct Admission {
+    total: Arc<Semaphore>,
+    per_peer: Arc<Mutex<HashMap<PeerKey, usize>>>,
+    max_per_peer: usize,
+    refusals: Arc<Semaphore>,
+}
+
+/// A connection's place in its listener's count; given back when dropped.
+struct Ticket {
+    _total: OwnedSemaphorePermit,
+    peer: Option<PeerKey>,
+    per_peer: Arc<Mutex<HashMap<PeerKey, usize>>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(key) = self.peer.take() {
+            let mut counts = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = counts.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl Admission {
+    fn new(limits: &Limits) -> Self {
+        Admission {
+            total: Arc::new(Semaphore::new(limits.max_connections)),
+            per_peer: Arc::default(),
+            max_per_peer: limits.max_connections_per_peer,
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+        }
+    }
+
+    /// A ticket for a new connection from `peer`, or (refused) a permit to tell it so, if
+    /// not too many refusals are under way already.
+    fn admit(&self, peer: &Peer) -> Result<Ticket, Option<OwnedSemaphorePermit>> {
+        let refuse = || Arc::clone(&self.refusals).try_acquire_owned().ok();
+        let total = Arc::clone(&self.total)
+            .try_acquire_owned()
+            .map_err(|_| refuse())?;
+        let key = peer_key(peer);
+        if let Some(key) = &key {
+            let mut counts = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let n = counts.entry(key.clone()).or_insert(0);
+            if *n >= self.max_per_peer {
+                return Err(refuse());
+            }
+            *n += 1;
+        }
+        Ok(Ticket {
+            _total: total,
+            peer: key,
+            per_peer: Arc::clone(&self.per_peer),
+        })
     }
 }
 

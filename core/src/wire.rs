@@ -27,7 +27,9 @@
 //!
 //! An [`FrameKind::Error`] frame carries a codec-independent payload, so that errors raised before
 //! any codec is involved (an unknown interface, a malformed frame) can always be reported:
-//! a 2-byte big-endian [`ErrorCode`] followed by a UTF-8 message (the rest of the payload).
+//! a 2-byte big-endian [`ErrorCode`] followed by a UTF-8 message (the rest of the payload). A
+//! [`ErrorCode::TooLarge`] error puts the refused frame's size and the limit it broke (each a
+//! big-endian `u64`) between the code and the message; see [`ErrorPayload`].
 //!
 //! # Handshake
 //!
@@ -38,7 +40,7 @@
 //! |---|---:|---|---|---:|
 //! | magic `b"CRPC"` | 4 | | magic `b"CRPC"` | 4 |
 //! | protocol version | 2 | | protocol version | 2 |
-//! | codec name length *n* (1–32) | 1 | | status (0 accepted, 1 version unsupported, 2 codec unsupported) | 1 |
+//! | codec name length *n* (1–32) | 1 | | status (0 accepted, 1 version unsupported, 2 codec unsupported, 3 busy) | 1 |
 //! | codec name, ASCII | *n* | | codec names the server offers, comma-separated: length | 1 |
 //! | client id | 16 | | … and the names | *m* |
 //! | epoch | 8 | | | |
@@ -329,21 +331,92 @@ impl ErrorCode {
     }
 }
 
-/// Encodes an error payload: code then message.
+/// Encodes an error payload: code then message. For [`ErrorCode::TooLarge`], use
+/// [`ErrorPayload`], which also carries the sizes.
 pub fn encode_error_payload<B: BufMut + ?Sized>(code: ErrorCode, message: &str, out: &mut B) {
-    out.put_u16(code as u16);
-    out.put_slice(message.as_bytes());
+    ErrorPayload {
+        code: Some(code),
+        raw: code as u16,
+        too_large: None,
+        message: message.to_owned(),
+    }
+    .encode(out);
 }
 
-/// Decodes an error payload. Unknown codes and invalid UTF-8 are kept, not rejected: an error
-/// report should reach the user even from a newer peer.
+/// Decodes an error payload into its code (if known), raw code and message. Unknown codes and
+/// invalid UTF-8 are kept, not rejected: an error report should reach the user even from a
+/// newer peer.
 pub fn decode_error_payload(payload: &[u8]) -> (Option<ErrorCode>, u16, String) {
-    if payload.len() < 2 {
-        return (None, 0, String::from("error frame without a code"));
+    let p = ErrorPayload::decode(payload);
+    (p.code, p.raw, p.message)
+}
+
+/// The payload of an [`FrameKind::Error`] frame, parsed.
+///
+/// | field | size | present |
+/// |---|---:|---|
+/// | code | 2 | always |
+/// | frame size, then the limit it broke | 8 + 8 | only for [`ErrorCode::TooLarge`] |
+/// | message, UTF-8 | rest | always (may be empty) |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPayload {
+    /// The code, if this version knows it.
+    pub code: Option<ErrorCode>,
+    /// The code as sent.
+    pub raw: u16,
+    /// For [`ErrorCode::TooLarge`]: the refused frame's size and the limit it broke.
+    pub too_large: Option<(u64, u64)>,
+    /// What the peer said.
+    pub message: String,
+}
+
+impl ErrorPayload {
+    /// Writes the payload.
+    pub fn encode<B: BufMut + ?Sized>(&self, out: &mut B) {
+        out.put_u16(self.raw);
+        if self.raw == ErrorCode::TooLarge as u16 {
+            let (size, limit) = self.too_large.unwrap_or((0, 0));
+            out.put_u64(size);
+            out.put_u64(limit);
+        }
+        out.put_slice(self.message.as_bytes());
     }
-    let raw = be_u16(payload);
-    let message = String::from_utf8_lossy(&payload[2..]).into_owned();
-    (ErrorCode::from_u16(raw), raw, message)
+
+    /// Its encoded length.
+    pub fn encoded_len(&self) -> usize {
+        let sizes = if self.raw == ErrorCode::TooLarge as u16 {
+            16
+        } else {
+            0
+        };
+        2 + sizes + self.message.len()
+    }
+
+    /// Reads a payload. Never fails: what cannot be read is said in the message.
+    pub fn decode(payload: &[u8]) -> ErrorPayload {
+        if payload.len() < 2 {
+            return ErrorPayload {
+                code: None,
+                raw: 0,
+                too_large: None,
+                message: String::from("error frame without a code"),
+            };
+        }
+        let raw = be_u16(payload);
+        let code = ErrorCode::from_u16(raw);
+        let mut rest = &payload[2..];
+        let mut too_large = None;
+        if code == Some(ErrorCode::TooLarge) && rest.len() >= 16 {
+            too_large = Some((be_u64(&rest[..8]), be_u64(&rest[8..16])));
+            rest = &rest[16..];
+        }
+        ErrorPayload {
+            code,
+            raw,
+            too_large,
+            message: String::from_utf8_lossy(rest).into_owned(),
+        }
+    }
 }
 
 const MAGIC: &[u8; 4] = b"CRPC";
@@ -417,6 +490,9 @@ pub enum WelcomeStatus {
     VersionUnsupported = 1,
     /// The server does not offer the client's codec.
     CodecUnsupported = 2,
+    /// The server is at its connection limit (in all, or for this peer); the client may retry
+    /// later. The server closes the link after this welcome.
+    Busy = 3,
 }
 
 /// The server's answer to a [`Hello`].
@@ -453,6 +529,7 @@ impl Welcome {
             0 => WelcomeStatus::Accepted,
             1 => WelcomeStatus::VersionUnsupported,
             2 => WelcomeStatus::CodecUnsupported,
+            3 => WelcomeStatus::Busy,
             _ => return Err(bad("unknown welcome status")),
         };
         let m = b[7] as usize;
@@ -601,5 +678,21 @@ mod tests {
             (Some(ErrorCode::AccessDenied), 5, "no".to_owned())
         );
         assert_eq!(decode_error_payload(&[1]).0, None);
+    }
+
+    #[test]
+    fn a_too_large_error_carries_its_sizes() {
+        let sent = ErrorPayload {
+            code: Some(ErrorCode::TooLarge),
+            raw: 10,
+            too_large: Some((70_000, 65_536)),
+            message: "too big".to_owned(),
+        };
+        let mut v = Vec::new();
+        sent.encode(&mut v);
+        assert_eq!(v.len(), sent.encoded_len());
+        assert_eq!(&v[..2], &[0, 10]);
+        assert_eq!(&v[2..10], &70_000u64.to_be_bytes());
+        assert_eq!(ErrorPayload::decode(&v), sent);
     }
 }

@@ -50,7 +50,7 @@ use std::time::Duration;
 use courier::transport::{Connector, Link, Listener};
 use courier::TransportError;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 pub use tls::{ClientTls, DevCert, ServerTls, ALPN};
 
@@ -83,6 +83,8 @@ pub struct QuicOptions {
     max_concurrent_calls: u32,
     max_frame_size: usize,
     receive_budget: usize,
+    receive_ceiling: usize,
+    frame_timeout: Duration,
 }
 
 impl Default for QuicOptions {
@@ -93,6 +95,8 @@ impl Default for QuicOptions {
             max_concurrent_calls: 1024,
             max_frame_size: courier::Limits::default().frame_size_limit(),
             receive_budget: 64 * 1024 * 1024,
+            receive_ceiling: 1 << 30,
+            frame_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -128,10 +132,29 @@ impl QuicOptions {
     }
 
     /// Bytes of received frames one connection may hold before its readers wait (and QUIC
-    /// flow control pushes back on the peer). Never less than the frame size limit.
+    /// flow control pushes back on the peer). Frames larger than 4 KiB are counted as their
+    /// bytes arrive, never on the word of their header. Never less than the frame size limit.
     /// Default: 64 MiB.
     pub fn receive_budget(mut self, bytes: usize) -> Self {
         self.receive_budget = bytes;
+        self
+    }
+
+    /// Bytes of received frames all the connections of one listener may hold together: the
+    /// listener's ceiling on what its peers can make it keep in memory, whatever their number.
+    /// Readers past it wait, as they do past their connection's budget. Never less than the
+    /// frame size limit. Listeners only. Default: 1 GiB.
+    pub fn receive_ceiling(mut self, bytes: usize) -> Self {
+        self.receive_ceiling = bytes;
+        self
+    }
+
+    /// How long one frame may take to arrive once its first byte has: a frame still
+    /// incomplete after that is dropped with the memory it held, the stream is stopped, and
+    /// the call fails with a protocol error. Protects against peers that announce large frames
+    /// and send them slowly or never. Default: 30 s.
+    pub fn frame_timeout(mut self, timeout: Duration) -> Self {
+        self.frame_timeout = timeout;
         self
     }
 
@@ -169,51 +192,113 @@ fn tls_error(e: &quinn::ConnectionError) -> Option<String> {
 
 fn connection_error(addr: SocketAddr, e: quinn::ConnectionError) -> TransportError {
     match tls_error(&e) {
-        Some(detail) => TransportError::Tls(format!("with {addr}: {detail}")),
-        None => TransportError::Other(format!("QUIC connection to {addr} failed: {e}")),
+        Some(detail) => TransportError::Tls {
+            detail: format!("with {addr}: {detail}"),
+            source: Some(Arc::new(e)),
+        },
+        None => TransportError::connection(format!("QUIC connection to {addr} failed"), e),
+    }
+}
+
+/// How a link reads frames: its limits and budgets.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadLimits {
+    pub(crate) max_frame: usize,
+    pub(crate) frame_timeout: Duration,
+    /// Received bytes this connection may hold.
+    pub(crate) connection: Arc<Semaphore>,
+    /// Received bytes all of a listener's connections may hold; `None` on the connecting side.
+    pub(crate) ceiling: Option<Arc<Semaphore>>,
+}
+
+impl QuicOptions {
+    fn read_limits(&self, ceiling: Option<Arc<Semaphore>>) -> ReadLimits {
+        ReadLimits {
+            max_frame: self.max_frame_size,
+            frame_timeout: self.frame_timeout,
+            connection: Arc::new(Semaphore::new(
+                self.receive_budget
+                    .max(self.max_frame_size)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            ceiling,
+        }
     }
 }
 
 /// Accepts QUIC connections as links for a [`courier::Server`].
+///
+/// Dropping the listener stops it accepting: new clients are refused during their QUIC
+/// handshake, connections already made go on, and the UDP port is released once the last of
+/// them has closed. [`QuicListenerHandle::close`] closes everything at once instead.
 #[derive(Debug)]
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
     links: mpsc::Receiver<Link>,
+    /// Dropped with the listener: ends the accepting task.
+    _stop: oneshot::Sender<()>,
 }
 
 impl QuicListener {
     /// Binds a UDP socket at `addr` and accepts connections with `tls`.
+    ///
+    /// The stateless-reset key is derived from `tls`'s private key, so a server restarted
+    /// with the same identity on the same address resets its predecessor's connections at
+    /// their next packet: their calls fail at once with `ConnectionLost` instead of waiting
+    /// for the idle timeout.
     pub fn bind(addr: SocketAddr, tls: ServerTls, options: QuicOptions) -> Result<Self, Error> {
+        let reset_key = tls.reset_key();
         let crypto =
             QuicServerConfig::try_from(tls.build()?).map_err(|e| Error::Config(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(options.transport()?));
-        let endpoint = quinn::Endpoint::server(config, addr)?;
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Config("a QUIC listener needs a tokio runtime".to_owned()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::new(Arc::new(reset_key)),
+            Some(config),
+            socket,
+            runtime,
+        )?;
+        let ceiling = Arc::new(Semaphore::new(
+            options
+                .receive_ceiling
+                .max(options.max_frame_size)
+                .min(Semaphore::MAX_PERMITS),
+        ));
         // Handshakes run on tasks of their own, so a slow or hostile client cannot hold up
         // the others; finished links queue here, bounded.
         let (tx, links) = mpsc::channel(128);
+        let (stop_tx, mut stop) = oneshot::channel::<()>();
         let accepting = endpoint.clone();
         tokio::spawn(async move {
-            while let Some(incoming) = accepting.accept().await {
+            loop {
+                let incoming = tokio::select! {
+                    incoming = accepting.accept() => incoming,
+                    _ = &mut stop => None,
+                };
+                let Some(incoming) = incoming else { break };
                 let tx = tx.clone();
-                let options = options.clone();
+                let limits = options.read_limits(Some(Arc::clone(&ceiling)));
                 tokio::spawn(async move {
                     match incoming.await {
                         Ok(conn) => {
-                            let link = link::link(
-                                conn,
-                                None,
-                                options.max_frame_size,
-                                options.receive_budget,
-                            );
-                            let _ = tx.send(link).await;
+                            let _ = tx.send(link::link(conn, None, limits)).await;
                         }
                         Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
                     }
                 });
             }
+            // The listener is gone: refuse new clients from now on. Connections already made
+            // keep the endpoint (and its port) until they end.
+            accepting.set_server_config(None);
         });
-        Ok(QuicListener { endpoint, links })
+        Ok(QuicListener {
+            endpoint,
+            links,
+            _stop: stop_tx,
+        })
     }
 
     /// The address the listener is bound to (useful after binding port 0).
@@ -299,7 +384,9 @@ impl Connector for QuicConnector {
         let connecting = self
             .endpoint
             .connect_with(self.config.clone(), self.addr, &self.server_name)
-            .map_err(|e| TransportError::Other(format!("cannot connect to {}: {e}", self.addr)))?;
+            .map_err(|e| {
+                TransportError::connection(format!("cannot connect to {}", self.addr), e)
+            })?;
         let conn = connecting
             .await
             .map_err(|e| connection_error(self.addr, e))?;
@@ -310,8 +397,7 @@ impl Connector for QuicConnector {
         Ok(link::link(
             conn,
             Some(control),
-            self.options.max_frame_size,
-            self.options.receive_budget,
+            self.options.read_limits(None),
         ))
     }
 }

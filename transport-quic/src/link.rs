@@ -17,15 +17,24 @@
 //! The handshake's two messages travel on the connection's first bidirectional stream, each
 //! with a 4-byte length before it.
 //!
-//! Memory is bounded twice over: every frame is checked against the frame size limit before it
-//! is read, and a per-connection byte budget is taken before its payload is read and given back
-//! when the engine drops the frame, so a peer that opens many streams at once waits on QUIC flow
-//! control instead of growing this side's memory. Frames of up to 4 KiB that arrived whole are
-//! not counted: the concurrent-stream limit bounds them.
+//! A bidirectional stream the peer opens carries exactly one Call frame, then its FIN. A stream
+//! whose first frame is not a Call (a stray Reply, Ack, Error or Cancel), or that carries a
+//! second frame after its Call, is refused: this side stops reading it and resets its reply
+//! half with code 2, and the engine never sees the frame. Unidirectional streams carry one-way
+//! calls and answers whose call stream is gone.
+//!
+//! Memory is bounded three times over: every frame is checked against the frame size limit
+//! before it is read; its bytes are counted against a per-connection budget and, on a
+//! listener, a ceiling shared by all its connections, as they arrive (never on the word of the
+//! header), and given back when the engine drops the frame, so a peer that opens many streams
+//! at once waits on QUIC flow control instead of growing this side's memory; and a frame that
+//! has not arrived whole within the frame timeout is dropped with what it held. Frames of up
+//! to 4 KiB that arrived whole are not counted: the concurrent-stream limit bounds them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use courier::transport::{FrameBuf, FrameSink, Link, LinkRx, LinkTx, ReplyReader};
@@ -34,6 +43,8 @@ use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::ReadLimits;
 
 /// Frames queued between the connection's readers and the engine.
 const QUEUE_DEPTH: usize = 256;
@@ -75,9 +86,7 @@ impl std::ops::DerefMut for Exclusive {
 
 struct State {
     conn: Connection,
-    max_frame: usize,
-    budget: Arc<Semaphore>,
-    budget_bytes: usize,
+    limits: ReadLimits,
     incoming: mpsc::Sender<Bytes>,
     /// Set once the handshake is done: frames then go straight to the connection.
     sink: OnceLock<FrameSink>,
@@ -87,10 +96,40 @@ struct State {
     handshake_sent: AtomicBool,
     /// Send halves of the peer's calls, waiting for their ack or reply.
     theirs: Mutex<HashMap<u64, Shared>>,
+    /// Resolves once the peer has all of the handshake message this side sent: closing waits
+    /// for it (briefly), so that a refusing Welcome reaches the client before the close does.
+    handshake_delivered: Mutex<Option<BoxFuture<'static, ()>>>,
+    /// Set by the first `close`: a later one (the link dropped after closing it) must not cut
+    /// short the wait for the handshake message.
+    closing: AtomicBool,
 }
 
-fn closed(e: impl std::fmt::Display) -> TransportError {
-    TransportError::Other(format!("QUIC: {e}"))
+fn closed(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
+    TransportError::connection("QUIC", e)
+}
+
+/// How long a close waits for the handshake message to be acknowledged.
+const HANDSHAKE_LINGER: Duration = Duration::from_secs(2);
+
+impl State {
+    /// Closes the connection once the peer has our handshake message (or at once, if it has
+    /// it already or never will).
+    fn close(&self) {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let delivered = lock(&self.handshake_delivered).take();
+        match (delivered, tokio::runtime::Handle::try_current()) {
+            (Some(delivered), Ok(runtime)) => {
+                let conn = self.conn.clone();
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(HANDSHAKE_LINGER, delivered).await;
+                    conn.close(VarInt::from_u32(0), b"closed");
+                });
+            }
+            _ => self.conn.close(VarInt::from_u32(0), b"closed"),
+        }
+    }
 }
 
 /// Turns a finished QUIC connection into a link. `control` is the handshake stream for the
@@ -98,11 +137,10 @@ fn closed(e: impl std::fmt::Display) -> TransportError {
 pub(crate) fn link(
     conn: Connection,
     control: Option<(SendStream, RecvStream)>,
-    max_frame: usize,
-    budget_bytes: usize,
+    limits: ReadLimits,
 ) -> Link {
     let (incoming, rx) = mpsc::channel(QUEUE_DEPTH);
-    let budget_bytes = budget_bytes.max(max_frame);
+    let max_frame = limits.max_frame;
     let peer = Peer::Network {
         addr: conn.remote_address(),
         certificates: conn
@@ -120,14 +158,14 @@ pub(crate) fn link(
     };
     let state = Arc::new(State {
         conn: conn.clone(),
-        max_frame,
-        budget: Arc::new(Semaphore::new(budget_bytes)),
-        budget_bytes,
+        limits,
         incoming,
         sink: OnceLock::new(),
         control: Mutex::new(control_send),
         handshake_sent: AtomicBool::new(false),
         theirs: Mutex::new(HashMap::new()),
+        handshake_delivered: Mutex::new(None),
+        closing: AtomicBool::new(false),
     });
     tokio::spawn(accept_streams(Arc::clone(&state), control_recv));
     Link {
@@ -230,15 +268,53 @@ enum Read {
     Failed,
 }
 
-/// The bytes of one frame, holding its share of the connection's budget until dropped.
+/// The bytes of one frame, holding their share of the receive budgets until dropped.
 struct Budgeted {
     bytes: Bytes,
-    _permit: OwnedSemaphorePermit,
+    _permits: Permits,
 }
 
 impl AsRef<[u8]> for Budgeted {
     fn as_ref(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+/// Bytes taken from the connection's budget and, on a listener, from its ceiling.
+#[derive(Default)]
+struct Permits {
+    connection: Option<OwnedSemaphorePermit>,
+    ceiling: Option<OwnedSemaphorePermit>,
+}
+
+impl Permits {
+    /// Takes `n` more bytes from each budget, waiting for them; false if a budget is closed.
+    async fn take(&mut self, limits: &ReadLimits, n: usize) -> bool {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n == 0 {
+            return true;
+        }
+        async fn more(
+            budget: &Arc<Semaphore>,
+            held: &mut Option<OwnedSemaphorePermit>,
+            n: u32,
+        ) -> bool {
+            let Ok(p) = Arc::clone(budget).acquire_many_owned(n).await else {
+                return false;
+            };
+            match held {
+                Some(h) => h.merge(p),
+                None => *held = Some(p),
+            }
+            true
+        }
+        if !more(&limits.connection, &mut self.connection, n).await {
+            return false;
+        }
+        match &limits.ceiling {
+            Some(ceiling) => more(ceiling, &mut self.ceiling, n).await,
+            None => true,
+        }
     }
 }
 
@@ -252,6 +328,8 @@ struct Frames {
     recv: RecvStream,
     /// Bytes read and not yet framed.
     pending: Bytes,
+    /// The header of the frame being gathered, if it is not whole yet.
+    partial_header: Bytes,
 }
 
 /// Frames up to this size that have already arrived are not counted against the receive
@@ -259,10 +337,6 @@ struct Frames {
 /// `max_concurrent_calls` × 4 KiB per direction), and counting them cost a contended semaphore
 /// and an allocation per frame.
 const UNBUDGETED: usize = 4096;
-
-/// Above this many missing bytes, a frame's rest is read with `read_exact` into its buffer
-/// rather than chunk by chunk.
-const READ_EXACT_ABOVE: usize = 4096;
 
 /// The outcome of a read that may hit the end of the stream.
 fn read_error(e: quinn::ReadError) -> Read {
@@ -277,6 +351,7 @@ impl Frames {
         Frames {
             recv,
             pending: Bytes::new(),
+            partial_header: Bytes::new(),
         }
     }
 
@@ -300,27 +375,30 @@ impl Frames {
         Ok(true)
     }
 
-    /// Gathers a frame of `total` bytes whose start is in `pending`. `Err(Ok(bytes))` if the
-    /// stream ended first, with what came.
-    async fn gather(&mut self, total: usize) -> Result<Bytes, Result<Bytes, Read>> {
-        let mut frame = BytesMut::with_capacity(total);
-        frame.extend_from_slice(&std::mem::take(&mut self.pending));
-        let have = frame.len();
-        if total - have > READ_EXACT_ABOVE {
-            frame.resize(total, 0);
-            return match self.recv.read_exact(&mut frame[have..]).await {
-                Ok(()) => Ok(frame.freeze()),
-                Err(quinn::ReadExactError::FinishedEarly(n)) => {
-                    frame.truncate(have + n);
-                    Err(Ok(frame.freeze()))
-                }
-                Err(quinn::ReadExactError::ReadError(e)) => Err(Err(read_error(e))),
-            };
+    /// Gathers a frame of `total` bytes whose start is in `pending`, taking budget for each
+    /// piece as it arrives. `Err(Ok(bytes))` if the stream ended first, with what came.
+    async fn gather(
+        &mut self,
+        total: usize,
+        limits: &ReadLimits,
+        permits: &mut Permits,
+    ) -> Result<Bytes, Result<Bytes, Read>> {
+        // Grown as bytes come, so a header's claim alone costs nothing.
+        let mut frame = BytesMut::with_capacity(total.min(INITIAL_CAPACITY));
+        let first = std::mem::take(&mut self.pending);
+        if !permits.take(limits, first.len()).await {
+            return Err(Err(Read::Failed));
         }
+        frame.extend_from_slice(&first);
         while frame.len() < total {
             // At most the rest of this frame: what follows stays in quinn for the next one.
             match self.recv.read_chunk(total - frame.len(), true).await {
-                Ok(Some(chunk)) => frame.extend_from_slice(&chunk.bytes),
+                Ok(Some(chunk)) => {
+                    if !permits.take(limits, chunk.bytes.len()).await {
+                        return Err(Err(Read::Failed));
+                    }
+                    frame.extend_from_slice(&chunk.bytes);
+                }
                 Ok(None) => return Err(Ok(frame.freeze())),
                 Err(e) => return Err(Err(read_error(e))),
             }
@@ -328,17 +406,53 @@ impl Frames {
         Ok(frame.freeze())
     }
 
+    /// The next frame, waiting as long as it takes for its first byte (a reply may take the
+    /// handler's time) and at most the frame timeout for the rest.
     async fn next(&mut self, state: &State) -> Read {
+        if self.pending.is_empty() {
+            match self.fill_pending(1).await {
+                Ok(true) => {}
+                Ok(false) => return Read::End,
+                Err(read) => return read,
+            }
+        }
+        let limits = &state.limits;
+        let mut permits = Permits::default();
+        let rest = tokio::time::timeout(limits.frame_timeout, self.rest(limits, &mut permits));
+        match rest.await {
+            Ok(Read::Frame(frame)) if frame.len() > UNBUDGETED => {
+                Read::Frame(Bytes::from_owner(Budgeted {
+                    bytes: frame,
+                    _permits: permits,
+                }))
+            }
+            Ok(read) => read,
+            Err(_) => {
+                // Too slow: drop what came (and its budget), stop the stream, and hand the
+                // engine the header alone so that it fails the call with a protocol error.
+                let _ = self.recv.stop(REFUSED);
+                let header = std::mem::take(&mut self.partial_header);
+                tracing::debug!("a frame did not arrive within the frame timeout");
+                if header.len() == HEADER_LEN {
+                    Read::Frame(header)
+                } else {
+                    Read::Failed
+                }
+            }
+        }
+    }
+
+    /// The rest of a frame whose first byte is in `pending`.
+    async fn rest(&mut self, limits: &ReadLimits, permits: &mut Permits) -> Read {
         match self.fill_pending(HEADER_LEN).await {
             Ok(true) => {}
-            // A clean end between frames, or a truncated header, which the engine reports.
-            Ok(false) if self.pending.is_empty() => return Read::End,
+            // A truncated header, which the engine reports.
             Ok(false) => return Read::Frame(std::mem::take(&mut self.pending)),
             Err(read) => return read,
         }
         let p = &self.pending;
         let declared = u32::from_be_bytes([p[24], p[25], p[26], p[27]]) as usize;
-        if HEADER_LEN + declared > state.max_frame {
+        if HEADER_LEN + declared > limits.max_frame {
             // Refuse to read it: the engine sees the header alone and reports the frame as too
             // large against its call; the stream's sender is told to stop.
             let _ = self.recv.stop(REFUSED);
@@ -347,31 +461,27 @@ impl Frames {
             return Read::Frame(header);
         }
         let total = HEADER_LEN + declared;
-        if total <= UNBUDGETED && self.pending.len() >= total {
+        if self.pending.len() >= total {
             return Read::Frame(self.pending.split_to(total));
         }
-        let Ok(permit) = Arc::clone(&state.budget)
-            .acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
-            .await
-        else {
-            return Read::Failed;
-        };
-        let frame = if self.pending.len() >= total {
-            self.pending.split_to(total)
-        } else {
-            match self.gather(total).await {
-                Ok(frame) => frame,
-                // Truncated: hand over what came; the engine reports the length mismatch.
-                Err(Ok(partial)) => return Read::Frame(partial),
-                Err(Err(read)) => return read,
+        // Kept aside in case the frame times out: the engine then learns which call it was.
+        self.partial_header = self.pending.slice(..HEADER_LEN);
+        let frame = match self.gather(total, limits, permits).await {
+            Ok(frame) => frame,
+            // Truncated: hand over what came; the engine reports the length mismatch.
+            Err(Ok(partial)) => partial,
+            Err(Err(read)) => {
+                self.partial_header = Bytes::new();
+                return read;
             }
         };
-        Read::Frame(Bytes::from_owner(Budgeted {
-            bytes: frame,
-            _permit: permit,
-        }))
+        self.partial_header = Bytes::new();
+        Read::Frame(frame)
     }
 }
+
+/// First allocation for a frame being gathered; it grows as its bytes arrive.
+const INITIAL_CAPACITY: usize = 64 * 1024;
 
 fn call_id(frame: &[u8]) -> Option<u64> {
     let mut id = [0u8; 8];
@@ -401,11 +511,24 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
     loop {
         match frames.next(&state).await {
             Read::Frame(frame) => {
-                if let Some(send) = send.take() {
-                    if let Some(call) = call_id(&frame) {
-                        lock(&state.theirs).insert(call, Arc::new(tokio::sync::Mutex::new(send)));
-                        id = Some(call);
-                    }
+                let Some(mut send) = send.take() else {
+                    // A second frame after the call: not ours to deliver (one call per stream).
+                    tracing::debug!("refused a second frame on a call's stream");
+                    let _ = frames.recv.stop(REFUSED);
+                    return;
+                };
+                if frame.get(1) != Some(&(FrameKind::Call as u8)) {
+                    // Only a Call opens a bidirectional stream: a stray Reply, Ack, Error or
+                    // Cancel here would leave the stream open waiting for an answer that never
+                    // comes, so refuse it both ways at once.
+                    tracing::debug!("refused a stream that did not start with a call");
+                    let _ = frames.recv.stop(REFUSED);
+                    let _ = send.reset(REFUSED);
+                    return;
+                }
+                if let Some(call) = call_id(&frame) {
+                    lock(&state.theirs).insert(call, Arc::new(tokio::sync::Mutex::new(send)));
+                    id = Some(call);
                 }
                 match state.deliver(frame).await {
                     Delivered::Done => {}
@@ -481,12 +604,22 @@ async fn read_frames(state: Arc<State>, recv: RecvStream) {
 #[derive(Debug)]
 struct Tx(Arc<State>);
 
+impl Drop for Tx {
+    /// The engine holds the sending half for as long as the connection is in use: once it
+    /// lets go (a connection that closed, or a handshake that failed), nothing more will be
+    /// sent or answered, so the connection closes rather than lingering until its idle
+    /// timeout, which keep-alives would postpone forever.
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuicLink")
             .field("remote", &self.conn.remote_address())
-            .field("max_frame", &self.max_frame)
-            .field("budget_bytes", &self.budget_bytes)
+            .field("max_frame", &self.limits.max_frame)
+            .field("frame_timeout", &self.limits.frame_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -547,7 +680,7 @@ impl Tx {
     /// Sends a frame that is not a call.
     fn send_other(&self, route: Route, bytes: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
         match route {
-            Route::Handshake(control) => Box::pin(Self::handshake(control, bytes)),
+            Route::Handshake(control) => Box::pin(self.handshake(control, bytes)),
             Route::Cancel => Box::pin(async { Ok(()) }),
             Route::Answer { stream, last } => Box::pin(Self::answer(stream, last, bytes)),
             Route::Uni => Box::pin(self.uni(bytes)),
@@ -574,7 +707,7 @@ impl Tx {
     }
 
     /// The handshake message: length-prefixed on the handshake stream.
-    async fn handshake(mut control: SendStream, bytes: Bytes) -> Result<(), TransportError> {
+    async fn handshake(&self, mut control: SendStream, bytes: Bytes) -> Result<(), TransportError> {
         let len = u32::try_from(bytes.len()).map_err(|_| TransportError::FrameTooLarge {
             size: bytes.len(),
             limit: MAX_HANDSHAKE,
@@ -585,6 +718,11 @@ impl Tx {
             .map_err(closed)?;
         control.write_chunk(bytes).await.map_err(closed)?;
         let _ = control.finish();
+        // `stopped` resolves once the peer has acknowledged everything up to the FIN.
+        let delivered = control.stopped();
+        *lock(&self.0.handshake_delivered) = Some(Box::pin(async move {
+            let _ = delivered.await;
+        }));
         Ok(())
     }
 
@@ -633,7 +771,7 @@ impl LinkTx for Tx {
     }
 
     fn close(&self) {
-        self.0.conn.close(VarInt::from_u32(0), b"closed");
+        self.0.close();
     }
 
     fn send_call(

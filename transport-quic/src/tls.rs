@@ -168,6 +168,18 @@ impl ServerTls {
         self.build()
     }
 
+    /// The key for stateless resets, derived from the private key: every process that serves
+    /// with this identity makes the same one, so a restarted server can reset the connections
+    /// its previous process left behind (their clients then fail at once instead of waiting
+    /// for the idle timeout). Derived one way (SHA-256 under a fixed label), so it tells
+    /// nothing about the private key.
+    pub(crate) fn reset_key(&self) -> ring::hmac::Key {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"courier/1 stateless reset key\0");
+        ctx.update(self.key.secret_der());
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ctx.finish().as_ref())
+    }
+
     pub(crate) fn build(self) -> Result<rustls::ServerConfig, Error> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])

@@ -274,8 +274,17 @@ async fn an_untrusted_server_certificate_is_a_clear_tls_error() {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, RpcError::Transport(TransportError::Tls(m)) if m.contains("certificate")),
+            matches!(&err, RpcError::Transport(TransportError::Tls { detail, .. }) if detail.contains("certificate")),
             "{err}"
+        );
+        // The cause is kept, not flattened into the message: the chain reaches quinn's error.
+        let RpcError::Transport(transport) = &err else {
+            unreachable!()
+        };
+        let cause = std::error::Error::source(transport).expect("the TLS error keeps its cause");
+        assert!(
+            cause.downcast_ref::<quinn::ConnectionError>().is_some(),
+            "the cause is quinn's ConnectionError: {cause:?}"
         );
     })
     .await

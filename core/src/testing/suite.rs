@@ -1,0 +1,461 @@
+//! The behaviours every transport must have, one function each; see the [parent](super).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+/// Calls of every kind: plain, acknowledged, one-way, blocking (from a `spawn_blocking`
+/// thread), a typed application error, and a call-back into a service the client exports.
+pub async fn every_call_kind<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    assert_eq!(lab.echo(42).await, Ok(42));
+    assert_eq!(
+        lab.invert(0).await,
+        Ok(Err("zero has no inverse".to_owned()))
+    );
+    assert_eq!(lab.ask_back(21).await, Ok(Ok(42)));
+
+    let pending = lab.echo_acked(7).await.expect("acknowledged call");
+    assert_eq!(pending.await, Ok(7));
+
+    lab.count().await.expect("one-way call");
+    env.probes
+        .until("the one-way call ran", |p| {
+            p.counted.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+
+    // Blocking stubs belong on threads that may block, such as spawn_blocking's.
+    let blocking = lab.clone();
+    let answer = tokio::task::spawn_blocking(move || blocking.echo_blocking(9))
+        .await
+        .expect("the blocking thread panicked");
+    assert_eq!(answer, Ok(9));
+}
+
+/// 10,000 one-way calls in a row, sent as fast as the transport takes them, all run.
+pub async fn ten_thousand_one_way_calls_all_run<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    for _ in 0..10_000 {
+        lab.count().await.expect("one-way call");
+    }
+    env.probes
+        .until("10,000 one-way calls ran", |p| {
+            p.counted.load(Ordering::SeqCst) == 10_000
+        })
+        .await;
+    // A call after them still works: none of them broke the connection.
+    assert_eq!(lab.echo(1).await, Ok(1));
+}
+
+/// Payloads from empty to larger than every internal buffer come back intact.
+pub async fn payloads_from_empty_to_past_every_buffer<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    let large = env.harness.large_payload();
+    let sizes = [
+        0,
+        1,
+        31,
+        32,
+        33,
+        4095,
+        4096,
+        4097,
+        65_535,
+        65_536,
+        65_537,
+        1 << 20,
+        (1 << 20) + 1,
+        large,
+    ];
+    for size in sizes {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let back = lab
+            .blob(ByteBuf::from(data.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{size} bytes: {e}"));
+        assert!(
+            back.as_slice() == data.as_slice(),
+            "{size} bytes came back changed"
+        );
+    }
+}
+
+/// A frame larger than the receiver's limit fails that call with `FrameTooLarge` (carrying
+/// the receiver's limit), whichever side refuses it; calls before and after it succeed.
+pub async fn a_frame_over_the_limit_fails_that_call_only<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let frames = FrameLimits {
+        server: 256 << 10,
+        client: 8 << 20,
+    };
+    let connector = env.serve(&codec, test_limits(), frames).await;
+    let lab = client(&codec, &connector, frames.client).await;
+    assert_eq!(lab.echo(1).await, Ok(1));
+    // Refused by the server on receipt: the client allows it.
+    let err = expect_err(
+        "a 1 MiB argument to a server limited to 256 KiB",
+        lab.blob(ByteBuf::from(vec![5u8; 1 << 20])).await,
+    );
+    match err {
+        RpcError::FrameTooLarge { size, limit } => {
+            assert_eq!(limit, frames.server, "the limit reported is the server's");
+            assert!(size > 1 << 20, "the size reported is the frame's: {size}");
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    // Refused by the client before sending.
+    let err = expect_err(
+        "a 9 MiB argument from a client limited to 8 MiB",
+        lab.blob(ByteBuf::from(vec![5u8; 9 << 20])).await,
+    );
+    assert!(
+        matches!(err, RpcError::FrameTooLarge { limit, .. } if limit == frames.client),
+        "{err:?}"
+    );
+    // The connection goes on, for small calls and calls just under the limit.
+    assert_eq!(lab.echo(2).await, Ok(2));
+    let under = vec![1u8; 200 << 10];
+    assert_eq!(
+        lab.blob(ByteBuf::from(under.clone())).await,
+        Ok(ByteBuf::from(under))
+    );
+}
+
+/// Dropping the caller's future, or letting its deadline pass, drops the server's handler.
+pub async fn cancelling_or_timing_out_drops_the_handler<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+
+    let call = tokio::spawn({
+        let lab = lab.clone();
+        async move { lab.hold(1).await }
+    });
+    env.probes
+        .until("the first handler started", |p| {
+            p.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    call.abort();
+    env.probes
+        .until("the cancelled handler was dropped", |p| {
+            p.dropped.load(Ordering::SeqCst) == 1
+        })
+        .await;
+
+    let timed = lab.with_options(options(Duration::from_millis(200)));
+    let err = expect_err("a call past its deadline", timed.hold(2).await);
+    assert_eq!(err, RpcError::DeadlineExceeded);
+    env.probes
+        .until("the timed-out handler was dropped", |p| {
+            p.dropped.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    assert_eq!(lab.echo(3).await, Ok(3));
+}
+
+/// When the server dies (its runtime stops at once, dropping every task, as a crash would),
+/// calls in flight fail with `ConnectionLost`, and so do calls made afterwards.
+pub async fn server_death_fails_calls_in_flight<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    let call = tokio::spawn({
+        let lab = lab.clone();
+        async move { lab.hold(1).await }
+    });
+    env.probes
+        .until("the handler started", |p| {
+            p.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    env.kill_server();
+    let err = expect_err(
+        "a call whose server died",
+        call.await.expect("the caller panicked"),
+    );
+    assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
+    let err = expect_err("a call after the server died", lab.echo(1).await);
+    assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
+}
+
+/// When a client dies (its runtime stops at once), the server drops its running handlers and
+/// releases the connection.
+pub async fn client_death_drops_its_handlers<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
+    let connector = Arc::new(env.serve_default(&codec).await);
+    let (tasks, fds) = (env.server_tasks(), open_fds());
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the client");
+    let started = {
+        let codec = codec.clone();
+        let connector = Arc::clone(&connector);
+        doomed.spawn(async move {
+            let lab = client(&codec, &*connector, DEFAULT_FRAMES.client).await;
+            let _ = lab.hold(1).await;
+        })
+    };
+    env.probes
+        .until("the handler started", |p| {
+            p.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    doomed.shutdown_background();
+    drop(started);
+    env.probes
+        .until("the dead client's handler was dropped", |p| {
+            p.dropped.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    settles(&env, "after the client died", tasks, fds).await;
+}
+
+/// A client that sends calls and never reads their replies makes the server hold no more than
+/// its limits allow (running handlers, pending notices), and everything is released when it
+/// leaves.
+pub async fn a_peer_that_stops_reading_is_bounded_and_released<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    const HANDLERS: usize = 32;
+    let limits = test_limits().max_handlers(HANDLERS);
+    let connector = env.serve(&codec, limits, DEFAULT_FRAMES).await;
+    let (tasks, fds) = (env.server_tasks(), open_fds());
+
+    let link = raw_link::<C>(&connector).await;
+    let payload = vec![9u8; 64 << 10];
+    let desc = ConformanceClient::<C>::BLOB;
+    let mut encoded = bytes::BytesMut::new();
+    codec
+        .encode(&(ByteBuf::from(payload),), &mut encoded)
+        .expect("encodable");
+    // Far more replies than any ring, window or queue holds, and more calls than handlers.
+    let calls = 8 * HANDLERS as u64 + 256;
+    let mut sent = 0;
+    for id in 1..=calls {
+        let header = Header {
+            version: desc.version,
+            ..Header::new(FrameKind::Call, id, desc.interface, desc.method)
+        };
+        let bytes = frame(header, &encoded);
+        let send = send_bytes(&link, &bytes);
+        // The server may stop reading too (back-pressure): that is allowed, not a failure.
+        match tokio::time::timeout(Duration::from_secs(2), send).await {
+            Ok(true) => sent += 1,
+            _ => break,
+        }
+    }
+    assert!(sent > 0, "not one call could be sent");
+    // Handlers, their notices, the transport's open calls and the connection's own tasks:
+    // bounded by the limits, not by the number of calls.
+    let bound = tasks + 2 * HANDLERS + env.harness.open_calls_per_connection() + 16;
+    let held = env.server_tasks();
+    assert!(
+        held <= bound,
+        "a client that stopped reading made the server hold {held} tasks \
+         (before: {tasks}, bound: {bound}) after {sent} calls"
+    );
+    drop(link);
+    settles(&env, "after the stalled client left", tasks, fds).await;
+}
+
+/// A client that opens a link and says nothing, or sends a garbled hello, is closed at the
+/// handshake timeout or at once, and leaves nothing behind.
+pub async fn silent_and_garbled_handshakes_are_closed<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let connector = env.serve_default(&codec).await;
+    let (tasks, fds) = (env.server_tasks(), open_fds());
+    let bound = Duration::from_secs(30);
+
+    let mut silent = connector.connect().await.expect("a link");
+    assert!(
+        closes_within(&mut silent, bound).await,
+        "a silent client was not closed at the handshake timeout"
+    );
+
+    let mut garbled = connector.connect().await.expect("a link");
+    send_bytes(&garbled, b"GET / HTTP/1.1\r\nHost: courier\r\n\r\n").await;
+    assert!(
+        closes_within(&mut garbled, bound).await,
+        "a client with a garbled hello was not closed"
+    );
+
+    let mut wrong_codec = connector.connect().await.expect("a link");
+    let hello = Hello {
+        version: u16::from(PROTOCOL_VERSION),
+        codec: "no-such-codec".to_owned(),
+        client_id: 1,
+        epoch: 1,
+    };
+    send_bytes(&wrong_codec, &hello.encode()).await;
+    let welcome = wrong_codec
+        .rx
+        .recv()
+        .await
+        .expect("a welcome")
+        .expect("a welcome before the close");
+    let welcome = Welcome::decode(&welcome).expect("a well-formed welcome");
+    assert_eq!(welcome.status, WelcomeStatus::CodecUnsupported);
+    assert!(
+        closes_within(&mut wrong_codec, bound).await,
+        "a refused client was not closed"
+    );
+    drop((silent, garbled, wrong_codec));
+    settles(&env, "after the failed handshakes", tasks, fds).await;
+
+    // Well-behaved clients are still served.
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    assert_eq!(lab.echo(5).await, Ok(5));
+}
+
+/// Connections opened, used and closed, 200 times, leave no task or descriptor behind.
+pub async fn connection_churn_leaks_nothing<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
+    let connector = env.serve_default(&codec).await;
+    // The first connection may set up things that live as long as the listener.
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    assert_eq!(lab.echo(0).await, Ok(0));
+    drop(lab);
+    let (tasks, fds) = (env.server_tasks(), open_fds());
+    for i in 0..200u64 {
+        let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+        assert_eq!(lab.echo(i).await, Ok(i));
+        if i % 2 == 0 {
+            lab.count().await.expect("one-way call");
+        }
+    }
+    settles(&env, "after 200 connections came and went", tasks, fds).await;
+}
+
+/// Frames no well-behaved peer sends (unknown ids, stray replies, acks and cancels, truncated
+/// and lying headers, oversized declared lengths) never wedge the connection: a valid call
+/// afterwards is answered, or the connection is closed cleanly.
+pub async fn hostile_frames_never_wedge_the_connection<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let connector = env.serve_default(&codec).await;
+    let (tasks, fds) = (env.server_tasks(), open_fds());
+    let mut link = raw_link::<C>(&connector).await;
+    let any = (
+        crate::InterfaceId::new(0x0BAD_F00D),
+        crate::MethodId::new(3),
+    );
+    let desc = ConformanceClient::<C>::ECHO;
+    let mut hostile: Vec<Vec<u8>> = Vec::new();
+    for id in 0..1000u64 {
+        let kind = [
+            FrameKind::Reply,
+            FrameKind::Error,
+            FrameKind::Ack,
+            FrameKind::Cancel,
+        ][(id % 4) as usize];
+        hostile.push(frame(
+            Header::new(kind, 1_000_000 + id, any.0, any.1),
+            b"xx",
+        ));
+    }
+    hostile.push(frame(Header::new(FrameKind::Call, 10, any.0, any.1), b""));
+    hostile.push(frame(
+        Header::new(FrameKind::Call, 11, desc.interface, crate::MethodId::new(1)),
+        b"",
+    ));
+    hostile.push(frame(
+        Header::new(FrameKind::Call, 12, desc.interface, desc.method),
+        b"\xff\xff\xff",
+    ));
+    hostile.push(vec![PROTOCOL_VERSION, 1, 0, 0, 0, 0]);
+    let mut lying = frame(Header::new(FrameKind::Call, 13, any.0, any.1), b"abc");
+    lying[24..28].copy_from_slice(&1000u32.to_be_bytes());
+    hostile.push(lying);
+    let mut huge = Header::new(FrameKind::Call, 14, desc.interface, desc.method).to_bytes();
+    huge[24..28].copy_from_slice(&u32::MAX.to_be_bytes());
+    hostile.push(huge.to_vec());
+    let mut bad_kind = frame(Header::new(FrameKind::Call, 15, any.0, any.1), b"");
+    bad_kind[1] = 99;
+    hostile.push(bad_kind);
+    for bytes in &hostile {
+        if !send_bytes(&link, bytes).await {
+            break;
+        }
+    }
+    let call = echo_call(&codec, 100, 77);
+    if send_bytes(&link, &call).await {
+        match tokio::time::timeout(Duration::from_secs(30), answer_to(&mut link, 100)).await {
+            Ok(Some(reply)) => {
+                let header = Header::decode(&reply).expect("a well-formed reply");
+                assert_eq!(header.kind, FrameKind::Reply, "{}", describe(&reply));
+                let v: u64 = codec
+                    .decode(&reply[HEADER_LEN..])
+                    .expect("a decodable reply");
+                assert_eq!(v, 77);
+            }
+            // Closed cleanly: allowed.
+            Ok(None) => {}
+            Err(_) => panic!("the connection was wedged: no answer and no close in 30 s"),
+        }
+    }
+    drop(link);
+    settles(&env, "after the hostile client left", tasks, fds).await;
+}
+
+/// A listener serves at most `max_connections`; the next client is told the server is busy,
+/// and is served again once a connection closes.
+pub async fn connections_beyond_the_limit_are_refused<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let limits = test_limits().max_connections(3).max_connections_per_peer(2);
+    let connector = env.serve(&codec, limits, DEFAULT_FRAMES).await;
+    // Every connection of one test comes from the same peer (one address, one uid) except
+    // in process, where peers have no identity to count: there the total limit applies.
+    let mut held = Vec::new();
+    let err = loop {
+        match Client::builder(codec.clone()).connect(&connector).await {
+            Ok(c) => {
+                let lab = ConformanceClient::new(c);
+                assert_eq!(lab.echo(1).await, Ok(1));
+                held.push(lab);
+                assert!(held.len() <= 3, "a fourth connection was let in");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(busy(&err), "expected HandshakeError::Busy, got {err:?}");
+    assert!(
+        held.len() >= 2,
+        "refused with only {} connections",
+        held.len()
+    );
+    held.pop();
+    // The freed place comes back once the server has seen the connection close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match Client::builder(codec.clone()).connect(&connector).await {
+            Ok(c) => {
+                let lab = ConformanceClient::new(c);
+                assert_eq!(lab.echo(9).await, Ok(9));
+                break;
+            }
+            Err(e) if busy(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("a place did not come back: {e}"),
+        }
+    }
+}
