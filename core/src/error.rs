@@ -222,20 +222,16 @@ pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Variants that wrap a lower-level failure keep it as their [`source`](std::error::Error::source),
 /// so a user can walk down to the `io::Error` or the TLS alert.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum TransportError {
     /// The link is closed; no more frames can be sent on it.
-    #[error("the link is closed")]
     Closed,
     /// Nothing listens at the address.
-    #[error("nothing listens at `{0}`")]
     NotFound(String),
     /// The address is already taken by another listener.
-    #[error("the address `{0}` is already in use")]
     AddrInUse(String),
     /// The frame is larger than the transport or the configuration allows.
-    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge {
         /// The frame's size.
         size: usize,
@@ -244,38 +240,64 @@ pub enum TransportError {
     },
     /// The TLS handshake failed: the peer's certificate is not trusted, or it refused ours.
     /// Check which roots the client trusts and, with mutual TLS, which the server trusts.
-    #[error("TLS handshake failed {detail}")]
     Tls {
         /// What failed, and with whom.
         detail: String,
         /// The QUIC or TLS error behind it.
-        #[source]
         source: Option<Cause>,
     },
     /// A system call failed; `source` is the operating system's error.
-    #[error("{context}: {source}")]
     Io {
         /// What was being done.
         context: String,
         /// The operating system's error.
-        #[source]
         source: Arc<std::io::Error>,
     },
     /// The connection failed; `source` is the transport library's error.
-    #[error("{context}: {source}")]
     Connection {
         /// What was being done, and with whom.
         context: String,
         /// The library's error.
-        #[source]
         source: Cause,
     },
     /// The peer did not answer within the configured time.
-    #[error("{0}")]
     Timeout(String),
     /// Any other failure, described by the transport.
-    #[error("{0}")]
     Other(String),
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Closed => f.write_str("the link is closed"),
+            TransportError::NotFound(at) => write!(f, "nothing listens at `{at}`"),
+            TransportError::AddrInUse(at) => write!(f, "the address `{at}` is already in use"),
+            TransportError::FrameTooLarge { size, limit } => {
+                write!(
+                    f,
+                    "frame of {size} bytes exceeds the limit of {limit} bytes"
+                )
+            }
+            TransportError::Tls { detail, .. } => write!(f, "TLS handshake failed {detail}"),
+            TransportError::Io { context, source } => write!(f, "{context}: {source}"),
+            TransportError::Connection { context, source } => write!(f, "{context}: {source}"),
+            TransportError::Timeout(what) | TransportError::Other(what) => f.write_str(what),
+        }
+    }
+}
+
+/// The cause is the library's own error, not the `Arc` around it, so it can be downcast.
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::Tls { source, .. } => source
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+            TransportError::Io { source, .. } => Some(&**source),
+            TransportError::Connection { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
 }
 
 impl TransportError {

@@ -473,8 +473,9 @@ async fn child_server_process() {
         return;
     };
     let tls = ServerTls::from_pem_files(cert, key).unwrap();
-    let listener =
-        QuicListener::bind("127.0.0.1:0".parse().unwrap(), tls, QuicOptions::default()).unwrap();
+    let port: u16 = std::env::var("CHILD_PORT").map_or(0, |p| p.parse().unwrap());
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = QuicListener::bind(addr, tls, QuicOptions::default()).unwrap();
     println!("PORT {}", listener.local_addr().unwrap().port());
     let (impl_, mut probes) = lab();
     let server = Server::builder(Cbor::default())
@@ -486,16 +487,24 @@ async fn child_server_process() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_process_fails_the_call_promptly() {
-    within(async {
-        let cert = DevCert::localhost().unwrap();
-        let dir = std::env::temp_dir().join(format!("courier-quic-test-{}", std::process::id()));
+/// A server in a child process: its certificate files, the process, and its stdout lines.
+struct ChildServer {
+    dir: std::path::PathBuf,
+    cert_path: std::path::PathBuf,
+    child: std::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    port: u16,
+}
+
+impl ChildServer {
+    /// Starts `child_server_process` with `cert` on `port` (0: any), and waits until it listens.
+    async fn start(cert: &DevCert, tag: &str, port: u16) -> ChildServer {
+        let dir =
+            std::env::temp_dir().join(format!("courier-quic-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&cert_path, cert.certificate_pem()).unwrap();
         std::fs::write(&key_path, cert.private_key_pem()).unwrap();
-
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -505,6 +514,7 @@ async fn a_killed_server_process_fails_the_call_promptly() {
             ])
             .env("CHILD_CERT", &cert_path)
             .env("CHILD_KEY", &key_path)
+            .env("CHILD_PORT", port.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -524,6 +534,125 @@ async fn a_killed_server_process_fails_the_call_promptly() {
                 break p.trim().parse().unwrap();
             }
         };
+        ChildServer {
+            dir,
+            cert_path,
+            child,
+            lines,
+            port,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A server restarted on the same address with the same identity resets the connections its
+/// dead predecessor left: the old client's next call fails at once with `ConnectionLost`
+/// instead of waiting out the idle timeout (here two minutes, far past the test's bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_resets_the_connections_of_the_one_before() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let mut first = ChildServer::start(&cert, "restart-1", 0).await;
+        let options = QuicOptions::default()
+            .idle_timeout(Duration::from_secs(120))
+            .keep_alive(None);
+        let connector = QuicConnector::new(
+            SocketAddr::from(([127, 0, 0, 1], first.port)),
+            "localhost",
+            ClientTls::trusting_dev(&cert),
+            options,
+        )
+        .unwrap();
+        let lab = lab_via(&connector).await;
+        assert_eq!(lab.echo(1).await.unwrap(), 1);
+        first.kill();
+        let _second = ChildServer::start(&cert, "restart-2", first.port).await;
+        let patient = lab.with_options(CallOptions::new().timeout(Duration::from_secs(45)));
+        let result = patient.echo(2).await;
+        assert!(
+            matches!(result, Err(RpcError::ConnectionLost(_))),
+            "{result:?}"
+        );
+        // A new connection reaches the new server.
+        let fresh = lab_via(&connector).await;
+        assert_eq!(fresh.echo(3).await.unwrap(), 3);
+    })
+    .await
+}
+
+/// Dropping a listener (here, with the server task that owns it) refuses new clients at once,
+/// lets the connections it made go on, and frees the port when the last of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_listener_refuses_new_clients_and_frees_its_port() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let listener = QuicListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerTls::dev(&cert),
+            QuicOptions::default(),
+        )
+        .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (lab_impl, _probes) = lab();
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(lab_impl))
+            .build();
+        let serving = tokio::spawn(async move { server.serve(listener).await });
+        let connector = QuicConnector::new(
+            addr,
+            "localhost",
+            ClientTls::trusting_dev(&cert),
+            QuicOptions::default(),
+        )
+        .unwrap();
+        let lab = lab_via(&connector).await;
+        assert_eq!(lab.echo(1).await.unwrap(), 1);
+
+        serving.abort();
+        let _ = serving.await;
+        let refused = Client::builder(Cbor::default()).connect(&connector).await;
+        assert!(
+            matches!(refused, Err(RpcError::Transport(_))),
+            "a new client is refused by QUIC itself, not left without a welcome: {:?}",
+            refused.map(|_| ())
+        );
+        assert_eq!(lab.echo(2).await.unwrap(), 2, "the old connection goes on");
+        drop(lab);
+        // The port comes free once the last connection has closed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match QuicListener::bind(addr, ServerTls::dev(&cert), QuicOptions::default()) {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the port was never freed: {e}"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_process_fails_the_call_promptly() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let mut server = ChildServer::start(&cert, "killed", 0).await;
+        let (port, cert_path) = (server.port, server.cert_path.clone());
+        let mut lines = std::mem::replace(&mut server.lines, mpsc::unbounded_channel().1);
         // A short idle timeout: a killed peer sends nothing, so silence is how its death shows.
         let options = QuicOptions::default()
             .idle_timeout(Duration::from_secs(2))
@@ -545,15 +674,13 @@ async fn a_killed_server_process_fails_the_call_promptly() {
                     break;
                 }
             }
-            child.kill().unwrap();
-            child.wait().unwrap();
+            server.kill();
         });
         // ConnectionLost, not DeadlineExceeded: the loss was seen long before the deadline.
         assert!(
             matches!(result, Err(RpcError::ConnectionLost(_))),
             "{result:?}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     })
     .await
 }

@@ -54,6 +54,7 @@ pub struct ShmOptions {
     max_frame_size: usize,
     mode: u32,
     spin: u32,
+    connect_timeout: Duration,
 }
 
 impl Default for ShmOptions {
@@ -63,6 +64,7 @@ impl Default for ShmOptions {
             max_frame_size: courier::Limits::default().frame_size_limit(),
             mode: 0o600,
             spin: 64,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -93,6 +95,14 @@ impl ShmOptions {
         self
     }
 
+    /// How long a connector waits for the listener to accept it and hand over the segment.
+    /// Default: 10 s. A listener that never answers then fails the connection with
+    /// [`TransportError::Timeout`] instead of holding the caller forever.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// Permission bits of the listener's socket file. Default: `0o600`, owner only; widen it
     /// (and decide with an `Authorizer` on the peer's uid) to serve other users.
     pub fn mode(mut self, mode: u32) -> Self {
@@ -102,7 +112,7 @@ impl ShmOptions {
 }
 
 fn io_error(context: &str, e: io::Error) -> TransportError {
-    TransportError::Other(format!("{context}: {e}"))
+    TransportError::io(context, e)
 }
 
 /// One end of a connection's segment.
@@ -115,6 +125,9 @@ struct End {
     /// the peer when it frees room, passes the news on through `room`.
     wants_room: AtomicBool,
     room: Notify,
+    /// Set when the receiving task has stopped (the peer left, or broke the rules): senders
+    /// waiting for room give up instead of waiting for a reader that is gone.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for End {
@@ -147,6 +160,10 @@ impl End {
             if let Some(found) = attempt(producer).map_err(corrupt)? {
                 break found;
             }
+            if self.closed.load(Ordering::Acquire) {
+                producer.set_waiting(false);
+                return Err(TransportError::Closed);
+            }
             // Say that we wait, and make sure the consumer is awake to free room.
             producer.set_waiting(true);
             self.wake_peer(producer);
@@ -163,10 +180,21 @@ impl End {
             if let Some(found) = attempt(producer).map_err(corrupt)? {
                 break found;
             }
+            if self.closed.load(Ordering::Acquire) {
+                producer.set_waiting(false);
+                return Err(TransportError::Closed);
+            }
             let _ = tokio::time::timeout(Duration::from_millis(1), notified).await;
         };
         producer.set_waiting(false);
         Ok(found)
+    }
+
+    /// Called by the receiving task when it stops: senders waiting for room fail now.
+    fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wants_room.store(false, Ordering::SeqCst);
+        self.room.notify_waiters();
     }
 
     /// Called by the receiving task whenever it runs: a sender waiting for room looks again.
@@ -302,6 +330,15 @@ impl FrameBuf for RingBuf {
 
 #[derive(Debug)]
 struct Tx(Arc<End>);
+
+impl Drop for Tx {
+    /// The engine holds the sending half while the connection is in use; once it lets go
+    /// (the connection closed, or its handshake failed) the socket is shut so that both sides'
+    /// receivers stop, and the segment, doorbells and tasks are released.
+    fn drop(&mut self) {
+        sys::shutdown(self.0.socket.as_raw_fd());
+    }
+}
 
 impl Tx {
     /// Sends a frame from the heap, in records of at most half the ring each.
@@ -469,6 +506,13 @@ async fn receive(
             }
             gone = peer_gone(&end.socket) => {
                 if gone {
+                    // What the peer published before it left still counts (a refusing
+                    // welcome, say): take it before stopping.
+                    while let Ok(Some(frame)) = consumer.try_pop() {
+                        if frames.send(Bytes::from(frame)).await.is_err() {
+                            break;
+                        }
+                    }
                     break "the peer closed the connection";
                 }
             }
@@ -476,6 +520,7 @@ async fn receive(
         consumer.set_sleeping(false);
     };
     tracing::debug!(reason, "shared-memory receiver stopped");
+    end.mark_closed();
     drop(frames);
 }
 
@@ -549,6 +594,7 @@ fn make_end(
         socket: Arc::new(socket),
         wants_room: AtomicBool::new(false),
         room: Notify::new(),
+        closed: AtomicBool::new(false),
     });
     let (tx, frames) = mpsc::channel(QUEUE_DEPTH);
     tokio::spawn(receive(Arc::clone(&end), consumer, bell, tx, options.spin));
@@ -692,6 +738,20 @@ impl ShmConnector {
 
 impl courier::transport::Connector for ShmConnector {
     async fn connect(&self) -> Result<Link, TransportError> {
+        let timeout = self.options.connect_timeout;
+        tokio::time::timeout(timeout, self.connect_now())
+            .await
+            .map_err(|_| {
+                TransportError::Timeout(format!(
+                    "shm://{} did not hand over a segment within {timeout:?}",
+                    self.path.display()
+                ))
+            })?
+    }
+}
+
+impl ShmConnector {
+    async fn connect_now(&self) -> Result<Link, TransportError> {
         let socket = UnixStream::connect(&self.path)
             .await
             .map_err(|e| match e.kind() {

@@ -48,6 +48,9 @@ const MORE: u32 = 1;
 /// Nothing here: the next record starts at offset 0.
 const SKIP: u32 = 2;
 
+/// How much of a message over the consumer's limit it still returns: a frame header's worth.
+pub const OVERSIZED_PREFIX: usize = 32;
+
 /// The peer broke the ring's rules; the connection must be dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the shared ring is corrupt: {0}")]
@@ -358,13 +361,17 @@ pub struct Consumer {
     max_message: usize,
     /// The records of a message whose last record has not arrived yet.
     partial: Vec<u8>,
+    /// Set while the rest of a message over `max_message` is skipped.
+    discarding: bool,
 }
 
 impl Consumer {
     /// The consuming end of the ring at `base`, which the producer initialised.
     ///
-    /// Messages longer than `max_message` bytes are refused as [`Corrupt`] before they are
-    /// assembled, so a peer cannot make this side allocate without bound.
+    /// Messages longer than `max_message` bytes are never assembled, so a peer cannot make this
+    /// side allocate without bound: [`Consumer::try_pop`] returns their first
+    /// [`OVERSIZED_PREFIX`] bytes alone (a frame's header, which names its call and its
+    /// length) and skips the rest. The ring stays usable.
     ///
     /// # Safety
     ///
@@ -382,6 +389,7 @@ impl Consumer {
             tail_seen: 0,
             max_message,
             partial: Vec::new(),
+            discarding: false,
         })
     }
 
@@ -428,13 +436,27 @@ impl Consumer {
             if offset as u64 + size > cap || self.head + size > tail {
                 return Err(Corrupt("record length beyond the published data"));
             }
+            let last = flags & MORE == 0;
+            if self.discarding {
+                self.advance(self.head + size);
+                self.discarding = !last;
+                continue;
+            }
             if self.partial.len() + len > self.max_message {
-                return Err(Corrupt("message longer than the limit"));
+                // Too long: keep what names it, skip the rest of its records.
+                let keep = OVERSIZED_PREFIX.saturating_sub(self.partial.len()).min(len);
+                self.region
+                    .read_append(offset + RECORD_HEADER, keep, &mut self.partial);
+                self.advance(self.head + size);
+                self.discarding = !last;
+                let mut prefix = std::mem::take(&mut self.partial);
+                prefix.truncate(OVERSIZED_PREFIX);
+                return Ok(Some(prefix));
             }
             self.region
                 .read_append(offset + RECORD_HEADER, len, &mut self.partial);
             self.advance(self.head + size);
-            if flags & MORE == 0 {
+            if last {
                 return Ok(Some(std::mem::take(&mut self.partial)));
             }
         }
@@ -648,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn long_messages_are_refused_before_they_are_assembled() {
+    fn long_messages_are_cut_to_their_prefix_and_the_ring_goes_on() {
         let mut mem = Memory::new(1024);
         // SAFETY: as in `ring`.
         let (mut p, mut c) = unsafe {
@@ -657,8 +679,22 @@ mod tests {
                 Consumer::new(mem.base(), 1024, 100).unwrap(),
             )
         };
+        let long: Vec<u8> = (0..64u8).collect();
+        assert!(p.try_push(&long, true).unwrap());
+        // Known too long at its second record: its prefix comes out at once.
         assert!(p.try_push(&[1; 64], true).unwrap());
-        assert!(p.try_push(&[1; 64], false).unwrap());
-        assert_eq!(c.try_pop(), Err(Corrupt("message longer than the limit")));
+        assert_eq!(
+            c.try_pop().unwrap().as_deref(),
+            Some(&long[..OVERSIZED_PREFIX])
+        );
+        // Its last records are skipped as they come; the next message arrives whole.
+        assert!(p.try_push(&[2; 64], false).unwrap());
+        assert!(p.try_push(b"next", false).unwrap());
+        assert_eq!(c.try_pop().unwrap().as_deref(), Some(&b"next"[..]));
+        // A single record over the limit is cut the same way.
+        assert!(p.try_push(&[3; 120], false).unwrap());
+        assert!(p.try_push(b"after", false).unwrap());
+        assert_eq!(c.try_pop().unwrap().as_deref(), Some(&[3; 32][..]));
+        assert_eq!(c.try_pop().unwrap().as_deref(), Some(&b"after"[..]));
     }
 }

@@ -271,6 +271,59 @@ async fn the_socket_file_is_owner_only_and_removed_with_the_listener() {
     .await
 }
 
+/// A listener that accepts the socket but never hands over a segment (here, a plain Unix
+/// listener nobody accepts on) fails the connection at the connect timeout, with a
+/// `Timeout` error; it used to wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_a_listener_that_never_answers_times_out() {
+    within(async {
+        let path =
+            std::env::temp_dir().join(format!("courier-shm-{}-mute.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mute = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let connector = ShmConnector::new(
+            &path,
+            ShmOptions::default().connect_timeout(Duration::from_millis(300)),
+        );
+        let err = Client::builder(Cbor::default())
+            .connect(&connector)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RpcError::Transport(courier::TransportError::Timeout(_))
+            ),
+            "{err:?}"
+        );
+        drop(mute);
+        let _ = std::fs::remove_file(&path);
+    })
+    .await
+}
+
+/// A system call's failure keeps the operating system's error as its cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_os_error_keeps_its_cause() {
+    within(async {
+        // A directory where the socket should be: binding fails with EADDRINUSE or EEXIST
+        // from the kernel, not a message made up here.
+        let dir = std::env::temp_dir().join(format!("courier-shm-{}-dir", std::process::id()));
+        std::fs::create_dir_all(dir.join("inner")).unwrap();
+        let err = ShmListener::bind(dir.join("inner").join("x").join("y.sock"), options())
+            .map(|_| ())
+            .unwrap_err();
+        let cause = std::error::Error::source(&err).expect("the error keeps its cause");
+        assert!(
+            cause.downcast_ref::<std::io::Error>().is_some(),
+            "the cause is the io::Error: {cause:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+}
+
 /// Client roles run in child processes against a server in the test process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "helper: runs as the child process of the other tests"]
