@@ -24,7 +24,7 @@ use crate::wire::Header;
 
 /// A service's dispatcher; `#[courier::service] trait Foo` implements it for `FooServer<S>`.
 pub trait Service: Send + Sync + 'static {
-    /// The service's name (the trait's name).
+    /// The service's name: its trait's path, such as `my_api::calc::Calc`.
     const NAME: &'static str;
     /// The service's interface id.
     const INTERFACE: InterfaceId;

@@ -362,3 +362,47 @@ impl From<CodecError> for RpcError {
         RpcError::Codec(e.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_too_large_error_is_rebuilt_from_its_sizes_not_its_message() {
+        let payload = RpcError::FrameTooLarge {
+            size: 70_000,
+            limit: 65_536,
+        }
+        .to_payload();
+        let mut bytes = Vec::new();
+        // Whatever the message says (a peer in another language may say anything), the sizes
+        // travel as numbers.
+        ErrorPayload {
+            message: "trop grand".to_owned(),
+            ..payload
+        }
+        .encode(&mut bytes);
+        let error = RpcError::from_wire(&bytes, InterfaceId::new(1), MethodId::new(2));
+        assert_eq!(
+            error,
+            RpcError::FrameTooLarge {
+                size: 70_000,
+                limit: 65_536
+            }
+        );
+    }
+
+    #[test]
+    fn transport_errors_keep_their_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no");
+        let e = TransportError::io("binding", io);
+        let cause = std::error::Error::source(&e).expect("a cause");
+        assert_eq!(
+            cause.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+        let rpc = RpcError::from(e.clone());
+        assert!(std::error::Error::source(&rpc).is_some());
+        assert_eq!(e.to_string(), "binding: no");
+    }
+}

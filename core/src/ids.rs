@@ -45,7 +45,8 @@ id_impls!(MethodId);
 
 /// The stable 32-bit id of a name: FNV-1a.
 ///
-/// This is what `#[courier::service]` uses for interface ids (the trait's name) and method ids
+/// This is what `#[courier::service]` uses for interface ids (the trait's path, as
+/// `module_path!()` and `::` and the trait's name: `my_api::calc::Calc`) and method ids
 /// (the method's name), so a peer written by hand can compute them too.
 ///
 /// ```
@@ -67,7 +68,7 @@ pub const fn stable_id(name: &str) -> u32 {
 /// Describes one method of a service, as the generated code declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodDesc {
-    /// The service's name (the trait's name).
+    /// The service's name: its trait's path, such as `my_api::calc::Calc`.
     pub service: &'static str,
     /// The method's name.
     pub name: &'static str,

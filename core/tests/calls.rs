@@ -1,5 +1,5 @@
 //! Call kinds and call semantics over the in-process transport.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, unreachable_pub)]
 
 mod common;
 
@@ -357,6 +357,59 @@ async fn named_listener_and_dialer() {
             err,
             RpcError::Transport(courier::TransportError::NotFound(_))
         ));
+    })
+    .await
+}
+
+mod first {
+    #[courier::service]
+    pub trait Twin {
+        /// Says which twin answered.
+        async fn who(&self) -> u8;
+    }
+}
+
+mod second {
+    #[courier::service]
+    pub trait Twin {
+        /// Says which twin answered.
+        async fn who(&self) -> u8;
+    }
+}
+
+struct One;
+impl first::Twin for One {
+    async fn who(&self) -> u8 {
+        1
+    }
+}
+
+struct Two;
+impl second::Twin for Two {
+    async fn who(&self) -> u8 {
+        2
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traits_of_the_same_name_in_different_modules_are_different_services() {
+    within(async {
+        let one = first::TwinClient::<Cbor>::WHO;
+        let two = second::TwinClient::<Cbor>::WHO;
+        assert_ne!(one.interface, two.interface);
+        // The id is the core's stable_id of the trait's path: what a peer in another language
+        // computes too.
+        let path = concat!(module_path!(), "::first::Twin");
+        assert_eq!(one.service, path);
+        assert_eq!(one.interface.get(), courier::ids::stable_id(path));
+        assert_eq!(one.method.get(), courier::ids::stable_id("who"));
+        let server = Server::builder(Cbor::default())
+            .service(first::TwinServer::new(One))
+            .service(second::TwinServer::new(Two))
+            .build();
+        let client = connect(&server).await;
+        assert_eq!(first::TwinClient::new(client.clone()).who().await, Ok(1));
+        assert_eq!(second::TwinClient::new(client).who().await, Ok(2));
     })
     .await
 }

@@ -8,9 +8,13 @@
 //! - `FooClient<C>`, the stub: per method `name`, `name_acked` and `name_blocking`;
 //! - `FooServer<S>`, the dispatcher, implementing `courier::dispatch::Service`.
 //!
-//! Ids are stable: the interface id is the FNV-1a hash of the trait's name and each method id the
-//! hash of the method's name, unless `#[courier::service(id = …, version = …)]` or a method's
-//! `#[courier(id = …)]` says otherwise. Two methods with the same id are a compile error.
+//! Ids are stable: the interface id is `courier::ids::stable_id` of the trait's path
+//! (`module_path!()`, `::`, the trait's name, as in `my_api::calc::Calc`), so two traits of the
+//! same name in different modules differ, and each method id is `stable_id` of the method's
+//! name, unless `#[courier::service(id = …, version = …)]` or a method's `#[courier(id = …)]`
+//! says otherwise. The generated code calls `stable_id` itself (in constants), so there is one
+//! hash, in the core. Two methods with the same id are a compile error, and so is a method
+//! whose name is another's stub form (`x` and `x_acked` or `x_blocking`).
 //!
 //! ```ignore
 //! #[courier::service(version = 2)]
@@ -61,16 +65,10 @@ struct ServiceOptions {
     version: Option<u16>,
 }
 
-/// FNV-1a, the same as `courier::ids::stable_id`.
-fn stable_id(name: &str) -> u32 {
-    name.bytes().fold(0x811c_9dc5_u32, |hash, b| {
-        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
-
 struct Method {
     name: Ident,
-    id: u32,
+    /// The id given with `#[courier(id = …)]`; otherwise it is derived from the name.
+    explicit_id: Option<u32>,
     one_way: bool,
     docs: Vec<Attribute>,
     /// Whether the first parameter is the call's `Context`.
@@ -208,7 +206,7 @@ fn parse_method(method: &mut TraitItemFn) -> syn::Result<Method> {
         .cloned()
         .collect();
     Ok(Method {
-        id: explicit_id.unwrap_or_else(|| stable_id(&sig.ident.to_string())),
+        explicit_id,
         name: sig.ident.clone(),
         one_way,
         docs,
@@ -217,6 +215,36 @@ fn parse_method(method: &mut TraitItemFn) -> syn::Result<Method> {
         output,
         span: sig.ident.span(),
     })
+}
+
+/// Refuses a method whose name is another method's stub form: `x` and `x_acked` (or
+/// `x_blocking`) would both be stub methods named `x_acked`, which rustc reports far from
+/// the cause.
+fn check_stub_names(methods: &[Method]) -> syn::Result<()> {
+    for m in methods {
+        let name = m.name.to_string();
+        for other in methods {
+            let other_name = other.name.to_string();
+            let forms: &[&str] = if other.one_way {
+                &["_blocking"]
+            } else {
+                &["_acked", "_blocking"]
+            };
+            if let Some(form) = forms
+                .iter()
+                .find(|f| name.strip_suffix(**f) == Some(other_name.as_str()))
+            {
+                return Err(syn::Error::new(
+                    m.span,
+                    format!(
+                        "method `{name}` has the name of the stub's `{form}` form of \
+                         `{other_name}`; rename one of them"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStream2> {
@@ -236,15 +264,17 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
             ));
         };
         let method = parse_method(f)?;
-        if let Some(other) = seen.insert(method.id, method.name.clone()) {
-            return Err(syn::Error::new(
-                method.span,
-                format!(
-                    "methods `{other}` and `{}` have the same method id {:#010x}; give one \
-                     another id with #[courier(id = …)]",
-                    method.name, method.id
-                ),
-            ));
+        if let Some(id) = method.explicit_id {
+            if let Some(other) = seen.insert(id, method.name.clone()) {
+                return Err(syn::Error::new(
+                    method.span,
+                    format!(
+                        "methods `{other}` and `{}` have the same method id {id:#010x}; give \
+                         one another id with #[courier(id = …)]",
+                        method.name
+                    ),
+                ));
+            }
         }
         // The trait as implementors see it: `-> impl Future<Output = T> + Send`.
         let output = &method.output;
@@ -255,10 +285,41 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
         methods.push(method);
     }
 
+    check_stub_names(&methods)?;
     let trait_name = &item.ident;
     let vis = &item.vis;
-    let service_name = trait_name.to_string();
-    let interface = options.id.unwrap_or_else(|| stable_id(&service_name));
+    let bare_name = trait_name.to_string();
+    let service_name = quote!(::core::concat!(::core::module_path!(), "::", #bare_name));
+    let interface = match options.id {
+        Some(id) => quote!(#id),
+        None => quote!(::courier::ids::stable_id(#service_name)),
+    };
+    let id_of = |m: &Method| match m.explicit_id {
+        Some(id) => quote!(#id),
+        None => {
+            let name = m.name.to_string();
+            quote!(::courier::ids::stable_id(#name))
+        }
+    };
+    // Derived ids are computed by the core's `stable_id` in constants; a collision among them
+    // (or with an explicit one) stops the build there.
+    let mut distinct = Vec::new();
+    for (i, a) in methods.iter().enumerate() {
+        for b in &methods[i + 1..] {
+            if a.explicit_id.is_some() && b.explicit_id.is_some() {
+                continue; // checked above, with a better span
+            }
+            let (ida, idb) = (id_of(a), id_of(b));
+            let message = format!(
+                "methods `{}` and `{}` have the same method id; give one another id with \
+                 #[courier(id = …)]",
+                a.name, b.name
+            );
+            distinct.push(quote_spanned! {b.span=>
+                const _: () = ::core::assert!(#ida != #idb, #message);
+            });
+        }
+    }
     let version = options.version.unwrap_or(1);
     let client_name = format_ident!("{}Client", trait_name);
     let server_name = format_ident!("{}Server", trait_name);
@@ -288,7 +349,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
     let consts = methods.iter().map(|m| {
         let const_name = format_ident!("{}", m.name.to_string().to_uppercase());
         let name = m.name.to_string();
-        let id = m.id;
+        let id = id_of(m);
         let doc = format!("Wire descriptor of `{trait_name}::{name}`.");
         quote! {
             #[doc = #doc]
@@ -348,9 +409,17 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
         }
     });
 
-    let arms = methods.iter().map(|m| {
+    let method_consts: Vec<_> = methods
+        .iter()
+        .map(|m| {
+            let ident = format_ident!("__COURIER_ID_{}", m.name.to_string().to_uppercase());
+            let id = id_of(m);
+            (quote!(const #ident: u32 = #id;), ident)
+        })
+        .collect();
+    let method_const_defs = method_consts.iter().map(|(def, _)| def);
+    let arms = methods.iter().zip(&method_consts).map(|(m, (_, id))| {
         let name = &m.name;
-        let id = m.id;
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
         let types: Vec<_> = m.args.iter().map(|(_, t)| t).collect();
         let take_ctx = m
@@ -459,12 +528,15 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
                 codec: &C,
                 call: ::courier::dispatch::Incoming<'_>,
             ) -> ::core::result::Result<::courier::dispatch::HandlerFuture, ::courier::RpcError> {
+                #(#method_const_defs)*
                 match call.method().get() {
                     #(#arms)*
                     _ => ::core::result::Result::Err(call.unknown_method()),
                 }
             }
         }
+
+        #(#distinct)*
 
         // Every argument and result must cross the wire: this points a missing serde derive at
         // the type that lacks it.
