@@ -348,11 +348,9 @@ impl<C: Codec> Conformance for Lab<C> {
     }
 
     async fn invert(&self, x: u32) -> Result<u32, String> {
-        if x == 0 {
-            Err("zero has no inverse".to_owned())
-        } else {
-            Ok(u32::MAX / x)
-        }
+        u32::MAX
+            .checked_div(x)
+            .ok_or_else(|| "zero has no inverse".to_owned())
     }
 }
 
@@ -434,27 +432,28 @@ impl<H: Harness> Env<H> {
             .build();
         let harness = Arc::clone(&self.harness);
         let (bound, connector) = oneshot::channel();
-        let guard = self
-            .server_runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let Some(runtime) = guard.as_ref() else {
-            panic!("the server's runtime is gone");
-        };
-        runtime.spawn(async move {
-            match harness.bind(frames.server) {
-                Ok((listener, address)) => {
-                    let _ = bound.send(Ok(address));
-                    if let Err(e) = server.serve(listener).await {
-                        tracing::debug!(error = %e, "conformance listener ended");
+        {
+            let guard = self
+                .server_runtime
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let Some(runtime) = guard.as_ref() else {
+                panic!("the server's runtime is gone");
+            };
+            runtime.spawn(async move {
+                match harness.bind(frames.server) {
+                    Ok((listener, address)) => {
+                        let _ = bound.send(Ok(address));
+                        if let Err(e) = server.serve(listener).await {
+                            tracing::debug!(error = %e, "conformance listener ended");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = bound.send(Err(e));
                     }
                 }
-                Err(e) => {
-                    let _ = bound.send(Err(e));
-                }
-            }
-        });
-        drop(guard);
+            });
+        }
         let address = connector
             .await
             .unwrap_or_else(|_| panic!("the harness's bind panicked"))
