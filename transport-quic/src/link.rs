@@ -96,9 +96,13 @@ struct State {
     handshake_sent: AtomicBool,
     /// Send halves of the peer's calls, waiting for their ack or reply.
     theirs: Mutex<HashMap<u64, Shared>>,
-    /// Resolves once the peer has all of the handshake message this side sent: closing waits
-    /// for it (briefly), so that a refusing Welcome reaches the client before the close does.
+    /// On the accepting side, from the Welcome until the engine starts: resolves when the
+    /// client closes. A close meanwhile (the Welcome refused the client) waits for it, briefly,
+    /// so that the Welcome is read before the connection goes: a close that overtakes it
+    /// would discard it, acknowledged or not.
     handshake_delivered: Mutex<Option<BoxFuture<'static, ()>>>,
+    /// Whether this side accepted the connection (it answers the handshake).
+    accepting: bool,
     /// Set by the first `close`: a later one (the link dropped after closing it) must not cut
     /// short the wait for the handshake message.
     closing: AtomicBool,
@@ -108,12 +112,12 @@ fn closed(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
     TransportError::connection("QUIC", e)
 }
 
-/// How long a close waits for the handshake message to be acknowledged.
+/// How long a close after a refusing Welcome waits for the client to close first.
 const HANDSHAKE_LINGER: Duration = Duration::from_secs(2);
 
 impl State {
-    /// Closes the connection once the peer has our handshake message (or at once, if it has
-    /// it already or never will).
+    /// Closes the connection: at once, or, right after this side sent a Welcome, once the client
+    /// has closed (it does as soon as it reads a refusal) or the linger has passed.
     fn close(&self) {
         if self.closing.swap(true, Ordering::AcqRel) {
             return;
@@ -165,6 +169,7 @@ pub(crate) fn link(
         handshake_sent: AtomicBool::new(false),
         theirs: Mutex::new(HashMap::new()),
         handshake_delivered: Mutex::new(None),
+        accepting: control_recv.is_none(),
         closing: AtomicBool::new(false),
     });
     tokio::spawn(accept_streams(Arc::clone(&state), control_recv));
@@ -718,11 +723,12 @@ impl Tx {
             .map_err(closed)?;
         control.write_chunk(bytes).await.map_err(closed)?;
         let _ = control.finish();
-        // `stopped` resolves once the peer has acknowledged everything up to the FIN.
-        let delivered = control.stopped();
-        *lock(&self.0.handshake_delivered) = Some(Box::pin(async move {
-            let _ = delivered.await;
-        }));
+        if self.0.accepting {
+            let conn = self.0.conn.clone();
+            *lock(&self.0.handshake_delivered) = Some(Box::pin(async move {
+                conn.closed().await;
+            }));
+        }
         Ok(())
     }
 
@@ -827,6 +833,8 @@ impl LinkRx for Rx {
     }
 
     fn start(&mut self, sink: FrameSink) -> bool {
+        // The handshake succeeded: a later close need not wait for the client.
+        lock(&self.state.handshake_delivered).take();
         let (_, mut frames) = mpsc::channel(1);
         std::mem::swap(&mut frames, &mut self.frames);
         let conn = self.conn.clone();
