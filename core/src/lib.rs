@@ -57,8 +57,16 @@
 //! # Limits
 //!
 //! Nothing a peer sends can panic this side or make it allocate without bound. [`Limits`] holds
-//! the frame size, calls in flight and concurrent handlers, each with a safe default. A
-//! malformed frame fails that one call; the connection's other calls go on.
+//! the frame size, calls in flight, concurrent handlers, the handshake's time and the number of
+//! connections a listener serves (in all and per peer), each with a safe default. A malformed
+//! frame fails that one call; the connection's other calls go on.
+//!
+//! # Writing a transport
+//!
+//! A transport implements the traits of [`transport`]. The `testing` feature adds
+//! `courier::testing`, the conformance suite every transport of this workspace passes: call
+//! kinds, frame limits, cancellation, peer death, stalled readers, silent handshakes, churn and
+//! hostile frames, in one `courier::conformance_tests!` invocation.
 
 #![warn(clippy::unwrap_used)]
 

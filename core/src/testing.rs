@@ -576,23 +576,56 @@ fn open_fds() -> Option<usize> {
     std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
 }
 
+/// Memory mappings of this process (a leaked shared segment is one), where the system says.
+fn mappings() -> Option<usize> {
+    std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .map(|m| m.lines().count())
+}
+
+/// Resident memory of this process in bytes, where the system says.
+fn resident() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Mappings the allocator and the runtimes may add for good while a test runs (arenas, thread
+/// stacks); a leak per connection shows as many more.
+const MAPPING_SLACK: usize = 16;
+
 /// Waits, within a bound, until the server's tasks and the process's descriptors are back to
 /// what they were: whatever a closed connection held must be released.
 async fn settles<H>(env: &Env<H>, what: &str, tasks: usize, fds: Option<usize>) {
+    let maps = mappings();
+    settles_with_maps(env, what, tasks, fds, maps).await;
+}
+
+/// [`settles`], with the process's mappings counted from `maps` (taken before the clients
+/// came).
+async fn settles_with_maps<H>(
+    env: &Env<H>,
+    what: &str,
+    tasks: usize,
+    fds: Option<usize>,
+    maps: Option<usize>,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let within = |before: Option<usize>, now: Option<usize>, slack: usize| match (before, now) {
+        (Some(before), Some(now)) => now <= before + slack,
+        _ => true,
+    };
     loop {
-        let (now_tasks, now_fds) = (env.server_tasks(), open_fds());
-        let fds_ok = match (fds, now_fds) {
-            (Some(before), Some(now)) => now <= before,
-            _ => true,
-        };
-        if now_tasks <= tasks && fds_ok {
+        let (now_tasks, now_fds, now_maps) = (env.server_tasks(), open_fds(), mappings());
+        if now_tasks <= tasks && within(fds, now_fds, 0) && within(maps, now_maps, MAPPING_SLACK) {
             return;
         }
         if tokio::time::Instant::now() > deadline {
             panic!(
-                "{what}: after 60 s the server still has {now_tasks} tasks (before: {tasks}) \
-                 and the process {now_fds:?} descriptors (before: {fds:?})"
+                "{what}: after 60 s the server still has {now_tasks} tasks (before: {tasks}), \
+                 the process {now_fds:?} descriptors (before: {fds:?}) and {now_maps:?} \
+                 mappings (before: {maps:?})"
             );
         }
         // Polling an outside count: closing finishes on tasks this test cannot join.

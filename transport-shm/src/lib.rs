@@ -57,4 +57,25 @@ pub mod __hostile {
         crate::sys::ring(server_bell.as_raw_fd());
         Ok(socket)
     }
+
+    /// Connects to the listener at `path` like a client, publishes the first record of a
+    /// message that it never finishes, rings the server's doorbell, and returns the socket so
+    /// the caller can watch for the server dropping the connection.
+    pub fn connect_and_stall(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+        let socket = std::os::unix::net::UnixStream::connect(path)?;
+        let [memfd, _mine, server_bell] = crate::sys::recv_fds::<3>(socket.as_raw_fd())?;
+        let len = crate::sys::file_len(&memfd)?;
+        let map = crate::sys::Mapping::new(&memfd, len)?;
+        let capacity = len / 2 - crate::ring::HEADER;
+        // SAFETY: ring 0 (client to server) starts at the mapping's base, which is page-aligned
+        // and holds HEADER + capacity bytes for it; `map` outlives the producer, which is used
+        // only within this function, and this process is the ring's only producer.
+        let mut producer = unsafe { crate::ring::Producer::new(map.base(), capacity) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        producer
+            .try_push(&[0u8; 16], true)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        crate::sys::ring(server_bell.as_raw_fd());
+        Ok(socket)
+    }
 }

@@ -55,6 +55,7 @@ pub struct ShmOptions {
     mode: u32,
     spin: u32,
     connect_timeout: Duration,
+    frame_timeout: Duration,
 }
 
 impl Default for ShmOptions {
@@ -65,6 +66,7 @@ impl Default for ShmOptions {
             mode: 0o600,
             spin: 64,
             connect_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -100,6 +102,14 @@ impl ShmOptions {
     /// [`TransportError::Timeout`] instead of holding the caller forever.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a frame may take to arrive once its first record has: a peer that starts a
+    /// frame larger than a record and never finishes it holds this side's memory (up to the
+    /// frame limit), so after this the connection is closed. Default: 30 s.
+    pub fn frame_timeout(mut self, timeout: Duration) -> Self {
+        self.frame_timeout = timeout;
         self
     }
 
@@ -452,12 +462,21 @@ async fn receive(
     bell: AsyncFd<OwnedFd>,
     frames: mpsc::Sender<Bytes>,
     spin: u32,
+    frame_timeout: Duration,
 ) {
+    let mut stall = Stall {
+        since: None,
+        timeout: frame_timeout,
+    };
     let reason = 'outer: loop {
         let mut idle = 0;
         loop {
             end.room_freed();
-            match consumer.try_pop() {
+            let popped = consumer.try_pop();
+            if stall.watch(&consumer) {
+                break 'outer "a frame did not arrive within the frame timeout";
+            }
+            match popped {
                 Ok(Some(frame)) => {
                     idle = 0;
                     if consumer.producer_waiting() {
@@ -483,7 +502,10 @@ async fn receive(
         }
         // Going to sleep: say so, then look once more, so a frame published meanwhile is seen.
         consumer.set_sleeping(true);
-        match consumer.try_pop() {
+        let popped = consumer.try_pop();
+        stall.watch(&consumer);
+        let stalled = stall.deadline();
+        match popped {
             Ok(Some(frame)) => {
                 consumer.set_sleeping(false);
                 if frames.send(Bytes::from(frame)).await.is_err() {
@@ -504,6 +526,7 @@ async fn receive(
                 // The peer rings for frames and for room it freed in our sending ring.
                 end.room_freed();
             }
+            () = until(stalled) => break "a frame did not arrive within the frame timeout",
             gone = peer_gone(&end.socket) => {
                 if gone {
                     // What the peer published before it left still counts (a refusing
@@ -522,6 +545,38 @@ async fn receive(
     tracing::debug!(reason, "shared-memory receiver stopped");
     end.mark_closed();
     drop(frames);
+}
+
+/// When the message being assembled began to arrive: a frame the peer starts and never
+/// finishes holds memory (up to the frame limit), so it gets the frame timeout.
+struct Stall {
+    since: Option<tokio::time::Instant>,
+    timeout: Duration,
+}
+
+impl Stall {
+    /// Notes whether `consumer` is assembling a message; true once one has taken too long.
+    fn watch(&mut self, consumer: &Consumer) -> bool {
+        if !consumer.assembling() {
+            self.since = None;
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        now.duration_since(*self.since.get_or_insert(now)) > self.timeout
+    }
+
+    /// When the message being assembled runs out of time, if one is.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|t| t + self.timeout)
+    }
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits until the socket is readable; true if that is the end of the stream (the peer is
@@ -597,7 +652,14 @@ fn make_end(
         closed: AtomicBool::new(false),
     });
     let (tx, frames) = mpsc::channel(QUEUE_DEPTH);
-    tokio::spawn(receive(Arc::clone(&end), consumer, bell, tx, options.spin));
+    tokio::spawn(receive(
+        Arc::clone(&end),
+        consumer,
+        bell,
+        tx,
+        options.spin,
+        options.frame_timeout,
+    ));
     Ok(Link {
         tx: Box::new(Tx(end)),
         rx: Box::new(Rx { frames, max_frame }),

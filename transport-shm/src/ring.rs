@@ -463,6 +463,11 @@ impl Consumer {
         Ok(None)
     }
 
+    /// Whether a message has begun to arrive and not ended (or is being skipped).
+    pub fn assembling(&self) -> bool {
+        !self.partial.is_empty() || self.discarding
+    }
+
     fn advance(&mut self, head: u64) {
         self.head = head;
         // Release: we are done reading those bytes before the producer may reuse them.

@@ -303,6 +303,30 @@ async fn connecting_to_a_listener_that_never_answers_times_out() {
     .await
 }
 
+/// A client process that starts a frame and never finishes it is dropped at the frame
+/// timeout (the handshake timeout here is far longer, so it is not what ends it), and other
+/// clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_never_finishes_is_dropped_at_the_frame_timeout() {
+    within(async {
+        let path =
+            std::env::temp_dir().join(format!("courier-shm-{}-stall.sock", std::process::id()));
+        let listener =
+            ShmListener::bind(&path, options().frame_timeout(Duration::from_millis(300))).unwrap();
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(LabImpl))
+            .limits(Limits::default().handshake_timeout(Duration::from_secs(600)))
+            .build();
+        tokio::spawn(async move { server.serve(listener).await });
+        let (mut child, mut lines) = client_process(&path, "stall", None);
+        line_starting(&mut lines, "STALLED").await;
+        assert_eq!(line_starting(&mut lines, "DROPPED").await, "DROPPED 0");
+        child.wait().unwrap();
+        assert_eq!(local_lab(&path).await.echo(6).await.unwrap(), 6);
+    })
+    .await
+}
+
 /// A system call's failure keeps the operating system's error as its cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_os_error_keeps_its_cause() {
@@ -354,6 +378,13 @@ async fn child_client() {
                 Err(RpcError::AccessDenied(_)) => println!("DENIED"),
                 other => println!("ANSWER {other:?}"),
             }
+        }
+        "stall" => {
+            let socket = courier_shm::__hostile::connect_and_stall(Path::new(&path)).unwrap();
+            println!("STALLED");
+            let mut byte = [0u8; 1];
+            let n = std::io::Read::read(&mut &socket, &mut byte).unwrap_or(0);
+            println!("DROPPED {n}");
         }
         "scribble" => {
             let socket =

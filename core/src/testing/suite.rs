@@ -324,14 +324,19 @@ pub async fn silent_and_garbled_handshakes_are_closed<H: Harness, C: Codec>(
     assert_eq!(lab.echo(5).await, Ok(5));
 }
 
-/// Connections opened, used and closed, 200 times, leave no task or descriptor behind.
+/// How much the process may grow over 200 connections that came and went (allocator caches,
+/// runtime buffers): a leak of 160 KiB per connection would pass it.
+const CHURN_MEMORY_SLACK: usize = 32 << 20;
+
+/// Connections opened, used and closed, 200 times, leave no task, descriptor, mapping or
+/// memory behind.
 pub async fn connection_churn_leaks_nothing<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
     let connector = env.serve_default(&codec).await;
     // The first connection may set up things that live as long as the listener.
     let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
     assert_eq!(lab.echo(0).await, Ok(0));
     drop(lab);
-    let (tasks, fds) = (env.server_tasks(), open_fds());
+    let (tasks, fds, maps, rss) = (env.server_tasks(), open_fds(), mappings(), resident());
     for i in 0..200u64 {
         let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
         assert_eq!(lab.echo(i).await, Ok(i));
@@ -339,7 +344,23 @@ pub async fn connection_churn_leaks_nothing<H: Harness, C: Codec>(env: Arc<Env<H
             lab.count().await.expect("one-way call");
         }
     }
-    settles(&env, "after 200 connections came and went", tasks, fds).await;
+    settles_with_maps(
+        &env,
+        "after 200 connections came and went",
+        tasks,
+        fds,
+        maps,
+    )
+    .await;
+    // Memory: what 200 connections leaked would show; the allocator may keep some freed pages.
+    if let (Some(before), Some(after)) = (rss, resident()) {
+        let grown = after.saturating_sub(before);
+        assert!(
+            grown < CHURN_MEMORY_SLACK,
+            "200 connections left the process {} KiB larger",
+            grown >> 10
+        );
+    }
 }
 
 /// Frames no well-behaved peer sends (unknown ids, stray replies, acks and cancels, truncated
