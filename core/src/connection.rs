@@ -437,6 +437,9 @@ impl Shared {
                 }
             }
             Some(_) if kind == Some(FrameKind::Cancel as u8) => {}
+            // Nothing ever answers a one-way call, not even a malformed one (once its header
+            // is whole enough to say it is one).
+            _ if kind == Some(FrameKind::OneWay as u8) && frame.len() >= HEADER_LEN => {}
             id => {
                 let zero = InterfaceId::new(0);
                 let payload = rpc_error.to_payload();

@@ -1,5 +1,9 @@
 //! The wire format: the fixed frame header and the per-connection handshake.
 //!
+//! The complete protocol, with the QUIC and shared-memory mappings and worked examples checked
+//! against this code, is `PROTOCOL.md` at the repository root; this module's tables are its
+//! first two sections.
+//!
 //! Every frame Courier sends is a 32-byte header followed by the codec's payload. The header is
 //! big-endian and the same whatever the codec, so a peer can route, cancel and reject a frame
 //! without understanding its payload.

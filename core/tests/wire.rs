@@ -178,16 +178,30 @@ async fn a_one_way_call_never_gets_a_reply() {
         let note = LabClient::<Cbor>::NOTE;
         send(&raw, &call_frame(FrameKind::OneWay, 7, &note, (5u64,), 0)).await;
         assert_eq!(probes.noted.recv().await, Some(5));
-        // The next frame the server sends is the reply to a later call, not anything for the
-        // one-way call.
+        // Refused and malformed one-way calls get no answer either.
+        send(&raw, &call_frame(FrameKind::OneWay, 9, &note, ("text",), 0)).await;
+        let mut lying = call_frame(FrameKind::OneWay, 10, &note, (5u64,), 0);
+        lying[24..28].copy_from_slice(&99u32.to_be_bytes());
+        send(&raw, &lying).await;
+        let unknown = MethodDesc {
+            method: courier::MethodId::new(0xdead),
+            ..note
+        };
         send(
             &raw,
-            &call_frame(FrameKind::Call, 8, &LabClient::<Cbor>::ECHO, (9u64,), 0),
+            &call_frame(FrameKind::OneWay, 11, &unknown, (5u64,), 0),
+        )
+        .await;
+        // The next frame the server sends is the reply to a later call, not anything for the
+        // one-way calls.
+        send(
+            &raw,
+            &call_frame(FrameKind::Call, 12, &LabClient::<Cbor>::ECHO, (9u64,), 0),
         )
         .await;
         let frame = recv(&mut raw).await;
         let h = Header::decode(&frame).unwrap();
-        assert_eq!((h.kind, h.call_id), (FrameKind::Reply, 8));
+        assert_eq!((h.kind, h.call_id), (FrameKind::Reply, 12));
     })
     .await
 }
