@@ -330,7 +330,14 @@ impl<C: Codec> ClientBuilder<C> {
             codec_index: 0,
             authorizer: None,
         });
-        let shared = Shared::start(link, C::NAME.to_owned(), self.limits, Some(router), None);
+        let shared = Shared::start(
+            link,
+            C::NAME.to_owned(),
+            self.limits,
+            Some(router),
+            None,
+            None,
+        );
         Ok(Client {
             owner: Some(Arc::new(Owner(Arc::clone(&shared)))),
             shared,

@@ -56,11 +56,26 @@ struct PendingCall {
 
 struct RunningHandler {
     abort: AbortHandle,
-    /// This handler's place among the connection's `max_handlers`; freed when it ends.
-    _slot: OwnedSemaphorePermit,
+    /// This handler's place among the connection's handlers and call bytes; freed when it ends.
+    _room: Room,
     /// One-way handlers run to completion even if the connection closes: nobody waits for
     /// them, and the caller may well have closed right after sending.
     abort_on_close: bool,
+}
+
+/// What a running handler holds: a place among the connection's `max_handlers`, and its
+/// frame's bytes counted against the connection's `max_call_bytes` and the server's
+/// `max_server_call_bytes`, so that what peers make the server hold while it works (the
+/// arguments, and the result while it waits to be sent) is bounded per connection and in all.
+pub(crate) struct Room {
+    _slot: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    _server_bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// The bytes a frame counts for, as a semaphore's permits.
+fn permits(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 /// State shared by the reader, the callers and the handlers of one connection.
@@ -76,6 +91,10 @@ pub(crate) struct Shared {
     handlers: Mutex<HashMap<u64, RunningHandler>>,
     /// One permit per handler that may run at once (`max_handlers`).
     handler_slots: Arc<Semaphore>,
+    /// One permit per byte of the frames of running handlers (`max_call_bytes`).
+    call_bytes: Arc<Semaphore>,
+    /// The same, for all the connections of a server (`max_server_call_bytes`).
+    server_call_bytes: Option<Arc<Semaphore>>,
     in_flight: Arc<Semaphore>,
     /// Bounds the tasks that only send a notice back (errors for refused or malformed frames).
     notices: Arc<Semaphore>,
@@ -126,6 +145,7 @@ impl Shared {
         limits: Limits,
         router: Option<Arc<dyn Router>>,
         admission: Option<Box<dyn std::any::Any + Send>>,
+        server_call_bytes: Option<Arc<Semaphore>>,
     ) -> Arc<Shared> {
         let Link { tx, rx, peer } = link;
         let mut limits = limits;
@@ -142,6 +162,8 @@ impl Shared {
             calls: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
             handler_slots: Arc::new(Semaphore::new(limits.max_handlers)),
+            call_bytes: Arc::new(Semaphore::new(limits.call_bytes_budget())),
+            server_call_bytes,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             notices: Arc::new(Semaphore::new(limits.max_handlers)),
             closed: AtomicBool::new(false),
@@ -224,6 +246,7 @@ impl Shared {
         });
         self.in_flight.close();
         self.handler_slots.close();
+        self.call_bytes.close();
         self.tx.close();
         drop(lock(&self.admission).take());
         // Wake the reader (pull mode) and the keeper (push mode), wherever they wait.
@@ -351,13 +374,9 @@ impl Shared {
         self.on_frame_with(frame, None)
     }
 
-    /// Handles one frame; a call runs in `slot` if the reader already holds one (it waits for
-    /// a slot before reading on, for one-way calls), else it takes a free one or is refused.
-    fn on_frame_with(
-        self: &Arc<Self>,
-        frame: Bytes,
-        slot: Option<OwnedSemaphorePermit>,
-    ) -> Option<Work> {
+    /// Handles one frame; a call runs in `room` if the reader already holds it (it waits for
+    /// room before reading on, for one-way calls), else it takes free room or is refused.
+    fn on_frame_with(self: &Arc<Self>, frame: Bytes, room: Option<Room>) -> Option<Work> {
         if frame.len() > self.limits.max_frame_size {
             let call_id = (frame.len() >= 16).then(|| {
                 let mut id = [0u8; 8];
@@ -392,7 +411,7 @@ impl Shared {
             }
         };
         match header.kind {
-            FrameKind::Call | FrameKind::OneWay => return self.on_call(header, frame, slot),
+            FrameKind::Call | FrameKind::OneWay => return self.on_call(header, frame, room),
             FrameKind::Reply | FrameKind::Error => {
                 let pending = lock(&self.calls).remove(&header.call_id);
                 match pending {
@@ -448,19 +467,67 @@ impl Shared {
         }
     }
 
-    /// A slot for `header`'s call among the `max_handlers`, unless all are taken.
-    fn take_slot(&self) -> Result<OwnedSemaphorePermit, RpcError> {
-        Arc::clone(&self.handler_slots)
+    /// Room for a call whose frame is `len` bytes, if there is some now.
+    fn take_room(&self, len: usize) -> Result<Room, RpcError> {
+        let slot = Arc::clone(&self.handler_slots)
             .try_acquire_owned()
             .map_err(|_| {
                 RpcError::Overloaded(format!(
                     "{} calls already running on this connection",
                     self.limits.max_handlers
                 ))
-            })
+            })?;
+        let bytes = Arc::clone(&self.call_bytes)
+            .try_acquire_many_owned(permits(len))
+            .map_err(|_| {
+                RpcError::Overloaded(format!(
+                    "the calls running on this connection already hold close to {} bytes",
+                    self.limits.call_bytes_budget()
+                ))
+            })?;
+        let server_bytes = match &self.server_call_bytes {
+            Some(server) => Some(
+                Arc::clone(server)
+                    .try_acquire_many_owned(permits(len))
+                    .map_err(|_| {
+                        RpcError::Overloaded(
+                            "the calls running on this server hold as many bytes as it allows"
+                                .to_owned(),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Room {
+            _slot: slot,
+            _bytes: bytes,
+            _server_bytes: server_bytes,
+        })
     }
 
-    /// Whether `header`'s call id is free in the handler table.
+    /// Room for a call whose frame is `len` bytes, waiting for it; `None` once the connection
+    /// has closed.
+    async fn wait_room(&self, len: usize) -> Option<Room> {
+        let slot = Arc::clone(&self.handler_slots).acquire_owned().await.ok()?;
+        let bytes = Arc::clone(&self.call_bytes)
+            .acquire_many_owned(permits(len))
+            .await
+            .ok()?;
+        let server_bytes = match &self.server_call_bytes {
+            Some(server) => Some(tokio::select! {
+                permit = Arc::clone(server).acquire_many_owned(permits(len)) => permit.ok()?,
+                () = self.closed() => return None,
+            }),
+            None => None,
+        };
+        Some(Room {
+            _slot: slot,
+            _bytes: bytes,
+            _server_bytes: server_bytes,
+        })
+    }
+
+    /// Whether `header`'s call id is free in the handler table (its room is taken apart).
     fn room_for(
         &self,
         handlers: &HashMap<u64, RunningHandler>,
@@ -475,12 +542,7 @@ impl Shared {
         Ok(())
     }
 
-    fn on_call(
-        self: &Arc<Self>,
-        header: Header,
-        frame: Bytes,
-        slot: Option<OwnedSemaphorePermit>,
-    ) -> Option<Work> {
+    fn on_call(self: &Arc<Self>, header: Header, frame: Bytes, room: Option<Room>) -> Option<Work> {
         if self.is_closed() {
             return None;
         }
@@ -494,15 +556,15 @@ impl Shared {
         let context = Context::new(Arc::clone(self), &header, deadline);
         // Refuse before decoding if there is no room, but decode without the table's lock:
         // every call on the connection takes it, from whichever thread its frame arrives on.
-        let slot = match slot.map_or_else(|| self.take_slot(), Ok) {
-            Ok(slot) => slot,
+        let room = match room.map_or_else(|| self.take_room(frame.len()), Ok) {
+            Ok(room) => room,
             Err(e) => {
                 self.refuse(&header, e);
                 return None;
             }
         };
-        let room = self.room_for(&lock(&self.handlers), &header);
-        if let Err(e) = room {
+        let free = self.room_for(&lock(&self.handlers), &header);
+        if let Err(e) = free {
             self.refuse(&header, e);
             return None;
         }
@@ -532,7 +594,7 @@ impl Shared {
             header.call_id,
             RunningHandler {
                 abort,
-                _slot: slot,
+                _room: room,
                 abort_on_close: header.kind == FrameKind::Call,
             },
         );
@@ -725,18 +787,21 @@ async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {
         match next {
             Ok(Some(frame)) => {
                 // A one-way call cannot be refused with an answer, so instead of dropping one
-                // when every handler slot is taken, stop reading until a slot frees: the link's
+                // when the handlers leave no room, stop reading until room frees: the link's
                 // bounded buffers then push back on the peer.
-                // (`close` closes the semaphore, which ends this wait.)
-                let slot = if frame.get(1) == Some(&(FrameKind::OneWay as u8)) {
-                    match Arc::clone(&shared.handler_slots).acquire_owned().await {
-                        Ok(slot) => Some(slot),
-                        Err(_) => break "closed by this side".to_owned(),
+                // (`close` closes the semaphores, which ends this wait.) A frame larger than
+                // the limit is not a call that will run: it is refused without waiting.
+                let one_way = frame.get(1) == Some(&(FrameKind::OneWay as u8))
+                    && frame.len() <= shared.limits.max_frame_size;
+                let room = if one_way {
+                    match shared.wait_room(frame.len()).await {
+                        Some(room) => Some(room),
+                        None => break "closed by this side".to_owned(),
                     }
                 } else {
                     None
                 };
-                if let Some(work) = shared.on_frame_with(frame, slot) {
+                if let Some(work) = shared.on_frame_with(frame, room) {
                     shared.runtime.spawn(work);
                 }
             }

@@ -50,6 +50,8 @@ pub struct Limits {
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_peer: usize,
+    pub(crate) max_call_bytes: usize,
+    pub(crate) max_server_call_bytes: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +63,8 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_connections_per_peer: 64,
+            max_call_bytes: 256 << 20,
+            max_server_call_bytes: 2 << 30,
         }
     }
 }
@@ -115,6 +119,39 @@ impl Limits {
     pub fn max_connections_per_peer(mut self, connections: usize) -> Self {
         self.max_connections_per_peer = connections.max(1);
         self
+    }
+
+    /// Bytes the frames of the peer's running calls may add up to on one connection. Default:
+    /// 256 MiB (never less than the frame size limit). A running handler holds its call's
+    /// arguments, and its result until the peer takes it, so this bounds what one connection
+    /// can make this side hold, even when the peer stops reading: a call beyond it is refused
+    /// with [`RpcError::Overloaded`](crate::RpcError::Overloaded), a one-way call waits.
+    pub fn max_call_bytes(mut self, bytes: usize) -> Self {
+        self.max_call_bytes = bytes;
+        self
+    }
+
+    /// The same as [`Limits::max_call_bytes`], for all the connections of one server together.
+    /// Default: 2 GiB (never less than the frame size limit): with the other defaults, what a
+    /// server's peers can make it hold stays within a few GiB however many they are. Server
+    /// only.
+    pub fn max_server_call_bytes(mut self, bytes: usize) -> Self {
+        self.max_server_call_bytes = bytes;
+        self
+    }
+
+    /// The per-connection call-bytes budget in force: at least one frame's worth.
+    pub(crate) fn call_bytes_budget(&self) -> usize {
+        self.max_call_bytes
+            .max(self.max_frame_size)
+            .min(tokio::sync::Semaphore::MAX_PERMITS)
+    }
+
+    /// The per-server call-bytes budget in force: at least one frame's worth.
+    pub(crate) fn server_call_bytes_budget(&self) -> usize {
+        self.max_server_call_bytes
+            .max(self.max_frame_size)
+            .min(tokio::sync::Semaphore::MAX_PERMITS)
     }
 
     /// The frame size limit in force.

@@ -29,6 +29,8 @@ struct Inner<K> {
     registry: Arc<Registry<K>>,
     limits: Limits,
     authorizer: Option<Arc<dyn Authorizer>>,
+    /// The bytes of running calls, across every connection (`Limits::max_server_call_bytes`).
+    call_bytes: Arc<Semaphore>,
 }
 
 impl<K> Clone for Server<K> {
@@ -141,6 +143,7 @@ impl<K: CodecSet> Server<K> {
             self.inner.limits.clone(),
             Some(router),
             ticket.map(|t| Box::new(t) as Box<dyn std::any::Any + Send>),
+            Some(Arc::clone(&self.inner.call_bytes)),
         );
         Ok(())
     }
@@ -282,6 +285,7 @@ impl<K: CodecSet> ServerBuilder<K> {
         Server {
             inner: Arc::new(Inner {
                 registry: Arc::new(self.registry),
+                call_bytes: Arc::new(Semaphore::new(self.limits.server_call_bytes_budget())),
                 limits: self.limits,
                 authorizer: self.authorizer,
             }),

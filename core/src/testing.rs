@@ -170,6 +170,7 @@ macro_rules! conformance_tests {
             silent_and_garbled_handshakes_are_closed,
             connection_churn_leaks_nothing,
             hostile_frames_never_wedge_the_connection,
+            running_calls_hold_no_more_bytes_than_the_limits,
             connections_beyond_the_limit_are_refused
         );
     };
@@ -238,6 +239,9 @@ pub trait Conformance {
     async fn blob(&self, b: ByteBuf) -> ByteBuf;
     /// Reports that it started, then waits for the gate; reports being dropped if it is.
     async fn hold(&self, tag: u32) -> u32;
+    /// Reports that it started, then waits for the gate, holding its argument; returns its
+    /// length.
+    async fn hold_blob(&self, b: ByteBuf) -> u64;
     /// One-way: counts itself.
     #[oneway]
     async fn count(&self);
@@ -332,6 +336,11 @@ impl<C: Codec> Conformance for Lab<C> {
         }
         guard.0 = None;
         tag
+    }
+
+    async fn hold_blob(&self, b: ByteBuf) -> u64 {
+        self.hold(0).await;
+        b.as_slice().len() as u64
     }
 
     async fn count(&self) {

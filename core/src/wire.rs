@@ -368,7 +368,9 @@ pub struct ErrorPayload {
     pub code: Option<ErrorCode>,
     /// The code as sent.
     pub raw: u16,
-    /// For [`ErrorCode::TooLarge`]: the refused frame's size and the limit it broke.
+    /// For [`ErrorCode::TooLarge`]: the refused frame's size and the limit it broke. `None`
+    /// for a TooLarge payload too short to carry them (malformed: the caller then reports a
+    /// protocol error); ignored for every other code.
     pub too_large: Option<(u64, u64)>,
     /// What the peer said.
     pub message: String,
@@ -378,22 +380,22 @@ impl ErrorPayload {
     /// Writes the payload.
     pub fn encode<B: BufMut + ?Sized>(&self, out: &mut B) {
         out.put_u16(self.raw);
-        if self.raw == ErrorCode::TooLarge as u16 {
-            let (size, limit) = self.too_large.unwrap_or((0, 0));
+        if let Some((size, limit)) = self.sizes() {
             out.put_u64(size);
             out.put_u64(limit);
         }
         out.put_slice(self.message.as_bytes());
     }
 
+    /// The sizes that go on the wire: only a TooLarge error carries them.
+    fn sizes(&self) -> Option<(u64, u64)> {
+        self.too_large
+            .filter(|_| self.raw == ErrorCode::TooLarge as u16)
+    }
+
     /// Its encoded length.
     pub fn encoded_len(&self) -> usize {
-        let sizes = if self.raw == ErrorCode::TooLarge as u16 {
-            16
-        } else {
-            0
-        };
-        2 + sizes + self.message.len()
+        2 + self.sizes().map_or(0, |_| 16) + self.message.len()
     }
 
     /// Reads a payload. Never fails: what cannot be read is said in the message.
@@ -698,5 +700,12 @@ mod tests {
         assert_eq!(&v[..2], &[0, 10]);
         assert_eq!(&v[2..10], &70_000u64.to_be_bytes());
         assert_eq!(ErrorPayload::decode(&v), sent);
+        // Found by the fuzzer: a TooLarge payload too short for its sizes decodes without
+        // them and encodes back to the same bytes.
+        let short = ErrorPayload::decode(&[0, 10, b'x']);
+        assert_eq!((short.too_large, short.message.as_str()), (None, "x"));
+        let mut again = Vec::new();
+        short.encode(&mut again);
+        assert_eq!(again, [0, 10, b'x']);
     }
 }

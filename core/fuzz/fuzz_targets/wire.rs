@@ -1,10 +1,10 @@
 //! Feeds arbitrary bytes to every decoder of the wire that reads what a peer sends before any
 //! codec does: the frame header, the hello, the welcome and the error payload. Any panic or
 //! abort is a finding; whatever decodes must encode back to the bytes it came from (the
-//! header and the handshake have one encoding per value).
+//! header, the hello and a well-formed error payload have one encoding per value).
 #![no_main]
 
-use courier::wire::{ErrorPayload, Header, Hello, Welcome, HEADER_LEN};
+use courier::wire::{ErrorCode, ErrorPayload, Header, Hello, Welcome, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,8 +22,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.status, welcome.status);
         assert_eq!(again.version, welcome.version);
     }
+    // Any bytes decode (an error report must reach the user); well-formed ones (UTF-8 message,
+    // a TooLarge with its sizes) encode back to exactly the same bytes.
     let payload = ErrorPayload::decode(data);
-    let mut out = Vec::new();
-    payload.encode(&mut out);
-    assert_eq!(ErrorPayload::decode(&out), payload);
+    let sizes_ok = payload.code != Some(ErrorCode::TooLarge) || payload.too_large.is_some();
+    let text_ok = data.len() >= 2
+        && std::str::from_utf8(&data[2 + if payload.too_large.is_some() { 16 } else { 0 }..])
+            .is_ok();
+    if sizes_ok && text_ok {
+        let mut out = Vec::new();
+        payload.encode(&mut out);
+        assert_eq!(out, data);
+    }
 });

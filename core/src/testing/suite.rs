@@ -480,3 +480,48 @@ pub async fn connections_beyond_the_limit_are_refused<H: Harness, C: Codec>(
         }
     }
 }
+
+/// The frames of running calls count against `max_call_bytes` per connection and
+/// `max_server_call_bytes` per server: a call beyond either is refused with `Overloaded`, and
+/// served again once the running ones finish.
+pub async fn running_calls_hold_no_more_bytes_than_the_limits<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    const BLOB: usize = 100 << 10;
+    let frames = FrameLimits {
+        server: 200 << 10,
+        client: 200 << 10,
+    };
+    let limits = test_limits()
+        .max_call_bytes(250 << 10)
+        .max_server_call_bytes(350 << 10);
+    let connector = env.serve(&codec, limits, frames).await;
+    let a = client(&codec, &connector, frames.client).await;
+    let b = client(&codec, &connector, frames.client).await;
+    let blob = || ByteBuf::from(vec![7u8; BLOB]);
+    let hold = |lab: &ConformanceClient<C>| {
+        let lab = lab.clone();
+        let blob = blob();
+        tokio::spawn(async move { lab.hold_blob(blob).await })
+    };
+    let started = |n: u32| move |p: &Probes| p.started.load(Ordering::SeqCst) == n;
+    // Two on `a` fit its 250 KiB; a third does not.
+    let held = [hold(&a), hold(&a)];
+    env.probes.until("two calls running on a", started(2)).await;
+    let err = expect_err("a third call on a", a.hold_blob(blob()).await);
+    assert!(matches!(err, RpcError::Overloaded(_)), "{err:?}");
+    // One on `b` fits the server's 350 KiB; a second does not.
+    let third = hold(&b);
+    env.probes.until("a call running on b", started(3)).await;
+    let err = expect_err("a second call on b", b.hold_blob(blob()).await);
+    assert!(matches!(err, RpcError::Overloaded(_)), "{err:?}");
+    // Small calls still run: they fit.
+    assert_eq!(b.echo(1).await, Ok(1));
+    env.probes.gate.add_permits(3);
+    for call in held.into_iter().chain([third]) {
+        assert_eq!(call.await.expect("the caller"), Ok(BLOB as u64));
+    }
+    env.probes.gate.add_permits(1);
+    assert_eq!(b.hold_blob(blob()).await, Ok(BLOB as u64));
+}

@@ -95,20 +95,29 @@ fn world() -> &'static World {
     })
 }
 
-/// A valid call on its own stream: the server must still answer it.
+/// A valid call on its own stream: the server must still answer it. Each canary has a call
+/// id of its own, as a real client's calls do: the server may still be deregistering the
+/// previous one when its reply has arrived.
 async fn canary(conn: &quinn::Connection) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let desc = PingClient::<Cbor>::PING;
     let header = Header {
         payload_len: 2,
         version: desc.version,
-        ..Header::new(FrameKind::Call, 7, desc.interface, desc.method)
+        ..Header::new(FrameKind::Call, id, desc.interface, desc.method)
     };
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&header.to_bytes()).await.unwrap();
     send.write_all(&[0x81, 0x05]).await.unwrap();
     send.finish().unwrap();
     let reply = recv.read_to_end(1024).await.unwrap();
-    assert_eq!(reply.get(1), Some(&(FrameKind::Reply as u8)));
+    assert_eq!(
+        reply.get(1),
+        Some(&(FrameKind::Reply as u8)),
+        "the canary was refused: {:?}",
+        courier::wire::ErrorPayload::decode(reply.get(HEADER_LEN..).unwrap_or_default())
+    );
     assert_eq!(&reply[HEADER_LEN..], &[0x05]);
 }
 
