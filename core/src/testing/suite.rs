@@ -132,6 +132,25 @@ pub async fn a_frame_over_the_limit_fails_that_call_only<H: Harness, C: Codec>(
     );
 }
 
+/// Starts `hold` on a task of its own and waits until the server has started it, the
+/// `nth` handler to start in this test.
+async fn hold_started<H, C: Codec>(
+    env: &Env<H>,
+    lab: &ConformanceClient<C>,
+    nth: u32,
+) -> tokio::task::JoinHandle<Result<u32, RpcError>> {
+    let call = tokio::spawn({
+        let lab = lab.clone();
+        async move { lab.hold(nth).await }
+    });
+    env.probes
+        .until("the handler started", |p| {
+            p.started.load(Ordering::SeqCst) == nth
+        })
+        .await;
+    call
+}
+
 /// Dropping the caller's future, or letting its deadline pass, drops the server's handler.
 pub async fn cancelling_or_timing_out_drops_the_handler<H: Harness, C: Codec>(
     env: Arc<Env<H>>,
@@ -140,15 +159,7 @@ pub async fn cancelling_or_timing_out_drops_the_handler<H: Harness, C: Codec>(
     let connector = env.serve_default(&codec).await;
     let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
 
-    let call = tokio::spawn({
-        let lab = lab.clone();
-        async move { lab.hold(1).await }
-    });
-    env.probes
-        .until("the first handler started", |p| {
-            p.started.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    let call = hold_started(&env, &lab, 1).await;
     call.abort();
     env.probes
         .until("the cancelled handler was dropped", |p| {
@@ -172,15 +183,7 @@ pub async fn cancelling_or_timing_out_drops_the_handler<H: Harness, C: Codec>(
 pub async fn server_death_fails_calls_in_flight<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
     let connector = env.serve_default(&codec).await;
     let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
-    let call = tokio::spawn({
-        let lab = lab.clone();
-        async move { lab.hold(1).await }
-    });
-    env.probes
-        .until("the handler started", |p| {
-            p.started.load(Ordering::SeqCst) == 1
-        })
-        .await;
+    let call = hold_started(&env, &lab, 1).await;
     env.kill_server();
     let err = expect_err(
         "a call whose server died",
