@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::budget::{Budget, Taken};
 use crate::context::Context;
 use crate::dispatch::{HandlerFuture, Incoming, Router};
 use crate::error::{HandshakeError, RpcError, TransportError};
@@ -63,20 +64,18 @@ struct RunningHandler {
     abort_on_close: bool,
 }
 
-/// What a running handler holds: a place among the connection's `max_handlers`, and its
-/// frame's bytes counted against the connection's `max_call_bytes` and the server's
-/// `max_server_call_bytes`, so that what peers make the server hold while it works (the
-/// arguments, and the result while it waits to be sent) is bounded per connection and in all.
+/// What a running handler holds beside its place in the handler table: for a frame larger
+/// than [`SMALL_FRAME`], its bytes counted against the connection's `max_call_bytes` and the
+/// server's `max_server_call_bytes`, so that what peers make the server hold while it works
+/// (the arguments, and the result while it waits to be sent) is bounded per connection and in
+/// all. Smaller frames are bounded well enough by `max_handlers`, and skipping them keeps the
+/// shared counter off the path of small calls.
 pub(crate) struct Room {
-    _slot: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
-    _server_bytes: Option<OwnedSemaphorePermit>,
+    _bytes: Option<(Taken, Option<Taken>)>,
 }
 
-/// The bytes a frame counts for, as a semaphore's permits.
-fn permits(len: usize) -> u32 {
-    u32::try_from(len).unwrap_or(u32::MAX)
-}
+/// Frames up to this size take no call bytes (see [`Room`]).
+const SMALL_FRAME: usize = 4096;
 
 /// State shared by the reader, the callers and the handlers of one connection.
 pub(crate) struct Shared {
@@ -89,12 +88,14 @@ pub(crate) struct Shared {
     next_call_id: AtomicU64,
     calls: Mutex<HashMap<u64, PendingCall>>,
     handlers: Mutex<HashMap<u64, RunningHandler>>,
-    /// One permit per handler that may run at once (`max_handlers`).
-    handler_slots: Arc<Semaphore>,
-    /// One permit per byte of the frames of running handlers (`max_call_bytes`).
-    call_bytes: Arc<Semaphore>,
+    /// Readers waiting for a place in the handler table, and their wake-up: a handler that
+    /// ends notifies only when some wait.
+    slot_waiting: AtomicUsize,
+    slot_freed: Notify,
+    /// Bytes of the frames of running handlers (`max_call_bytes`).
+    call_bytes: Arc<Budget>,
     /// The same, for all the connections of a server (`max_server_call_bytes`).
-    server_call_bytes: Option<Arc<Semaphore>>,
+    server_call_bytes: Option<Arc<Budget>>,
     in_flight: Arc<Semaphore>,
     /// Bounds the tasks that only send a notice back (errors for refused or malformed frames).
     notices: Arc<Semaphore>,
@@ -145,7 +146,7 @@ impl Shared {
         limits: Limits,
         router: Option<Arc<dyn Router>>,
         admission: Option<Box<dyn std::any::Any + Send>>,
-        server_call_bytes: Option<Arc<Semaphore>>,
+        server_call_bytes: Option<Arc<Budget>>,
     ) -> Arc<Shared> {
         let Link { tx, rx, peer } = link;
         let mut limits = limits;
@@ -161,8 +162,9 @@ impl Shared {
             next_call_id: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
-            handler_slots: Arc::new(Semaphore::new(limits.max_handlers)),
-            call_bytes: Arc::new(Semaphore::new(limits.call_bytes_budget())),
+            slot_waiting: AtomicUsize::new(0),
+            slot_freed: Notify::new(),
+            call_bytes: Budget::new(limits.call_bytes_budget()),
             server_call_bytes,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             notices: Arc::new(Semaphore::new(limits.max_handlers)),
@@ -245,7 +247,6 @@ impl Shared {
             !h.abort_on_close
         });
         self.in_flight.close();
-        self.handler_slots.close();
         self.call_bytes.close();
         self.tx.close();
         drop(lock(&self.admission).take());
@@ -467,72 +468,84 @@ impl Shared {
         }
     }
 
-    /// Room for a call whose frame is `len` bytes, if there is some now.
+    /// Room for a call whose frame is `len` bytes, if there is some now (the handler table's
+    /// own limit is checked as the call goes in).
     fn take_room(&self, len: usize) -> Result<Room, RpcError> {
-        let slot = Arc::clone(&self.handler_slots)
-            .try_acquire_owned()
-            .map_err(|_| {
-                RpcError::Overloaded(format!(
-                    "{} calls already running on this connection",
-                    self.limits.max_handlers
-                ))
-            })?;
-        let bytes = Arc::clone(&self.call_bytes)
-            .try_acquire_many_owned(permits(len))
-            .map_err(|_| {
-                RpcError::Overloaded(format!(
-                    "the calls running on this connection already hold close to {} bytes",
-                    self.limits.call_bytes_budget()
-                ))
-            })?;
+        if len <= SMALL_FRAME {
+            return Ok(Room { _bytes: None });
+        }
+        let bytes = self.call_bytes.try_take(len).ok_or_else(|| {
+            RpcError::Overloaded(format!(
+                "the calls running on this connection already hold close to {} bytes",
+                self.limits.call_bytes_budget()
+            ))
+        })?;
         let server_bytes = match &self.server_call_bytes {
-            Some(server) => Some(
-                Arc::clone(server)
-                    .try_acquire_many_owned(permits(len))
-                    .map_err(|_| {
-                        RpcError::Overloaded(
-                            "the calls running on this server hold as many bytes as it allows"
-                                .to_owned(),
-                        )
-                    })?,
-            ),
+            Some(server) => Some(server.try_take(len).ok_or_else(|| {
+                RpcError::Overloaded(
+                    "the calls running on this server hold as many bytes as it allows".to_owned(),
+                )
+            })?),
             None => None,
         };
         Ok(Room {
-            _slot: slot,
-            _bytes: bytes,
-            _server_bytes: server_bytes,
+            _bytes: Some((bytes, server_bytes)),
         })
     }
 
-    /// Room for a call whose frame is `len` bytes, waiting for it; `None` once the connection
-    /// has closed.
+    /// Waits for a place in the handler table and room for a call whose frame is `len` bytes;
+    /// `None` once the connection has closed. Only the reader waits, so the place is still
+    /// free when it inserts the call.
     async fn wait_room(&self, len: usize) -> Option<Room> {
-        let slot = Arc::clone(&self.handler_slots).acquire_owned().await.ok()?;
-        let bytes = Arc::clone(&self.call_bytes)
-            .acquire_many_owned(permits(len))
-            .await
-            .ok()?;
+        loop {
+            let freed = self.slot_freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            // SeqCst against the load in `Deregister`, which follows the removal under the
+            // table's lock: either this sees the free place, or that sees this waiter.
+            self.slot_waiting.fetch_add(1, Ordering::SeqCst);
+            let free = lock(&self.handlers).len() < self.limits.max_handlers;
+            if free {
+                self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
+                break;
+            }
+            let closed = tokio::select! {
+                () = freed => false,
+                () = self.closed() => true,
+            };
+            self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
+            if closed {
+                return None;
+            }
+        }
+        if len <= SMALL_FRAME {
+            return Some(Room { _bytes: None });
+        }
+        let bytes = self.call_bytes.take(len).await?;
         let server_bytes = match &self.server_call_bytes {
             Some(server) => Some(tokio::select! {
-                permit = Arc::clone(server).acquire_many_owned(permits(len)) => permit.ok()?,
+                taken = server.take(len) => taken?,
                 () = self.closed() => return None,
             }),
             None => None,
         };
         Some(Room {
-            _slot: slot,
-            _bytes: bytes,
-            _server_bytes: server_bytes,
+            _bytes: Some((bytes, server_bytes)),
         })
     }
 
-    /// Whether `header`'s call id is free in the handler table (its room is taken apart).
+    /// Whether the handler table has room for `header`'s call: not full, and its id not taken.
     fn room_for(
         &self,
         handlers: &HashMap<u64, RunningHandler>,
         header: &Header,
     ) -> Result<(), RpcError> {
+        if handlers.len() >= self.limits.max_handlers {
+            return Err(RpcError::Overloaded(format!(
+                "{} calls already running on this connection",
+                self.limits.max_handlers
+            )));
+        }
         if handlers.contains_key(&header.call_id) {
             return Err(RpcError::Protocol(format!(
                 "call id {} is already running",
@@ -714,6 +727,9 @@ async fn run_handler(
     impl Drop for Deregister<'_> {
         fn drop(&mut self) {
             lock(&self.0.handlers).remove(&self.1);
+            if self.0.slot_waiting.load(Ordering::SeqCst) > 0 {
+                self.0.slot_freed.notify_waiters();
+            }
         }
     }
     let _deregister = Deregister(&shared, header.call_id);

@@ -73,6 +73,7 @@
 // The generated code names `::courier`; this makes that path work inside this crate too.
 extern crate self as courier;
 
+mod budget;
 mod client;
 pub mod codec;
 mod connection;

@@ -142,16 +142,12 @@ impl Limits {
 
     /// The per-connection call-bytes budget in force: at least one frame's worth.
     pub(crate) fn call_bytes_budget(&self) -> usize {
-        self.max_call_bytes
-            .max(self.max_frame_size)
-            .min(tokio::sync::Semaphore::MAX_PERMITS)
+        self.max_call_bytes.max(self.max_frame_size)
     }
 
     /// The per-server call-bytes budget in force: at least one frame's worth.
     pub(crate) fn server_call_bytes_budget(&self) -> usize {
-        self.max_server_call_bytes
-            .max(self.max_frame_size)
-            .min(tokio::sync::Semaphore::MAX_PERMITS)
+        self.max_server_call_bytes.max(self.max_frame_size)
     }
 
     /// The frame size limit in force.

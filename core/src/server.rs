@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::budget::Budget;
 use crate::codec::CodecSet;
 use crate::connection::{server_handshake, Shared};
 use crate::dispatch::{Authorizer, BoundRouter, Registry, Router, Service};
@@ -30,7 +31,7 @@ struct Inner<K> {
     limits: Limits,
     authorizer: Option<Arc<dyn Authorizer>>,
     /// The bytes of running calls, across every connection (`Limits::max_server_call_bytes`).
-    call_bytes: Arc<Semaphore>,
+    call_bytes: Arc<Budget>,
 }
 
 impl<K> Clone for Server<K> {
@@ -285,7 +286,7 @@ impl<K: CodecSet> ServerBuilder<K> {
         Server {
             inner: Arc::new(Inner {
                 registry: Arc::new(self.registry),
-                call_bytes: Arc::new(Semaphore::new(self.limits.server_call_bytes_budget())),
+                call_bytes: Budget::new(self.limits.server_call_bytes_budget()),
                 limits: self.limits,
                 authorizer: self.authorizer,
             }),

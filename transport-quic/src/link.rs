@@ -380,21 +380,24 @@ impl Frames {
         Ok(true)
     }
 
-    /// Gathers a frame of `total` bytes whose start is in `pending`. Its pieces are kept as
-    /// quinn hands them over (no copy, no buffer sized on the header's word) and counted
-    /// against the budgets as they arrive, in steps of at most [`BUDGET_STEP`]; once all are
-    /// in, they are joined into one buffer of the exact size. `Err(Ok(bytes))` if the stream
-    /// ended first, with what came.
+    /// Gathers a frame of `total` bytes whose start is in `pending`, copying each piece into
+    /// the frame's buffer as it arrives, so quinn's packet buffers go back at once. The buffer
+    /// grows with what has arrived (doubling, which the allocator does in place for large
+    /// buffers), never to the header's word alone; the budgets are taken as bytes arrive, in
+    /// steps of at most [`BUDGET_STEP`]. `Err(Ok(bytes))` if the stream ended first, with what
+    /// came.
     async fn gather(
         &mut self,
         total: usize,
         limits: &ReadLimits,
         permits: &mut Permits,
     ) -> Result<Bytes, Result<Bytes, Read>> {
-        let mut pieces = vec![std::mem::take(&mut self.pending)];
-        let mut have = pieces[0].len();
+        let first = std::mem::take(&mut self.pending);
+        let mut frame = BytesMut::with_capacity(total.min(BUDGET_STEP.max(first.len())));
+        frame.extend_from_slice(&first);
         let mut reserved = 0;
         loop {
+            let have = frame.len();
             if have > reserved {
                 let step = (have - reserved).max(BUDGET_STEP.min(total - reserved));
                 if !permits.take(limits, step).await {
@@ -403,19 +406,22 @@ impl Frames {
                 reserved += step;
             }
             if have == total {
-                break;
+                return Ok(frame.freeze());
             }
             // At most the rest of this frame: what follows stays in quinn for the next one.
             match self.recv.read_chunk(total - have, true).await {
                 Ok(Some(chunk)) => {
-                    have += chunk.bytes.len();
-                    pieces.push(chunk.bytes);
+                    let room = frame.capacity() - have;
+                    if chunk.bytes.len() > room {
+                        let grown = (2 * have).max(have + chunk.bytes.len()).min(total);
+                        frame.reserve(grown - have);
+                    }
+                    frame.extend_from_slice(&chunk.bytes);
                 }
-                Ok(None) => return Err(Ok(join(&pieces, have))),
+                Ok(None) => return Err(Ok(frame.freeze())),
                 Err(e) => return Err(Err(read_error(e))),
             }
         }
-        Ok(join(&pieces, total))
     }
 
     /// The next frame, waiting as long as it takes for its first byte (a reply may take the
@@ -493,17 +499,9 @@ impl Frames {
 }
 
 /// Budget is taken ahead of the bytes in steps of this size (or the rest of the frame), not
-/// per packet: a semaphore operation per 64 KiB instead of per 1.2 KB.
+/// per packet: a semaphore operation per 64 KiB instead of per 1.2 KB. It is also the first
+/// allocation for a frame being gathered.
 const BUDGET_STEP: usize = 64 * 1024;
-
-/// The pieces of a frame, `len` bytes in all, in one buffer.
-fn join(pieces: &[Bytes], len: usize) -> Bytes {
-    let mut frame = BytesMut::with_capacity(len);
-    for piece in pieces {
-        frame.extend_from_slice(piece);
-    }
-    frame.freeze()
-}
 
 fn call_id(frame: &[u8]) -> Option<u64> {
     let mut id = [0u8; 8];

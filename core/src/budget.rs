@@ -1,0 +1,176 @@
+//! [`Budget`]: an amount that calls take from and give back (the bytes of running calls),
+//! without a lock.
+//!
+//! A connection's larger calls take from its own budget and from the server's, which every
+//! connection of the server shares. Tokio's semaphore locks a mutex on every release; here
+//! taking is a compare-and-swap and giving back an atomic subtraction, and only a taker that
+//! has to wait (a one-way call, which cannot be refused) registers for a wake-up, so only then
+//! does giving back touch the `Notify`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+/// A limited amount that takers share.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+    /// Takers waiting in [`Budget::take`]; givers wake them only when there are some.
+    waiting: AtomicUsize,
+    freed: Notify,
+    closed: AtomicBool,
+}
+
+/// An amount taken from a [`Budget`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    budget: Arc<Budget>,
+    amount: usize,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let budget = &self.budget;
+        // SeqCst with the load of `waiting`, against a taker's increment of `waiting` and
+        // load of `used`: either the taker sees this room, or this sees the taker.
+        budget.used.fetch_sub(self.amount, Ordering::SeqCst);
+        if budget.waiting.load(Ordering::SeqCst) > 0 {
+            budget.freed.notify_waiters();
+        }
+    }
+}
+
+impl Budget {
+    /// A budget of `limit`.
+    pub(crate) fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            limit,
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Takes `amount` if that much is free now.
+    pub(crate) fn try_take(self: &Arc<Self>, amount: usize) -> Option<Taken> {
+        let mut used = self.used.load(Ordering::SeqCst);
+        loop {
+            if self.closed.load(Ordering::Acquire) || amount > self.limit.saturating_sub(used) {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + amount,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    return Some(Taken {
+                        budget: Arc::clone(self),
+                        amount,
+                    })
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Takes `amount`, waiting until that much is free; `None` once the budget is closed, or
+    /// if `amount` is more than it will ever have.
+    pub(crate) async fn take(self: &Arc<Self>, amount: usize) -> Option<Taken> {
+        if amount > self.limit {
+            return None;
+        }
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let taken = self.try_take(amount);
+            if taken.is_some() || self.closed.load(Ordering::Acquire) {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                return taken;
+            }
+            freed.await;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Refuses every take from now on and wakes the waiting ones; what was taken is still
+    /// given back as usual.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_up_to_the_limit_and_gives_back_on_drop() {
+        let budget = Budget::new(10);
+        let a = budget.try_take(6).expect("6 of 10");
+        assert!(budget.try_take(5).is_none());
+        let b = budget.try_take(4).expect("4 more");
+        assert!(budget.try_take(1).is_none());
+        drop(a);
+        assert!(budget.try_take(6).is_some());
+        drop(b);
+        assert!(budget.try_take(11).is_none());
+        assert!(budget.try_take(10).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_taker_is_woken_by_what_is_given_back_or_by_the_close() {
+        let budget = Budget::new(3);
+        let held = budget.try_take(3).expect("all of it");
+        let waiter = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { budget.take(2).await.map(|t| t.amount) }
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await;
+        assert_eq!(got.expect("woken").expect("no panic"), Some(2));
+
+        let held = budget.try_take(3).expect("all of it again");
+        let waiter = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { budget.take(1).await.is_none() }
+        });
+        tokio::task::yield_now().await;
+        budget.close();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await;
+        assert!(
+            got.expect("woken").expect("no panic"),
+            "a closed budget gives nothing"
+        );
+        drop(held);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_takers_and_givers_lose_no_wake_up() {
+        let budget = Budget::new(4);
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let budget = Arc::clone(&budget);
+                tokio::spawn(async move {
+                    for _ in 0..200 {
+                        let taken = budget.take(1).await.expect("open");
+                        tokio::task::yield_now().await;
+                        drop(taken);
+                    }
+                })
+            })
+            .collect();
+        let all = futures::future::join_all(tasks);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(30), all).await;
+        assert!(done.expect("no lost wake-up").iter().all(Result::is_ok));
+        assert_eq!(budget.used.load(Ordering::SeqCst), 0);
+    }
+}
