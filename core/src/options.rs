@@ -87,7 +87,11 @@ impl Limits {
 
     /// How many of the peer's calls may run here at once. Default: 4096. A call beyond it is
     /// refused at once with [`RpcError::Overloaded`](crate::RpcError::Overloaded) rather than
-    /// queued without bound.
+    /// queued without bound. A one-way call cannot be refused with an answer, so beyond it the
+    /// connection stops reading until a handler ends (the transport then pushes back on the
+    /// peer); a handler that waits for a reply on the same connection (a call back to the peer)
+    /// while every place is taken would wait for that reader, so keep such handlers well
+    /// under this limit.
     pub fn max_handlers(mut self, calls: usize) -> Self {
         self.max_handlers = calls.max(1);
         self
