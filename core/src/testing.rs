@@ -60,7 +60,7 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::codec::Codec;
 use crate::error::{HandshakeError, RpcError, TransportError};
-use crate::transport::{Connector, Link, Listener};
+use crate::transport::{BoxConnector, BoxListener, Connector, Link, Listener};
 use crate::wire::{
     ErrorPayload, FrameKind, Header, Hello, Welcome, WelcomeStatus, HEADER_LEN, PROTOCOL_VERSION,
 };
@@ -453,6 +453,9 @@ impl<H: Harness> Env<H> {
                 match harness.bind(frames.server) {
                     Ok((listener, address)) => {
                         let _ = bound.send(Ok(address));
+                        // Served as a trait object, as a server that picks its transports at
+                        // run time serves them.
+                        let listener: BoxListener = Box::new(listener);
                         if let Err(e) = server.serve(listener).await {
                             tracing::debug!(error = %e, "conformance listener ended");
                         }

@@ -7,9 +7,10 @@ use std::time::Duration;
 use super::*;
 
 /// Calls of every kind: plain, acknowledged, one-way, blocking (from a `spawn_blocking`
-/// thread), a typed application error, and a call-back into a service the client exports.
+/// thread), a typed application error, and a call-back into a service the client exports;
+/// through the transport's connector as a trait object.
 pub async fn every_call_kind<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
-    let connector = env.serve_default(&codec).await;
+    let connector: BoxConnector = Box::new(env.serve_default(&codec).await);
     let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
     assert_eq!(lab.echo(42).await, Ok(42));
     assert_eq!(

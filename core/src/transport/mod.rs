@@ -198,13 +198,73 @@ pub struct Link {
 }
 
 /// Accepts links, on the server side.
-pub trait Listener: Send + 'static {
+///
+/// Implement this; [`DynListener`] makes any listener usable as a trait object
+/// ([`BoxListener`]), for code that picks its transport at run time.
+pub trait Listener: Send {
     /// Waits for the next link. An error here ends [`Server::serve`](crate::Server::serve).
     fn accept(&mut self) -> impl Future<Output = Result<Link, TransportError>> + Send;
 }
 
 /// Opens links to one address, on the client side.
+///
+/// Implement this; [`DynConnector`] makes any connector usable as a trait object
+/// ([`BoxConnector`]), for code that keeps a connector to redial or picks its transport at run
+/// time.
 pub trait Connector: Send + Sync {
     /// Opens a new link.
     fn connect(&self) -> impl Future<Output = Result<Link, TransportError>> + Send;
+}
+
+/// A [`Listener`] as a trait object. Implemented for every listener; a [`BoxListener`] is a
+/// [`Listener`] again, so a server serves it like any other.
+///
+/// ```
+/// use courier::transport::{mem, BoxListener, BoxConnector};
+/// let listener: BoxListener = Box::new(mem::Listener::bind("dyn-example").unwrap());
+/// let connector: BoxConnector = Box::new(mem::Dialer::new("dyn-example"));
+/// # drop((listener, connector));
+/// ```
+pub trait DynListener: Send {
+    /// [`Listener::accept`], boxed.
+    fn accept_boxed(&mut self) -> BoxFuture<'_, Result<Link, TransportError>>;
+}
+
+impl<L: Listener> DynListener for L {
+    fn accept_boxed(&mut self) -> BoxFuture<'_, Result<Link, TransportError>> {
+        Box::pin(self.accept())
+    }
+}
+
+/// A listener of a transport chosen at run time.
+pub type BoxListener = Box<dyn DynListener>;
+
+// For any lifetime of the trait object, not only `'static`: the compiler's check that a future
+// holding a `BoxListener` is `Send` asks for it.
+impl<'a> Listener for Box<dyn DynListener + 'a> {
+    fn accept(&mut self) -> impl Future<Output = Result<Link, TransportError>> + Send {
+        (**self).accept_boxed()
+    }
+}
+
+/// A [`Connector`] as a trait object. Implemented for every connector; a [`BoxConnector`] is a
+/// [`Connector`] again.
+pub trait DynConnector: Send + Sync {
+    /// [`Connector::connect`], boxed.
+    fn connect_boxed(&self) -> BoxFuture<'_, Result<Link, TransportError>>;
+}
+
+impl<C: Connector> DynConnector for C {
+    fn connect_boxed(&self) -> BoxFuture<'_, Result<Link, TransportError>> {
+        Box::pin(self.connect())
+    }
+}
+
+/// A connector of a transport chosen at run time.
+pub type BoxConnector = Box<dyn DynConnector>;
+
+impl<'a> Connector for Box<dyn DynConnector + 'a> {
+    fn connect(&self) -> impl Future<Output = Result<Link, TransportError>> + Send {
+        (**self).connect_boxed()
+    }
 }
