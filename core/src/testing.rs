@@ -66,6 +66,7 @@ use crate::wire::{
 };
 use crate::{CallOptions, Client, Context, Limits, Server};
 
+pub mod faulty;
 pub mod suite;
 
 /// What the suite needs from a transport: a listener and a connector that reaches it.
