@@ -1,0 +1,132 @@
+//! Courier over QUIC through a lossy UDP relay on loopback (real client, real server, real
+//! TLS): QUIC recovers lost, duplicated and reordered datagrams by itself; a cut path is seen
+//! at the idle timeout, and a new connection works once the path is back.
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+mod support {
+    pub mod relay;
+}
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use courier::{Client, RpcError, Server};
+use courier_cbor::Cbor;
+use courier_quic::{ClientTls, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls};
+use support::relay::{Relay, Weather};
+
+#[courier::service]
+pub trait Ping {
+    /// Returns its argument.
+    async fn ping(&self, v: u64) -> u64;
+}
+
+struct Pong;
+
+impl Ping for Pong {
+    async fn ping(&self, v: u64) -> u64 {
+        v
+    }
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(90), f)
+        .await
+        .expect("test timed out")
+}
+
+/// A server, a relay in front of it with `weather`, and a connector through the relay.
+async fn through_relay(weather: Weather, options: QuicOptions) -> (Relay, QuicConnector) {
+    let cert = DevCert::localhost().unwrap();
+    let listener = QuicListener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerTls::dev(&cert),
+        options.clone(),
+    )
+    .unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server = Server::builder(Cbor::default())
+        .service(PingServer::new(Pong))
+        .build();
+    tokio::spawn(async move { server.serve(listener).await });
+    let relay = Relay::start(server_addr, weather).await;
+    let connector = QuicConnector::new(
+        relay.addr(),
+        "localhost",
+        ClientTls::trusting_dev(&cert),
+        options,
+    )
+    .unwrap();
+    (relay, connector)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_complete_through_loss_duplication_and_reordering() {
+    within(async {
+        let weather = Weather {
+            seed: 21,
+            drop: 0.05,
+            duplicate: 0.01,
+            reorder: 0.05,
+        };
+        let (relay, connector) = through_relay(weather, QuicOptions::default()).await;
+        let client = PingClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        let workers = (0..8u64).map(|w| {
+            let client = client.clone();
+            async move {
+                for i in 0..50u64 {
+                    let v = w * 1000 + i;
+                    assert_eq!(client.ping(v).await, Ok(v));
+                }
+            }
+        });
+        futures::future::join_all(workers).await;
+        let c = &relay.counts;
+        assert!(c.dropped.load(Ordering::Relaxed) > 0, "datagrams were lost");
+        assert!(
+            c.reordered.load(Ordering::Relaxed) > 0,
+            "datagrams were reordered"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_path_fails_calls_at_the_idle_timeout_and_a_new_connection_works_after() {
+    within(async {
+        let calm = Weather {
+            seed: 22,
+            drop: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+        };
+        let options = QuicOptions::default()
+            .idle_timeout(Duration::from_secs(2))
+            .keep_alive(Some(Duration::from_millis(300)));
+        let (relay, connector) = through_relay(calm, options).await;
+        let client = PingClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(client.ping(1).await, Ok(1));
+        relay.cut();
+        let err = client.ping(2).await.unwrap_err();
+        assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
+        relay.restore();
+        let again = PingClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(again.ping(3).await, Ok(3));
+    })
+    .await
+}
