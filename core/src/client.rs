@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
@@ -16,6 +15,7 @@ use crate::codec::Codec;
 use crate::connection::{client_handshake, CallSlot, ReplyResult, Shared};
 use crate::dispatch::{BoundRouter, Registry, Router, Service};
 use crate::error::RpcError;
+use crate::identity::Identity;
 use crate::ids::MethodDesc;
 use crate::options::{CallOptions, Limits};
 use crate::peer::Peer;
@@ -60,24 +60,10 @@ impl<C: fmt::Debug> fmt::Debug for Client<C> {
     }
 }
 
-/// This process's identity in handshakes: a random id and the time it started.
-fn process_identity() -> (u128, u64) {
-    static ID: OnceLock<(u128, u64)> = OnceLock::new();
-    *ID.get_or_init(|| {
-        // RandomState is seeded from the operating system's randomness; two of them give the
-        // 128 bits without another dependency.
-        let word = || {
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish()
-        };
-        let id = (u128::from(word()) << 64) | u128::from(word());
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        (id, epoch)
-    })
+/// This process's identity in handshakes, made once: a random id and the time it started.
+fn process_identity() -> Identity {
+    static ID: OnceLock<Identity> = OnceLock::new();
+    *ID.get_or_init(Identity::random)
 }
 
 impl<C: Codec> Client<C> {
@@ -269,7 +255,7 @@ pub struct ClientBuilder<C> {
     codec: C,
     registry: Registry<C>,
     limits: Limits,
-    identity: Option<(u128, u64)>,
+    identity: Option<Identity>,
 }
 
 impl<C: fmt::Debug> fmt::Debug for ClientBuilder<C> {
@@ -304,10 +290,10 @@ impl<C: Codec> ClientBuilder<C> {
     }
 
     /// Sets the client id and epoch sent in the handshake. By default both are made once per
-    /// process (a random id; the start time as the epoch). Set them to keep an id across
-    /// restarts, with a new epoch each time, so that the server recognizes a restarted client.
-    pub fn identity(mut self, client_id: u128, epoch: u64) -> Self {
-        self.identity = Some((client_id, epoch));
+    /// process ([`Identity::random`]). [`Identity::load_or_create`] keeps an id across
+    /// restarts with a new epoch each time, so that a server can recognize a restarted client.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
         self
     }
 
@@ -319,7 +305,8 @@ impl<C: Codec> ClientBuilder<C> {
 
     /// Performs the handshake over a link already open, and starts the connection.
     pub async fn connect_link(self, mut link: Link) -> Result<Client<C>, RpcError> {
-        let (id, epoch) = self.identity.unwrap_or_else(process_identity);
+        let identity = self.identity.unwrap_or_else(process_identity);
+        let (id, epoch) = (identity.client_id(), identity.epoch());
         let timeout = self.limits.handshake_timeout;
         if let Err(e) = client_handshake(&mut link, C::NAME, id, epoch, timeout).await {
             link.tx.close();

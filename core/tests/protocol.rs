@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes};
 use courier::transport::{mem, Link};
 use courier::wire::{ErrorCode, ErrorPayload, FrameKind, Header};
-use courier::{Client, Codec, InterfaceId, MethodId, Server};
+use courier::{Client, Codec, Identity, InterfaceId, MethodId, Server};
 use courier_cbor::Cbor;
 use courier_xdr::Xdr;
 
@@ -52,7 +52,7 @@ async fn exchange<C: Codec>(codec: C) -> [Bytes; 4] {
     let serving = tokio::spawn(async move { server.serve_link(server_end).await });
     let connecting = tokio::spawn(
         Client::builder(codec)
-            .identity(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10, 7)
+            .identity(Identity::new(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10, 7))
             .connect_link(client_end),
     );
     let hello = forward(&mut relay_client, &relay_server).await;
