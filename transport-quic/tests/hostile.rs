@@ -8,45 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier::wire::{FrameKind, Header, Hello, Welcome, WelcomeStatus, HEADER_LEN};
-use courier::{Client, Server};
+use courier::Client;
 use courier_cbor::Cbor;
-use courier_quic::{ClientTls, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls};
+use courier_quic::{ClientTls, DevCert, QuicConnector, QuicOptions};
 use quinn::crypto::rustls::QuicClientConfig;
 
-#[courier::service]
-pub trait Ping {
-    /// Returns its argument.
-    async fn ping(&self, v: u64) -> u64;
+mod support {
+    pub mod ping;
 }
 
-struct Pong;
-
-impl Ping for Pong {
-    async fn ping(&self, v: u64) -> u64 {
-        v
-    }
-}
-
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(90), f)
-        .await
-        .expect("test timed out")
-}
-
-fn serve(cert: &DevCert, options: QuicOptions) -> SocketAddr {
-    let listener = QuicListener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerTls::dev(cert),
-        options,
-    )
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = Server::builder(Cbor::default())
-        .service(PingServer::new(Pong))
-        .build();
-    tokio::spawn(async move { server.serve(listener).await });
-    addr
-}
+use support::ping::{serve, within, PingClient};
 
 /// A quinn connection that has done Courier's handshake by hand.
 async fn raw(addr: SocketAddr, cert: &DevCert) -> (quinn::Endpoint, quinn::Connection) {

@@ -4,51 +4,23 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod support {
+    pub mod ping;
     pub mod relay;
 }
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use courier::{Client, RpcError, Server};
+use courier::{Client, RpcError};
 use courier_cbor::Cbor;
-use courier_quic::{ClientTls, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls};
+use courier_quic::{ClientTls, DevCert, QuicConnector, QuicOptions};
+use support::ping::{serve, within, PingClient};
 use support::relay::{Relay, Weather};
-
-#[courier::service]
-pub trait Ping {
-    /// Returns its argument.
-    async fn ping(&self, v: u64) -> u64;
-}
-
-struct Pong;
-
-impl Ping for Pong {
-    async fn ping(&self, v: u64) -> u64 {
-        v
-    }
-}
-
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(90), f)
-        .await
-        .expect("test timed out")
-}
 
 /// A server, a relay in front of it with `weather`, and a connector through the relay.
 async fn through_relay(weather: Weather, options: QuicOptions) -> (Relay, QuicConnector) {
     let cert = DevCert::localhost().unwrap();
-    let listener = QuicListener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerTls::dev(&cert),
-        options.clone(),
-    )
-    .unwrap();
-    let server_addr = listener.local_addr().unwrap();
-    let server = Server::builder(Cbor::default())
-        .service(PingServer::new(Pong))
-        .build();
-    tokio::spawn(async move { server.serve(listener).await });
+    let server_addr = serve(&cert, options.clone());
     let relay = Relay::start(server_addr, weather).await;
     let connector = QuicConnector::new(
         relay.addr(),

@@ -96,20 +96,21 @@ enum Fate {
     Delay,
 }
 
-/// The seeded schedule shared by both directions of every link of one connector.
+/// A seeded source of numbers in `[0, 1)` (splitmix64), shared by threads: a fault schedule
+/// that its seed alone reproduces. Also for other fault injectors (the QUIC tests' UDP relay).
 #[derive(Debug)]
-struct Schedule {
-    faults: Faults,
-    /// splitmix64's state: a generator of a few lines, so that a schedule is reproducible
-    /// from its seed alone.
-    state: AtomicU64,
-    counts: Arc<FaultCounts>,
-}
+pub struct Seeded(AtomicU64);
 
-impl Schedule {
-    fn next(&self) -> f64 {
+impl Seeded {
+    /// The generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Seeded(AtomicU64::new(seed))
+    }
+
+    /// The next number, in `[0, 1)`.
+    pub fn next_f64(&self) -> f64 {
         let mut z = self
-            .state
+            .0
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
             .wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -117,10 +118,20 @@ impl Schedule {
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
+}
 
+/// The seeded schedule shared by both directions of every link of one connector.
+#[derive(Debug)]
+struct Schedule {
+    faults: Faults,
+    dice: Seeded,
+    counts: Arc<FaultCounts>,
+}
+
+impl Schedule {
     fn fate(&self, can_delay: bool) -> Fate {
         let f = &self.faults;
-        let x = self.next();
+        let x = self.dice.next_f64();
         let counts = &self.counts;
         let fate = if x < f.drop {
             Fate::Drop
@@ -198,7 +209,7 @@ impl<C> FaultyConnector<C> {
         FaultyConnector {
             inner,
             schedule: Arc::new(Schedule {
-                state: AtomicU64::new(faults.seed),
+                dice: Seeded::new(faults.seed),
                 faults,
                 counts: Arc::clone(&counts),
             }),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use courier::testing::faulty::Seeded;
 use tokio::net::UdpSocket;
 
 /// What the relay does to datagrams, each a probability per datagram.
@@ -44,27 +45,11 @@ impl Drop for Relay {
     }
 }
 
-struct Dice(AtomicU64);
-
-impl Dice {
-    /// splitmix64, so that a schedule is reproducible from its seed.
-    fn roll(&self) -> f64 {
-        let mut z = self
-            .0
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// One direction's weather: decides each datagram's fate and holds a reordered one back until
 /// the next datagram has gone.
 struct Lane {
     weather: Weather,
-    dice: Arc<Dice>,
+    dice: Arc<Seeded>,
     counts: Arc<Counts>,
     cut: Arc<AtomicBool>,
     held: Option<Vec<u8>>,
@@ -78,7 +63,7 @@ impl Lane {
             return Vec::new();
         }
         let w = self.weather;
-        let x = self.dice.roll();
+        let x = self.dice.next_f64();
         let mut out = Vec::new();
         if x < w.drop {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
@@ -107,7 +92,7 @@ impl Relay {
         let addr = front.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
-        let dice = Arc::new(Dice(AtomicU64::new(weather.seed)));
+        let dice = Arc::new(Seeded::new(weather.seed));
         let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         // One upstream socket per client address, so the server sees each client apart.
         let upstreams: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
