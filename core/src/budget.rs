@@ -1,5 +1,5 @@
-//! [`Budget`]: an amount that calls take from and give back (the bytes of running calls),
-//! without a lock.
+//! [`Budget`]: an amount that takers share and give back (the bytes of running calls, a
+//! listener's connections), without a lock.
 //!
 //! A connection's larger calls take from its own budget and from the server's, which every
 //! connection of the server shares. Tokio's semaphore locks a mutex on every release; here

@@ -107,9 +107,11 @@ impl Limits {
 
     /// How many connections one listener may serve at once ([`Server::serve`]). Default:
     /// 1024. A client beyond it is refused in the handshake with
-    /// [`HandshakeError::Busy`](crate::HandshakeError::Busy). With the default frame and
-    /// transport limits, each connection can hold at most tens of MiB, so the default keeps a
-    /// server within a few GiB whatever its clients do; raise it with the machine.
+    /// [`HandshakeError::Busy`](crate::HandshakeError::Busy). What all the connections
+    /// together can make the server hold is capped apart from their number
+    /// ([`Limits::max_server_call_bytes`], and the QUIC listener's receive ceiling), so this
+    /// limit is about descriptors, tasks and per-connection buffers (a shared-memory
+    /// connection maps two rings); raise it with the machine.
     ///
     /// [`Server::serve`]: crate::Server::serve
     pub fn max_connections(mut self, connections: usize) -> Self {

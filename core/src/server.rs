@@ -5,9 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::budget::Budget;
+use crate::budget::{Budget, Taken};
 use crate::codec::CodecSet;
 use crate::connection::{server_handshake, Shared};
 use crate::dispatch::{Authorizer, BoundRouter, Registry, Router, Service};
@@ -171,15 +169,15 @@ const MAX_REFUSALS: usize = 64;
 
 /// One listener's count of connections, in all and per peer.
 struct Admission {
-    total: Arc<Semaphore>,
+    total: Arc<Budget>,
     per_peer: Arc<Mutex<HashMap<PeerKey, usize>>>,
     max_per_peer: usize,
-    refusals: Arc<Semaphore>,
+    refusals: Arc<Budget>,
 }
 
 /// A connection's place in its listener's count; given back when dropped.
 struct Ticket {
-    _total: OwnedSemaphorePermit,
+    _total: Taken,
     peer: Option<PeerKey>,
     per_peer: Arc<Mutex<HashMap<PeerKey, usize>>>,
 }
@@ -201,20 +199,18 @@ impl Drop for Ticket {
 impl Admission {
     fn new(limits: &Limits) -> Self {
         Admission {
-            total: Arc::new(Semaphore::new(limits.max_connections)),
+            total: Budget::new(limits.max_connections),
             per_peer: Arc::default(),
             max_per_peer: limits.max_connections_per_peer,
-            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+            refusals: Budget::new(MAX_REFUSALS),
         }
     }
 
     /// A ticket for a new connection from `peer`, or (refused) a permit to tell it so, if
     /// not too many refusals are under way already.
-    fn admit(&self, peer: &Peer) -> Result<Ticket, Option<OwnedSemaphorePermit>> {
-        let refuse = || Arc::clone(&self.refusals).try_acquire_owned().ok();
-        let total = Arc::clone(&self.total)
-            .try_acquire_owned()
-            .map_err(|_| refuse())?;
+    fn admit(&self, peer: &Peer) -> Result<Ticket, Option<Taken>> {
+        let refuse = || self.refusals.try_take(1);
+        let total = self.total.try_take(1).ok_or_else(refuse)?;
         let key = peer_key(peer);
         if let Some(key) = &key {
             let mut counts = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());

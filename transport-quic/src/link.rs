@@ -327,8 +327,8 @@ impl Permits {
 ///
 /// Reading takes quinn's chunks as they are (`read_chunk`), without copying: a small frame
 /// that arrived in one packet is delivered as a slice of that packet's buffer. A frame split
-/// across chunks is gathered into a buffer of its exact size; a large one is read straight
-/// into it, many packets per read.
+/// across chunks is gathered into a buffer that grows with what has arrived (see
+/// `Frames::gather`).
 struct Frames {
     recv: RecvStream,
     /// Bytes read and not yet framed.

@@ -530,8 +530,10 @@ async fn receive(
             gone = peer_gone(&end.socket) => {
                 if gone {
                     // What the peer published before it left still counts (a refusing
-                    // welcome, say): take it before stopping.
-                    while let Ok(Some(frame)) = consumer.try_pop() {
+                    // welcome, say): take it before stopping, but no more than a queue's
+                    // worth, since a process that still maps the segment could go on writing.
+                    for _ in 0..QUEUE_DEPTH {
+                        let Ok(Some(frame)) = consumer.try_pop() else { break };
                         if frames.send(Bytes::from(frame)).await.is_err() {
                             break;
                         }
