@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::codec::Codec;
-use crate::connection::Shared;
+use crate::engine::Shared;
 use crate::error::{HandshakeError, RpcError};
 use crate::ids::{InterfaceId, MethodId};
 use crate::peer::Peer;
@@ -86,7 +86,13 @@ impl Context {
             }
             .into());
         }
-        Ok(Client::borrowed(Arc::clone(&self.shared), codec))
+        // On a client's link (its exported service calling the server back), the call belongs
+        // to the client's session like any other: numbered in its sequence, sent again after a
+        // reconnect. On a server's link, it is a call over that link alone.
+        Ok(match self.shared.client_session() {
+            Some(session) => Client::of_session(session, codec),
+            None => Client::over_link(Arc::clone(&self.shared), codec),
+        })
     }
 }
 

@@ -15,10 +15,24 @@ use crate::wire::{ErrorCode, ErrorPayload, FrameProblem};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
-    /// The connection closed or failed before the reply arrived. The call may or may not have
-    /// run on the server; reconnect, and retry only if the method is idempotent.
+    /// The connection closed or failed before the reply arrived, and the client could not
+    /// reconnect within its [`ReconnectPolicy`](crate::ReconnectPolicy) and the call's deadline.
+    /// An at-most-once call may or may not have run on the server (at most once); retry only
+    /// if that is acceptable.
     #[error("connection lost before the reply arrived: {0}")]
     ConnectionLost(String),
+    /// The client reconnected to a *different* server instance (the server restarted) while
+    /// this at-most-once call was in flight: the old instance may or may not have run the
+    /// method, and its reply cache went with it, so the call cannot be safely re-sent. The
+    /// outcome is unknown; check the service's state before retrying.
+    #[error("the outcome is unknown: the method may or may not have run ({0})")]
+    OutcomeUnknown(String),
+    /// The server no longer remembers this at-most-once call: its reply was evicted from the
+    /// server's reply cache (by [`Limits::reply_cache_bytes`](crate::Limits::reply_cache_bytes)
+    /// or [`Limits::reply_cache_age`](crate::Limits::reply_cache_age)) before a re-sent copy
+    /// arrived. The copy was not run; the method may have run once before.
+    #[error("the server forgot the call's reply, so its outcome is unknown: {0}")]
+    ReplyEvicted(String),
     /// The call's deadline passed. The server drops the handler when it sees the deadline pass;
     /// raise the timeout in `CallOptions` if the method is legitimately slow.
     #[error("the call's deadline passed before the reply arrived")]
@@ -123,6 +137,7 @@ impl RpcError {
             RpcError::Overloaded(_) => ErrorCode::Overloaded,
             RpcError::Protocol(_) => ErrorCode::Protocol,
             RpcError::FrameTooLarge { .. } => ErrorCode::TooLarge,
+            RpcError::ReplyEvicted(_) => ErrorCode::ReplyEvicted,
             _ => ErrorCode::Internal,
         };
         let message = match self {
@@ -131,6 +146,7 @@ impl RpcError {
             | RpcError::AccessDenied(m)
             | RpcError::Overloaded(m)
             | RpcError::Protocol(m)
+            | RpcError::ReplyEvicted(m)
             | RpcError::Internal(m) => m.clone(),
             RpcError::VersionMismatch { message, .. } => message.clone(),
             other => other.to_string(),
@@ -156,6 +172,7 @@ impl RpcError {
             Some(ErrorCode::Overloaded) => RpcError::Overloaded(message),
             Some(ErrorCode::Internal) => RpcError::Internal(message),
             Some(ErrorCode::Protocol) => RpcError::Protocol(message),
+            Some(ErrorCode::ReplyEvicted) => RpcError::ReplyEvicted(message),
             Some(ErrorCode::TooLarge) => match too_large {
                 Some((size, limit)) => RpcError::FrameTooLarge {
                     size: usize::try_from(size).unwrap_or(usize::MAX),
@@ -213,6 +230,10 @@ pub enum HandshakeError {
     /// [`Limits::max_connections_per_peer`](crate::Limits::max_connections_per_peer).
     #[error("the server refused the connection: it has as many connections as it allows")]
     Busy,
+    /// The server serves this client id with a newer epoch: this client is an older
+    /// incarnation (or shares its [`Identity`](crate::Identity) with a newer process).
+    #[error("the server knows a newer epoch of this client id; this client is stale")]
+    StaleEpoch,
 }
 
 /// A cause kept beside a [`TransportError`]'s description: the library error it came from.

@@ -40,11 +40,16 @@ impl fmt::Debug for Identity {
 /// The first line of an identity file; the format may grow, and this says which it is.
 const MAGIC: &str = "courier-identity 1";
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     // RandomState is seeded from the operating system's randomness.
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
+}
+
+/// A random u128 from the operating system's randomness.
+pub(crate) fn random_u128() -> u128 {
+    (u128::from(random_u64()) << 64) | u128::from(random_u64())
 }
 
 impl Identity {
@@ -56,7 +61,7 @@ impl Identity {
     /// A random id, and the current time (µs since 1970) as the epoch: a new identity for each
     /// process, which is what a client gets unless it says otherwise.
     pub fn random() -> Self {
-        let client_id = (u128::from(random_u64()) << 64) | u128::from(random_u64());
+        let client_id = random_u128();
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));

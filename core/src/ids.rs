@@ -78,6 +78,10 @@ pub struct MethodDesc {
     pub version: u16,
     /// The method's id.
     pub method: MethodId,
+    /// Whether the method is declared `#[idempotent]`: its calls are *at-least-once* (re-sent
+    /// after a lost link or a server restart until they have an outcome). Other two-way calls
+    /// are *at-most-once*.
+    pub idempotent: bool,
 }
 
 #[cfg(test)]

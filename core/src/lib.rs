@@ -76,15 +76,16 @@ extern crate self as courier;
 mod budget;
 mod client;
 pub mod codec;
-mod connection;
 mod context;
 pub mod dispatch;
+mod engine;
 pub mod error;
 mod identity;
 pub mod ids;
 mod options;
 mod peer;
 mod server;
+mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
@@ -97,7 +98,7 @@ pub use courier_macros::service;
 pub use error::{Cause, CodecError, HandshakeError, RpcError, TransportError};
 pub use identity::Identity;
 pub use ids::{InterfaceId, MethodDesc, MethodId};
-pub use options::{CallOptions, Limits};
+pub use options::{CallOptions, Limits, ReconnectPolicy};
 pub use peer::Peer;
 pub use server::{Server, ServerBuilder};
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-/// Options for one call: its deadline.
+/// Options for one call: its deadline, and how long one attempt waits before the call is sent
+/// again.
 ///
 /// Stubs carry a default set; `FooClient::with_options` makes a stub with other defaults.
 ///
@@ -14,6 +15,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallOptions {
     timeout: Option<Duration>,
+    attempt_timeout: Option<Duration>,
 }
 
 impl CallOptions {
@@ -34,6 +36,113 @@ impl CallOptions {
     pub fn timeout_value(&self) -> Option<Duration> {
         self.timeout
     }
+
+    /// Sends the call again over the same link when `attempt` passes without its outcome (the
+    /// seed's "retransmit until we get a response"), until the deadline. The server runs an
+    /// at-most-once call once however many copies arrive. Off by default: QUIC, shared memory
+    /// and in-process links do not lose frames (a lost link is handled by reconnecting); set it
+    /// over a link that may drop frames, or to cover a server that lost a call. Overrides the
+    /// client's default ([`ClientBuilder::attempt_timeout`](crate::ClientBuilder::attempt_timeout)).
+    pub fn attempt_timeout(mut self, attempt: Duration) -> Self {
+        self.attempt_timeout = Some(attempt);
+        self
+    }
+
+    /// The attempt timeout, if one is set.
+    pub fn attempt_timeout_value(&self) -> Option<Duration> {
+        self.attempt_timeout
+    }
+}
+
+/// How a client reconnects when its link dies: exponential backoff with jitter, for as long
+/// as [`ReconnectPolicy::give_up_after`] allows (and each call waits no longer than its own
+/// deadline).
+///
+/// On by default: the first retry after 20 ms, doubling to at most 2 s between attempts, giving
+/// up after 30 s without a link (calls then fail with
+/// [`RpcError::ConnectionLost`](crate::RpcError::ConnectionLost); the next call starts
+/// reconnecting again).
+///
+/// ```
+/// use std::time::Duration;
+/// use courier::ReconnectPolicy;
+/// let patient = ReconnectPolicy::default().give_up_after(Duration::from_secs(300));
+/// assert!(patient.delay(0, 0) <= Duration::from_millis(20));
+/// assert!(patient.delay(30, u64::MAX) <= Duration::from_secs(2));
+/// assert!(ReconnectPolicy::never().is_never());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    enabled: bool,
+    initial: Duration,
+    max_delay: Duration,
+    give_up_after: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        ReconnectPolicy {
+            enabled: true,
+            initial: Duration::from_millis(20),
+            max_delay: Duration::from_secs(2),
+            give_up_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// Never reconnect: when the link dies, calls in flight fail with
+    /// [`RpcError::ConnectionLost`](crate::RpcError::ConnectionLost), and so does every later
+    /// call (the behaviour of a plain connection).
+    pub fn never() -> Self {
+        ReconnectPolicy {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    /// Whether this policy never reconnects.
+    pub fn is_never(&self) -> bool {
+        !self.enabled
+    }
+
+    /// The delay before the first retry; each later one doubles it, up to
+    /// [`ReconnectPolicy::max_delay`].
+    pub fn initial_delay(mut self, delay: Duration) -> Self {
+        self.initial = delay;
+        self
+    }
+
+    /// The longest delay between two attempts.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// How long to keep trying without a link before failing the calls that wait.
+    pub fn give_up_after(mut self, limit: Duration) -> Self {
+        self.give_up_after = limit;
+        self
+    }
+
+    /// How long to keep trying.
+    pub fn give_up_value(&self) -> Duration {
+        self.give_up_after
+    }
+
+    /// The delay before retry number `attempt` (0 for the first), with `jitter` (any random
+    /// number) spreading it over its upper half, so that clients that lost the same server do
+    /// not all come back at the same instant.
+    pub fn delay(&self, attempt: u32, jitter: u64) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max_delay);
+        let half = base / 2;
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let spread = if nanos == 0 { 0 } else { jitter % (nanos + 1) };
+        half + Duration::from_nanos(spread)
+    }
 }
 
 /// Limits that protect one side of a connection from its peer. Each has a safe default.
@@ -52,6 +161,9 @@ pub struct Limits {
     pub(crate) max_connections_per_peer: usize,
     pub(crate) max_call_bytes: usize,
     pub(crate) max_server_call_bytes: usize,
+    pub(crate) reply_cache_bytes: usize,
+    pub(crate) reply_cache_age: Duration,
+    pub(crate) session_linger: Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +177,9 @@ impl Default for Limits {
             max_connections_per_peer: 64,
             max_call_bytes: 256 << 20,
             max_server_call_bytes: 2 << 30,
+            reply_cache_bytes: 64 << 20,
+            reply_cache_age: Duration::from_secs(120),
+            session_linger: Duration::from_secs(30),
         }
     }
 }
@@ -143,6 +258,33 @@ impl Limits {
     /// only.
     pub fn max_server_call_bytes(mut self, bytes: usize) -> Self {
         self.max_server_call_bytes = bytes;
+        self
+    }
+
+    /// Bytes a server keeps of the outcomes of at-most-once calls, across all its clients, so
+    /// that a copy of a call (re-sent after a lost link or an attempt timeout) is answered
+    /// without running the method again. Default: 64 MiB. Each outcome counts its frame and 64
+    /// bytes of bookkeeping. Clients release what they have received as they go; beyond this
+    /// bound the oldest outcomes are evicted, and a copy of an evicted call is refused with
+    /// [`RpcError::ReplyEvicted`](crate::RpcError::ReplyEvicted), never run twice. Server only.
+    pub fn reply_cache_bytes(mut self, bytes: usize) -> Self {
+        self.reply_cache_bytes = bytes;
+        self
+    }
+
+    /// How long a server keeps an outcome its client has not yet released. Default: 120 s:
+    /// longer than a client usually takes to reconnect. Server only.
+    pub fn reply_cache_age(mut self, age: Duration) -> Self {
+        self.reply_cache_age = age;
+        self
+    }
+
+    /// How long a server keeps a client's session (its running calls and cached outcomes) after
+    /// the client's last link closed without a goodbye, waiting for it to reconnect. Default:
+    /// 30 s. After it, the client's handlers are dropped. A client that closes cleanly ends its
+    /// session at once. Server only.
+    pub fn session_linger(mut self, linger: Duration) -> Self {
+        self.session_linger = linger;
         self
     }
 

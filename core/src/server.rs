@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::budget::{Budget, Taken};
 use crate::codec::CodecSet;
-use crate::connection::{server_handshake, Shared};
 use crate::dispatch::{Authorizer, BoundRouter, Registry, Router, Service};
+use crate::engine::handshake::server_handshake;
+use crate::engine::served::ServerSessions;
+use crate::engine::{Role, Served, Shared};
 use crate::error::{RpcError, TransportError};
 use crate::options::Limits;
 use crate::peer::Peer;
+use crate::session::replies::{CacheLimits, Sessions};
 use crate::transport::{Link, Listener};
 use crate::wire::Hello;
 
@@ -30,6 +33,10 @@ struct Inner<K> {
     authorizer: Option<Arc<dyn Authorizer>>,
     /// The bytes of running calls, across every connection (`Limits::max_server_call_bytes`).
     call_bytes: Arc<Budget>,
+    /// Random per server: tells a reconnecting client whether it found the same server.
+    instance: u128,
+    /// Every client's session: running calls and the reply cache, across links.
+    sessions: ServerSessions,
 }
 
 impl<K> Clone for Server<K> {
@@ -81,7 +88,7 @@ impl<K: CodecSet> Server<K> {
                     };
                     let server = self.clone();
                     tokio::spawn(async move {
-                        let _ = server.handshake(&mut link, true).await;
+                        let _ = server.handshake(&mut link, true, |_| Some(())).await;
                         link.tx.close();
                         drop(refusal);
                     });
@@ -107,28 +114,56 @@ impl<K: CodecSet> Server<K> {
         self.start_link(link, None).await
     }
 
-    async fn handshake(&self, link: &mut Link, busy: bool) -> Result<(usize, Hello), RpcError> {
+    async fn handshake<T>(
+        &self,
+        link: &mut Link,
+        busy: bool,
+        admit: impl FnOnce(&Hello) -> Option<T>,
+    ) -> Result<(usize, T), RpcError> {
         let names = self.inner.registry.codecs().names();
         let timeout = self.inner.limits.handshake_timeout;
-        server_handshake(link, &names, timeout, busy).await
+        let instance = self.inner.instance;
+        server_handshake(link, &names, timeout, busy, instance, admit).await
+    }
+
+    /// Bytes the reply cache holds now: the kept outcomes of at-most-once calls, each with its
+    /// bookkeeping, across all clients; never more than [`Limits::reply_cache_bytes`].
+    pub fn reply_cache_bytes(&self) -> usize {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cached_bytes()
+    }
+
+    /// This server's instance id, sent in every welcome; new for every server built.
+    pub fn instance(&self) -> u128 {
+        self.inner.instance
     }
 
     async fn start_link(&self, mut link: Link, ticket: Option<Ticket>) -> Result<(), RpcError> {
-        let (codec_index, hello) = match self.handshake(&mut link, false).await {
-            Ok(done) => done,
-            Err(e) => {
-                // Nothing more will come of this link: free its resources now, not at the
-                // transport's idle timeout.
-                link.tx.close();
-                return Err(e);
-            }
+        let sessions = &self.inner.sessions;
+        let linger = self.inner.limits.session_linger;
+        let admit = |hello: &Hello| {
+            let served = Served::join(sessions, hello.client_id, hello.epoch, linger)?;
+            Some((served, hello.client_id, hello.epoch))
         };
+        let (codec_index, (served, client_id, epoch)) =
+            match self.handshake(&mut link, false, admit).await {
+                Ok(done) => done,
+                Err(e) => {
+                    // Nothing more will come of this link: free its resources now, not at the
+                    // transport's idle timeout.
+                    link.tx.close();
+                    return Err(e);
+                }
+            };
         let names = self.inner.registry.codecs().names();
         tracing::debug!(
             peer = ?link.peer,
             codec = names[codec_index],
-            client_id = hello.client_id,
-            epoch = hello.epoch,
+            client_id,
+            epoch,
             "connection accepted"
         );
         let router: Arc<dyn Router> = Arc::new(BoundRouter {
@@ -143,6 +178,7 @@ impl<K: CodecSet> Server<K> {
             Some(router),
             ticket.map(|t| Box::new(t) as Box<dyn std::any::Any + Send>),
             Some(Arc::clone(&self.inner.call_bytes)),
+            Role::Server(served),
         );
         Ok(())
     }
@@ -283,6 +319,11 @@ impl<K: CodecSet> ServerBuilder<K> {
             inner: Arc::new(Inner {
                 registry: Arc::new(self.registry),
                 call_bytes: Budget::new(self.limits.server_call_bytes_budget()),
+                instance: crate::identity::random_u128(),
+                sessions: Arc::new(Mutex::new(Sessions::new(CacheLimits {
+                    max_bytes: self.limits.reply_cache_bytes,
+                    max_age: self.limits.reply_cache_age,
+                }))),
                 limits: self.limits,
                 authorizer: self.authorizer,
             }),

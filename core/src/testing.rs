@@ -60,11 +60,11 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::codec::Codec;
 use crate::error::{HandshakeError, RpcError, TransportError};
-use crate::transport::{BoxConnector, BoxListener, Connector, Link, Listener};
+use crate::transport::{BoxListener, Connector, DynConnector, Link, Listener};
 use crate::wire::{
     ErrorPayload, FrameKind, Header, Hello, Welcome, WelcomeStatus, HEADER_LEN, PROTOCOL_VERSION,
 };
-use crate::{CallOptions, Client, Context, Limits, Server};
+use crate::{CallOptions, Client, Context, Limits, ReconnectPolicy, Server};
 
 pub mod faulty;
 pub mod suite;
@@ -74,7 +74,7 @@ pub trait Harness: Send + Sync + 'static {
     /// The transport's listener.
     type Listener: Listener;
     /// The transport's connector.
-    type Connector: Connector + Send + Sync + 'static;
+    type Connector: Connector + Clone + Send + Sync + 'static;
     /// What a connector needs to reach a listener (an address, a path, a certificate).
     type Address: Send + 'static;
 
@@ -490,17 +490,20 @@ const DEFAULT_FRAMES: FrameLimits = FrameLimits {
 
 /// The engine limits the suite's servers use unless a test says otherwise.
 fn test_limits() -> Limits {
-    Limits::default().handshake_timeout(Duration::from_millis(500))
+    Limits::default()
+        .handshake_timeout(Duration::from_millis(500))
+        .session_linger(Duration::from_millis(300))
 }
 
 /// Connects a client that exports `Doubler`.
 async fn client<C: Codec>(
     codec: &C,
-    connector: &impl Connector,
+    connector: &(impl Connector + Clone + 'static),
     frame_limit: usize,
 ) -> ConformanceClient<C> {
     let client = Client::builder(codec.clone())
         .limits(Limits::default().max_frame_size(frame_limit))
+        .reconnect(ReconnectPolicy::default().give_up_after(Duration::from_secs(2)))
         .export(DoublerServer::new(Twice))
         .connect(connector)
         .await

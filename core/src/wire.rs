@@ -13,10 +13,10 @@
 //! | offset | size | field | notes |
 //! |-------:|-----:|-------|-------|
 //! | 0  | 1 | protocol version | [`PROTOCOL_VERSION`]; at the same offset in every version |
-//! | 1  | 1 | kind | [`FrameKind`]: 1 Call, 2 OneWay, 3 Ack, 4 Reply, 5 Error, 6 Cancel |
-//! | 2  | 2 | flags | bit 0: [`Flags::ACK`] (the caller wants an Ack before the method runs); other bits must be zero |
+//! | 1  | 1 | kind | [`FrameKind`]: 1 Call, 2 OneWay, 3 Ack, 4 Reply, 5 Error, 6 Cancel, 7 Release |
+//! | 2  | 2 | flags | bit 0: [`Flags::ACK`] (the caller wants an Ack before the method runs); bit 1: [`Flags::IDEMPOTENT`] (at-least-once: no reply cache); other bits must be zero |
 //! | 4  | 4 | interface id | [`InterfaceId`] of the service called |
-//! | 8  | 8 | call id | chosen by the caller, unique among its calls in flight; at the same offset in every version |
+//! | 8  | 8 | call id | chosen by the caller, unique for the whole life of its client id and epoch (never reused, not even across links); at the same offset in every version |
 //! | 16 | 4 | method id | [`MethodId`] within the interface |
 //! | 20 | 2 | interface version | the version of the interface the caller was built against |
 //! | 22 | 2 | reserved | must be zero |
@@ -44,13 +44,24 @@
 //! |---|---:|---|---|---:|
 //! | magic `b"CRPC"` | 4 | | magic `b"CRPC"` | 4 |
 //! | protocol version | 2 | | protocol version | 2 |
-//! | codec name length *n* (1–32) | 1 | | status (0 accepted, 1 version unsupported, 2 codec unsupported, 3 busy) | 1 |
+//! | codec name length *n* (1–32) | 1 | | status (0 accepted, 1 version unsupported, 2 codec unsupported, 3 busy, 4 stale epoch) | 1 |
 //! | codec name, ASCII | *n* | | codec names the server offers, comma-separated: length | 1 |
 //! | client id | 16 | | … and the names | *m* |
-//! | epoch | 8 | | | |
+//! | epoch | 8 | | server instance id | 16 |
 //!
 //! The client id is random per client process and the epoch changes on every process start, so a
-//! server can tell a restarted client (a new epoch for a known id) from a reconnecting one.
+//! server can tell a restarted client (a new epoch for a known id) from a reconnecting one. The
+//! server instance id is random per server start, so a reconnecting client can tell a restarted
+//! server (another instance: its reply cache is gone) from a link that merely broke.
+//!
+//! # Sessions
+//!
+//! A server keeps one session per client id, across that client's links: calls are keyed by
+//! (client id, call id), so a copy of a call re-sent over a new link (or over the same link after
+//! an attempt timeout) reaches the same entry. An at-most-once call (no
+//! [`Flags::IDEMPOTENT`]) runs once; a copy that arrives while it runs waits for the same
+//! outcome, and a copy that arrives later gets the cached reply or error frame, byte for byte.
+//! The client trims the cache with [`FrameKind::Release`] frames.
 
 use bytes::{BufMut, Bytes};
 
@@ -58,7 +69,7 @@ use crate::error::HandshakeError;
 use crate::ids::{InterfaceId, MethodId};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Size of the frame header in bytes.
 pub const HEADER_LEN: usize = 32;
@@ -80,6 +91,10 @@ pub enum FrameKind {
     Error = 5,
     /// The caller no longer wants the result; the server drops the handler.
     Cancel = 6,
+    /// Client to server: the client holds the outcome of every call it numbered below this
+    /// frame's call id, so the server may forget them (trim its reply cache). A call id of
+    /// `u64::MAX` ends the client's session: the server forgets it entirely. No payload.
+    Release = 7,
 }
 
 impl FrameKind {
@@ -91,6 +106,7 @@ impl FrameKind {
             4 => Self::Reply,
             5 => Self::Error,
             6 => Self::Cancel,
+            7 => Self::Release,
             _ => return None,
         })
     }
@@ -105,7 +121,17 @@ impl Flags {
     pub const NONE: Flags = Flags(0);
     /// The caller wants an [`FrameKind::Ack`] as soon as the server has the call.
     pub const ACK: Flags = Flags(1);
-    const KNOWN: u16 = Self::ACK.0;
+    /// The method is idempotent (*at-least-once*): the server need not keep its reply for a
+    /// re-sent copy, and runs a copy that arrives after the reply again. Without it a call is
+    /// *at-most-once*: the server runs it once per call id and answers copies from its reply
+    /// cache.
+    pub const IDEMPOTENT: Flags = Flags(2);
+    const KNOWN: u16 = Self::ACK.0 | Self::IDEMPOTENT.0;
+
+    /// Both sets of flags.
+    pub const fn union(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
 
     /// The raw bits.
     pub const fn bits(self) -> u16 {
@@ -313,6 +339,10 @@ pub enum ErrorCode {
     Protocol = 9,
     /// The frame exceeded the size limit.
     TooLarge = 10,
+    /// A copy of an at-most-once call the server no longer remembers: its reply was evicted
+    /// from the reply cache (by size or age), or calls numbered after it had been forgotten
+    /// before it arrived. It was not run now; it may have run once before.
+    ReplyEvicted = 11,
 }
 
 impl ErrorCode {
@@ -330,6 +360,7 @@ impl ErrorCode {
             8 => Internal,
             9 => Protocol,
             10 => TooLarge,
+            11 => ReplyEvicted,
             _ => return None,
         })
     }
@@ -499,6 +530,9 @@ pub enum WelcomeStatus {
     /// The server is at its connection limit (in all, or for this peer); the client may retry
     /// later. The server closes the link after this welcome.
     Busy = 3,
+    /// The server already serves this client id with a newer epoch: the hello comes from an
+    /// older incarnation of the client. The server closes the link after this welcome.
+    StaleEpoch = 4,
 }
 
 /// The server's answer to a [`Hello`].
@@ -510,18 +544,22 @@ pub struct Welcome {
     pub status: WelcomeStatus,
     /// The codecs the server offers, comma-separated.
     pub codecs: String,
+    /// Random per server start: a client that reconnects and finds another instance knows the
+    /// server restarted and lost its reply cache.
+    pub instance: u128,
 }
 
 impl Welcome {
     /// Encodes the welcome.
     pub fn encode(&self) -> Bytes {
         let codecs = &self.codecs.as_bytes()[..self.codecs.len().min(255)];
-        let mut out = Vec::with_capacity(8 + codecs.len());
+        let mut out = Vec::with_capacity(8 + codecs.len() + 16);
         out.extend_from_slice(MAGIC);
         out.put_u16(self.version);
         out.put_u8(self.status as u8);
         out.put_u8(codecs.len() as u8);
         out.extend_from_slice(codecs);
+        out.put_u128(self.instance);
         out.into()
     }
 
@@ -536,16 +574,20 @@ impl Welcome {
             1 => WelcomeStatus::VersionUnsupported,
             2 => WelcomeStatus::CodecUnsupported,
             3 => WelcomeStatus::Busy,
+            4 => WelcomeStatus::StaleEpoch,
             _ => return Err(bad("unknown welcome status")),
         };
         let m = b[7] as usize;
-        if b.len() != 8 + m {
+        if b.len() != 8 + m + 16 {
             return Err(bad("welcome has the wrong length"));
         }
+        let mut instance = [0u8; 16];
+        instance.copy_from_slice(&b[8 + m..]);
         Ok(Welcome {
             version: be_u16(&b[4..6]),
             status,
-            codecs: String::from_utf8_lossy(&b[8..]).into_owned(),
+            codecs: String::from_utf8_lossy(&b[8..8 + m]).into_owned(),
+            instance: u128::from_be_bytes(instance),
         })
     }
 }
@@ -570,7 +612,7 @@ mod tests {
         let bytes = h.to_bytes();
         #[rustfmt::skip]
         let expected: [u8; 32] = [
-            1, 1, 0x00, 0x01,                               // version, kind, flags
+            2, 1, 0x00, 0x01,                               // version, kind, flags
             0x0A, 0x0B, 0x0C, 0x0D,                         // interface id
             0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // call id
             0x11, 0x12, 0x13, 0x14,                         // method id
@@ -663,8 +705,17 @@ mod tests {
             version: 1,
             status: WelcomeStatus::CodecUnsupported,
             codecs: "xdr".into(),
+            instance: 0x0123_4567_89AB_CDEF_0011_2233_4455_6677,
         };
-        assert_eq!(Welcome::decode(&w.encode()), Ok(w));
+        assert_eq!(Welcome::decode(&w.encode()), Ok(w.clone()));
+        let stale = Welcome {
+            status: WelcomeStatus::StaleEpoch,
+            ..w.clone()
+        };
+        assert_eq!(Welcome::decode(&stale.encode()), Ok(stale));
+        // A welcome without its instance id (protocol version 1's layout) is refused.
+        let short = w.encode();
+        assert!(Welcome::decode(&short[..short.len() - 16]).is_err());
 
         assert!(Hello::decode(b"nope").is_err());
         let mut bad = h.encode().to_vec();

@@ -95,6 +95,7 @@ async fn an_acknowledged_call_reports_an_early_error() {
         let (server, _probes) = lab_server();
         let client = connect(&server).await;
         let method = courier::MethodDesc {
+            idempotent: false,
             method: MethodId::new(0xBAD),
             ..LabClient::<Cbor>::ECHO
         };
@@ -188,6 +189,7 @@ async fn unknown_interface_method_and_version_fail_at_once() {
         assert!(matches!(err, RpcError::UnknownInterface { .. }), "{err:?}");
 
         let bad_method = courier::MethodDesc {
+            idempotent: false,
             method: MethodId::new(0xBAD),
             ..LabClient::<Cbor>::ECHO
         };
@@ -199,6 +201,7 @@ async fn unknown_interface_method_and_version_fail_at_once() {
         assert!(matches!(err, RpcError::UnknownMethod { .. }), "{err:?}");
 
         let bad_version = courier::MethodDesc {
+            idempotent: false,
             version: 9,
             ..LabClient::<Cbor>::ECHO
         };

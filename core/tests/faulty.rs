@@ -10,7 +10,7 @@ use courier::testing::faulty::{Faults, FaultyConnector};
 use courier::testing::unique_name;
 use courier::transport::{mem, Connector, Link, Listener};
 use courier::wire::{FrameKind, Header, Hello};
-use courier::{CallOptions, Client, InterfaceId, MethodId, RpcError, Server};
+use courier::{CallOptions, Client, InterfaceId, MethodId, ReconnectPolicy, RpcError, Server};
 use courier_cbor::Cbor;
 
 async fn within<F: std::future::Future>(f: F) -> F::Output {
@@ -37,7 +37,7 @@ async fn linked(faults: Faults) -> (Link, Link, FaultyConnector<mem::Dialer>) {
     let client = connector.connect().await.unwrap();
     let mut server = listener.accept().await.unwrap();
     let hello = Hello {
-        version: 1,
+        version: u16::from(courier::wire::PROTOCOL_VERSION),
         codec: "cbor".to_owned(),
         client_id: 1,
         epoch: 1,
@@ -180,7 +180,14 @@ async fn echo_client(connector: &FaultyConnector<mem::Dialer>) -> EchoClient<Cbo
 async fn a_cut_fails_the_link_open_now_and_not_the_next() {
     within(async {
         let connector = echo_server(Faults::new(5));
-        let first = echo_client(&connector).await;
+        // A client that does not reconnect sees the cut as the end of its connection.
+        let first = EchoClient::new(
+            Client::builder(Cbor::default())
+                .reconnect(ReconnectPolicy::never())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
         assert_eq!(first.echo(1).await, Ok(1));
         connector.cuts().cut();
         let err = first.echo(2).await.unwrap_err();
@@ -188,6 +195,10 @@ async fn a_cut_fails_the_link_open_now_and_not_the_next() {
         assert_eq!(connector.counts().cuts.load(Ordering::Relaxed), 1);
         let second = echo_client(&connector).await;
         assert_eq!(second.echo(3).await, Ok(3));
+        // One that does (the default) carries on over a new link.
+        connector.cuts().cut();
+        assert_eq!(second.echo(4).await, Ok(4));
+        assert_eq!(connector.counts().cuts.load(Ordering::Relaxed), 2);
     })
     .await
 }

@@ -42,17 +42,26 @@ async fn forward(from: &mut Link, to: &Link) -> Bytes {
     message
 }
 
-/// The hello, welcome, call and reply of `div(7, 2)` with `codec`, as they crossed the wire.
-async fn exchange<C: Codec>(codec: C) -> [Bytes; 4] {
+/// The server instance id the examples show; a real one is random per server.
+const EXAMPLE_INSTANCE: u128 = 0x0011_2233_4455_6677_8899_aabb_ccdd_eeff;
+
+/// The hello, welcome, call and reply of `div(7, 2)` with `codec`, from a client of `epoch`,
+/// as they crossed the wire (the welcome's random instance id replaced by
+/// [`EXAMPLE_INSTANCE`], once checked).
+async fn exchange<C: Codec>(codec: C, epoch: u64) -> [Bytes; 4] {
     let (client_end, mut relay_client) = mem::pair();
     let (mut relay_server, server_end) = mem::pair();
     let server = Server::builder((Cbor::default(), Xdr::default()))
         .service(CalcServer::new(MyCalc))
         .build();
+    let instance = server.instance();
     let serving = tokio::spawn(async move { server.serve_link(server_end).await });
     let connecting = tokio::spawn(
         Client::builder(codec)
-            .identity(Identity::new(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10, 7))
+            .identity(Identity::new(
+                0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+                epoch,
+            ))
             .connect_link(client_end),
     );
     let hello = forward(&mut relay_client, &relay_server).await;
@@ -63,7 +72,15 @@ async fn exchange<C: Codec>(codec: C) -> [Bytes; 4] {
     let request = forward(&mut relay_client, &relay_server).await;
     let reply = forward(&mut relay_server, &relay_client).await;
     assert_eq!(call.await.unwrap(), Ok(Ok(3)));
-    [hello, welcome, request, reply]
+    let mut welcome = welcome.to_vec();
+    let tail = welcome.len() - 16;
+    assert_eq!(
+        welcome[tail..],
+        instance.to_be_bytes(),
+        "the welcome ends with the instance id"
+    );
+    welcome[tail..].copy_from_slice(&EXAMPLE_INSTANCE.to_be_bytes());
+    [hello, welcome.into(), request, reply]
 }
 
 fn error_example() -> Bytes {
@@ -128,8 +145,8 @@ fn documented() -> BTreeMap<String, Vec<u8>> {
 async fn the_worked_examples_are_what_the_code_sends() {
     let mut produced: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (name, frames) in [
-        ("cbor", exchange(Cbor::default()).await),
-        ("xdr", exchange(Xdr::default()).await),
+        ("cbor", exchange(Cbor::default(), 7).await),
+        ("xdr", exchange(Xdr::default(), 8).await),
     ] {
         for (what, bytes) in ["hello", "welcome", "call", "reply"].iter().zip(frames) {
             produced.insert(format!("{name}-{what}"), bytes.to_vec());

@@ -39,7 +39,11 @@ async fn raw_client(server: &Server<Cbor>) -> Link {
     let (server_end, mut raw) = mem::pair();
     let serving = server.serve_link(server_end);
     let handshake = async {
-        send(&raw, &hello(1, "cbor")).await;
+        send(
+            &raw,
+            &hello(u16::from(courier::wire::PROTOCOL_VERSION), "cbor"),
+        )
+        .await;
         let welcome = Welcome::decode(&recv(&mut raw).await).unwrap();
         assert_eq!(welcome.status, WelcomeStatus::Accepted);
     };
@@ -184,6 +188,7 @@ async fn a_one_way_call_never_gets_a_reply() {
         lying[24..28].copy_from_slice(&99u32.to_be_bytes());
         send(&raw, &lying).await;
         let unknown = MethodDesc {
+            idempotent: false,
             method: courier::MethodId::new(0xdead),
             ..note
         };
@@ -316,16 +321,17 @@ async fn a_version_mismatch_is_a_clear_error_on_both_sides() {
                 let hello = Hello::decode(&recv(&mut raw_server).await).unwrap();
                 assert_eq!(hello.codec, "cbor");
                 let answer = Welcome {
-                    version: 2,
+                    version: 3,
                     status: WelcomeStatus::VersionUnsupported,
                     codecs: "cbor".into(),
+                    instance: 1,
                 };
                 send(&raw_server, &answer.encode()).await;
             }
         );
         assert!(matches!(
             client.unwrap_err(),
-            RpcError::Handshake(HandshakeError::Version { theirs: 2, .. })
+            RpcError::Handshake(HandshakeError::Version { theirs: 3, .. })
         ));
 
         // Not a Courier peer at all.
@@ -352,9 +358,10 @@ async fn losing_the_connection_fails_calls_in_flight() {
             async {
                 recv(&mut raw_server).await;
                 let ok = Welcome {
-                    version: 1,
+                    version: 2,
                     status: WelcomeStatus::Accepted,
                     codecs: "cbor".into(),
+                    instance: 1,
                 };
                 send(&raw_server, &ok.encode()).await;
             }

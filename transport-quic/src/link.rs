@@ -795,6 +795,24 @@ impl LinkTx for Tx {
         self.0.close();
     }
 
+    fn send_shared(&self, frame: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
+        let route = self.route(&frame);
+        self.send_other(route, frame)
+    }
+
+    fn send_call_shared(
+        &self,
+        frame: Bytes,
+    ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
+        match self.route(&frame) {
+            Route::Call => Box::pin(async move { self.call(frame).await.map(Some) }),
+            other => {
+                let sent = self.send_other(other, frame);
+                Box::pin(async move { sent.await.map(|()| None) })
+            }
+        }
+    }
+
     fn send_call(
         &self,
         message: Box<dyn FrameBuf>,

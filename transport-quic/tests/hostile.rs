@@ -32,7 +32,7 @@ async fn raw(addr: SocketAddr, cert: &DevCert) -> (quinn::Endpoint, quinn::Conne
         .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let hello = Hello {
-        version: 1,
+        version: u16::from(courier::wire::PROTOCOL_VERSION),
         codec: "cbor".to_owned(),
         client_id: 99,
         epoch: 1,

@@ -11,10 +11,10 @@ mod support {
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use courier::{Client, RpcError};
+use courier::{Client, ReconnectPolicy, RpcError};
 use courier_cbor::Cbor;
 use courier_quic::{ClientTls, DevCert, QuicConnector, QuicOptions};
-use support::ping::{serve, within, PingClient};
+use support::ping::{serve, serve_counting, within, PingClient};
 use support::relay::{Relay, Weather};
 
 /// A server, a relay in front of it with `weather`, and a connector through the relay.
@@ -83,6 +83,7 @@ async fn a_cut_path_fails_calls_at_the_idle_timeout_and_a_new_connection_works_a
         let (relay, connector) = through_relay(calm, options).await;
         let client = PingClient::new(
             Client::builder(Cbor::default())
+                .reconnect(ReconnectPolicy::never())
                 .connect(&connector)
                 .await
                 .unwrap(),
@@ -99,6 +100,79 @@ async fn a_cut_path_fails_calls_at_the_idle_timeout_and_a_new_connection_works_a
                 .unwrap(),
         );
         assert_eq!(again.ping(3).await, Ok(3));
+    })
+    .await
+}
+
+/// 2,000 at-most-once calls from 8 tasks through 5 % datagram loss and three cuts of the path
+/// (each lasting until the client, having lost its connection at the idle timeout, reconnects):
+/// every call completes, and the server ran each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_once_calls_survive_loss_and_cuts_and_run_exactly_once() {
+    within(async {
+        const TASKS: u64 = 8;
+        const PER_TASK: u64 = 250;
+        let weather = Weather {
+            seed: 23,
+            drop: 0.05,
+            duplicate: 0.0,
+            reorder: 0.0,
+        };
+        let options = QuicOptions::default()
+            .idle_timeout(Duration::from_secs(1))
+            .keep_alive(Some(Duration::from_millis(200)));
+        let cert = DevCert::localhost().unwrap();
+        let (server_addr, runs) = serve_counting(&cert, options.clone());
+        let relay = Relay::start(server_addr, weather).await;
+        let connector = QuicConnector::new(
+            relay.addr(),
+            "localhost",
+            ClientTls::trusting_dev(&cert),
+            options,
+        )
+        .unwrap();
+        let client = PingClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let progressed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let workers: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let client = client.clone();
+                let (done, progressed) = (done.clone(), progressed.clone());
+                tokio::spawn(async move {
+                    for i in 0..PER_TASK {
+                        let id = t * PER_TASK + i;
+                        assert_eq!(client.record(id).await, Ok(id));
+                        done.fetch_add(1, Ordering::SeqCst);
+                        progressed.notify_waiters();
+                    }
+                })
+            })
+            .collect();
+        for quarter in 1..=3 {
+            let mark = quarter * TASKS * PER_TASK / 4;
+            loop {
+                let next = progressed.notified();
+                if done.load(Ordering::SeqCst) >= mark {
+                    break;
+                }
+                next.await;
+            }
+            relay.cut_until_reconnect();
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        let runs = runs.lock().unwrap();
+        let total = TASKS * PER_TASK;
+        let lost = (0..total).filter(|id| !runs.contains_key(id)).count();
+        let twice = runs.values().filter(|n| **n > 1).count();
+        assert_eq!((lost, twice), (0, 0), "lost and duplicated executions");
+        assert!(relay.counts.dropped.load(Ordering::Relaxed) > 0);
     })
     .await
 }

@@ -22,6 +22,8 @@
 //!     async fn add(&self, a: i32, b: i32) -> i32;
 //!     #[oneway]
 //!     async fn log(&self, line: String);
+//!     #[idempotent]
+//!     async fn get(&self, key: String) -> Option<i32>;
 //! }
 //! ```
 
@@ -70,6 +72,8 @@ struct Method {
     /// The id given with `#[courier(id = …)]`; otherwise it is derived from the name.
     explicit_id: Option<u32>,
     one_way: bool,
+    /// `#[idempotent]`: calls are at-least-once.
+    idempotent: bool,
     docs: Vec<Attribute>,
     /// Whether the first parameter is the call's `Context`.
     takes_context: bool,
@@ -89,14 +93,19 @@ fn is_context(ty: &Type) -> bool {
     }
 }
 
-/// Reads and removes Courier's own attributes from a method: `#[oneway]`, `#[courier(id = …)]`.
-fn take_method_attrs(method: &mut TraitItemFn) -> syn::Result<(bool, Option<u32>)> {
+/// Reads and removes Courier's own attributes from a method: `#[oneway]`, `#[idempotent]`,
+/// `#[courier(id = …)]`.
+fn take_method_attrs(method: &mut TraitItemFn) -> syn::Result<(bool, bool, Option<u32>)> {
     let mut one_way = false;
+    let mut idempotent = None;
     let mut id = None;
     let mut error = None;
     method.attrs.retain(|attr| {
         if attr.path().is_ident("oneway") {
             one_way = true;
+            false
+        } else if attr.path().is_ident("idempotent") {
+            idempotent = Some(attr.path().span());
             false
         } else if attr.path().is_ident("courier") {
             let parsed = attr.parse_nested_meta(|meta| {
@@ -115,14 +124,20 @@ fn take_method_attrs(method: &mut TraitItemFn) -> syn::Result<(bool, Option<u32>
             true
         }
     });
+    if let (true, Some(span)) = (one_way, idempotent) {
+        return Err(syn::Error::new(
+            span,
+            "a #[oneway] call is never re-sent, so #[idempotent] means nothing on it; remove one",
+        ));
+    }
     match error {
         Some(e) => Err(e),
-        None => Ok((one_way, id)),
+        None => Ok((one_way, idempotent.is_some(), id)),
     }
 }
 
 fn parse_method(method: &mut TraitItemFn) -> syn::Result<Method> {
-    let (one_way, explicit_id) = take_method_attrs(method)?;
+    let (one_way, idempotent, explicit_id) = take_method_attrs(method)?;
     let sig = &method.sig;
     if ["new", "with_options", "client"].contains(&sig.ident.to_string().as_str()) {
         return Err(syn::Error::new(
@@ -209,6 +224,7 @@ fn parse_method(method: &mut TraitItemFn) -> syn::Result<Method> {
         explicit_id,
         name: sig.ident.clone(),
         one_way,
+        idempotent,
         docs,
         takes_context,
         args,
@@ -350,6 +366,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
         let const_name = format_ident!("{}", m.name.to_string().to_uppercase());
         let name = m.name.to_string();
         let id = id_of(m);
+        let idempotent = m.idempotent;
         let doc = format!("Wire descriptor of `{trait_name}::{name}`.");
         quote! {
             #[doc = #doc]
@@ -359,6 +376,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
                 interface: ::courier::InterfaceId::new(#interface),
                 version: #version,
                 method: ::courier::MethodId::new(#id),
+                idempotent: #idempotent,
             };
         }
     });

@@ -194,8 +194,9 @@ impl Cut {
     }
 }
 
-/// A [`Connector`] whose links misbehave as its [`Faults`] say.
-#[derive(Debug)]
+/// A [`Connector`] whose links misbehave as its [`Faults`] say. Its clones share the schedule
+/// and the counts.
+#[derive(Debug, Clone)]
 pub struct FaultyConnector<C> {
     inner: C,
     schedule: Arc<Schedule>,

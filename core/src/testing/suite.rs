@@ -10,7 +10,7 @@ use super::*;
 /// thread), a typed application error, and a call-back into a service the client exports;
 /// through the transport's connector as a trait object.
 pub async fn every_call_kind<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
-    let connector: BoxConnector = Box::new(env.serve_default(&codec).await);
+    let connector: Arc<dyn DynConnector> = Arc::new(env.serve_default(&codec).await);
     let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
     assert_eq!(lab.echo(42).await, Ok(42));
     assert_eq!(

@@ -43,12 +43,13 @@ impl Tx {
     }
 
     async fn deliver(&self, message: Box<dyn FrameBuf>) -> Result<(), TransportError> {
-        let sender = self.sender().ok_or(TransportError::Closed)?;
         let buf = super::take_heap_buffer(message, "in-process")?;
-        sender
-            .send(buf.freeze())
-            .await
-            .map_err(|_| TransportError::Closed)
+        self.deliver_bytes(buf.freeze()).await
+    }
+
+    async fn deliver_bytes(&self, frame: Bytes) -> Result<(), TransportError> {
+        let sender = self.sender().ok_or(TransportError::Closed)?;
+        sender.send(frame).await.map_err(|_| TransportError::Closed)
     }
 }
 
@@ -71,6 +72,17 @@ impl LinkTx for Tx {
         message: Box<dyn FrameBuf>,
     ) -> BoxFuture<'_, Result<Option<super::ReplyReader>, TransportError>> {
         Box::pin(async move { self.deliver(message).await.map(|()| None) })
+    }
+
+    fn send_shared(&self, frame: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(self.deliver_bytes(frame))
+    }
+
+    fn send_call_shared(
+        &self,
+        frame: Bytes,
+    ) -> BoxFuture<'_, Result<Option<super::ReplyReader>, TransportError>> {
+        Box::pin(async move { self.deliver_bytes(frame).await.map(|()| None) })
     }
 
     fn close(&self) {

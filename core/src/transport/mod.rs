@@ -106,6 +106,29 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
     /// Closes the sending direction: the peer's `recv` ends after what was sent.
     fn close(&self);
 
+    /// Sends a whole frame that the engine keeps too (a call it may send again, an outcome it
+    /// caches), like [`LinkTx::send`]. The default copies it into a [`LinkTx::buffer`];
+    /// transports whose frames live on the heap send the bytes themselves, without a copy.
+    fn send_shared(&self, frame: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let mut buf = self.buffer(frame.len()).await?;
+            buf.put_slice(&frame);
+            self.send(buf).await
+        })
+    }
+
+    /// [`LinkTx::send_call`] for a whole frame the engine keeps; see [`LinkTx::send_shared`].
+    fn send_call_shared(
+        &self,
+        frame: Bytes,
+    ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
+        Box::pin(async move {
+            let mut buf = self.buffer(frame.len()).await?;
+            buf.put_slice(&frame);
+            self.send_call(buf).await
+        })
+    }
+
     /// Sends a call's frame, like [`LinkTx::send`], and returns the reading of its reply if
     /// the transport reads each call's reply on a stream of its own (QUIC): a future for the
     /// caller to poll while it waits. The frames it reads still go to the connection as usual;
@@ -151,16 +174,29 @@ pub trait LinkRx: Send + fmt::Debug + 'static {
     }
 }
 
+/// What a [`FrameSink`] delivers to: the engine's side of a link, seen from the transport only
+/// through these two calls.
+pub(crate) trait Deliver: Send + Sync {
+    /// Handles one frame; a call's handler comes back to be run.
+    fn deliver(self: std::sync::Arc<Self>, frame: Bytes) -> Option<BoxFuture<'static, ()>>;
+    /// The link ended.
+    fn close(&self, reason: String);
+}
+
 /// Where a transport in push mode delivers frames; see [`LinkRx::start`].
 ///
 /// Delivering is synchronous and cheap: the engine routes the frame and spawns whatever work it
 /// needs. The sink holds the connection weakly, so a transport may keep it as long as it likes.
 #[derive(Clone)]
 pub struct FrameSink {
-    pub(crate) shared: std::sync::Weak<crate::connection::Shared>,
+    target: std::sync::Weak<dyn Deliver>,
 }
 
 impl FrameSink {
+    pub(crate) fn new(target: std::sync::Weak<dyn Deliver>) -> Self {
+        FrameSink { target }
+    }
+
     /// Hands one whole frame to the connection.
     ///
     /// If the frame is a call, the returned future runs its handler: await it on the delivering
@@ -168,14 +204,14 @@ impl FrameSink {
     /// spawn it. Dropping it drops the handler, as a Cancel would.
     #[must_use = "a returned handler does nothing unless awaited or spawned"]
     pub fn deliver(&self, frame: Bytes) -> Option<BoxFuture<'static, ()>> {
-        self.shared.upgrade()?.on_frame(frame)
+        self.target.upgrade()?.deliver(frame)
     }
 
     /// Tells the connection the link has ended; calls in flight fail with `ConnectionLost`
     /// carrying `reason`.
     pub fn close(&self, reason: String) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.close(reason);
+        if let Some(target) = self.target.upgrade() {
+            target.close(reason);
         }
     }
 }
@@ -264,6 +300,14 @@ impl<C: Connector> DynConnector for C {
 pub type BoxConnector = Box<dyn DynConnector>;
 
 impl<'a> Connector for Box<dyn DynConnector + 'a> {
+    fn connect(&self) -> impl Future<Output = Result<Link, TransportError>> + Send {
+        (**self).connect_boxed()
+    }
+}
+
+/// A shared connector of a transport chosen at run time: cheap to clone, so a client can keep a
+/// copy to redial with ([`ClientBuilder::connect`](crate::ClientBuilder::connect)).
+impl Connector for std::sync::Arc<dyn DynConnector> {
     fn connect(&self) -> impl Future<Output = Result<Link, TransportError>> + Send {
         (**self).connect_boxed()
     }

@@ -33,6 +33,7 @@ pub struct Counts {
 pub struct Relay {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    heal: Arc<AtomicBool>,
     pub counts: Arc<Counts>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
@@ -53,11 +54,26 @@ struct Lane {
     counts: Arc<Counts>,
     cut: Arc<AtomicBool>,
     held: Option<Vec<u8>>,
+    /// Set by [`Relay::cut_until_reconnect`]: the next QUIC Initial packet from a client heals
+    /// the cut.
+    heal: Arc<AtomicBool>,
+}
+
+/// Whether `datagram` is a QUIC v1 Initial packet: a long header (bit 7) with the fixed bit
+/// (bit 6) and packet type 0 (bits 5–4).
+fn is_initial(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & 0xF0 == 0xC0)
 }
 
 impl Lane {
     /// The datagrams to send now for `datagram`, in order.
     fn pass(&mut self, datagram: Vec<u8>) -> Vec<Vec<u8>> {
+        if self.cut.load(Ordering::Acquire)
+            && is_initial(&datagram)
+            && self.heal.swap(false, Ordering::AcqRel)
+        {
+            self.cut.store(false, Ordering::Release);
+        }
         if self.cut.load(Ordering::Acquire) {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             return Vec::new();
@@ -91,6 +107,7 @@ impl Relay {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = front.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let heal = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
         let dice = Arc::new(Seeded::new(weather.seed));
         let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
@@ -102,11 +119,13 @@ impl Relay {
             counts: Arc::clone(&counts),
             cut: Arc::clone(&cut),
             held: None,
+            heal: Arc::clone(&heal),
         };
         let front_task = {
             let tasks = Arc::clone(&tasks);
             let front = Arc::clone(&front);
             let cut = Arc::clone(&cut);
+            let heal = Arc::clone(&heal);
             let counts = Arc::clone(&counts);
             let dice = Arc::clone(&dice);
             tokio::spawn(async move {
@@ -129,6 +148,7 @@ impl Relay {
                                 counts: Arc::clone(&counts),
                                 cut: Arc::clone(&cut),
                                 held: None,
+                                heal: Arc::clone(&heal),
                             };
                             let front = Arc::clone(&front);
                             let reader = Arc::clone(&u);
@@ -154,6 +174,7 @@ impl Relay {
         Relay {
             addr,
             cut,
+            heal,
             counts,
             tasks,
         }
@@ -167,6 +188,18 @@ impl Relay {
     /// Cuts the path both ways (every datagram is lost) until [`Relay::restore`].
     pub fn cut(&self) {
         self.cut.store(true, Ordering::Release);
+    }
+
+    /// Cuts the path until a client opens a new connection (its first Initial packet goes
+    /// through): the connections open now are lost for good, as behind a NAT that forgot them.
+    pub fn cut_until_reconnect(&self) {
+        self.heal.store(true, Ordering::Release);
+        self.cut.store(true, Ordering::Release);
+    }
+
+    /// Whether the path is cut now.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
     }
 
     /// Lets datagrams through again.

@@ -1,0 +1,759 @@
+//! The client's session driver: links come and go, calls stay.
+//!
+//! The rules (which call is sent again where, which fails how) are in
+//! [`CallTable`](crate::session::calls::CallTable); this file owns what they need from the
+//! outside: the current link, the reconnecting task and its timers, the callers' channels.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::dispatch::Router;
+use crate::engine::handshake::client_handshake;
+use crate::engine::{ReplyResult, Role, Shared};
+use crate::error::{HandshakeError, RpcError};
+use crate::identity::{random_u64, Identity};
+use crate::ids::MethodDesc;
+use crate::options::{Limits, ReconnectPolicy};
+use crate::peer::Peer;
+use crate::session::calls::{CallTable, LinkId, Semantics};
+use crate::transport::{BoxConnector, DynConnector, FrameBuf, Link, ReplyReader};
+use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every session of one identity in this process: they number their calls from one sequence,
+/// since the server knows them as one client, and the watermark must cover all of them.
+struct Lineage {
+    next: AtomicU64,
+    sessions: Mutex<Vec<Weak<ClientSession>>>,
+}
+
+impl Lineage {
+    /// The lineage of `identity`, made on first use and kept for the life of the process:
+    /// call ids are never reused under one identity, not even by a client made after all the
+    /// earlier ones are gone (a server may still remember their calls).
+    fn of(identity: Identity) -> Arc<Lineage> {
+        type Registry = Mutex<HashMap<(u128, u64), Arc<Lineage>>>;
+        static LINEAGES: OnceLock<Registry> = OnceLock::new();
+        let mut all = lock(LINEAGES.get_or_init(Registry::default));
+        let key = (identity.client_id(), identity.epoch());
+        let lineage = all.entry(key).or_insert_with(|| {
+            Arc::new(Lineage {
+                next: AtomicU64::new(1),
+                sessions: Mutex::new(Vec::new()),
+            })
+        });
+        Arc::clone(lineage)
+    }
+
+    /// Adds a session, forgetting those that ended.
+    fn join(&self, session: &Arc<ClientSession>) {
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|s| s.strong_count() > 0);
+        sessions.push(Arc::downgrade(session));
+    }
+
+    /// Every call id below this has its outcome at its caller (or was given up): the lowest
+    /// call in flight in any session, or the next id if none is. Ids are taken under a
+    /// session's lock together with their entry, and the sequence is read before the tables,
+    /// so no id can slip under the watermark unseen.
+    fn watermark(&self) -> u64 {
+        let next = self.next.load(Ordering::SeqCst);
+        let sessions: Vec<Arc<ClientSession>> = lock(&self.sessions)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        sessions
+            .iter()
+            .filter_map(|s| lock(&s.state).table.lowest())
+            .fold(next, u64::min)
+    }
+}
+
+/// Whoever waits for a call's outcome.
+pub(crate) struct Waiter {
+    reply: oneshot::Sender<ReplyResult>,
+    ack: Option<oneshot::Sender<()>>,
+}
+
+struct State {
+    table: CallTable<Waiter>,
+    link: Option<Arc<Shared>>,
+    reconnecting: bool,
+    /// Why the last reconnecting gave up; calls fail with it until a new attempt starts.
+    failure: Option<String>,
+    peer: Peer,
+}
+
+/// What a session is made with.
+pub(crate) struct Config {
+    pub(crate) connector: Option<BoxConnector>,
+    pub(crate) codec: &'static str,
+    pub(crate) identity: Identity,
+    pub(crate) limits: Limits,
+    pub(crate) policy: ReconnectPolicy,
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) router: Arc<dyn Router>,
+}
+
+/// One client identity talking to one server, over as many links as it takes.
+pub(crate) struct ClientSession {
+    config: Config,
+    lineage: Arc<Lineage>,
+    runtime: Handle,
+    in_flight: Arc<Semaphore>,
+    state: Mutex<State>,
+    /// A link came up, or reconnecting gave up.
+    changed: Notify,
+    closed: AtomicBool,
+    next_generation: AtomicU64,
+    /// Links opened after the first.
+    reconnections: AtomicU64,
+    me: Weak<ClientSession>,
+}
+
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("identity", &self.config.identity)
+            .field("codec", &self.config.codec)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientSession {
+    /// Starts a session over `link`, whose handshake is not done yet.
+    pub(crate) async fn start(config: Config, link: Link) -> Result<Arc<ClientSession>, RpcError> {
+        let lineage = Lineage::of(config.identity);
+        let peer = link.peer.clone();
+        let session = Arc::new_cyclic(|me| ClientSession {
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
+            config,
+            lineage: Arc::clone(&lineage),
+            runtime: Handle::current(),
+            state: Mutex::new(State {
+                table: CallTable::default(),
+                link: None,
+                reconnecting: false,
+                failure: None,
+                peer,
+            }),
+            changed: Notify::new(),
+            closed: AtomicBool::new(false),
+            next_generation: AtomicU64::new(1),
+            reconnections: AtomicU64::new(0),
+            me: me.clone(),
+        });
+        lineage.join(&session);
+        session.open(link).await?;
+        Ok(session)
+    }
+
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.runtime
+    }
+
+    /// How many times the session replaced a lost link.
+    pub(crate) fn reconnections(&self) -> u64 {
+        self.reconnections.load(Ordering::Relaxed)
+    }
+
+    /// The default attempt timeout of the session's calls.
+    pub(crate) fn attempt_timeout(&self) -> Option<Duration> {
+        self.config.attempt_timeout
+    }
+
+    /// The server, as the transport of the latest link authenticated it.
+    pub(crate) fn peer(&self) -> Peer {
+        lock(&self.state).peer.clone()
+    }
+
+    /// Whether the session has ended: closed by its owner, or, without reconnecting, its link
+    /// lost.
+    pub(crate) fn is_closed(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        let state = lock(&self.state);
+        state.link.is_none() && !self.can_redial() && state.failure.is_some()
+    }
+
+    /// Whether the session reconnects when its link dies: it has a connector to dial again
+    /// and a policy that says to.
+    fn can_redial(&self) -> bool {
+        self.config.connector.is_some() && !self.config.policy.is_never()
+    }
+
+    /// Performs the handshake over `link` and makes it the session's link.
+    async fn open(&self, mut link: Link) -> Result<(), RpcError> {
+        let identity = self.config.identity;
+        let (id, epoch) = (identity.client_id(), identity.epoch());
+        let timeout = self.config.limits.handshake_timeout;
+        let instance =
+            match client_handshake(&mut link, self.config.codec, id, epoch, timeout).await {
+                Ok(instance) => instance,
+                Err(e) => {
+                    link.tx.close();
+                    return Err(e);
+                }
+            };
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        if generation > 1 {
+            self.reconnections.fetch_add(1, Ordering::Relaxed);
+        }
+        let peer = link.peer.clone();
+        let shared = Shared::start(
+            link,
+            self.config.codec.to_owned(),
+            self.config.limits.clone(),
+            Some(Arc::clone(&self.config.router)),
+            None,
+            None,
+            Role::Client(self.me.clone(), generation),
+        );
+        let now = std::time::Instant::now();
+        let (relink, lost_at_once) = {
+            let mut state = lock(&self.state);
+            if self.closed.load(Ordering::Acquire) {
+                drop(state);
+                shared.shutdown();
+                return Err(RpcError::ConnectionLost("the client was closed".into()));
+            }
+            state.link = Some(Arc::clone(&shared));
+            state.peer = peer;
+            state.reconnecting = false;
+            state.failure = None;
+            let link = LinkId {
+                generation,
+                instance,
+            };
+            let relink = state.table.link_up(link, self.config.attempt_timeout, now);
+            (relink, shared.is_closed())
+        };
+        self.changed.notify_waiters();
+        for waiter in relink.unknown {
+            let _ = waiter.reply.send(Err(RpcError::OutcomeUnknown(format!(
+                "the server restarted (instance {instance:032x} answered the reconnect) while \
+                 the call was in flight"
+            ))));
+        }
+        for (_, frame) in relink.resend {
+            let link = Arc::clone(&shared);
+            let runtime = self.runtime.clone();
+            self.runtime.spawn(async move {
+                // A reader for the copy's reply (QUIC) runs on a task of its own: the caller
+                // waits on its channel, which the reader feeds.
+                if let Ok(Some(reader)) = link.send_call_shared(frame).await {
+                    runtime.spawn(reader);
+                }
+            });
+        }
+        if lost_at_once {
+            // It closed before it was installed, so its close found another generation.
+            self.link_closed(generation, "the link closed at once");
+        }
+        Ok(())
+    }
+
+    /// The link of `generation` closed: calls wait for the next link, which the reconnecting
+    /// task opens; without reconnecting, they fail.
+    pub(crate) fn link_closed(&self, generation: u64, reason: &str) {
+        let mut state = lock(&self.state);
+        let current = state
+            .link
+            .as_ref()
+            .is_some_and(|l| l.generation_is(generation));
+        if !current {
+            return;
+        }
+        state.link = None;
+        state.table.link_down(generation);
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.can_redial() {
+            let failed = state.table.fail_all();
+            state.failure = Some(reason.to_owned());
+            drop(state);
+            self.changed.notify_waiters();
+            for w in failed {
+                let _ = w
+                    .reply
+                    .send(Err(RpcError::ConnectionLost(reason.to_owned())));
+            }
+            return;
+        }
+        self.start_reconnecting(&mut state, reason.to_owned());
+    }
+
+    /// Starts the reconnecting task unless it runs already.
+    fn start_reconnecting(&self, state: &mut State, reason: String) {
+        if state.reconnecting {
+            return;
+        }
+        state.reconnecting = true;
+        state.failure = None;
+        tracing::debug!(%reason, "link lost; reconnecting");
+        self.runtime.spawn(reconnect(self.me.clone(), reason));
+    }
+
+    /// The current link, waiting (within `deadline`) for one if needed, and starting to
+    /// reconnect if nobody has.
+    async fn link(&self, deadline: Option<Instant>) -> Result<Arc<Shared>, RpcError> {
+        loop {
+            let changed = self.changed.notified();
+            {
+                let mut state = lock(&self.state);
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(RpcError::ConnectionLost("the client was closed".into()));
+                }
+                if let Some(link) = &state.link {
+                    return Ok(Arc::clone(link));
+                }
+                match state.failure.take() {
+                    Some(reason) if !self.can_redial() => {
+                        state.failure = Some(reason.clone());
+                        return Err(RpcError::ConnectionLost(reason));
+                    }
+                    Some(reason) => self.start_reconnecting(&mut state, reason),
+                    None if !state.reconnecting => {
+                        self.start_reconnecting(&mut state, "no link".into())
+                    }
+                    None => {}
+                }
+            }
+            wait_until(deadline, changed).await?;
+        }
+    }
+
+    /// Makes a two-way call: encodes it once, keeps it for re-sending, sends it on the current
+    /// link (if any; otherwise on the next).
+    pub(crate) async fn begin_call(
+        self: &Arc<Self>,
+        method: &MethodDesc,
+        deadline: Option<Instant>,
+        flags: Flags,
+        attempt: Option<Duration>,
+        body: impl FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
+    ) -> Result<SessionCall, RpcError> {
+        let acquire = Arc::clone(&self.in_flight).acquire_owned();
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d, acquire)
+                .await
+                .map_err(|_| RpcError::DeadlineExceeded)?,
+            None => acquire.await,
+        }
+        .map_err(|_| RpcError::ConnectionLost("the client was closed".into()))?;
+        let semantics = if method.idempotent {
+            Semantics::AtLeastOnce
+        } else {
+            Semantics::AtMostOnce
+        };
+        let flags = if method.idempotent {
+            flags.union(Flags::IDEMPOTENT)
+        } else {
+            flags
+        };
+        let header = Header {
+            flags,
+            version: method.version,
+            budget_micros: crate::engine::budget(deadline)?,
+            ..Header::new(FrameKind::Call, 0, method.interface, method.method)
+        };
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + 64);
+        header.encode(&mut buf);
+        body(&mut buf)?;
+        let limit = self.config.limits.frame_size_limit();
+        if buf.len() > limit {
+            return Err(RpcError::FrameTooLarge {
+                size: buf.len(),
+                limit,
+            });
+        }
+        let payload_len =
+            u32::try_from(buf.len() - HEADER_LEN).map_err(|_| RpcError::FrameTooLarge {
+                size: buf.len(),
+                limit,
+            })?;
+        buf[24..28].copy_from_slice(&payload_len.to_be_bytes());
+
+        let (reply_tx, reply) = oneshot::channel();
+        let (ack_tx, ack) = if flags.contains(Flags::ACK) {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let waiter = Waiter {
+            reply: reply_tx,
+            ack: ack_tx,
+        };
+        let (id, frame, link) = {
+            let mut state = lock(&self.state);
+            if self.closed.load(Ordering::Acquire) {
+                return Err(RpcError::ConnectionLost("the client was closed".into()));
+            }
+            // The id is taken under the lock, with its entry: see `Lineage::watermark`.
+            let id = self.lineage.next.fetch_add(1, Ordering::SeqCst);
+            buf[8..16].copy_from_slice(&id.to_be_bytes());
+            let frame = buf.freeze();
+            let now = std::time::Instant::now();
+            let on = state
+                .table
+                .insert(id, frame.clone(), semantics, attempt, now, waiter);
+            let link = match on {
+                Some(_) => state.link.clone(),
+                None => {
+                    if !state.reconnecting {
+                        if let Some(reason) = state.failure.clone() {
+                            if !self.can_redial() {
+                                state.table.cancel(id);
+                                return Err(RpcError::ConnectionLost(reason));
+                            }
+                        }
+                        self.start_reconnecting(&mut state, "no link".into());
+                    }
+                    None
+                }
+            };
+            (id, frame, link)
+        };
+        let mut call = SessionCall {
+            session: Arc::clone(self),
+            id,
+            interface_method: (method.interface, method.method),
+            reply,
+            ack,
+            deadline,
+            attempt,
+            reader: None,
+            finished: false,
+            cancel_on_drop: true,
+            _permit: permit,
+        };
+        if let Some(link) = link {
+            // A failed send is the link's death, which the session handles: the call waits for
+            // the next link.
+            if let Ok(reader) = link.send_call_shared(frame).await {
+                call.reader = reader;
+            }
+        }
+        Ok(call)
+    }
+
+    /// Sends a one-way call on the current link (waiting for one if there is none). Never sent
+    /// again: if the link dies with it, it may be lost.
+    pub(crate) async fn send_one_way(
+        &self,
+        method: &MethodDesc,
+        size_hint: usize,
+        body: impl FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
+    ) -> Result<(), RpcError> {
+        let link = self.link(None).await?;
+        let call_id = self.lineage.next.fetch_add(1, Ordering::SeqCst);
+        let header = Header {
+            version: method.version,
+            ..Header::new(FrameKind::OneWay, call_id, method.interface, method.method)
+        };
+        link.send_frame(header, size_hint, body).await
+    }
+
+    /// An answer (or a malformed one) to one of the session's calls arrived.
+    pub(crate) fn on_answer(&self, header: Header, answer: ReplyResult) {
+        let (waiter, release) = {
+            let mut state = lock(&self.state);
+            let waiter = state.table.complete(header.call_id);
+            (waiter, state.table.release_due())
+        };
+        if let Some(waiter) = waiter {
+            let _ = waiter.reply.send(answer);
+        }
+        if release {
+            self.release();
+        }
+    }
+
+    /// The server acknowledged one of the session's calls.
+    pub(crate) fn on_ack(&self, call_id: u64) {
+        let mut state = lock(&self.state);
+        if let Some(ack) = state.table.waiter_mut(call_id).and_then(|w| w.ack.take()) {
+            let _ = ack.send(());
+        }
+    }
+
+    /// Tells the server which outcomes the client holds, so it can trim its reply cache.
+    fn release(&self) {
+        let watermark = self.lineage.watermark();
+        self.send_control(FrameKind::Release, watermark);
+    }
+
+    /// Sends a frame with no payload on the current link, from a task of its own.
+    fn send_control(&self, kind: FrameKind, call_id: u64) {
+        let Some(link) = lock(&self.state).link.clone() else {
+            return;
+        };
+        let zero = crate::ids::InterfaceId::new(0);
+        let header = Header::new(kind, call_id, zero, crate::ids::MethodId::new(0));
+        self.runtime.spawn(async move {
+            let _ = link.send_frame(header, 0, |_| Ok(())).await;
+        });
+    }
+
+    /// The caller gave up on call `id`: forget it, and tell the server to drop it.
+    fn cancel(
+        &self,
+        id: u64,
+        interface: crate::ids::InterfaceId,
+        method: crate::ids::MethodId,
+        tell: bool,
+    ) {
+        let (was, link) = {
+            let mut state = lock(&self.state);
+            (state.table.cancel(id), state.link.clone())
+        };
+        if let (Some(Some(_)), true, Some(link)) = (was, tell, link) {
+            let header = Header::new(FrameKind::Cancel, id, interface, method);
+            self.runtime.spawn(async move {
+                let _ = link.send_frame(header, 0, |_| Ok(())).await;
+            });
+        }
+    }
+
+    /// The call's attempt timeout passed: send it again on the current link, if still due.
+    async fn attempt_expired(&self, id: u64, attempt: Duration) -> Option<ReplyReader> {
+        let now = std::time::Instant::now();
+        let (link, frame) = {
+            let mut state = lock(&self.state);
+            let (_, frame) = state.table.attempt_expired(id, attempt, now)?;
+            (state.link.clone()?, frame)
+        };
+        link.send_call_shared(frame).await.ok().flatten()
+    }
+
+    /// Ends the session: tells the server goodbye (so it drops the session's state at once),
+    /// fails the calls in flight, closes the link.
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (link, failed) = {
+            let mut state = lock(&self.state);
+            (state.link.take(), state.table.fail_all())
+        };
+        for w in failed {
+            let _ = w.reply.send(Err(RpcError::ConnectionLost(
+                "the client was closed".into(),
+            )));
+        }
+        self.changed.notify_waiters();
+        if let Some(link) = link {
+            link.goodbye();
+        }
+    }
+}
+
+/// Waits for `changed`, within `deadline`.
+async fn wait_until(
+    deadline: Option<Instant>,
+    changed: impl std::future::Future<Output = ()>,
+) -> Result<(), RpcError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, changed)
+            .await
+            .map_err(|_| RpcError::DeadlineExceeded),
+        None => {
+            changed.await;
+            Ok(())
+        }
+    }
+}
+
+/// Redials until a link is up, the policy gives up, or the session is gone.
+async fn reconnect(session: Weak<ClientSession>, reason: String) {
+    let started = Instant::now();
+    let mut last = reason;
+    let mut attempt = 0u32;
+    loop {
+        let Some(s) = session.upgrade() else { return };
+        if s.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let policy = s.config.policy.clone();
+        let Some(connector) = s.config.connector.as_ref() else {
+            return;
+        };
+        let left = policy.give_up_value().saturating_sub(started.elapsed());
+        let dialed = tokio::time::timeout(left.max(Duration::from_millis(1)), async {
+            let link = connector.connect_boxed().await?;
+            s.open(link).await
+        })
+        .await;
+        match dialed {
+            Ok(Ok(())) => {
+                tracing::debug!(attempt, "reconnected");
+                return;
+            }
+            Ok(Err(RpcError::Handshake(HandshakeError::StaleEpoch))) => {
+                last = HandshakeError::StaleEpoch.to_string();
+                break;
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("reconnecting timed out; last: {last}"),
+        }
+        if started.elapsed() >= policy.give_up_value() {
+            break;
+        }
+        let delay = policy.delay(attempt, random_u64());
+        attempt = attempt.saturating_add(1);
+        drop(s);
+        tokio::time::sleep(delay).await;
+    }
+    let Some(s) = session.upgrade() else { return };
+    let failed = {
+        let mut state = lock(&s.state);
+        if state.link.is_some() {
+            return;
+        }
+        state.reconnecting = false;
+        state.failure = Some(last.clone());
+        state.table.fail_all()
+    };
+    tracing::warn!(reason = %last, "gave up reconnecting");
+    s.changed.notify_waiters();
+    for w in failed {
+        let _ = w.reply.send(Err(RpcError::ConnectionLost(format!(
+            "could not reconnect: {last}"
+        ))));
+    }
+}
+
+/// One of the session's calls, sent (or waiting for a link). Resolves with its outcome;
+/// dropping it before then cancels the call.
+pub(crate) struct SessionCall {
+    session: Arc<ClientSession>,
+    id: u64,
+    interface_method: (crate::ids::InterfaceId, crate::ids::MethodId),
+    reply: oneshot::Receiver<ReplyResult>,
+    ack: Option<oneshot::Receiver<()>>,
+    deadline: Option<Instant>,
+    attempt: Option<Duration>,
+    /// The transport's reading of the reply to the latest copy sent from here (QUIC).
+    reader: Option<ReplyReader>,
+    finished: bool,
+    cancel_on_drop: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SessionCall {
+    /// Waits for `wait` while polling the reader and sending the call again whenever its
+    /// attempt timeout passes.
+    async fn drive<T>(&mut self, wait: impl std::future::Future<Output = T>) -> T {
+        let mut wait = std::pin::pin!(wait);
+        loop {
+            let attempt = self.attempt;
+            let timer = async {
+                match attempt {
+                    Some(a) => tokio::time::sleep(a).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let reader = &mut self.reader;
+            let outcome = crate::engine::driven(reader, async {
+                tokio::select! {
+                    biased;
+                    v = &mut wait => Some(v),
+                    () = timer => None,
+                }
+            })
+            .await;
+            if let Some(v) = outcome {
+                return v;
+            }
+            if let Some(a) = attempt {
+                if let Some(reader) = self.session.attempt_expired(self.id, a).await {
+                    // Keep reading the previous copy's stream too: dropping it would cancel.
+                    if let Some(old) = self.reader.replace(reader) {
+                        self.session.runtime.spawn(old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the outcome, within the deadline.
+    pub(crate) async fn reply(mut self) -> ReplyResult {
+        let deadline = self.deadline;
+        let mut reply = std::mem::replace(&mut self.reply, oneshot::channel().1);
+        let received = match deadline {
+            Some(d) => self
+                .drive(tokio::time::timeout_at(d, &mut reply))
+                .await
+                .map_err(|_| RpcError::DeadlineExceeded)?,
+            None => self.drive(&mut reply).await,
+        };
+        self.finished = true;
+        received.map_err(|_| RpcError::ConnectionLost("the client was closed".into()))?
+    }
+
+    /// Waits for the server's ack (or an early outcome), within the deadline; afterwards,
+    /// dropping the call no longer cancels it.
+    pub(crate) async fn acked(mut self) -> Result<SessionCall, RpcError> {
+        if let Some(mut ack) = self.ack.take() {
+            let mut early = std::mem::replace(&mut self.reply, oneshot::channel().1);
+            let deadline = self.deadline;
+            let wait = async {
+                tokio::select! {
+                    _ = &mut ack => None,
+                    r = &mut early => Some(r),
+                }
+            };
+            let got = match deadline {
+                Some(d) => self
+                    .drive(tokio::time::timeout_at(d, wait))
+                    .await
+                    .map_err(|_| RpcError::DeadlineExceeded)?,
+                None => self.drive(wait).await,
+            };
+            match got {
+                Some(result) => {
+                    let result = result
+                        .map_err(|_| RpcError::ConnectionLost("the client was closed".into()))?;
+                    self.finished = true;
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(result);
+                    self.reply = rx;
+                }
+                None => self.reply = early,
+            }
+        }
+        self.cancel_on_drop = false;
+        Ok(self)
+    }
+}
+
+impl Drop for SessionCall {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            if self.finished || !self.cancel_on_drop {
+                self.session.runtime.spawn(reader);
+            }
+        }
+        if self.finished {
+            return;
+        }
+        if self.cancel_on_drop {
+            let (interface, method) = self.interface_method;
+            self.session.cancel(self.id, interface, method, true);
+        }
+    }
+}

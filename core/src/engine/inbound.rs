@@ -1,0 +1,531 @@
+//! Frames from the peer: routing replies to callers, admitting and running calls.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{AbortHandle, Abortable};
+use futures::FutureExt;
+use tokio::time::Instant;
+
+use super::{lock, Shared, Work};
+use crate::budget::Taken;
+use crate::context::Context;
+use crate::dispatch::{HandlerFuture, Incoming, ReplyBody};
+use crate::error::RpcError;
+use crate::ids::{InterfaceId, MethodId};
+use crate::session::replies::Begin;
+use crate::transport::LinkRx;
+use crate::wire::{ErrorPayload, Flags, FrameError, FrameKind, FrameProblem, Header, HEADER_LEN};
+
+pub(super) struct RunningHandler {
+    pub(super) abort: AbortHandle,
+    /// This handler's place among the connection's handlers and call bytes; freed when it ends.
+    _room: Room,
+    /// One-way handlers run to completion even if the connection closes: nobody waits for
+    /// them, and the caller may well have closed right after sending.
+    pub(super) abort_on_close: bool,
+}
+
+/// What a running handler holds beside its place in the handler table: for a frame larger
+/// than [`SMALL_FRAME`], its bytes counted against the connection's `max_call_bytes` and the
+/// server's `max_server_call_bytes`, so that what peers make the server hold while it works
+/// (the arguments, and the result while it waits to be sent) is bounded per connection and in
+/// all. Smaller frames are bounded well enough by `max_handlers`, and skipping them keeps the
+/// shared counter off the path of small calls.
+pub(crate) struct Room {
+    _bytes: Option<(Taken, Option<Taken>)>,
+}
+
+/// Frames up to this size take no call bytes (see [`Room`]).
+const SMALL_FRAME: usize = 4096;
+
+impl Shared {
+    /// Handles one frame from the reader.
+    pub(crate) fn on_frame(self: &Arc<Self>, frame: Bytes) -> Option<Work> {
+        self.on_frame_with(frame, None)
+    }
+
+    /// Handles one frame; a call runs in `room` if the reader already holds it (it waits for
+    /// room before reading on, for one-way calls), else it takes free room or is refused.
+    fn on_frame_with(self: &Arc<Self>, frame: Bytes, room: Option<Room>) -> Option<Work> {
+        if frame.len() > self.limits.max_frame_size {
+            let call_id = (frame.len() >= 16).then(|| {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&frame[8..16]);
+                u64::from_be_bytes(id)
+            });
+            let problem = FrameProblem::TooLarge {
+                len: frame.len(),
+                limit: self.limits.max_frame_size,
+            };
+            self.on_bad_frame(&frame, FrameError { call_id, problem });
+            return None;
+        }
+        let header = match Header::decode(&frame) {
+            Ok(h) => h,
+            Err(FrameError {
+                call_id,
+                problem: FrameProblem::LengthMismatch { declared, .. },
+            }) if HEADER_LEN + declared as usize > self.limits.max_frame_size => {
+                // A transport that refuses to read an oversized frame hands over its header
+                // alone; report the size, not the missing bytes.
+                let problem = FrameProblem::TooLarge {
+                    len: HEADER_LEN + declared as usize,
+                    limit: self.limits.max_frame_size,
+                };
+                self.on_bad_frame(&frame, FrameError { call_id, problem });
+                return None;
+            }
+            Err(e) => {
+                self.on_bad_frame(&frame, e);
+                return None;
+            }
+        };
+        match header.kind {
+            FrameKind::Call | FrameKind::OneWay => return self.on_call(header, frame, room),
+            FrameKind::Reply | FrameKind::Error => {
+                let pending = lock(&self.calls).remove(&header.call_id);
+                match pending {
+                    Some(p) => {
+                        let _ = p.reply.send(Ok((header, frame)));
+                    }
+                    None if header.kind == FrameKind::Error && header.call_id == 0 => {
+                        let payload = ErrorPayload::decode(&frame[HEADER_LEN..]);
+                        tracing::warn!(peer = ?self.peer, message = %payload.message, "peer reported a protocol error");
+                    }
+                    // One of the client session's calls (or one whose caller gave up).
+                    None => {
+                        if let Some(session) = self.client_session() {
+                            session.on_answer(header, Ok((header, frame)));
+                        }
+                    }
+                }
+            }
+            FrameKind::Ack => {
+                let mut calls = lock(&self.calls);
+                if let Some(p) = calls.get_mut(&header.call_id) {
+                    if let Some(ack) = p.ack.take() {
+                        let _ = ack.send(());
+                    }
+                } else {
+                    drop(calls);
+                    if let Some(session) = self.client_session() {
+                        session.on_ack(header.call_id);
+                    }
+                }
+            }
+            FrameKind::Cancel => {
+                if let Some(h) = lock(&self.handlers).remove(&header.call_id) {
+                    h.abort.abort();
+                }
+                if let Some(served) = &self.served {
+                    served.cancel(header.call_id);
+                }
+            }
+            FrameKind::Release => {
+                if let Some(served) = &self.served {
+                    served.release(header.call_id);
+                }
+            }
+        }
+        None
+    }
+
+    /// A frame that could not be parsed: fail the call it belongs to, on whichever side that is,
+    /// and keep the connection.
+    fn on_bad_frame(self: &Arc<Self>, frame: &[u8], error: FrameError) {
+        let kind = frame.get(1).copied();
+        let is_response = matches!(kind, Some(3..=5)); // Ack, Reply, Error
+        tracing::debug!(peer = ?self.peer, problem = %error.problem, "malformed frame");
+        let rpc_error = RpcError::from(error.problem.clone());
+        match error.call_id {
+            Some(id) if is_response => {
+                let pending = lock(&self.calls).remove(&id);
+                match pending {
+                    Some(p) => {
+                        let _ = p.reply.send(Err(rpc_error));
+                    }
+                    None => {
+                        if let Some(session) = self.client_session() {
+                            let header = Header::new(
+                                FrameKind::Error,
+                                id,
+                                InterfaceId::new(0),
+                                MethodId::new(0),
+                            );
+                            session.on_answer(header, Err(rpc_error));
+                        }
+                    }
+                }
+            }
+            Some(_) if kind == Some(FrameKind::Cancel as u8) => {}
+            // Nothing ever answers a one-way call, not even a malformed one (once its header
+            // is whole enough to say it is one).
+            _ if kind == Some(FrameKind::OneWay as u8) && frame.len() >= HEADER_LEN => {}
+            id => {
+                let zero = InterfaceId::new(0);
+                let payload = rpc_error.to_payload();
+                self.notify_peer(id.unwrap_or(0), zero, MethodId::new(0), payload);
+            }
+        }
+    }
+
+    /// Room for a call whose frame is `len` bytes, if there is some now (the handler table's
+    /// own limit is checked as the call goes in).
+    fn take_room(&self, len: usize) -> Result<Room, RpcError> {
+        if len <= SMALL_FRAME {
+            return Ok(Room { _bytes: None });
+        }
+        let bytes = self.call_bytes.try_take(len).ok_or_else(|| {
+            RpcError::Overloaded(format!(
+                "the calls running on this connection already hold close to {} bytes",
+                self.limits.call_bytes_budget()
+            ))
+        })?;
+        let server_bytes = match &self.server_call_bytes {
+            Some(server) => Some(server.try_take(len).ok_or_else(|| {
+                RpcError::Overloaded(
+                    "the calls running on this server hold as many bytes as it allows".to_owned(),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Room {
+            _bytes: Some((bytes, server_bytes)),
+        })
+    }
+
+    /// Waits for a place in the handler table and room for a call whose frame is `len` bytes;
+    /// `None` once the connection has closed. Only the reader waits, so the place is still
+    /// free when it inserts the call.
+    async fn wait_room(&self, len: usize) -> Option<Room> {
+        loop {
+            let freed = self.slot_freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            // SeqCst against the load in `Deregister`, which follows the removal under the
+            // table's lock: either this sees the free place, or that sees this waiter.
+            self.slot_waiting.fetch_add(1, Ordering::SeqCst);
+            let free = lock(&self.handlers).len() < self.limits.max_handlers;
+            if free {
+                self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
+                break;
+            }
+            let closed = tokio::select! {
+                () = freed => false,
+                () = self.closed() => true,
+            };
+            self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
+            if closed {
+                return None;
+            }
+        }
+        if len <= SMALL_FRAME {
+            return Some(Room { _bytes: None });
+        }
+        let bytes = self.call_bytes.take(len).await?;
+        let server_bytes = match &self.server_call_bytes {
+            Some(server) => Some(tokio::select! {
+                taken = server.take(len) => taken?,
+                () = self.closed() => return None,
+            }),
+            None => None,
+        };
+        Some(Room {
+            _bytes: Some((bytes, server_bytes)),
+        })
+    }
+
+    /// Whether the handler table has room for `header`'s call: not full, and its id not taken.
+    fn room_for(
+        &self,
+        handlers: &HashMap<u64, RunningHandler>,
+        header: &Header,
+        check_id: bool,
+    ) -> Result<(), RpcError> {
+        if handlers.len() >= self.limits.max_handlers {
+            return Err(RpcError::Overloaded(format!(
+                "{} calls already running on this connection",
+                self.limits.max_handlers
+            )));
+        }
+        if check_id && handlers.contains_key(&header.call_id) {
+            return Err(RpcError::Protocol(format!(
+                "call id {} is already running",
+                header.call_id
+            )));
+        }
+        Ok(())
+    }
+
+    fn on_call(self: &Arc<Self>, header: Header, frame: Bytes, room: Option<Room>) -> Option<Work> {
+        if self.is_closed() {
+            return None;
+        }
+        let deadline = (header.budget_micros != 0)
+            .then(|| Instant::now() + Duration::from_micros(u64::from(header.budget_micros)));
+        let Some(router) = &self.router else {
+            let interface = header.interface;
+            self.refuse(&header, RpcError::UnknownInterface { interface });
+            return None;
+        };
+        let context = Context::new(Arc::clone(self), &header, deadline);
+        // Refuse before decoding if there is no room, but decode without the table's lock:
+        // every call on the connection takes it, from whichever thread its frame arrives on.
+        let room = match room.map_or_else(|| self.take_room(frame.len()), Ok) {
+            Ok(room) => room,
+            Err(e) => {
+                self.refuse(&header, e);
+                return None;
+            }
+        };
+        // On a server, a call id seen before is a copy for the session to answer, not an error.
+        let check_id = self.served.is_none();
+        let free = self.room_for(&lock(&self.handlers), &header, check_id);
+        if let Err(e) = free {
+            self.refuse(&header, e);
+            return None;
+        }
+        let incoming = Incoming {
+            header: &header,
+            payload: &frame[HEADER_LEN..],
+            context: &context,
+        };
+        let future = match router.dispatch(incoming) {
+            Ok(f) => f,
+            Err(e) => {
+                self.refuse(&header, e);
+                return None;
+            }
+        };
+        drop(frame);
+        let (abort, registration) = AbortHandle::new_pair();
+        let mut served = false;
+        if let Some(session) = &self.served {
+            if header.kind == FrameKind::OneWay {
+                if !session.one_way(header.call_id) {
+                    tracing::debug!(call_id = header.call_id, "a copy of a one-way call dropped");
+                    return None;
+                }
+            } else {
+                match session.begin(header.call_id, abort.clone(), self) {
+                    Begin::Run => served = true,
+                    Begin::Attached | Begin::Stale | Begin::Cached(None) => return None,
+                    Begin::Cached(Some(outcome)) => {
+                        let shared = Arc::clone(self);
+                        self.runtime.spawn(async move {
+                            let _ = shared.send_shared(outcome).await;
+                        });
+                        return None;
+                    }
+                    Begin::Superseded => {
+                        self.close("a newer epoch of this client took over".to_owned());
+                        return None;
+                    }
+                    Begin::Forgotten => {
+                        let e = RpcError::ReplyEvicted(format!(
+                            "call {} is no longer in the server's reply cache",
+                            header.call_id
+                        ));
+                        self.refuse(&header, e);
+                        return None;
+                    }
+                }
+            }
+        }
+        let run = run_handler(Arc::clone(self), header, future, deadline, served);
+        let work = Abortable::new(run, registration);
+        // Look again as the entry goes in: other calls may have filled the table meanwhile.
+        let mut handlers = lock(&self.handlers);
+        if let Err(e) = self.room_for(&handlers, &header, check_id) {
+            drop(handlers);
+            if let (true, Some(session)) = (served, &self.served) {
+                session.forget(header.call_id);
+            }
+            self.refuse(&header, e);
+            return None;
+        }
+        handlers.insert(
+            header.call_id,
+            RunningHandler {
+                abort,
+                _room: room,
+                // A session's call outlives its link: a copy may come over the next one.
+                abort_on_close: header.kind == FrameKind::Call && !served,
+            },
+        );
+        drop(handlers);
+        Some(Box::pin(async move {
+            let _: Result<(), _> = work.await;
+        }))
+    }
+}
+
+/// Runs one handler: ack if asked, apply the deadline, catch a panic, send the outcome.
+async fn run_handler(
+    shared: Arc<Shared>,
+    header: Header,
+    future: HandlerFuture,
+    deadline: Option<Instant>,
+    served: bool,
+) {
+    struct Deregister<'a>(&'a Shared, u64);
+    impl Drop for Deregister<'_> {
+        fn drop(&mut self) {
+            lock(&self.0.handlers).remove(&self.1);
+            if self.0.slot_waiting.load(Ordering::SeqCst) > 0 {
+                self.0.slot_freed.notify_waiters();
+            }
+        }
+    }
+    let _deregister = Deregister(&shared, header.call_id);
+
+    if header.flags.contains(Flags::ACK) {
+        let ack = Header::new(
+            FrameKind::Ack,
+            header.call_id,
+            header.interface,
+            header.method,
+        );
+        // The rarer paths (ack, deadline, error) are boxed, so that the common one keeps this
+        // future small: it is allocated once per call.
+        if let Err(e) = Box::pin(shared.send_frame(ack, 0, |_| Ok(()))).await {
+            tracing::debug!(call_id = header.call_id, error = %e, "could not send an ack");
+        }
+    }
+    let guarded = AssertUnwindSafe(future).catch_unwind();
+    let outcome = match deadline {
+        Some(d) => Box::pin(tokio::time::timeout_at(d, guarded))
+            .await
+            .unwrap_or(Ok(Err(RpcError::DeadlineExceeded))),
+        None => guarded.await,
+    };
+    let outcome = outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string payload".to_owned());
+        tracing::error!(call_id = header.call_id, panic = %what, "handler panicked");
+        Err(RpcError::Internal(format!("the handler panicked: {what}")))
+    });
+    if header.kind == FrameKind::OneWay {
+        if let Err(e) = outcome {
+            tracing::warn!(call_id = header.call_id, error = %e, "one-way call failed");
+        }
+        return;
+    }
+    if let (true, Some(session)) = (served, &shared.served) {
+        // The outcome is kept (for at-most-once calls) and sent to every link that waits for
+        // it, so it is encoded once into memory of its own rather than into one link's buffer.
+        let frame = match outcome.and_then(|body| shared.reply_frame(&header, &*body)) {
+            Ok(frame) => frame,
+            Err(e) => shared.error_frame(&header, e.to_payload()),
+        };
+        let keep = !header.flags.contains(Flags::IDEMPOTENT);
+        Box::pin(session.finish(header.call_id, frame, keep)).await;
+        return;
+    }
+    let result = match outcome {
+        Ok(body) => {
+            let reply = Header::new(
+                FrameKind::Reply,
+                header.call_id,
+                header.interface,
+                header.method,
+            );
+            shared
+                .send_frame(reply, 64, move |buf| {
+                    body.encode(buf)
+                        .map_err(|e| RpcError::Internal(format!("could not encode the reply: {e}")))
+                })
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {}
+        Err(RpcError::ConnectionLost(_)) => {}
+        Err(e) => Box::pin(shared.send_error(&header, &e)).await,
+    }
+}
+
+impl Shared {
+    /// A reply frame for `header`'s call, encoded on the heap.
+    fn reply_frame(&self, header: &Header, body: &dyn ReplyBody) -> Result<Bytes, RpcError> {
+        let reply = Header::new(
+            FrameKind::Reply,
+            header.call_id,
+            header.interface,
+            header.method,
+        );
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + 64);
+        reply.encode(&mut buf);
+        body.encode(&mut buf)
+            .map_err(|e| RpcError::Internal(format!("could not encode the reply: {e}")))?;
+        if buf.len() > self.limits.max_frame_size {
+            return Err(RpcError::FrameTooLarge {
+                size: buf.len(),
+                limit: self.limits.max_frame_size,
+            });
+        }
+        let payload_len = u32::try_from(buf.len() - HEADER_LEN).unwrap_or(u32::MAX);
+        buf[24..28].copy_from_slice(&payload_len.to_be_bytes());
+        Ok(buf.freeze())
+    }
+
+    /// An error frame for `header`'s call, encoded on the heap.
+    pub(crate) fn error_frame(&self, header: &Header, payload: ErrorPayload) -> Bytes {
+        let payload = super::cut_message(payload);
+        let mut head = Header::new(
+            FrameKind::Error,
+            header.call_id,
+            header.interface,
+            header.method,
+        );
+        head.payload_len = u32::try_from(payload.encoded_len()).unwrap_or(u32::MAX);
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + payload.encoded_len());
+        head.encode(&mut buf);
+        payload.encode(&mut buf);
+        buf.freeze()
+    }
+}
+
+pub(super) async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {
+    let reason = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.shutdown.notified() => break "closed by this side".to_owned(),
+            next = rx.recv() => next,
+        };
+        match next {
+            Ok(Some(frame)) => {
+                // A one-way call cannot be refused with an answer, so instead of dropping one
+                // when the handlers leave no room, stop reading until room frees: the link's
+                // bounded buffers then push back on the peer.
+                // (`close` closes the semaphores, which ends this wait.) A frame larger than
+                // the limit is not a call that will run: it is refused without waiting.
+                let one_way = frame.get(1) == Some(&(FrameKind::OneWay as u8))
+                    && frame.len() <= shared.limits.max_frame_size;
+                let room = if one_way {
+                    match shared.wait_room(frame.len()).await {
+                        Some(room) => Some(room),
+                        None => break "closed by this side".to_owned(),
+                    }
+                } else {
+                    None
+                };
+                if let Some(work) = shared.on_frame_with(frame, room) {
+                    shared.runtime.spawn(work);
+                }
+            }
+            Ok(None) => break "the peer closed the connection".to_owned(),
+            Err(e) => break format!("the link failed: {e}"),
+        }
+    };
+    shared.close(reason);
+}

@@ -1,0 +1,445 @@
+//! The connection engine: one per link, on both sides.
+//!
+//! Files: this one holds the connection's state and the sending of frames; [`inbound`] the
+//! frames from the peer (routing answers, admitting and running calls); [`outbound`] the calls
+//! this side makes over the link alone (a server calling a client back); [`handshake`] the
+//! hello and welcome. What outlives a link (the client's calls across reconnects, the server's
+//! reply cache) is in `crate::session` as state machines, and driven from here and from
+//! `crate::client::session`.
+//!
+//! A connection keeps a call table for the calls this side makes (keyed by call id, each waiting
+//! on a oneshot for its reply) and a handler table for the calls the peer makes (keyed by the
+//! peer's call id, each a spawned task that can be aborted). Either side can call and serve on
+//! the same connection: the two tables are independent, because each side numbers its own calls.
+//!
+//! One reader task per connection takes frames off the link in order and never blocks on
+//! anything the peer controls: replies go to their waiting callers, calls are decoded and spawned,
+//! and anything that needs a frame sent back is done by a task of its own, bounded in number.
+//!
+//! Back-pressure, never unbounded queues: callers wait for one of `max_in_flight` slots; the
+//! peer's calls beyond `max_handlers` are refused with `Overloaded`; the link's own buffers are
+//! bounded and `send` waits for room.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+pub(crate) mod handshake;
+mod inbound;
+mod outbound;
+pub(crate) mod served;
+
+pub(crate) use outbound::{driven, CallSlot};
+pub(crate) use served::Served;
+
+use crate::budget::Budget;
+use crate::client::session::ClientSession;
+use crate::dispatch::Router;
+use crate::error::{RpcError, TransportError};
+use crate::ids::{InterfaceId, MethodId};
+use crate::options::Limits;
+use crate::peer::Peer;
+use crate::transport::{FrameBuf, Link, LinkTx};
+use crate::wire::{ErrorPayload, FrameKind, Header, HEADER_LEN};
+use inbound::{read_loop, RunningHandler};
+use outbound::PendingCall;
+
+/// Longest error message put on the wire; the rest is cut so error frames stay small.
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// A handler ready to run, returned by [`Shared::on_frame`]: the caller awaits it on its own
+/// task or spawns it. Dropping it (or aborting it through the handler table) drops the handler.
+pub(crate) type Work = BoxFuture<'static, ()>;
+
+/// A reply frame (its parsed header and the whole frame), or why none will come.
+pub(crate) type ReplyResult = Result<(Header, Bytes), RpcError>;
+
+/// State shared by the reader, the callers and the handlers of one connection.
+pub(crate) struct Shared {
+    tx: Box<dyn LinkTx>,
+    peer: Peer,
+    codec: String,
+    limits: Limits,
+    runtime: Handle,
+    router: Option<Arc<dyn Router>>,
+    next_call_id: AtomicU64,
+    calls: Mutex<HashMap<u64, PendingCall>>,
+    handlers: Mutex<HashMap<u64, RunningHandler>>,
+    /// Readers waiting for a place in the handler table, and their wake-up: a handler that
+    /// ends notifies only when some wait.
+    slot_waiting: AtomicUsize,
+    slot_freed: Notify,
+    /// Bytes of the frames of running handlers (`max_call_bytes`).
+    call_bytes: Arc<Budget>,
+    /// The same, for all the connections of a server (`max_server_call_bytes`).
+    server_call_bytes: Option<Arc<Budget>>,
+    in_flight: Arc<Semaphore>,
+    /// Bounds the tasks that only send a notice back (errors for refused or malformed frames).
+    notices: Arc<Semaphore>,
+    closed: AtomicBool,
+    close_reason: Mutex<String>,
+    shutdown: Notify,
+    /// Held while the connection is open and dropped when it closes: the server's count of
+    /// connections (see `Limits::max_connections`).
+    admission: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// On a server: the session of the client on the other end, which outlives this link.
+    served: Option<Served>,
+    /// On a client: the session this link serves, and the link's generation in it. Answers to
+    /// the session's calls go there, and so does the news that the link closed.
+    session: Option<(Weak<ClientSession>, u64)>,
+}
+
+impl crate::transport::Deliver for Shared {
+    fn deliver(self: Arc<Self>, frame: Bytes) -> Option<BoxFuture<'static, ()>> {
+        self.on_frame(frame)
+    }
+
+    fn close(&self, reason: String) {
+        Shared::close(self, reason);
+    }
+}
+
+/// Who a connection works for, beside its own calls and handlers.
+pub(crate) enum Role {
+    /// A server's link: the client's session on the server.
+    Server(Served),
+    /// A client's link: its session and the link's generation in it.
+    Client(Weak<ClientSession>, u64),
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("codec", &self.codec)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The payload with its message cut to [`MAX_ERROR_MESSAGE`] bytes, so error frames stay small.
+fn cut_message(mut payload: ErrorPayload) -> ErrorPayload {
+    let mut cut = payload.message.len().min(MAX_ERROR_MESSAGE);
+    while !payload.message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    payload.message.truncate(cut);
+    payload
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
+/// here is a single map operation).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The deadline budget for the header: µs left, or `DeadlineExceeded` if none is.
+pub(crate) fn budget(deadline: Option<Instant>) -> Result<u32, RpcError> {
+    let Some(deadline) = deadline else {
+        return Ok(0);
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(RpcError::DeadlineExceeded);
+    }
+    // Round up so a sub-microsecond budget is not mistaken for "no deadline"; a budget too
+    // long for the field is sent as "none" and enforced by the caller alone.
+    let micros = left.as_micros().max(1);
+    Ok(u32::try_from(micros).unwrap_or(0))
+}
+
+impl Shared {
+    /// Starts the engine over a link whose handshake is done.
+    pub(crate) fn start(
+        link: Link,
+        codec: String,
+        limits: Limits,
+        router: Option<Arc<dyn Router>>,
+        admission: Option<Box<dyn std::any::Any + Send>>,
+        server_call_bytes: Option<Arc<Budget>>,
+        role: Role,
+    ) -> Arc<Shared> {
+        let (served, session) = match role {
+            Role::Server(served) => (Some(served), None),
+            Role::Client(session, generation) => (None, Some((session, generation))),
+        };
+        let Link { tx, rx, peer } = link;
+        let mut limits = limits;
+        if let Some(limit) = rx.frame_limit() {
+            limits.max_frame_size = limits.max_frame_size.min(limit);
+        }
+        let shared = Arc::new(Shared {
+            tx,
+            peer,
+            codec,
+            runtime: Handle::current(),
+            router,
+            next_call_id: AtomicU64::new(1),
+            calls: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(HashMap::new()),
+            slot_waiting: AtomicUsize::new(0),
+            slot_freed: Notify::new(),
+            call_bytes: Budget::new(limits.call_bytes_budget()),
+            server_call_bytes,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            notices: Arc::new(Semaphore::new(limits.max_handlers)),
+            closed: AtomicBool::new(false),
+            close_reason: Mutex::new(String::new()),
+            shutdown: Notify::new(),
+            admission: Mutex::new(admission),
+            served,
+            session,
+            limits,
+        });
+        let weak: Weak<dyn crate::transport::Deliver> = Arc::downgrade(&shared) as Weak<Shared>;
+        let sink = crate::transport::FrameSink::new(weak);
+        let mut rx = rx;
+        if rx.start(sink) {
+            // The transport holds the connection only weakly; this task keeps it alive until
+            // it closes, as the reader task does in pull mode.
+            let keeper = Arc::clone(&shared);
+            tokio::spawn(async move { keeper.closed().await });
+        } else {
+            tokio::spawn(read_loop(Arc::clone(&shared), rx));
+        }
+        shared
+    }
+
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    pub(crate) fn codec_name(&self) -> &str {
+        &self.codec
+    }
+
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.runtime
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn lost(&self) -> RpcError {
+        RpcError::ConnectionLost(lock(&self.close_reason).clone())
+    }
+
+    /// Resolves once the connection has closed.
+    async fn closed(&self) {
+        loop {
+            let notified = self.shutdown.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the connection from this side and stops the reader.
+    pub(crate) fn shutdown(&self) {
+        self.close("closed by this side".to_owned());
+    }
+
+    /// Fails every call in flight with `ConnectionLost`, stops the handlers that have someone to
+    /// reply to, and closes the link.
+    pub(crate) fn close(&self, reason: String) {
+        let pending: Vec<PendingCall> = {
+            let mut calls = lock(&self.calls);
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *lock(&self.close_reason) = reason.clone();
+            calls.drain().map(|(_, p)| p).collect()
+        };
+        tracing::debug!(peer = ?self.peer, %reason, "connection closed");
+        for p in pending {
+            let _ = p.reply.send(Err(RpcError::ConnectionLost(reason.clone())));
+        }
+        lock(&self.handlers).retain(|_, h| {
+            if h.abort_on_close {
+                h.abort.abort();
+            }
+            !h.abort_on_close
+        });
+        self.in_flight.close();
+        self.call_bytes.close();
+        self.tx.close();
+        drop(lock(&self.admission).take());
+        if let Some(served) = &self.served {
+            served.link_closed(&self.runtime);
+        }
+        if let Some(session) = self.client_session() {
+            session.link_closed(self.generation(), &reason);
+        }
+        // Wake the reader (pull mode) and the keeper (push mode), wherever they wait.
+        self.shutdown.notify_waiters();
+        self.shutdown.notify_one();
+    }
+
+    /// The client session this link serves, if it is a client's link and the session lives.
+    pub(crate) fn client_session(&self) -> Option<Arc<ClientSession>> {
+        self.session.as_ref().and_then(|(s, _)| s.upgrade())
+    }
+
+    /// Whether this is the link of `generation` in its client session.
+    pub(crate) fn generation_is(&self, generation: u64) -> bool {
+        self.generation() == generation
+    }
+
+    /// Tells the server the client's session is over (a release of every call id), then
+    /// closes. Best effort: a server that misses it keeps the session for its linger.
+    pub(crate) fn goodbye(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let zero = (InterfaceId::new(0), MethodId::new(0));
+            let header = Header::new(FrameKind::Release, u64::MAX, zero.0, zero.1);
+            let bye = shared.send_frame(header, 0, |_| Ok(()));
+            let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+            shared.shutdown();
+        });
+    }
+
+    /// This link's generation in its client session (0 on a server).
+    fn generation(&self) -> u64 {
+        self.session.as_ref().map_or(0, |(_, g)| *g)
+    }
+
+    /// Sends a whole frame kept elsewhere too (a call kept for re-sending, a cached reply).
+    pub(crate) async fn send_shared(&self, frame: Bytes) -> Result<(), RpcError> {
+        self.tx
+            .send_shared(frame)
+            .await
+            .map_err(|e| self.transport_error(e))
+    }
+
+    /// Sends a call's whole frame kept for re-sending; see [`LinkTx::send_call`].
+    pub(crate) async fn send_call_shared(
+        &self,
+        frame: Bytes,
+    ) -> Result<Option<crate::transport::ReplyReader>, RpcError> {
+        self.tx
+            .send_call_shared(frame)
+            .await
+            .map_err(|e| self.transport_error(e))
+    }
+
+    /// Writes one frame: the header, then whatever `body` writes, then the payload length.
+    pub(crate) async fn send_frame<F>(
+        &self,
+        header: Header,
+        size_hint: usize,
+        body: F,
+    ) -> Result<(), RpcError>
+    where
+        F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
+    {
+        let buf = self.fill_frame(header, size_hint, body).await?;
+        self.tx.send(buf).await.map_err(|e| self.transport_error(e))
+    }
+
+    /// The header, then whatever `body` writes, then the payload length, in a buffer from the
+    /// transport, ready to send.
+    async fn fill_frame<F>(
+        &self,
+        header: Header,
+        size_hint: usize,
+        body: F,
+    ) -> Result<Box<dyn FrameBuf>, RpcError>
+    where
+        F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
+    {
+        let mut buf = match self.tx.try_buffer(HEADER_LEN + size_hint) {
+            Some(buf) => buf,
+            None => self.tx.buffer(HEADER_LEN + size_hint).await?,
+        };
+        header.encode(&mut buf);
+        body(&mut *buf)?;
+        let len = buf.written();
+        if len > self.limits.max_frame_size {
+            return Err(RpcError::FrameTooLarge {
+                size: len,
+                limit: self.limits.max_frame_size,
+            });
+        }
+        let payload_len = u32::try_from(len - HEADER_LEN).map_err(|_| RpcError::FrameTooLarge {
+            size: len,
+            limit: self.limits.max_frame_size,
+        })?;
+        buf.patch(24, &payload_len.to_be_bytes());
+        Ok(buf)
+    }
+
+    fn transport_error(&self, e: TransportError) -> RpcError {
+        match e {
+            TransportError::Closed => self.lost(),
+            other => RpcError::Transport(other),
+        }
+    }
+
+    async fn send_error(&self, to: &Header, error: &RpcError) {
+        self.send_notice(to.call_id, to.interface, to.method, error.to_payload())
+            .await;
+    }
+
+    async fn send_notice(
+        &self,
+        call_id: u64,
+        interface: InterfaceId,
+        method: MethodId,
+        payload: ErrorPayload,
+    ) {
+        let payload = cut_message(payload);
+        let header = Header::new(FrameKind::Error, call_id, interface, method);
+        let sent = self
+            .send_frame(header, payload.encoded_len(), |buf| {
+                payload.encode(buf);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(call_id, error = %e, "could not send an error frame");
+        }
+    }
+
+    /// Sends an error frame from a task of its own, so the reader never waits on the link. The
+    /// number of such tasks is bounded; past the bound the notice is dropped (and logged), since
+    /// a peer flooding us with bad frames is not owed an answer to each. A notice still waiting
+    /// for room on the link when the connection closes is dropped with it.
+    fn notify_peer(
+        self: &Arc<Self>,
+        call_id: u64,
+        interface: InterfaceId,
+        method: MethodId,
+        payload: ErrorPayload,
+    ) {
+        let Ok(permit) = Arc::clone(&self.notices).try_acquire_owned() else {
+            tracing::warn!(call_id, message = %payload.message, "too many error notices pending; dropping one");
+            return;
+        };
+        let shared = Arc::clone(self);
+        self.runtime.spawn(async move {
+            tokio::select! {
+                () = shared.send_notice(call_id, interface, method, payload) => {}
+                () = shared.closed() => {}
+            }
+            drop(permit);
+        });
+    }
+
+    fn refuse(self: &Arc<Self>, to: &Header, error: RpcError) {
+        if to.kind == FrameKind::OneWay {
+            tracing::warn!(call_id = to.call_id, %error, "one-way call refused");
+            return;
+        }
+        self.notify_peer(to.call_id, to.interface, to.method, error.to_payload());
+    }
+}

@@ -1,0 +1,161 @@
+//! A server link's part in its client's session: the thin driver around
+//! [`Sessions`](crate::session::replies::Sessions).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::AbortHandle;
+use tokio::runtime::Handle;
+
+use super::{lock, Shared};
+use crate::session::replies::{Begin, Hello, Sessions};
+
+/// Every client's session on one server, shared by its links.
+pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, Weak<Shared>>>>;
+
+/// The session of the client on the other end of one server link.
+pub(crate) struct Served {
+    sessions: ServerSessions,
+    client: u128,
+    epoch: u64,
+    linger: Duration,
+    /// Whether this link still counts among the client's links (until it closes, or this is
+    /// dropped without having served: a handshake that failed after the hello).
+    joined: AtomicBool,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(runtime) = Handle::try_current() {
+            self.link_closed(&runtime);
+        } else {
+            self.leave();
+        }
+    }
+}
+
+impl Served {
+    /// Joins (or starts, or replaces) `client`'s session for a link whose hello said `epoch`.
+    /// `None` if the epoch is older than the one the server knows: refuse the link.
+    pub(crate) fn join(
+        sessions: &ServerSessions,
+        client: u128,
+        epoch: u64,
+        linger: Duration,
+    ) -> Option<Served> {
+        let hello = lock(sessions).hello(client, epoch);
+        match hello {
+            Hello::Accepted => {}
+            Hello::Reincarnated(aborts) => {
+                tracing::debug!(client, epoch, aborted = aborts.len(), "a client restarted");
+                for abort in aborts {
+                    abort.abort();
+                }
+            }
+            Hello::Stale => return None,
+        }
+        Some(Served {
+            sessions: Arc::clone(sessions),
+            client,
+            epoch,
+            linger,
+            joined: AtomicBool::new(true),
+        })
+    }
+
+    /// Takes this link off the client's links, once; true if the client has none left.
+    fn leave(&self) -> bool {
+        if !self.joined.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        lock(&self.sessions).link_closed(self.client, self.epoch, now)
+    }
+
+    /// A call arrived on `link`; see [`Sessions::begin`].
+    pub(crate) fn begin(&self, call: u64, abort: AbortHandle, link: &Arc<Shared>) -> Begin {
+        lock(&self.sessions).begin(self.client, self.epoch, call, abort, Arc::downgrade(link))
+    }
+
+    /// A one-way call arrived: whether to run it.
+    pub(crate) fn one_way(&self, call: u64) -> bool {
+        lock(&self.sessions).one_way(self.client, self.epoch, call)
+    }
+
+    /// A call finished with `frame`: sends it to every link that waits for it.
+    pub(crate) async fn finish(&self, call: u64, frame: Bytes, keep: bool) {
+        let now = std::time::Instant::now();
+        let waiters = lock(&self.sessions).finish(
+            self.client,
+            self.epoch,
+            call,
+            Some(frame.clone()),
+            keep,
+            now,
+        );
+        for link in waiters.iter().filter_map(Weak::upgrade) {
+            if link.is_closed() {
+                continue;
+            }
+            if let Err(e) = link.send_shared(frame.clone()).await {
+                tracing::debug!(call, error = %e, "could not send an outcome");
+            }
+        }
+    }
+
+    /// A call was refused before it ran: forget it, so a copy may run.
+    pub(crate) fn forget(&self, call: u64) {
+        let now = std::time::Instant::now();
+        lock(&self.sessions).finish(self.client, self.epoch, call, None, false, now);
+    }
+
+    /// The client cancelled a call: abort its handler, wherever it runs.
+    pub(crate) fn cancel(&self, call: u64) {
+        let now = std::time::Instant::now();
+        let abort = lock(&self.sessions).cancel(self.client, self.epoch, call, now);
+        if let Some(abort) = abort {
+            abort.abort();
+        }
+    }
+
+    /// The client released the outcomes below `watermark`; or, with `u64::MAX`, said goodbye
+    /// on this link: if no other link of the client's is open (other clients in its process
+    /// may share its identity), its session ends now rather than after the linger.
+    pub(crate) fn release(&self, watermark: u64) {
+        let aborts = if watermark == u64::MAX {
+            if !self.leave() {
+                return;
+            }
+            let now = std::time::Instant::now();
+            lock(&self.sessions).expire(self.client, self.epoch, Duration::ZERO, now)
+        } else {
+            lock(&self.sessions).release(self.client, self.epoch, watermark)
+        };
+        for abort in aborts {
+            abort.abort();
+        }
+    }
+
+    /// This link closed: if it was the client's last, the session ends after the linger unless
+    /// the client comes back.
+    pub(crate) fn link_closed(&self, runtime: &Handle) {
+        if !self.leave() {
+            return;
+        }
+        let sessions = Arc::clone(&self.sessions);
+        let (client, epoch, linger) = (self.client, self.epoch, self.linger);
+        runtime.spawn(async move {
+            tokio::time::sleep(linger).await;
+            let now = std::time::Instant::now();
+            let aborts = lock(&sessions).expire(client, epoch, linger, now);
+            if !aborts.is_empty() {
+                tracing::debug!(client, aborted = aborts.len(), "a client's session expired");
+            }
+            for abort in aborts {
+                abort.abort();
+            }
+        });
+    }
+}

@@ -1,0 +1,377 @@
+//! The client's calls in flight, across links.
+//!
+//! Each call keeps its encoded frame until its outcome arrives, so that it can be sent again:
+//! over a new link after a reconnect, or over the same link when its attempt timeout passes.
+//! Whether sending again is allowed depends on the call's [`Semantics`] and on whether the
+//! server is still the instance the call was sent to.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// What the client may do with a call whose outcome it has not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Semantics {
+    /// Runs at most once: re-sent only to the server instance that may have it (its reply
+    /// cache turns copies into one execution); failed with *outcome unknown* if that instance
+    /// is gone.
+    AtMostOnce,
+    /// Idempotent: re-sent to whichever server answers, until it has an outcome.
+    AtLeastOnce,
+}
+
+/// A link as the table knows it: a generation number (new for every link the session opens)
+/// and the server instance its handshake named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinkId {
+    pub(crate) generation: u64,
+    pub(crate) instance: u128,
+}
+
+#[derive(Debug)]
+struct Outstanding<W> {
+    frame: Bytes,
+    semantics: Semantics,
+    /// The server instance that may have this call: set before the frame is first handed to a
+    /// link (a frame handed over may arrive even if the send then fails).
+    sent_to: Option<u128>,
+    /// The link it was last sent on.
+    sent_on: Option<u64>,
+    /// When to send it again on the same link if no outcome has come.
+    attempt_due: Option<Instant>,
+    waiter: W,
+}
+
+/// What to do after a new link came up.
+#[derive(Debug)]
+pub(crate) struct Relink<W> {
+    /// Calls to send on the new link, in call-id order.
+    pub(crate) resend: Vec<(u64, Bytes)>,
+    /// At-most-once calls the previous server instance may have run: their outcome is unknown.
+    pub(crate) unknown: Vec<W>,
+}
+
+/// The calls in flight of one client session, keyed by call id. `W` is whatever waits for a
+/// call's outcome (the driver's reply channel; `()` in tests).
+#[derive(Debug)]
+pub(crate) struct CallTable<W> {
+    calls: BTreeMap<u64, Outstanding<W>>,
+    link: Option<LinkId>,
+    /// Outcomes received since the last watermark was handed out.
+    settled: u32,
+}
+
+/// How many outcomes arrive between two watermarks the client sends ([`CallTable::release_due`]).
+pub(crate) const RELEASE_EVERY: u32 = 64;
+
+impl<W> Default for CallTable<W> {
+    fn default() -> Self {
+        CallTable {
+            calls: BTreeMap::new(),
+            link: None,
+            settled: 0,
+        }
+    }
+}
+
+impl<W> CallTable<W> {
+    /// The link calls go out on now, if one is up.
+    #[cfg(test)]
+    pub(crate) fn link(&self) -> Option<LinkId> {
+        self.link
+    }
+
+    /// Adds a call. If a link is up, the call is marked as sent on it and the link returned:
+    /// the caller sends the frame there. With no link, the call waits for the next one.
+    pub(crate) fn insert(
+        &mut self,
+        id: u64,
+        frame: Bytes,
+        semantics: Semantics,
+        attempt: Option<Duration>,
+        now: Instant,
+        waiter: W,
+    ) -> Option<LinkId> {
+        let link = self.link;
+        self.calls.insert(
+            id,
+            Outstanding {
+                frame,
+                semantics,
+                sent_to: link.map(|l| l.instance),
+                sent_on: link.map(|l| l.generation),
+                attempt_due: link.and(attempt).map(|a| now + a),
+                waiter,
+            },
+        );
+        link
+    }
+
+    /// The call's outcome arrived: its waiter, if it was still waiting.
+    pub(crate) fn complete(&mut self, id: u64) -> Option<W> {
+        let call = self.calls.remove(&id)?;
+        self.settled = self.settled.saturating_add(1);
+        Some(call.waiter)
+    }
+
+    /// The waiter of a call still in flight, to tell it something short of the outcome (an
+    /// acknowledgement).
+    pub(crate) fn waiter_mut(&mut self, id: u64) -> Option<&mut W> {
+        self.calls.get_mut(&id).map(|c| &mut c.waiter)
+    }
+
+    /// The caller gave up on a call: forget it. Returns whether it was in flight (the server
+    /// should then be told to drop it) and the link it was last sent on.
+    pub(crate) fn cancel(&mut self, id: u64) -> Option<Option<u64>> {
+        let call = self.calls.remove(&id)?;
+        self.settled = self.settled.saturating_add(1);
+        Some(call.sent_on)
+    }
+
+    /// The lowest call id still waiting for its outcome.
+    pub(crate) fn lowest(&self) -> Option<u64> {
+        self.calls.keys().next().copied()
+    }
+
+    /// Whether enough outcomes arrived since the last watermark that the server should be told
+    /// (every [`RELEASE_EVERY`]); resets the count when it says yes.
+    pub(crate) fn release_due(&mut self) -> bool {
+        if self.settled >= RELEASE_EVERY {
+            self.settled = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The link went down: calls wait for the next one.
+    pub(crate) fn link_down(&mut self, generation: u64) {
+        if self.link.is_some_and(|l| l.generation == generation) {
+            self.link = None;
+        }
+    }
+
+    /// A new link is up. Every call is sent on it again, except at-most-once calls that were
+    /// sent to another server instance: that instance may have run them and took its reply
+    /// cache with it, so their outcome is unknown.
+    pub(crate) fn link_up(
+        &mut self,
+        link: LinkId,
+        attempt: Option<Duration>,
+        now: Instant,
+    ) -> Relink<W> {
+        self.link = Some(link);
+        let lost: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                c.semantics == Semantics::AtMostOnce
+                    && c.sent_to.is_some_and(|i| i != link.instance)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let unknown = lost
+            .iter()
+            .filter_map(|id| self.calls.remove(id))
+            .map(|c| c.waiter)
+            .collect();
+        let resend = self
+            .calls
+            .iter_mut()
+            .map(|(id, c)| {
+                c.sent_to = Some(link.instance);
+                c.sent_on = Some(link.generation);
+                c.attempt_due = attempt.map(|a| now + a);
+                (*id, c.frame.clone())
+            })
+            .collect();
+        Relink { resend, unknown }
+    }
+
+    /// When call `id`'s attempt timeout passes: the frame to send again on the same link, if
+    /// the call is still waiting and a link is up. The next attempt is due `attempt` later.
+    pub(crate) fn attempt_expired(
+        &mut self,
+        id: u64,
+        attempt: Duration,
+        now: Instant,
+    ) -> Option<(LinkId, Bytes)> {
+        let link = self.link?;
+        let call = self.calls.get_mut(&id)?;
+        if call.attempt_due.is_some_and(|due| due > now) {
+            return None;
+        }
+        call.sent_to = Some(link.instance);
+        call.sent_on = Some(link.generation);
+        call.attempt_due = Some(now + attempt);
+        Some((link, call.frame.clone()))
+    }
+
+    /// Every call's waiter, the table emptied: the session gave up reconnecting.
+    pub(crate) fn fail_all(&mut self) -> Vec<W> {
+        std::mem::take(&mut self.calls)
+            .into_values()
+            .map(|c| c.waiter)
+            .collect()
+    }
+
+    /// How many calls are in flight.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.calls.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: u128 = 0xA;
+    const B: u128 = 0xB;
+
+    fn link(generation: u64, instance: u128) -> LinkId {
+        LinkId {
+            generation,
+            instance,
+        }
+    }
+
+    fn frame(id: u64) -> Bytes {
+        Bytes::from(id.to_be_bytes().to_vec())
+    }
+
+    #[test]
+    fn calls_made_without_a_link_wait_and_go_out_on_the_next() {
+        let now = Instant::now();
+        let mut t = CallTable::default();
+        assert_eq!(
+            t.insert(1, frame(1), Semantics::AtMostOnce, None, now, "one"),
+            None
+        );
+        assert_eq!(
+            t.insert(2, frame(2), Semantics::AtLeastOnce, None, now, "two"),
+            None
+        );
+        let relink = t.link_up(link(1, A), None, now);
+        assert!(relink.unknown.is_empty());
+        assert_eq!(relink.resend, vec![(1, frame(1)), (2, frame(2))]);
+        assert_eq!(
+            t.insert(3, frame(3), Semantics::AtMostOnce, None, now, "three"),
+            Some(link(1, A))
+        );
+    }
+
+    #[test]
+    fn the_same_instance_gets_every_call_again_after_a_reconnect() {
+        let now = Instant::now();
+        let mut t = CallTable::default();
+        t.link_up(link(1, A), None, now);
+        t.insert(5, frame(5), Semantics::AtMostOnce, None, now, ());
+        t.insert(6, frame(6), Semantics::AtLeastOnce, None, now, ());
+        t.link_down(1);
+        assert_eq!(t.link(), None);
+        let relink = t.link_up(link(2, A), None, now);
+        assert!(relink.unknown.is_empty());
+        assert_eq!(relink.resend, vec![(5, frame(5)), (6, frame(6))]);
+    }
+
+    #[test]
+    fn a_restarted_server_fails_sent_at_most_once_calls_and_gets_the_rest() {
+        let now = Instant::now();
+        let mut t = CallTable::default();
+        t.link_up(link(1, A), None, now);
+        t.insert(
+            1,
+            frame(1),
+            Semantics::AtMostOnce,
+            None,
+            now,
+            "sent, at most once",
+        );
+        t.insert(
+            2,
+            frame(2),
+            Semantics::AtLeastOnce,
+            None,
+            now,
+            "sent, idempotent",
+        );
+        t.link_down(1);
+        t.insert(3, frame(3), Semantics::AtMostOnce, None, now, "never sent");
+        let relink = t.link_up(link(2, B), None, now);
+        assert_eq!(relink.unknown, vec!["sent, at most once"]);
+        assert_eq!(relink.resend, vec![(2, frame(2)), (3, frame(3))]);
+        // Now sent to B: another restart fails call 3 too, and B again keeps it.
+        t.link_down(2);
+        let again = t.link_up(link(3, B), None, now);
+        assert!(again.unknown.is_empty());
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn an_old_links_end_does_not_take_down_the_new_one() {
+        let now = Instant::now();
+        let mut t: CallTable<()> = CallTable::default();
+        t.link_up(link(1, A), None, now);
+        t.link_up(link(2, A), None, now);
+        t.link_down(1);
+        assert_eq!(t.link(), Some(link(2, A)));
+    }
+
+    #[test]
+    fn attempts_repeat_on_the_same_link_only_when_due() {
+        let now = Instant::now();
+        let attempt = Duration::from_millis(100);
+        let mut t = CallTable::default();
+        t.link_up(link(1, A), Some(attempt), now);
+        t.insert(1, frame(1), Semantics::AtMostOnce, Some(attempt), now, ());
+        assert_eq!(t.attempt_expired(1, attempt, now), None, "not due yet");
+        let later = now + attempt;
+        assert_eq!(
+            t.attempt_expired(1, attempt, later),
+            Some((link(1, A), frame(1)))
+        );
+        assert_eq!(t.attempt_expired(1, attempt, later), None, "re-armed");
+        t.complete(1);
+        assert_eq!(t.attempt_expired(1, attempt, later + attempt), None, "done");
+        t.insert(2, frame(2), Semantics::AtMostOnce, Some(attempt), now, ());
+        t.link_down(1);
+        assert_eq!(t.attempt_expired(2, attempt, later), None, "no link");
+    }
+
+    #[test]
+    fn the_watermark_is_the_lowest_call_in_flight_and_is_sent_now_and_then() {
+        let now = Instant::now();
+        let mut t = CallTable::default();
+        assert_eq!(t.lowest(), None);
+        for id in 10..10 + u64::from(RELEASE_EVERY) + 1 {
+            t.insert(id, frame(id), Semantics::AtMostOnce, None, now, ());
+        }
+        assert_eq!(t.lowest(), Some(10));
+        assert_eq!(t.cancel(10), Some(None));
+        assert_eq!(t.lowest(), Some(11));
+        assert!(!t.release_due());
+        for id in 11..10 + u64::from(RELEASE_EVERY) {
+            assert_eq!(t.complete(id), Some(()));
+        }
+        assert!(t.release_due());
+        assert!(!t.release_due());
+        assert_eq!(t.lowest(), Some(10 + u64::from(RELEASE_EVERY)));
+        assert_eq!(
+            t.complete(11),
+            None,
+            "an outcome that comes twice is taken once"
+        );
+    }
+
+    #[test]
+    fn giving_up_fails_every_call() {
+        let now = Instant::now();
+        let mut t = CallTable::default();
+        t.insert(1, frame(1), Semantics::AtMostOnce, None, now, 1);
+        t.insert(2, frame(2), Semantics::AtLeastOnce, None, now, 2);
+        assert_eq!(t.fail_all(), vec![1, 2]);
+        assert_eq!(t.len(), 0);
+    }
+}
