@@ -48,11 +48,38 @@
 //! | `calc.add_acked(a, b).await` | the server has the call, before the method runs; the [`Pending`] it returns resolves with the reply |
 //!
 //! A method marked `#[oneway]` (it must return `()`) is fire and forget: `calc.log(msg).await`
-//! resolves once the transport has taken the request, and no reply ever comes.
+//! resolves once the transport has taken the request, and no reply ever comes. A method marked
+//! `#[idempotent]` may run more than once when a link or the server fails (see *Failure
+//! semantics*); every other two-way method runs at most once.
 //!
 //! A method whose first parameter after `&self` is a [`Context`] receives the call's context:
 //! the peer, the deadline, and [`Context::client`] to call back services that the client
 //! exported on the same connection ([`ClientBuilder::export`]).
+//!
+//! # Failure semantics
+//!
+//! A [`Client`] is a session with one server that outlives its links: when a link dies it
+//! reconnects ([`ReconnectPolicy`]: backoff with jitter, on by default), exports its services
+//! again, and sends again what each call's semantics allow. A method is *at-most-once* unless
+//! it is marked `#[idempotent]` (*at-least-once*); the server keeps the outcomes of
+//! at-most-once calls in a reply cache so that a copy never runs the method twice. What the
+//! caller sees, and how many times the method ran, when something fails:
+//!
+//! | call kind | a frame lost, link up | the link cut, server up | server restarted: crashed before / while / after running the method | server gone for good | client crashed |
+//! |---|---|---|---|---|---|
+//! | **call** (at-most-once, the default) | with an attempt timeout: sent again, the copy answered from the reply cache → reply; without: `DeadlineExceeded` (ran 0 or 1 times) | reconnect, copy sent, attached or answered from the cache → reply (ran once) | `OutcomeUnknown` (ran 0 / 0–1, perhaps partly / 1 times) | `ConnectionLost` when the reconnect policy gives up, or `DeadlineExceeded` (ran 0 or 1) | handler dropped after the server's session linger, or at once when the client's next epoch connects (ran 0 or 1, perhaps partly) |
+//! | **`#[idempotent]` call** (at-least-once) | with an attempt timeout: sent again → reply (ran 1 or more); without: `DeadlineExceeded` | reconnect, sent again → reply (ran 1, or 2 if it had finished before the copy came) | sent again to the new server → reply (ran once there, plus 0 / 0–1 / 1 on the old one) | as for a call | as for a call |
+//! | **acknowledged call** (`_acked`) | as for a call (at-most-once, or at-least-once if `#[idempotent]`); the ack comes before the method runs | as for a call | as for a call | as for a call | as for a call |
+//! | **one-way** (`#[oneway]`) | lost (ran 0) | lost if the server had not read it (ran 0 or 1); never sent again | ran 0 or 1 | `send` fails with `ConnectionLost` | ran 0 or 1 (once sent, it runs) |
+//!
+//! A copy of an at-most-once call never runs the method a second time: a copy whose cached reply was
+//! evicted (the cache is bounded by `Limits::reply_cache_bytes` and `reply_cache_age`) fails with
+//! `ReplyEvicted`. Calls in flight are sent again only within their deadline; a call without one
+//! waits as long as the reconnect policy keeps trying (30 s by default), then fails with
+//! `ConnectionLost`.
+//!
+//! A client that restarts can keep its identity ([`Identity::load_or_create`]) so that the
+//! server recognizes the new epoch and drops the old incarnation's handlers at once.
 //!
 //! # Limits
 //!

@@ -164,6 +164,7 @@ pub struct Limits {
     pub(crate) reply_cache_bytes: usize,
     pub(crate) reply_cache_age: Duration,
     pub(crate) session_linger: Duration,
+    pub(crate) max_sessions: usize,
 }
 
 impl Default for Limits {
@@ -180,6 +181,7 @@ impl Default for Limits {
             reply_cache_bytes: 64 << 20,
             reply_cache_age: Duration::from_secs(120),
             session_linger: Duration::from_secs(30),
+            max_sessions: 4096,
         }
     }
 }
@@ -285,6 +287,16 @@ impl Limits {
     /// session at once. Server only.
     pub fn session_linger(mut self, linger: Duration) -> Self {
         self.session_linger = linger;
+        self
+    }
+
+    /// How many client sessions a server keeps. Default: 4096. A session outlives its client's
+    /// links for [`Limits::session_linger`]; past this bound, a new client's session ends the
+    /// one whose client left longest ago (its handlers are dropped). Each session remembers
+    /// its client's last 1,024 one-way call ids (about 32 KiB), so this bounds that memory as
+    /// the reply cache's bytes bound the rest. Server only.
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.max_sessions = sessions.max(1);
         self
     }
 

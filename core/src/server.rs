@@ -144,8 +144,9 @@ impl<K: CodecSet> Server<K> {
     async fn start_link(&self, mut link: Link, ticket: Option<Ticket>) -> Result<(), RpcError> {
         let sessions = &self.inner.sessions;
         let linger = self.inner.limits.session_linger;
+        let peer = link.peer.clone();
         let admit = |hello: &Hello| {
-            let served = Served::join(sessions, hello.client_id, hello.epoch, linger)?;
+            let served = Served::join(sessions, hello.client_id, &peer, hello.epoch, linger)?;
             Some((served, hello.client_id, hello.epoch))
         };
         let (codec_index, (served, client_id, epoch)) =
@@ -323,6 +324,7 @@ impl<K: CodecSet> ServerBuilder<K> {
                 sessions: Arc::new(Mutex::new(Sessions::new(CacheLimits {
                     max_bytes: self.limits.reply_cache_bytes,
                     max_age: self.limits.reply_cache_age,
+                    max_sessions: self.limits.max_sessions,
                 }))),
                 limits: self.limits,
                 authorizer: self.authorizer,

@@ -12,7 +12,8 @@ use courier::testing::faulty::{Faults, FaultyConnector};
 use courier::testing::unique_name;
 use courier::transport::mem;
 use courier::{
-    CallOptions, Client, HandshakeError, Identity, Limits, ReconnectPolicy, RpcError, Server,
+    CallOptions, Client, Context, HandshakeError, Identity, Limits, ReconnectPolicy, RpcError,
+    Server,
 };
 use courier_cbor::Cbor;
 use tokio::sync::Notify;
@@ -32,6 +33,24 @@ pub trait Ledger {
     async fn read(&self, id: u64) -> u64;
     /// Waits until dropped; reports its start and its drop.
     async fn hold(&self) -> u32;
+    /// Calls the client's `Doubler` back.
+    async fn ask_back(&self, ctx: Context, x: u32) -> Result<u32, String>;
+    /// One-way: counts its runs per id.
+    #[oneway]
+    async fn note(&self, id: u64);
+}
+
+#[courier::service]
+pub trait Doubler {
+    async fn double(&self, x: u32) -> u32;
+}
+
+struct Twice;
+
+impl Doubler for Twice {
+    async fn double(&self, x: u32) -> u32 {
+        2 * x
+    }
 }
 
 #[derive(Default)]
@@ -88,6 +107,16 @@ impl Ledger for Keeper {
         self.0.changed.notify_waiters();
         std::future::pending::<()>().await;
         0
+    }
+    async fn note(&self, id: u64) {
+        self.0.run(id);
+    }
+    async fn ask_back(&self, ctx: Context, x: u32) -> Result<u32, String> {
+        let client = ctx.client(Cbor::default()).map_err(|e| e.to_string())?;
+        DoublerClient::new(client)
+            .double(x)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -301,6 +330,35 @@ async fn reconnecting_is_bounded_by_the_policy_and_the_deadline() {
         );
         let err = ledger.read(3).await.unwrap_err();
         assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
+        // A one-way call waits for a link through one round of reconnecting, then gives up.
+        let err = ledger.note(4).await.unwrap_err();
+        assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
+    })
+    .await
+}
+
+/// After a reconnect, the client's exported services answer the server's calls back on the new
+/// link, and idempotent calls carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_services_answer_again_after_a_reconnect() {
+    within(async {
+        let (name, books, _server) = serve(Limits::default());
+        let connector = FaultyConnector::new(mem::Dialer::new(name), Faults::new(3));
+        let ledger = LedgerClient::new(
+            Client::builder(Cbor::default())
+                .export(DoublerServer::new(Twice))
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(ledger.ask_back(4).await, Ok(Ok(8)));
+        for round in 1..=3u32 {
+            connector.cuts().cut();
+            assert_eq!(ledger.ask_back(round).await, Ok(Ok(2 * round)));
+            assert_eq!(ledger.read(u64::from(round)).await, Ok(u64::from(round)));
+        }
+        assert_eq!(ledger.client().reconnections(), 3);
+        assert_eq!(books.runs.lock().unwrap().len(), 3);
     })
     .await
 }

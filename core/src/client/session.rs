@@ -310,6 +310,8 @@ impl ClientSession {
     /// The current link, waiting (within `deadline`) for one if needed, and starting to
     /// reconnect if nobody has.
     async fn link(&self, deadline: Option<Instant>) -> Result<Arc<Shared>, RpcError> {
+        // Through one round of reconnecting at most: when it gives up, so does this.
+        let mut waited = false;
         loop {
             let changed = self.changed.notified();
             {
@@ -320,9 +322,8 @@ impl ClientSession {
                 if let Some(link) = &state.link {
                     return Ok(Arc::clone(link));
                 }
-                match state.failure.take() {
-                    Some(reason) if !self.can_redial() => {
-                        state.failure = Some(reason.clone());
+                match state.failure.clone() {
+                    Some(reason) if waited || !self.can_redial() => {
                         return Err(RpcError::ConnectionLost(reason));
                     }
                     Some(reason) => self.start_reconnecting(&mut state, reason),
@@ -331,6 +332,7 @@ impl ClientSession {
                     }
                     None => {}
                 }
+                waited = true;
             }
             wait_until(deadline, changed).await?;
         }

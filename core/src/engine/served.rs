@@ -10,7 +10,8 @@ use futures::future::AbortHandle;
 use tokio::runtime::Handle;
 
 use super::{lock, Shared};
-use crate::session::replies::{Begin, Hello, Sessions};
+use crate::peer::Peer;
+use crate::session::replies::{Begin, ClientKey, Hello, Sessions};
 
 /// Every client's session on one server, shared by its links.
 pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, Weak<Shared>>>>;
@@ -18,7 +19,7 @@ pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, Weak<Shared>>>>
 /// The session of the client on the other end of one server link.
 pub(crate) struct Served {
     sessions: ServerSessions,
-    client: u128,
+    client: ClientKey,
     epoch: u64,
     linger: Duration,
     /// Whether this link still counts among the client's links (until it closes, or this is
@@ -41,15 +42,29 @@ impl Served {
     /// `None` if the epoch is older than the one the server knows: refuse the link.
     pub(crate) fn join(
         sessions: &ServerSessions,
-        client: u128,
+        client_id: u128,
+        peer: &Peer,
         epoch: u64,
         linger: Duration,
     ) -> Option<Served> {
+        let client = (client_id, principal(peer));
         let hello = lock(sessions).hello(client, epoch);
         match hello {
-            Hello::Accepted => {}
+            Hello::Accepted(aborts) => {
+                if !aborts.is_empty() {
+                    tracing::debug!(client_id, "a new client took the session of one long gone");
+                }
+                for abort in aborts {
+                    abort.abort();
+                }
+            }
             Hello::Reincarnated(aborts) => {
-                tracing::debug!(client, epoch, aborted = aborts.len(), "a client restarted");
+                tracing::debug!(
+                    client_id,
+                    epoch,
+                    aborted = aborts.len(),
+                    "a client restarted"
+                );
                 for abort in aborts {
                     abort.abort();
                 }
@@ -151,11 +166,33 @@ impl Served {
             let now = std::time::Instant::now();
             let aborts = lock(&sessions).expire(client, epoch, linger, now);
             if !aborts.is_empty() {
-                tracing::debug!(client, aborted = aborts.len(), "a client's session expired");
+                tracing::debug!(
+                    client = client.0,
+                    aborted = aborts.len(),
+                    "a client's session expired"
+                );
             }
             for abort in aborts {
                 abort.abort();
             }
         });
     }
+}
+
+/// A digest of what the transport authenticated about the peer (see [`ClientKey`]).
+fn principal(peer: &Peer) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match peer {
+        Peer::Network { certificates, .. } if !certificates.is_empty() => {
+            1u8.hash(&mut h);
+            certificates.hash(&mut h);
+        }
+        Peer::Process { uid, .. } => {
+            2u8.hash(&mut h);
+            uid.hash(&mut h);
+        }
+        _ => return 0,
+    }
+    h.finish()
 }

@@ -19,8 +19,14 @@ use bytes::Bytes;
 /// byte bound also bounds the number of entries, even of empty outcomes.
 pub(crate) const ENTRY_OVERHEAD: usize = 64;
 
+/// Who a session belongs to: the client id from the hello, and a digest of the peer's
+/// authenticated identity (its certificate chain, or its uid; 0 when the transport
+/// authenticated nothing), so that a peer that learns another's client id cannot take over
+/// that client's session unless it can also authenticate as it.
+pub(crate) type ClientKey = (u128, u64);
+
 /// How many of a client's most recent one-way call ids a session remembers to drop copies.
-pub(crate) const ONE_WAY_MEMORY: usize = 4096;
+pub(crate) const ONE_WAY_MEMORY: usize = 1024;
 
 /// The reply cache's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -29,13 +35,16 @@ pub(crate) struct CacheLimits {
     pub(crate) max_bytes: usize,
     /// How long an outcome is kept for a client that has not yet said it has it.
     pub(crate) max_age: Duration,
+    /// Sessions kept at most; past it, a new client's session ends the one detached longest.
+    pub(crate) max_sessions: usize,
 }
 
 /// How a hello fits the sessions.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Hello<A> {
-    /// A new client id, or the same epoch again (a reconnect): serve it.
-    Accepted,
+    /// A new client id, or the same epoch again (a reconnect): serve it. A new session past
+    /// the bound on sessions ended the longest-detached one: its handlers, to abort.
+    Accepted(Vec<A>),
     /// A newer epoch of a known client: the old incarnation's running handlers, to abort.
     Reincarnated(Vec<A>),
     /// An older epoch than the one the server knows: refuse it.
@@ -104,9 +113,9 @@ impl<A, W> Session<A, W> {
 #[derive(Debug)]
 pub(crate) struct Sessions<A, W> {
     limits: CacheLimits,
-    clients: HashMap<u128, Session<A, W>>,
+    clients: HashMap<ClientKey, Session<A, W>>,
     /// Cached outcomes in the order they were stored: (client, call id, bytes, when).
-    order: BTreeMap<u64, (u128, u64, usize, Instant)>,
+    order: BTreeMap<u64, (ClientKey, u64, usize, Instant)>,
     next_seq: u64,
     bytes: usize,
 }
@@ -128,12 +137,13 @@ impl<A, W> Sessions<A, W> {
     }
 
     /// A client says hello with `epoch` over a new link.
-    pub(crate) fn hello(&mut self, client: u128, epoch: u64) -> Hello<A> {
+    pub(crate) fn hello(&mut self, client: ClientKey, epoch: u64) -> Hello<A> {
         let Some(session) = self.clients.get_mut(&client) else {
+            let aborts = self.make_room();
             let mut session = Session::new(epoch);
             session.links = 1;
             self.clients.insert(client, session);
-            return Hello::Accepted;
+            return Hello::Accepted(aborts);
         };
         if epoch < session.epoch {
             return Hello::Stale;
@@ -141,7 +151,7 @@ impl<A, W> Sessions<A, W> {
         if epoch == session.epoch {
             session.links += 1;
             session.detached = None;
-            return Hello::Accepted;
+            return Hello::Accepted(Vec::new());
         }
         let aborts = self.end(client);
         let mut session = Session::new(epoch);
@@ -150,9 +160,27 @@ impl<A, W> Sessions<A, W> {
         Hello::Reincarnated(aborts)
     }
 
+    /// At the bound on sessions, ends the session detached longest, if any is: a client that
+    /// left without a goodbye gives way to one that is here. (Sessions with links are bounded
+    /// by the connections.)
+    fn make_room(&mut self) -> Vec<A> {
+        if self.clients.len() < self.limits.max_sessions {
+            return Vec::new();
+        }
+        let oldest = self
+            .clients
+            .iter()
+            .filter_map(|(id, s)| s.detached.map(|d| (d, *id)))
+            .min();
+        match oldest {
+            Some((_, client)) => self.end(client),
+            None => Vec::new(),
+        }
+    }
+
     /// One of the client's links closed. Returns true if it has none left: the driver then
     /// calls [`Sessions::expire`] once the session has been detached long enough.
-    pub(crate) fn link_closed(&mut self, client: u128, epoch: u64, now: Instant) -> bool {
+    pub(crate) fn link_closed(&mut self, client: ClientKey, epoch: u64, now: Instant) -> bool {
         match self.clients.get_mut(&client) {
             Some(s) if s.epoch == epoch => {
                 s.links = s.links.saturating_sub(1);
@@ -170,7 +198,7 @@ impl<A, W> Sessions<A, W> {
     /// Does nothing if a link came back meanwhile.
     pub(crate) fn expire(
         &mut self,
-        client: u128,
+        client: ClientKey,
         epoch: u64,
         linger: Duration,
         now: Instant,
@@ -189,7 +217,7 @@ impl<A, W> Sessions<A, W> {
 
     /// The client holds every outcome below `watermark`: forget them. (A goodbye, `u64::MAX`,
     /// is a link leaving: [`Sessions::link_closed`] and [`Sessions::expire`] at once.)
-    pub(crate) fn release(&mut self, client: u128, epoch: u64, watermark: u64) -> Vec<A> {
+    pub(crate) fn release(&mut self, client: ClientKey, epoch: u64, watermark: u64) -> Vec<A> {
         let Some(session) = self.clients.get_mut(&client) else {
             return Vec::new();
         };
@@ -218,7 +246,7 @@ impl<A, W> Sessions<A, W> {
     /// watermark says nothing about them (a release may overtake one on a transport without
     /// order between streams); a copy (from a link that duplicates frames) is recognized among
     /// the client's last [`ONE_WAY_MEMORY`] one-way calls.
-    pub(crate) fn one_way(&mut self, client: u128, epoch: u64, call: u64) -> bool {
+    pub(crate) fn one_way(&mut self, client: ClientKey, epoch: u64, call: u64) -> bool {
         let Some(session) = self.clients.get_mut(&client).filter(|s| s.epoch == epoch) else {
             return false;
         };
@@ -238,7 +266,7 @@ impl<A, W> Sessions<A, W> {
     /// the handler and `waiter` will get its outcome; for [`Begin::Attached`], `waiter` will.
     pub(crate) fn begin(
         &mut self,
-        client: u128,
+        client: ClientKey,
         epoch: u64,
         call: u64,
         abort: A,
@@ -276,7 +304,7 @@ impl<A, W> Sessions<A, W> {
     /// calls); without, the entry goes, and a later copy runs again (idempotent calls).
     pub(crate) fn finish(
         &mut self,
-        client: u128,
+        client: ClientKey,
         epoch: u64,
         call: u64,
         frame: Option<Bytes>,
@@ -309,7 +337,7 @@ impl<A, W> Sessions<A, W> {
     /// The client cancelled a call: its handler, to abort. A copy that comes later is ignored.
     pub(crate) fn cancel(
         &mut self,
-        client: u128,
+        client: ClientKey,
         epoch: u64,
         call: u64,
         now: Instant,
@@ -352,7 +380,7 @@ impl<A, W> Sessions<A, W> {
     }
 
     /// Removes a client's session: its running handlers, to abort.
-    fn end(&mut self, client: u128) -> Vec<A> {
+    fn end(&mut self, client: ClientKey) -> Vec<A> {
         let Some(session) = self.clients.remove(&client) else {
             return Vec::new();
         };
@@ -381,12 +409,13 @@ impl<A, W> Sessions<A, W> {
 mod tests {
     use super::*;
 
-    const C: u128 = 7;
+    const C: ClientKey = (7, 0);
 
     fn sessions(max_bytes: usize) -> Sessions<&'static str, &'static str> {
         Sessions::new(CacheLimits {
             max_bytes,
             max_age: Duration::from_secs(60),
+            max_sessions: 3,
         })
     }
 
@@ -398,7 +427,7 @@ mod tests {
     fn a_call_runs_once_and_its_copies_get_the_same_outcome() {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
-        assert_eq!(s.hello(C, 1), Hello::Accepted);
+        assert_eq!(s.hello(C, 1), Hello::Accepted(Vec::new()));
         assert_eq!(s.begin(C, 1, 5, "abort 5", "link 1"), Begin::Run);
         assert_eq!(s.begin(C, 1, 5, "unused", "link 2"), Begin::Attached);
         let out = reply(10);
@@ -509,6 +538,27 @@ mod tests {
         assert!(s.link_closed(C, 1, now + linger));
         assert_eq!(s.expire(C, 1, linger, now + 2 * linger), vec!["abort 1"]);
         assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn past_the_bound_a_new_client_ends_the_session_detached_longest() {
+        let now = Instant::now();
+        let mut s = sessions(1 << 20);
+        for client in 1..=3 {
+            s.hello((client, 0), 1);
+            let abort = ["", "abort 1", "abort 2", "abort 3"][client as usize];
+            s.begin((client, 0), 1, 1, abort, "w");
+        }
+        s.link_closed((2, 0), 1, now);
+        s.link_closed((1, 0), 1, now + Duration::from_secs(1));
+        assert_eq!(s.hello((4, 0), 1), Hello::Accepted(vec!["abort 2"]));
+        assert_eq!(s.hello((5, 0), 1), Hello::Accepted(vec!["abort 1"]));
+        // Every session has a link now: the new one is kept all the same.
+        assert_eq!(s.hello((6, 0), 1), Hello::Accepted(Vec::new()));
+        // The same client id from another authenticated peer is another session.
+        assert_eq!(s.hello((6, 99), 1), Hello::Accepted(Vec::new()));
+        assert_eq!(s.begin((6, 99), 1, 1, "a", "w"), Begin::Run);
+        assert_eq!(s.len(), 5);
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub async fn every_call_kind<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
     assert_eq!(answer, Ok(9));
 }
 
-/// 10,000 one-way calls in a row, sent as fast as the transport takes them, all run.
+/// 10,000 one-way calls in a row, sent as fast as the transport takes them, all run, each
+/// exactly once.
 pub async fn ten_thousand_one_way_calls_all_run<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
     let connector = env.serve_default(&codec).await;
     let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
@@ -51,6 +52,8 @@ pub async fn ten_thousand_one_way_calls_all_run<H: Harness, C: Codec>(env: Arc<E
         .await;
     // A call after them still works: none of them broke the connection.
     assert_eq!(lab.echo(1).await, Ok(1));
+    // Exactly once: none ran twice.
+    assert_eq!(env.probes.counted.load(Ordering::SeqCst), 10_000);
 }
 
 /// Payloads from empty to larger than every internal buffer come back intact.
