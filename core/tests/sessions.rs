@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use courier::testing::faulty::{Faults, FaultyConnector};
-use courier::testing::unique_name;
+use courier::testing::{unique_name, ByteBuf};
 use courier::transport::mem;
 use courier::{
     CallOptions, Client, Context, HandshakeError, Identity, Limits, ReconnectPolicy, RpcError,
@@ -38,6 +38,8 @@ pub trait Ledger {
     /// One-way: counts its runs per id.
     #[oneway]
     async fn note(&self, id: u64);
+    /// At-most-once: counts its runs per id and returns `n` bytes.
+    async fn fill(&self, id: u64, n: u32) -> ByteBuf;
 }
 
 #[courier::service]
@@ -110,6 +112,10 @@ impl Ledger for Keeper {
     }
     async fn note(&self, id: u64) {
         self.0.run(id);
+    }
+    async fn fill(&self, id: u64, n: u32) -> ByteBuf {
+        self.0.run(id);
+        ByteBuf::from(vec![7; n as usize])
     }
     async fn ask_back(&self, ctx: Context, x: u32) -> Result<u32, String> {
         let client = ctx.client(Cbor::default()).map_err(|e| e.to_string())?;
@@ -359,6 +365,43 @@ async fn exported_services_answer_again_after_a_reconnect() {
         }
         assert_eq!(ledger.client().reconnections(), 3);
         assert_eq!(books.runs.lock().unwrap().len(), 3);
+    })
+    .await
+}
+
+/// Many large replies at once overflow a small reply cache: its oldest outcomes are evicted,
+/// and calls that arrive after later ones were evicted (here, held back by the link) still run:
+/// they are late, not copies. With nothing lost, no call gets `ReplyEvicted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_never_refuse_a_call_that_is_merely_late() {
+    within(async {
+        const SIZE: u32 = 64 << 10;
+        let (name, books, server) = serve(Limits::default().reply_cache_bytes(4 * SIZE as usize));
+        let late = Faults::new(31).delay(0.05, Duration::from_millis(20));
+        let connector = FaultyConnector::new(mem::Dialer::new(name), late);
+        let ledger = LedgerClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        let workers: Vec<_> = (0..16u64)
+            .map(|t| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    for i in 0..100u64 {
+                        let got = ledger.fill(t * 100 + i, SIZE).await.unwrap();
+                        assert_eq!(got.as_slice().len(), SIZE as usize);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        assert_eq!(books.runs.lock().unwrap().len(), 1600);
+        assert!(connector.counts().delayed.load(Ordering::Relaxed) > 0);
+        assert!(server.reply_cache_bytes() <= 4 * SIZE as usize + 64 * 16);
     })
     .await
 }

@@ -118,6 +118,8 @@ pub(crate) struct ClientSession {
     next_generation: AtomicU64,
     /// Links opened after the first.
     reconnections: AtomicU64,
+    /// When the session started: the instant given to the call table when none matters.
+    started: std::time::Instant,
     me: Weak<ClientSession>,
 }
 
@@ -152,6 +154,7 @@ impl ClientSession {
             closed: AtomicBool::new(false),
             next_generation: AtomicU64::new(1),
             reconnections: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             me: me.clone(),
         });
         lineage.join(&session);
@@ -409,7 +412,11 @@ impl ClientSession {
             let id = self.lineage.next.fetch_add(1, Ordering::SeqCst);
             buf[8..16].copy_from_slice(&id.to_be_bytes());
             let frame = buf.freeze();
-            let now = std::time::Instant::now();
+            // The clock only matters for an attempt timeout.
+            let now = match attempt {
+                Some(_) => std::time::Instant::now(),
+                None => self.started,
+            };
             let on = state
                 .table
                 .insert(id, frame.clone(), semantics, attempt, now, waiter);
@@ -434,7 +441,7 @@ impl ClientSession {
             session: Arc::clone(self),
             id,
             interface_method: (method.interface, method.method),
-            reply,
+            reply: Some(reply),
             ack,
             deadline,
             attempt,
@@ -474,7 +481,8 @@ impl ClientSession {
     pub(crate) fn on_answer(&self, header: Header, answer: ReplyResult) {
         let (waiter, release) = {
             let mut state = lock(&self.state);
-            let waiter = state.table.complete(header.call_id);
+            let len = answer.as_ref().map_or(0, |(_, frame)| frame.len());
+            let waiter = state.table.complete(header.call_id, len);
             (waiter, state.table.release_due())
         };
         if let Some(waiter) = waiter {
@@ -499,16 +507,20 @@ impl ClientSession {
         self.send_control(FrameKind::Release, watermark);
     }
 
-    /// Sends a frame with no payload on the current link, from a task of its own.
+    /// Sends a frame with no payload on the current link: at once if the link takes it
+    /// without waiting (no task, no wake-up), else from a task of its own.
     fn send_control(&self, kind: FrameKind, call_id: u64) {
         let Some(link) = lock(&self.state).link.clone() else {
             return;
         };
         let zero = crate::ids::InterfaceId::new(0);
         let header = Header::new(kind, call_id, zero, crate::ids::MethodId::new(0));
-        self.runtime.spawn(async move {
+        let mut sending = Box::pin(async move {
             let _ = link.send_frame(header, 0, |_| Ok(())).await;
         });
+        if futures::FutureExt::now_or_never(sending.as_mut()).is_none() {
+            self.runtime.spawn(sending);
+        }
     }
 
     /// The caller gave up on call `id`: forget it, and tell the server to drop it.
@@ -645,7 +657,8 @@ pub(crate) struct SessionCall {
     session: Arc<ClientSession>,
     id: u64,
     interface_method: (crate::ids::InterfaceId, crate::ids::MethodId),
-    reply: oneshot::Receiver<ReplyResult>,
+    /// Taken while it is awaited (the wait also borrows the call to drive it).
+    reply: Option<oneshot::Receiver<ReplyResult>>,
     ack: Option<oneshot::Receiver<()>>,
     deadline: Option<Instant>,
     attempt: Option<Duration>,
@@ -661,6 +674,11 @@ impl SessionCall {
     /// attempt timeout passes.
     async fn drive<T>(&mut self, wait: impl std::future::Future<Output = T>) -> T {
         let mut wait = std::pin::pin!(wait);
+        let Some(first) = self.attempt else {
+            // No attempt timeout: only the reader (if any) to drive beside the wait.
+            return crate::engine::driven(&mut self.reader, wait).await;
+        };
+        let _ = first;
         loop {
             let attempt = self.attempt;
             let timer = async {
@@ -695,7 +713,8 @@ impl SessionCall {
     /// Waits for the outcome, within the deadline.
     pub(crate) async fn reply(mut self) -> ReplyResult {
         let deadline = self.deadline;
-        let mut reply = std::mem::replace(&mut self.reply, oneshot::channel().1);
+        let closed = || RpcError::ConnectionLost("the client was closed".into());
+        let mut reply = self.reply.take().ok_or_else(closed)?;
         let received = match deadline {
             Some(d) => self
                 .drive(tokio::time::timeout_at(d, &mut reply))
@@ -704,14 +723,15 @@ impl SessionCall {
             None => self.drive(&mut reply).await,
         };
         self.finished = true;
-        received.map_err(|_| RpcError::ConnectionLost("the client was closed".into()))?
+        received.map_err(|_| closed())?
     }
 
     /// Waits for the server's ack (or an early outcome), within the deadline; afterwards,
     /// dropping the call no longer cancels it.
     pub(crate) async fn acked(mut self) -> Result<SessionCall, RpcError> {
         if let Some(mut ack) = self.ack.take() {
-            let mut early = std::mem::replace(&mut self.reply, oneshot::channel().1);
+            let closed = || RpcError::ConnectionLost("the client was closed".into());
+            let mut early = self.reply.take().ok_or_else(closed)?;
             let deadline = self.deadline;
             let wait = async {
                 tokio::select! {
@@ -728,14 +748,13 @@ impl SessionCall {
             };
             match got {
                 Some(result) => {
-                    let result = result
-                        .map_err(|_| RpcError::ConnectionLost("the client was closed".into()))?;
+                    let result = result.map_err(|_| closed())?;
                     self.finished = true;
                     let (tx, rx) = oneshot::channel();
                     let _ = tx.send(result);
-                    self.reply = rx;
+                    self.reply = Some(rx);
                 }
-                None => self.reply = early,
+                None => self.reply = Some(early),
             }
         }
         self.cancel_on_drop = false;

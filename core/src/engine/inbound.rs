@@ -210,7 +210,7 @@ impl Shared {
             // SeqCst against the load in `Deregister`, which follows the removal under the
             // table's lock: either this sees the free place, or that sees this waiter.
             self.slot_waiting.fetch_add(1, Ordering::SeqCst);
-            let free = lock(&self.handlers).len() < self.limits.max_handlers;
+            let free = self.running() < self.limits.max_handlers;
             if free {
                 self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
                 break;
@@ -240,12 +240,21 @@ impl Shared {
         })
     }
 
+    /// How many of the peer's calls run here now.
+    fn running(&self) -> usize {
+        if self.served.is_some() {
+            // A server's handlers belong to the client's session, not to the link's table.
+            self.served_running.load(Ordering::SeqCst)
+        } else {
+            lock(&self.handlers).len()
+        }
+    }
+
     /// Whether the handler table has room for `header`'s call: not full, and its id not taken.
     fn room_for(
         &self,
         handlers: &HashMap<u64, RunningHandler>,
         header: &Header,
-        check_id: bool,
     ) -> Result<(), RpcError> {
         if handlers.len() >= self.limits.max_handlers {
             return Err(RpcError::Overloaded(format!(
@@ -253,7 +262,7 @@ impl Shared {
                 self.limits.max_handlers
             )));
         }
-        if check_id && handlers.contains_key(&header.call_id) {
+        if handlers.contains_key(&header.call_id) {
             return Err(RpcError::Protocol(format!(
                 "call id {} is already running",
                 header.call_id
@@ -283,9 +292,10 @@ impl Shared {
                 return None;
             }
         };
-        // On a server, a call id seen before is a copy for the session to answer, not an error.
-        let check_id = self.served.is_none();
-        let free = self.room_for(&lock(&self.handlers), &header, check_id);
+        if let Some(session) = &self.served {
+            return self.on_served_call(session, header, frame, room, context, deadline);
+        }
+        let free = self.room_for(&lock(&self.handlers), &header);
         if let Err(e) = free {
             self.refuse(&header, e);
             return None;
@@ -303,49 +313,12 @@ impl Shared {
             }
         };
         drop(frame);
-        let (abort, registration) = AbortHandle::new_pair();
-        let mut served = false;
-        if let Some(session) = &self.served {
-            if header.kind == FrameKind::OneWay {
-                if !session.one_way(header.call_id) {
-                    tracing::debug!(call_id = header.call_id, "a copy of a one-way call dropped");
-                    return None;
-                }
-            } else {
-                match session.begin(header.call_id, abort.clone(), self) {
-                    Begin::Run => served = true,
-                    Begin::Attached | Begin::Stale | Begin::Cached(None) => return None,
-                    Begin::Cached(Some(outcome)) => {
-                        let shared = Arc::clone(self);
-                        self.runtime.spawn(async move {
-                            let _ = shared.send_shared(outcome).await;
-                        });
-                        return None;
-                    }
-                    Begin::Superseded => {
-                        self.close("a newer epoch of this client took over".to_owned());
-                        return None;
-                    }
-                    Begin::Forgotten => {
-                        let e = RpcError::ReplyEvicted(format!(
-                            "call {} is no longer in the server's reply cache",
-                            header.call_id
-                        ));
-                        self.refuse(&header, e);
-                        return None;
-                    }
-                }
-            }
-        }
-        let run = run_handler(Arc::clone(self), header, future, deadline, served);
-        let work = Abortable::new(run, registration);
+        let run = run_handler(Arc::clone(self), header, future, deadline, Hold::Link);
+        let (work, abort) = futures::future::abortable(run);
         // Look again as the entry goes in: other calls may have filled the table meanwhile.
         let mut handlers = lock(&self.handlers);
-        if let Err(e) = self.room_for(&handlers, &header, check_id) {
+        if let Err(e) = self.room_for(&handlers, &header) {
             drop(handlers);
-            if let (true, Some(session)) = (served, &self.served) {
-                session.forget(header.call_id);
-            }
             self.refuse(&header, e);
             return None;
         }
@@ -354,8 +327,7 @@ impl Shared {
             RunningHandler {
                 abort,
                 _room: room,
-                // A session's call outlives its link: a copy may come over the next one.
-                abort_on_close: header.kind == FrameKind::Call && !served,
+                abort_on_close: header.kind == FrameKind::Call,
             },
         );
         drop(handlers);
@@ -363,6 +335,119 @@ impl Shared {
             let _: Result<(), _> = work.await;
         }))
     }
+
+    /// A call from a server's client: its handler belongs to the client's session, which
+    /// outlives this link, recognizes copies and keeps outcomes. The link only counts it.
+    fn on_served_call(
+        self: &Arc<Self>,
+        session: &super::Served,
+        header: Header,
+        frame: Bytes,
+        room: Room,
+        context: Context,
+        deadline: Option<Instant>,
+    ) -> Option<Work> {
+        // Reserve a place among the link's handlers at once: frames may be delivered from
+        // many tasks at a time.
+        if self.served_running.fetch_add(1, Ordering::SeqCst) >= self.limits.max_handlers {
+            self.free_place();
+            let e = RpcError::Overloaded(format!(
+                "{} calls already running on this connection",
+                self.limits.max_handlers
+            ));
+            self.refuse(&header, e);
+            return None;
+        }
+        let place = Place {
+            shared: Arc::clone(self),
+            _room: room,
+        };
+        let router = self.router.as_ref()?;
+        let incoming = Incoming {
+            header: &header,
+            payload: &frame[HEADER_LEN..],
+            context: &context,
+        };
+        let future = match router.dispatch(incoming) {
+            Ok(f) => f,
+            Err(e) => {
+                self.refuse(&header, e);
+                return None;
+            }
+        };
+        drop(frame);
+        let (abort, registration) = AbortHandle::new_pair();
+        if header.kind == FrameKind::OneWay {
+            if !session.one_way(header.call_id) {
+                tracing::debug!(call_id = header.call_id, "a copy of a one-way call dropped");
+                return None;
+            }
+        } else {
+            match session.begin(header.call_id, abort, self) {
+                Begin::Run => {}
+                Begin::Attached | Begin::Stale | Begin::Cached(None) => return None,
+                Begin::Cached(Some(outcome)) => {
+                    let shared = Arc::clone(self);
+                    self.runtime.spawn(async move {
+                        let _ = shared.send_shared(outcome).await;
+                    });
+                    return None;
+                }
+                Begin::Superseded => {
+                    self.close("a newer epoch of this client took over".to_owned());
+                    return None;
+                }
+                Begin::Forgotten => {
+                    let e = RpcError::ReplyEvicted(format!(
+                        "call {} is no longer in the server's reply cache",
+                        header.call_id
+                    ));
+                    self.refuse(&header, e);
+                    return None;
+                }
+            }
+        }
+        let run = run_handler(
+            Arc::clone(self),
+            header,
+            future,
+            deadline,
+            Hold::Session { _place: place },
+        );
+        let work = Abortable::new(run, registration);
+        Some(Box::pin(async move {
+            let _: Result<(), _> = work.await;
+        }))
+    }
+
+    /// A handler of a server's client ended (or was refused): its place is free.
+    fn free_place(&self) {
+        self.served_running.fetch_sub(1, Ordering::SeqCst);
+        if self.slot_waiting.load(Ordering::SeqCst) > 0 {
+            self.slot_freed.notify_waiters();
+        }
+    }
+}
+
+/// A served handler's place among its link's handlers, and its call bytes; freed when the
+/// handler ends, however it ends.
+struct Place {
+    shared: Arc<Shared>,
+    _room: Room,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.shared.free_place();
+    }
+}
+
+/// What a running handler holds on to until it ends.
+enum Hold {
+    /// An entry in its link's handler table (a client serving its server's calls back).
+    Link,
+    /// Its place on a server's link; the entry is in the client's session.
+    Session { _place: Place },
 }
 
 /// Runs one handler: ack if asked, apply the deadline, catch a panic, send the outcome.
@@ -371,7 +456,7 @@ async fn run_handler(
     header: Header,
     future: HandlerFuture,
     deadline: Option<Instant>,
-    served: bool,
+    hold: Hold,
 ) {
     struct Deregister<'a>(&'a Shared, u64);
     impl Drop for Deregister<'_> {
@@ -382,7 +467,13 @@ async fn run_handler(
             }
         }
     }
-    let _deregister = Deregister(&shared, header.call_id);
+    let served = matches!(hold, Hold::Session { .. });
+    let _deregister = match hold {
+        Hold::Link => Some(Deregister(&shared, header.call_id)),
+        Hold::Session { .. } => None,
+    };
+    // A served handler's place (dropped with this future, like the deregistration).
+    let _place = hold;
 
     if header.flags.contains(Flags::ACK) {
         let ack = Header::new(
@@ -427,7 +518,8 @@ async fn run_handler(
             Err(e) => shared.error_frame(&header, e.to_payload()),
         };
         let keep = !header.flags.contains(Flags::IDEMPOTENT);
-        Box::pin(session.finish(header.call_id, frame, keep)).await;
+        let waiters = session.finish(header.call_id, &frame, keep);
+        super::Served::deliver(waiters, header.call_id, frame).await;
         return;
     }
     let result = match outcome {

@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     next_call_id: AtomicU64,
     calls: Mutex<HashMap<u64, PendingCall>>,
     handlers: Mutex<HashMap<u64, RunningHandler>>,
+    /// On a server: how many of the client's calls run on this link (their entries are in the
+    /// client's session).
+    served_running: AtomicUsize,
     /// Readers waiting for a place in the handler table, and their wake-up: a handler that
     /// ends notifies only when some wait.
     slot_waiting: AtomicUsize,
@@ -185,6 +188,7 @@ impl Shared {
             next_call_id: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
+            served_running: AtomicUsize::new(0),
             slot_waiting: AtomicUsize::new(0),
             slot_freed: Notify::new(),
             call_bytes: Budget::new(limits.call_bytes_budget()),

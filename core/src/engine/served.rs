@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 
 use super::{lock, Shared};
 use crate::peer::Peer;
-use crate::session::replies::{Begin, ClientKey, Hello, Sessions};
+use crate::session::replies::{Begin, Hello, SessionRef, Sessions, Waiters};
 
 /// Every client's session on one server, shared by its links.
 pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, Weak<Shared>>>>;
@@ -19,8 +19,8 @@ pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, Weak<Shared>>>>
 /// The session of the client on the other end of one server link.
 pub(crate) struct Served {
     sessions: ServerSessions,
-    client: ClientKey,
-    epoch: u64,
+    at: SessionRef,
+    client_id: u128,
     linger: Duration,
     /// Whether this link still counts among the client's links (until it closes, or this is
     /// dropped without having served: a handshake that failed after the hello).
@@ -48,7 +48,7 @@ impl Served {
         linger: Duration,
     ) -> Option<Served> {
         let client = (client_id, principal(peer));
-        let hello = lock(sessions).hello(client, epoch);
+        let (hello, at) = lock(sessions).hello(client, epoch);
         match hello {
             Hello::Accepted(aborts) => {
                 if !aborts.is_empty() {
@@ -73,8 +73,8 @@ impl Served {
         }
         Some(Served {
             sessions: Arc::clone(sessions),
-            client,
-            epoch,
+            at: at?,
+            client_id,
             linger,
             joined: AtomicBool::new(true),
         })
@@ -86,31 +86,29 @@ impl Served {
             return false;
         }
         let now = std::time::Instant::now();
-        lock(&self.sessions).link_closed(self.client, self.epoch, now)
+        lock(&self.sessions).link_closed(self.at, now)
     }
 
     /// A call arrived on `link`; see [`Sessions::begin`].
     pub(crate) fn begin(&self, call: u64, abort: AbortHandle, link: &Arc<Shared>) -> Begin {
-        lock(&self.sessions).begin(self.client, self.epoch, call, abort, Arc::downgrade(link))
+        lock(&self.sessions).begin(self.at, call, abort, Arc::downgrade(link))
     }
 
     /// A one-way call arrived: whether to run it.
     pub(crate) fn one_way(&self, call: u64) -> bool {
-        lock(&self.sessions).one_way(self.client, self.epoch, call)
+        lock(&self.sessions).one_way(self.at, call)
     }
 
-    /// A call finished with `frame`: sends it to every link that waits for it.
-    pub(crate) async fn finish(&self, call: u64, frame: Bytes, keep: bool) {
+    /// A call finished with `frame`: who waits for it (send it to each with
+    /// [`Served::deliver`]).
+    pub(crate) fn finish(&self, call: u64, frame: &Bytes, keep: bool) -> Waiters<Weak<Shared>> {
         let now = std::time::Instant::now();
-        let waiters = lock(&self.sessions).finish(
-            self.client,
-            self.epoch,
-            call,
-            Some(frame.clone()),
-            keep,
-            now,
-        );
-        for link in waiters.iter().filter_map(Weak::upgrade) {
+        lock(&self.sessions).finish(self.at, call, Some(frame.clone()), keep, now)
+    }
+
+    /// Sends an outcome to the links that wait for it.
+    pub(crate) async fn deliver(waiters: Waiters<Weak<Shared>>, call: u64, frame: Bytes) {
+        for link in waiters.into_iter().filter_map(|w| w.upgrade()) {
             if link.is_closed() {
                 continue;
             }
@@ -120,16 +118,10 @@ impl Served {
         }
     }
 
-    /// A call was refused before it ran: forget it, so a copy may run.
-    pub(crate) fn forget(&self, call: u64) {
-        let now = std::time::Instant::now();
-        lock(&self.sessions).finish(self.client, self.epoch, call, None, false, now);
-    }
-
     /// The client cancelled a call: abort its handler, wherever it runs.
     pub(crate) fn cancel(&self, call: u64) {
         let now = std::time::Instant::now();
-        let abort = lock(&self.sessions).cancel(self.client, self.epoch, call, now);
+        let abort = lock(&self.sessions).cancel(self.at, call, now);
         if let Some(abort) = abort {
             abort.abort();
         }
@@ -144,9 +136,10 @@ impl Served {
                 return;
             }
             let now = std::time::Instant::now();
-            lock(&self.sessions).expire(self.client, self.epoch, Duration::ZERO, now)
+            lock(&self.sessions).expire(self.at, Duration::ZERO, now)
         } else {
-            lock(&self.sessions).release(self.client, self.epoch, watermark)
+            lock(&self.sessions).release(self.at, watermark);
+            Vec::new()
         };
         for abort in aborts {
             abort.abort();
@@ -160,14 +153,14 @@ impl Served {
             return;
         }
         let sessions = Arc::clone(&self.sessions);
-        let (client, epoch, linger) = (self.client, self.epoch, self.linger);
+        let (at, client_id, linger) = (self.at, self.client_id, self.linger);
         runtime.spawn(async move {
             tokio::time::sleep(linger).await;
             let now = std::time::Instant::now();
-            let aborts = lock(&sessions).expire(client, epoch, linger, now);
+            let aborts = lock(&sessions).expire(at, linger, now);
             if !aborts.is_empty() {
                 tracing::debug!(
-                    client = client.0,
+                    client_id,
                     aborted = aborts.len(),
                     "a client's session expired"
                 );

@@ -5,10 +5,33 @@
 //! Whether sending again is allowed depends on the call's [`Semantics`] and on whether the
 //! server is still the instance the call was sent to.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+/// Hashes this side's own call ids: they are chosen here, in sequence, never by a peer, so a
+/// multiplication spreads them well enough and no keyed hash is needed.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: the high bits, which the table uses, depend on every bit of id.
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// What the client may do with a call whose outcome it has not seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,25 +75,34 @@ pub(crate) struct Relink<W> {
     pub(crate) unknown: Vec<W>,
 }
 
-/// The calls in flight of one client session, keyed by call id. `W` is whatever waits for a
+/// The calls in flight of one client session, keyed by call id (a hash map: a call goes in and
+/// out of it on every call, and a tree would allocate and free a node each time when few are in
+/// flight; the lowest id, needed only for a watermark, is found by a scan). `W` is whatever waits for a
 /// call's outcome (the driver's reply channel; `()` in tests).
 #[derive(Debug)]
 pub(crate) struct CallTable<W> {
-    calls: BTreeMap<u64, Outstanding<W>>,
+    calls: HashMap<u64, Outstanding<W>, BuildHasherDefault<IdHasher>>,
     link: Option<LinkId>,
     /// Outcomes received since the last watermark was handed out.
     settled: u32,
+    /// Bytes of the frames of those outcomes.
+    settled_bytes: usize,
 }
 
 /// How many outcomes arrive between two watermarks the client sends ([`CallTable::release_due`]).
 pub(crate) const RELEASE_EVERY: u32 = 64;
 
+/// How many bytes of outcomes arrive between two watermarks at most: a large reply is released
+/// at once, so the server does not keep it waiting for 63 more calls.
+pub(crate) const RELEASE_BYTES: usize = 64 << 10;
+
 impl<W> Default for CallTable<W> {
     fn default() -> Self {
         CallTable {
-            calls: BTreeMap::new(),
+            calls: HashMap::default(),
             link: None,
             settled: 0,
+            settled_bytes: 0,
         }
     }
 }
@@ -108,10 +140,12 @@ impl<W> CallTable<W> {
         link
     }
 
-    /// The call's outcome arrived: its waiter, if it was still waiting.
-    pub(crate) fn complete(&mut self, id: u64) -> Option<W> {
+    /// The call's outcome (a frame of `len` bytes) arrived: its waiter, if it was still
+    /// waiting.
+    pub(crate) fn complete(&mut self, id: u64, len: usize) -> Option<W> {
         let call = self.calls.remove(&id)?;
         self.settled = self.settled.saturating_add(1);
+        self.settled_bytes = self.settled_bytes.saturating_add(len);
         Some(call.waiter)
     }
 
@@ -131,14 +165,16 @@ impl<W> CallTable<W> {
 
     /// The lowest call id still waiting for its outcome.
     pub(crate) fn lowest(&self) -> Option<u64> {
-        self.calls.keys().next().copied()
+        self.calls.keys().min().copied()
     }
 
     /// Whether enough outcomes arrived since the last watermark that the server should be told
-    /// (every [`RELEASE_EVERY`]); resets the count when it says yes.
+    /// (every [`RELEASE_EVERY`] outcomes, or [`RELEASE_BYTES`] of them); resets the counts
+    /// when it says yes.
     pub(crate) fn release_due(&mut self) -> bool {
-        if self.settled >= RELEASE_EVERY {
+        if self.settled >= RELEASE_EVERY || self.settled_bytes >= RELEASE_BYTES {
             self.settled = 0;
+            self.settled_bytes = 0;
             true
         } else {
             false
@@ -171,12 +207,14 @@ impl<W> CallTable<W> {
             })
             .map(|(id, _)| *id)
             .collect();
+        let mut lost = lost;
+        lost.sort_unstable();
         let unknown = lost
             .iter()
             .filter_map(|id| self.calls.remove(id))
             .map(|c| c.waiter)
             .collect();
-        let resend = self
+        let mut resend: Vec<(u64, Bytes)> = self
             .calls
             .iter_mut()
             .map(|(id, c)| {
@@ -186,6 +224,7 @@ impl<W> CallTable<W> {
                 (*id, c.frame.clone())
             })
             .collect();
+        resend.sort_unstable_by_key(|(id, _)| *id);
         Relink { resend, unknown }
     }
 
@@ -210,10 +249,9 @@ impl<W> CallTable<W> {
 
     /// Every call's waiter, the table emptied: the session gave up reconnecting.
     pub(crate) fn fail_all(&mut self) -> Vec<W> {
-        std::mem::take(&mut self.calls)
-            .into_values()
-            .map(|c| c.waiter)
-            .collect()
+        let mut calls: Vec<(u64, Outstanding<W>)> = self.calls.drain().collect();
+        calls.sort_unstable_by_key(|(id, _)| *id);
+        calls.into_iter().map(|(_, c)| c.waiter).collect()
     }
 
     /// How many calls are in flight.
@@ -333,7 +371,7 @@ mod tests {
             Some((link(1, A), frame(1)))
         );
         assert_eq!(t.attempt_expired(1, attempt, later), None, "re-armed");
-        t.complete(1);
+        t.complete(1, 8);
         assert_eq!(t.attempt_expired(1, attempt, later + attempt), None, "done");
         t.insert(2, frame(2), Semantics::AtMostOnce, Some(attempt), now, ());
         t.link_down(1);
@@ -353,16 +391,20 @@ mod tests {
         assert_eq!(t.lowest(), Some(11));
         assert!(!t.release_due());
         for id in 11..10 + u64::from(RELEASE_EVERY) {
-            assert_eq!(t.complete(id), Some(()));
+            assert_eq!(t.complete(id, 40), Some(()));
         }
         assert!(t.release_due());
         assert!(!t.release_due());
         assert_eq!(t.lowest(), Some(10 + u64::from(RELEASE_EVERY)));
         assert_eq!(
-            t.complete(11),
+            t.complete(11, 40),
             None,
             "an outcome that comes twice is taken once"
         );
+        // One large outcome is reason enough.
+        let last = 10 + u64::from(RELEASE_EVERY);
+        assert_eq!(t.complete(last, RELEASE_BYTES), Some(()));
+        assert!(t.release_due());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! Epochs: a hello with a newer epoch for a known client id ends the old session (its handlers
 //! are aborted, its cache dropped); a hello with an older epoch is refused.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,8 +72,46 @@ pub(crate) enum Begin {
 
 #[derive(Debug)]
 enum Slot<A, W> {
-    Running { abort: A, waiters: Vec<W> },
+    Running { abort: A, waiters: Waiters<W> },
     Done { frame: Option<Bytes>, seq: u64 },
+}
+
+/// Who waits for a running call: nearly always one link, so one needs no allocation.
+#[derive(Debug)]
+pub(crate) enum Waiters<W> {
+    One(W),
+    Many(Vec<W>),
+}
+
+impl<W> Waiters<W> {
+    fn push(&mut self, waiter: W) {
+        let old = std::mem::replace(self, Waiters::Many(Vec::new()));
+        *self = match old {
+            Waiters::One(first) => Waiters::Many(vec![first, waiter]),
+            Waiters::Many(mut all) => {
+                all.push(waiter);
+                Waiters::Many(all)
+            }
+        };
+    }
+}
+
+impl<W> Waiters<W> {
+    fn none() -> Self {
+        Waiters::Many(Vec::new())
+    }
+}
+
+impl<W> IntoIterator for Waiters<W> {
+    type Item = W;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<W>, std::vec::IntoIter<W>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Waiters::One(w) => Some(w).into_iter().chain(Vec::new()),
+            Waiters::Many(all) => None.into_iter().chain(all),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -80,8 +119,12 @@ struct Session<A, W> {
     epoch: u64,
     /// Every call id below this has its outcome at the client.
     floor: u64,
-    /// The highest call id whose outcome was evicted; a call at or below it that is not in
-    /// `calls` may be a copy of an evicted one.
+    /// The ids of calls whose outcomes were evicted (above `floor`): a copy of one is refused.
+    /// Kept apart from the outcomes, so that a call that is merely late (overtaken by later
+    /// ones whose outcomes were evicted) still runs.
+    evicted: BTreeSet<u64>,
+    /// Beyond the bound on those ids, the highest one dropped: a call at or below it that is
+    /// not known is refused, since it may be a copy of one.
     forgotten: Option<u64>,
     calls: HashMap<u64, Slot<A, W>>,
     /// Links of this client open now.
@@ -98,6 +141,7 @@ impl<A, W> Session<A, W> {
         Session {
             epoch,
             floor: 0,
+            evicted: BTreeSet::new(),
             forgotten: None,
             calls: HashMap::new(),
             links: 0,
@@ -108,26 +152,65 @@ impl<A, W> Session<A, W> {
     }
 }
 
+/// A handle on one session, kept by each of its links: a place in the sessions' slab and the
+/// generation of its occupant, so that a link of an ended session finds nothing (and a later
+/// session in the same place is not mistaken for its own). Per-call lookups go through it,
+/// not through a hash of the client's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionRef {
+    slot: usize,
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Place<A, W> {
+    generation: u64,
+    client: ClientKey,
+    session: Option<Session<A, W>>,
+}
+
+/// The session at `at`, if it is still there.
+fn session_at<A, W>(places: &mut [Place<A, W>], at: SessionRef) -> Option<&mut Session<A, W>> {
+    places
+        .get_mut(at.slot)
+        .filter(|p| p.generation == at.generation)
+        .and_then(|p| p.session.as_mut())
+}
+
 /// Every client's session on one server. `A` aborts a running handler; `W` is a waiter for a
 /// call's outcome (a link to answer on). Tests use plain values for both.
 #[derive(Debug)]
 pub(crate) struct Sessions<A, W> {
     limits: CacheLimits,
-    clients: HashMap<ClientKey, Session<A, W>>,
-    /// Cached outcomes in the order they were stored: (client, call id, bytes, when).
-    order: BTreeMap<u64, (ClientKey, u64, usize, Instant)>,
+    /// Where each client's session is, for hellos.
+    clients: HashMap<ClientKey, usize>,
+    places: Vec<Place<A, W>>,
+    free: Vec<usize>,
+    next_generation: u64,
+    /// Cached outcomes in the order they were stored: (session, call id, bytes, when).
+    order: BTreeMap<u64, (SessionRef, u64, usize, Instant)>,
     next_seq: u64,
     bytes: usize,
+    /// Evicted ids remembered, across all sessions.
+    tombstones: usize,
 }
+
+/// Bytes of the cache's bound that one remembered evicted id stands for: the ids kept are
+/// bounded by `max_bytes / TOMBSTONE_SHARE` (at least 4,096).
+const TOMBSTONE_SHARE: usize = 256;
 
 impl<A, W> Sessions<A, W> {
     pub(crate) fn new(limits: CacheLimits) -> Self {
         Sessions {
             limits,
             clients: HashMap::new(),
+            places: Vec::new(),
+            free: Vec::new(),
+            next_generation: 1,
             order: BTreeMap::new(),
             next_seq: 0,
             bytes: 0,
+            tombstones: 0,
         }
     }
 
@@ -136,28 +219,66 @@ impl<A, W> Sessions<A, W> {
         self.bytes
     }
 
-    /// A client says hello with `epoch` over a new link.
-    pub(crate) fn hello(&mut self, client: ClientKey, epoch: u64) -> Hello<A> {
-        let Some(session) = self.clients.get_mut(&client) else {
+    fn get(&mut self, at: SessionRef) -> Option<&mut Session<A, W>> {
+        session_at(&mut self.places, at)
+    }
+
+    /// Starts a session for `client` with one link.
+    fn start(&mut self, client: ClientKey, epoch: u64) -> SessionRef {
+        let mut session = Session::new(epoch);
+        session.links = 1;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let place = Place {
+            generation,
+            client,
+            session: Some(session),
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.places[slot] = place;
+                slot
+            }
+            None => {
+                self.places.push(place);
+                self.places.len() - 1
+            }
+        };
+        self.clients.insert(client, slot);
+        SessionRef { slot, generation }
+    }
+
+    /// A client says hello with `epoch` over a new link: what to do, and the session the link
+    /// belongs to (none if it is refused).
+    pub(crate) fn hello(
+        &mut self,
+        client: ClientKey,
+        epoch: u64,
+    ) -> (Hello<A>, Option<SessionRef>) {
+        let Some(&slot) = self.clients.get(&client) else {
             let aborts = self.make_room();
-            let mut session = Session::new(epoch);
-            session.links = 1;
-            self.clients.insert(client, session);
-            return Hello::Accepted(aborts);
+            let at = self.start(client, epoch);
+            return (Hello::Accepted(aborts), Some(at));
+        };
+        let generation = self.places[slot].generation;
+        let at = SessionRef { slot, generation };
+        let Some(session) = self.get(at) else {
+            // Unreachable: a client's entry always names a live place. Start afresh.
+            self.clients.remove(&client);
+            let at = self.start(client, epoch);
+            return (Hello::Accepted(Vec::new()), Some(at));
         };
         if epoch < session.epoch {
-            return Hello::Stale;
+            return (Hello::Stale, None);
         }
         if epoch == session.epoch {
             session.links += 1;
             session.detached = None;
-            return Hello::Accepted(Vec::new());
+            return (Hello::Accepted(Vec::new()), Some(at));
         }
-        let aborts = self.end(client);
-        let mut session = Session::new(epoch);
-        session.links = 1;
-        self.clients.insert(client, session);
-        Hello::Reincarnated(aborts)
+        let aborts = self.end(at);
+        let at = self.start(client, epoch);
+        (Hello::Reincarnated(aborts), Some(at))
     }
 
     /// At the bound on sessions, ends the session detached longest, if any is: a client that
@@ -168,21 +289,25 @@ impl<A, W> Sessions<A, W> {
             return Vec::new();
         }
         let oldest = self
-            .clients
+            .places
             .iter()
-            .filter_map(|(id, s)| s.detached.map(|d| (d, *id)))
+            .enumerate()
+            .filter_map(|(slot, p)| {
+                let detached = p.session.as_ref()?.detached?;
+                Some((detached, slot, p.generation))
+            })
             .min();
         match oldest {
-            Some((_, client)) => self.end(client),
+            Some((_, slot, generation)) => self.end(SessionRef { slot, generation }),
             None => Vec::new(),
         }
     }
 
-    /// One of the client's links closed. Returns true if it has none left: the driver then
+    /// One of the session's links closed. Returns true if it has none left: the driver then
     /// calls [`Sessions::expire`] once the session has been detached long enough.
-    pub(crate) fn link_closed(&mut self, client: ClientKey, epoch: u64, now: Instant) -> bool {
-        match self.clients.get_mut(&client) {
-            Some(s) if s.epoch == epoch => {
+    pub(crate) fn link_closed(&mut self, at: SessionRef, now: Instant) -> bool {
+        match self.get(at) {
+            Some(s) => {
                 s.links = s.links.saturating_sub(1);
                 if s.links == 0 {
                     s.detached = Some(now);
@@ -190,26 +315,18 @@ impl<A, W> Sessions<A, W> {
                 }
                 false
             }
-            _ => false,
+            None => false,
         }
     }
 
-    /// Ends the session of a client that has had no link for `linger`: its handlers, to abort.
-    /// Does nothing if a link came back meanwhile.
-    pub(crate) fn expire(
-        &mut self,
-        client: ClientKey,
-        epoch: u64,
-        linger: Duration,
-        now: Instant,
-    ) -> Vec<A> {
-        match self.clients.get(&client) {
+    /// Ends a session that has had no link for `linger`: its handlers, to abort. Does nothing
+    /// if a link came back meanwhile.
+    pub(crate) fn expire(&mut self, at: SessionRef, linger: Duration, now: Instant) -> Vec<A> {
+        match self.get(at) {
             Some(s)
-                if s.epoch == epoch
-                    && s.links == 0
-                    && s.detached.is_some_and(|d| now.duration_since(d) >= linger) =>
+                if s.links == 0 && s.detached.is_some_and(|d| now.duration_since(d) >= linger) =>
             {
-                self.end(client)
+                self.end(at)
             }
             _ => Vec::new(),
         }
@@ -217,17 +334,17 @@ impl<A, W> Sessions<A, W> {
 
     /// The client holds every outcome below `watermark`: forget them. (A goodbye, `u64::MAX`,
     /// is a link leaving: [`Sessions::link_closed`] and [`Sessions::expire`] at once.)
-    pub(crate) fn release(&mut self, client: ClientKey, epoch: u64, watermark: u64) -> Vec<A> {
-        let Some(session) = self.clients.get_mut(&client) else {
-            return Vec::new();
+    pub(crate) fn release(&mut self, at: SessionRef, watermark: u64) {
+        let Some(session) = session_at(&mut self.places, at) else {
+            return;
         };
-        if session.epoch != epoch {
-            return Vec::new();
-        }
         if watermark <= session.floor {
-            return Vec::new();
+            return;
         }
         session.floor = watermark;
+        let kept = session.evicted.split_off(&watermark);
+        self.tombstones -= session.evicted.len();
+        session.evicted = kept;
         let order = &mut self.order;
         let bytes = &mut self.bytes;
         session.calls.retain(|id, slot| match slot {
@@ -237,17 +354,17 @@ impl<A, W> Sessions<A, W> {
                 }
                 false
             }
+            // A call the client gave up on that still runs ends as it would have.
             _ => true,
         });
-        Vec::new()
     }
 
     /// A one-way call arrived: whether to run it. One-way calls are never re-sent, so the
     /// watermark says nothing about them (a release may overtake one on a transport without
     /// order between streams); a copy (from a link that duplicates frames) is recognized among
     /// the client's last [`ONE_WAY_MEMORY`] one-way calls.
-    pub(crate) fn one_way(&mut self, client: ClientKey, epoch: u64, call: u64) -> bool {
-        let Some(session) = self.clients.get_mut(&client).filter(|s| s.epoch == epoch) else {
+    pub(crate) fn one_way(&mut self, at: SessionRef, call: u64) -> bool {
+        let Some(session) = self.get(at) else {
             return false;
         };
         if !session.one_way.insert(call) {
@@ -264,36 +381,30 @@ impl<A, W> Sessions<A, W> {
 
     /// A call frame arrived: what to do with it. For [`Begin::Run`], `abort` is kept to stop
     /// the handler and `waiter` will get its outcome; for [`Begin::Attached`], `waiter` will.
-    pub(crate) fn begin(
-        &mut self,
-        client: ClientKey,
-        epoch: u64,
-        call: u64,
-        abort: A,
-        waiter: W,
-    ) -> Begin {
-        let Some(session) = self.clients.get_mut(&client).filter(|s| s.epoch == epoch) else {
+    pub(crate) fn begin(&mut self, at: SessionRef, call: u64, abort: A, waiter: W) -> Begin {
+        let Some(session) = self.get(at) else {
             // A link whose session ended (a newer epoch took over): nothing runs for it.
             return Begin::Superseded;
         };
         if call < session.floor {
             return Begin::Stale;
         }
-        match session.calls.get_mut(&call) {
-            Some(Slot::Running { waiters, .. }) => {
-                waiters.push(waiter);
-                Begin::Attached
-            }
-            Some(Slot::Done { frame, .. }) => Begin::Cached(frame.clone()),
-            None if session.forgotten.is_some_and(|f| call <= f) => Begin::Forgotten,
-            None => {
-                session.calls.insert(
-                    call,
-                    Slot::Running {
-                        abort,
-                        waiters: vec![waiter],
-                    },
-                );
+        let forgotten =
+            session.evicted.contains(&call) || session.forgotten.is_some_and(|f| call <= f);
+        match session.calls.entry(call) {
+            Entry::Occupied(mut e) => match e.get_mut() {
+                Slot::Running { waiters, .. } => {
+                    waiters.push(waiter);
+                    Begin::Attached
+                }
+                Slot::Done { frame, .. } => Begin::Cached(frame.clone()),
+            },
+            Entry::Vacant(_) if forgotten => Begin::Forgotten,
+            Entry::Vacant(e) => {
+                e.insert(Slot::Running {
+                    abort,
+                    waiters: Waiters::One(waiter),
+                });
                 Begin::Run
             }
         }
@@ -304,86 +415,114 @@ impl<A, W> Sessions<A, W> {
     /// calls); without, the entry goes, and a later copy runs again (idempotent calls).
     pub(crate) fn finish(
         &mut self,
-        client: ClientKey,
-        epoch: u64,
+        at: SessionRef,
         call: u64,
         frame: Option<Bytes>,
         keep: bool,
         now: Instant,
-    ) -> Vec<W> {
-        let Some(session) = self.clients.get_mut(&client).filter(|s| s.epoch == epoch) else {
-            return Vec::new();
+    ) -> Waiters<W> {
+        let Some(session) = session_at(&mut self.places, at) else {
+            return Waiters::none();
         };
-        let waiters = match session.calls.remove(&call) {
-            Some(Slot::Running { waiters, .. }) => waiters,
-            Some(done @ Slot::Done { .. }) => {
-                session.calls.insert(call, done);
-                return Vec::new();
-            }
-            None => return Vec::new(),
+        let floor = session.floor;
+        let Entry::Occupied(mut entry) = session.calls.entry(call) else {
+            return Waiters::none();
         };
-        if keep && call >= session.floor {
+        if !matches!(entry.get(), Slot::Running { .. }) {
+            return Waiters::none();
+        }
+        let old = if keep && call >= floor {
             let size = frame.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD;
             let seq = self.next_seq;
             self.next_seq += 1;
-            session.calls.insert(call, Slot::Done { frame, seq });
-            self.order.insert(seq, (client, call, size, now));
+            self.order.insert(seq, (at, call, size, now));
             self.bytes += size;
+            std::mem::replace(entry.get_mut(), Slot::Done { frame, seq })
+        } else {
+            entry.remove()
+        };
+        if self.bytes > self.limits.max_bytes
+            || self
+                .order
+                .first_key_value()
+                .is_some_and(|(_, (_, _, _, at))| now.duration_since(*at) >= self.limits.max_age)
+        {
+            self.evict(now);
         }
-        self.evict(now);
-        waiters
+        match old {
+            Slot::Running { waiters, .. } => waiters,
+            Slot::Done { .. } => Waiters::none(),
+        }
     }
 
     /// The client cancelled a call: its handler, to abort. A copy that comes later is ignored.
-    pub(crate) fn cancel(
-        &mut self,
-        client: ClientKey,
-        epoch: u64,
-        call: u64,
-        now: Instant,
-    ) -> Option<A> {
-        let session = self.clients.get_mut(&client).filter(|s| s.epoch == epoch)?;
-        match session.calls.remove(&call) {
-            Some(Slot::Running { abort, .. }) => {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                session.calls.insert(call, Slot::Done { frame: None, seq });
-                self.order.insert(seq, (client, call, ENTRY_OVERHEAD, now));
-                self.bytes += ENTRY_OVERHEAD;
-                self.evict(now);
-                Some(abort)
-            }
-            Some(other) => {
-                session.calls.insert(call, other);
-                None
-            }
-            None => None,
+    pub(crate) fn cancel(&mut self, at: SessionRef, call: u64, now: Instant) -> Option<A> {
+        let session = session_at(&mut self.places, at)?;
+        let Entry::Occupied(mut entry) = session.calls.entry(call) else {
+            return None;
+        };
+        if !matches!(entry.get(), Slot::Running { .. }) {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let old = std::mem::replace(entry.get_mut(), Slot::Done { frame: None, seq });
+        self.order.insert(seq, (at, call, ENTRY_OVERHEAD, now));
+        self.bytes += ENTRY_OVERHEAD;
+        self.evict(now);
+        match old {
+            Slot::Running { abort, .. } => Some(abort),
+            Slot::Done { .. } => None,
         }
     }
 
     /// Drops the oldest cached outcomes while the cache is over its bytes or they are too old.
     fn evict(&mut self, now: Instant) {
-        while let Some((&seq, &(client, call, size, at))) = self.order.first_key_value() {
-            if self.bytes <= self.limits.max_bytes && now.duration_since(at) < self.limits.max_age {
+        while let Some((&seq, &(at, call, size, when))) = self.order.first_key_value() {
+            if self.bytes <= self.limits.max_bytes && now.duration_since(when) < self.limits.max_age
+            {
                 break;
             }
             self.order.remove(&seq);
             self.bytes -= size;
-            if let Some(session) = self.clients.get_mut(&client) {
+            if let Some(session) = session_at(&mut self.places, at) {
                 if matches!(session.calls.get(&call), Some(Slot::Done { seq: s, .. }) if *s == seq)
                 {
                     session.calls.remove(&call);
-                    session.forgotten = Some(session.forgotten.map_or(call, |f| f.max(call)));
+                    session.evicted.insert(call);
+                    self.tombstones += 1;
+                    if self.tombstones > (self.limits.max_bytes / TOMBSTONE_SHARE).max(4096) {
+                        // Too many to remember one by one: forget this session's oldest, and
+                        // refuse anything unknown up to it.
+                        if let Some(oldest) = session.evicted.pop_first() {
+                            self.tombstones -= 1;
+                            session.forgotten =
+                                Some(session.forgotten.map_or(oldest, |f| f.max(oldest)));
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Removes a client's session: its running handlers, to abort.
-    fn end(&mut self, client: ClientKey) -> Vec<A> {
-        let Some(session) = self.clients.remove(&client) else {
+    /// Removes a session: its running handlers, to abort.
+    fn end(&mut self, at: SessionRef) -> Vec<A> {
+        let Some(place) = self
+            .places
+            .get_mut(at.slot)
+            .filter(|p| p.generation == at.generation)
+        else {
             return Vec::new();
         };
+        let Some(session) = place.session.take() else {
+            return Vec::new();
+        };
+        let client = place.client;
+        if self.clients.get(&client) == Some(&at.slot) {
+            self.clients.remove(&client);
+        }
+        self.free.push(at.slot);
+        self.tombstones -= session.evicted.len();
         let mut aborts = Vec::new();
         for slot in session.calls.into_values() {
             match slot {
@@ -411,7 +550,9 @@ mod tests {
 
     const C: ClientKey = (7, 0);
 
-    fn sessions(max_bytes: usize) -> Sessions<&'static str, &'static str> {
+    type Lab = Sessions<&'static str, &'static str>;
+
+    fn sessions(max_bytes: usize) -> Lab {
         Sessions::new(CacheLimits {
             max_bytes,
             max_age: Duration::from_secs(60),
@@ -419,23 +560,37 @@ mod tests {
         })
     }
 
+    /// A link of `client` with `epoch`, which must be accepted.
+    fn join(s: &mut Lab, client: ClientKey, epoch: u64) -> SessionRef {
+        match s.hello(client, epoch) {
+            (Hello::Accepted(_) | Hello::Reincarnated(_), Some(at)) => at,
+            other => panic!("refused: {other:?}"),
+        }
+    }
+
     fn reply(n: usize) -> Option<Bytes> {
         Some(Bytes::from(vec![0u8; n]))
+    }
+
+    fn waiting<W>(w: Waiters<W>) -> Vec<W> {
+        w.into_iter().collect()
     }
 
     #[test]
     fn a_call_runs_once_and_its_copies_get_the_same_outcome() {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
-        assert_eq!(s.hello(C, 1), Hello::Accepted(Vec::new()));
-        assert_eq!(s.begin(C, 1, 5, "abort 5", "link 1"), Begin::Run);
-        assert_eq!(s.begin(C, 1, 5, "unused", "link 2"), Begin::Attached);
+        let (hello, at) = s.hello(C, 1);
+        assert_eq!(hello, Hello::Accepted(Vec::new()));
+        let at = at.unwrap();
+        assert_eq!(s.begin(at, 5, "abort 5", "link 1"), Begin::Run);
+        assert_eq!(s.begin(at, 5, "unused", "link 2"), Begin::Attached);
         let out = reply(10);
         assert_eq!(
-            s.finish(C, 1, 5, out.clone(), true, now),
+            waiting(s.finish(at, 5, out.clone(), true, now)),
             vec!["link 1", "link 2"]
         );
-        assert_eq!(s.begin(C, 1, 5, "unused", "link 3"), Begin::Cached(out));
+        assert_eq!(s.begin(at, 5, "unused", "link 3"), Begin::Cached(out));
         assert_eq!(s.cached_bytes(), 10 + ENTRY_OVERHEAD);
     }
 
@@ -443,10 +598,10 @@ mod tests {
     fn idempotent_outcomes_are_not_kept() {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
-        s.hello(C, 1);
-        assert_eq!(s.begin(C, 1, 1, "a", "w"), Begin::Run);
-        assert_eq!(s.finish(C, 1, 1, reply(3), false, now), vec!["w"]);
-        assert_eq!(s.begin(C, 1, 1, "a", "w"), Begin::Run, "runs again");
+        let at = join(&mut s, C, 1);
+        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Run);
+        assert_eq!(waiting(s.finish(at, 1, reply(3), false, now)), vec!["w"]);
+        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Run, "runs again");
         assert_eq!(s.cached_bytes(), 0);
     }
 
@@ -454,19 +609,19 @@ mod tests {
     fn the_watermark_trims_and_later_copies_below_it_are_ignored() {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
-        s.hello(C, 1);
+        let at = join(&mut s, C, 1);
         for id in 1..=4 {
-            s.begin(C, 1, id, "a", "w");
-            s.finish(C, 1, id, reply(100), true, now);
+            s.begin(at, id, "a", "w");
+            s.finish(at, id, reply(100), true, now);
         }
         assert_eq!(s.cached_bytes(), 4 * (100 + ENTRY_OVERHEAD));
-        s.release(C, 1, 3);
+        s.release(at, 3);
         assert_eq!(s.cached_bytes(), 2 * (100 + ENTRY_OVERHEAD));
-        assert_eq!(s.begin(C, 1, 2, "a", "w"), Begin::Stale);
-        assert_eq!(s.begin(C, 1, 3, "a", "w"), Begin::Cached(reply(100)));
+        assert_eq!(s.begin(at, 2, "a", "w"), Begin::Stale);
+        assert_eq!(s.begin(at, 3, "a", "w"), Begin::Cached(reply(100)));
         // A watermark that goes back is ignored.
-        s.release(C, 1, 1);
-        assert_eq!(s.begin(C, 1, 2, "a", "w"), Begin::Stale);
+        s.release(at, 1);
+        assert_eq!(s.begin(at, 2, "a", "w"), Begin::Stale);
     }
 
     #[test]
@@ -474,27 +629,53 @@ mod tests {
         let now = Instant::now();
         let per = 1000 + ENTRY_OVERHEAD;
         let mut s = sessions(10 * per);
-        s.hello(C, 1);
+        let at = join(&mut s, C, 1);
         for id in 1..=100_000 {
-            assert_eq!(s.begin(C, 1, id, "a", "w"), Begin::Run);
-            s.finish(C, 1, id, reply(1000), true, now);
+            assert_eq!(s.begin(at, id, "a", "w"), Begin::Run);
+            s.finish(at, id, reply(1000), true, now);
             assert!(s.cached_bytes() <= 10 * per);
         }
-        assert_eq!(s.begin(C, 1, 50, "a", "w"), Begin::Forgotten);
-        assert_eq!(s.begin(C, 1, 100_000, "a", "w"), Begin::Cached(reply(1000)));
-        assert_eq!(s.begin(C, 1, 100_001, "a", "w"), Begin::Run);
+        assert_eq!(s.begin(at, 50, "a", "w"), Begin::Forgotten);
+        assert_eq!(s.begin(at, 100_000, "a", "w"), Begin::Cached(reply(1000)));
+        assert_eq!(s.begin(at, 100_001, "a", "w"), Begin::Run);
+    }
+
+    #[test]
+    fn a_late_call_runs_though_later_ones_were_evicted() {
+        let now = Instant::now();
+        let per = 100 + ENTRY_OVERHEAD;
+        let mut s = sessions(2 * per);
+        let at = join(&mut s, C, 1);
+        // Calls 2..=10 finish (most evicted) before call 1, sent first, arrives.
+        for id in 2..=10 {
+            s.begin(at, id, "a", "w");
+            s.finish(at, id, reply(100), true, now);
+        }
+        assert_eq!(
+            s.begin(at, 3, "a", "w"),
+            Begin::Forgotten,
+            "a copy of an evicted call"
+        );
+        assert_eq!(
+            s.begin(at, 1, "a", "w"),
+            Begin::Run,
+            "a late call is no copy"
+        );
+        // The watermark forgets the evicted ids too.
+        s.release(at, 11);
+        assert_eq!(s.tombstones, 0);
     }
 
     #[test]
     fn outcomes_older_than_the_age_are_evicted() {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
-        s.hello(C, 1);
-        s.begin(C, 1, 1, "a", "w");
-        s.finish(C, 1, 1, reply(1), true, now);
-        s.begin(C, 1, 2, "a", "w");
-        s.finish(C, 1, 2, reply(1), true, now + Duration::from_secs(61));
-        assert_eq!(s.begin(C, 1, 1, "a", "w"), Begin::Forgotten);
+        let at = join(&mut s, C, 1);
+        s.begin(at, 1, "a", "w");
+        s.finish(at, 1, reply(1), true, now);
+        s.begin(at, 2, "a", "w");
+        s.finish(at, 2, reply(1), true, now + Duration::from_secs(61));
+        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Forgotten);
         assert_eq!(s.cached_bytes(), 1 + ENTRY_OVERHEAD);
     }
 
@@ -502,21 +683,24 @@ mod tests {
     fn a_newer_epoch_aborts_the_old_handlers_and_an_older_one_is_refused() {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
-        s.hello(C, 1);
-        s.begin(C, 1, 1, "abort old 1", "w");
-        s.begin(C, 1, 2, "abort old 2", "w");
-        s.finish(C, 1, 2, reply(5), true, now);
-        let Hello::Reincarnated(mut aborts) = s.hello(C, 2) else {
+        let old = join(&mut s, C, 1);
+        s.begin(old, 1, "abort old 1", "w");
+        s.begin(old, 2, "abort old 2", "w");
+        s.finish(old, 2, reply(5), true, now);
+        let (Hello::Reincarnated(aborts), Some(new)) = s.hello(C, 2) else {
             panic!("a newer epoch must replace the session");
         };
-        aborts.sort();
         assert_eq!(aborts, vec!["abort old 1"]);
         assert_eq!(s.cached_bytes(), 0, "the old epoch's cache is dropped");
-        assert_eq!(s.hello(C, 1), Hello::Stale);
-        // The old epoch's frames find no session; the new epoch starts afresh.
-        assert_eq!(s.begin(C, 1, 3, "a", "w"), Begin::Superseded);
-        assert_eq!(s.begin(C, 2, 2, "a", "w"), Begin::Run);
-        assert!(s.finish(C, 1, 1, reply(1), true, now).is_empty());
+        assert_eq!(s.hello(C, 1), (Hello::Stale, None));
+        // The old epoch's links find no session; the new epoch starts afresh.
+        assert_eq!(s.begin(old, 3, "a", "w"), Begin::Superseded);
+        assert_eq!(s.begin(new, 2, "a", "w"), Begin::Run);
+        assert_eq!(
+            waiting(s.finish(old, 1, reply(1), true, now)),
+            Vec::<&str>::new()
+        );
+        assert_eq!(s.len(), 1);
     }
 
     #[test]
@@ -524,79 +708,88 @@ mod tests {
         let now = Instant::now();
         let linger = Duration::from_secs(5);
         let mut s = sessions(1 << 20);
-        s.hello(C, 1);
-        s.hello(C, 1);
-        s.begin(C, 1, 1, "abort 1", "w");
-        assert!(!s.link_closed(C, 1, now));
-        assert!(s.link_closed(C, 1, now));
-        assert!(s.expire(C, 1, linger, now).is_empty(), "too early");
-        s.hello(C, 1);
+        let at = join(&mut s, C, 1);
+        assert_eq!(
+            join(&mut s, C, 1),
+            at,
+            "a second link joins the same session"
+        );
+        s.begin(at, 1, "abort 1", "w");
+        assert!(!s.link_closed(at, now));
+        assert!(s.link_closed(at, now));
+        assert!(s.expire(at, linger, now).is_empty(), "too early");
+        join(&mut s, C, 1);
         assert!(
-            s.expire(C, 1, linger, now + linger).is_empty(),
+            s.expire(at, linger, now + linger).is_empty(),
             "a link came back"
         );
-        assert!(s.link_closed(C, 1, now + linger));
-        assert_eq!(s.expire(C, 1, linger, now + 2 * linger), vec!["abort 1"]);
+        assert!(s.link_closed(at, now + linger));
+        assert_eq!(s.expire(at, linger, now + 2 * linger), vec!["abort 1"]);
         assert_eq!(s.len(), 0);
+        // The place is used again by the next session; the old handle finds nothing there.
+        let next = join(&mut s, (8, 0), 1);
+        assert_ne!(next, at);
+        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Superseded);
     }
 
     #[test]
     fn past_the_bound_a_new_client_ends_the_session_detached_longest() {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
-        for client in 1..=3 {
-            s.hello((client, 0), 1);
+        let mut at = Vec::new();
+        for client in 1..=3u128 {
+            let here = join(&mut s, (client, 0), 1);
             let abort = ["", "abort 1", "abort 2", "abort 3"][client as usize];
-            s.begin((client, 0), 1, 1, abort, "w");
+            s.begin(here, 1, abort, "w");
+            at.push(here);
         }
-        s.link_closed((2, 0), 1, now);
-        s.link_closed((1, 0), 1, now + Duration::from_secs(1));
-        assert_eq!(s.hello((4, 0), 1), Hello::Accepted(vec!["abort 2"]));
-        assert_eq!(s.hello((5, 0), 1), Hello::Accepted(vec!["abort 1"]));
+        s.link_closed(at[1], now);
+        s.link_closed(at[0], now + Duration::from_secs(1));
+        assert_eq!(s.hello((4, 0), 1).0, Hello::Accepted(vec!["abort 2"]));
+        assert_eq!(s.hello((5, 0), 1).0, Hello::Accepted(vec!["abort 1"]));
         // Every session has a link now: the new one is kept all the same.
-        assert_eq!(s.hello((6, 0), 1), Hello::Accepted(Vec::new()));
+        assert_eq!(s.hello((6, 0), 1).0, Hello::Accepted(Vec::new()));
         // The same client id from another authenticated peer is another session.
-        assert_eq!(s.hello((6, 99), 1), Hello::Accepted(Vec::new()));
-        assert_eq!(s.begin((6, 99), 1, 1, "a", "w"), Begin::Run);
+        let other = join(&mut s, (6, 99), 1);
+        assert_eq!(s.begin(other, 1, "a", "w"), Begin::Run);
         assert_eq!(s.len(), 5);
     }
 
     #[test]
     fn one_way_calls_run_once_whatever_the_watermark_says() {
         let mut s = sessions(1 << 20);
-        s.hello(C, 1);
-        s.release(C, 1, 100);
+        let at = join(&mut s, C, 1);
+        s.release(at, 100);
         assert!(
-            s.one_way(C, 1, 50),
+            s.one_way(at, 50),
             "a one-way call overtaken by a release still runs"
         );
-        assert!(!s.one_way(C, 1, 50), "its copy does not");
+        assert!(!s.one_way(at, 50), "its copy does not");
         for id in 1000..1000 + ONE_WAY_MEMORY as u64 {
-            assert!(s.one_way(C, 1, id));
+            assert!(s.one_way(at, id));
         }
         assert!(
-            s.one_way(C, 1, 50),
+            s.one_way(at, 50),
             "beyond the memory, a copy is not recognized"
         );
-        assert!(!s.one_way(C, 2, 7), "no session for another epoch");
     }
 
     #[test]
     fn goodbye_ends_the_session_and_cancel_keeps_copies_from_running() {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
-        s.hello(C, 1);
-        s.begin(C, 1, 1, "abort 1", "w");
-        assert_eq!(s.cancel(C, 1, 1, now), Some("abort 1"));
-        assert_eq!(s.begin(C, 1, 1, "a", "w"), Begin::Cached(None));
+        let at = join(&mut s, C, 1);
+        s.begin(at, 1, "abort 1", "w");
+        assert_eq!(s.cancel(at, 1, now), Some("abort 1"));
+        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Cached(None));
         assert!(
-            s.finish(C, 1, 1, reply(1), true, now).is_empty(),
+            waiting(s.finish(at, 1, reply(1), true, now)).is_empty(),
             "the aborted handler's end"
         );
-        s.begin(C, 1, 2, "abort 2", "w");
+        s.begin(at, 2, "abort 2", "w");
         // Goodbye: the link leaves and the session ends without lingering.
-        assert!(s.link_closed(C, 1, now));
-        assert_eq!(s.expire(C, 1, Duration::ZERO, now), vec!["abort 2"]);
+        assert!(s.link_closed(at, now));
+        assert_eq!(s.expire(at, Duration::ZERO, now), vec!["abort 2"]);
         assert_eq!(s.len(), 0);
         assert_eq!(s.cached_bytes(), 0);
     }
