@@ -23,6 +23,12 @@ use crate::wire::Hello;
 /// Built with [`Server::builder`], given the codec or codecs it offers (`Cbor::default()`, or a
 /// tuple such as `(Cbor::default(), Xdr::default())`); each connection uses the codec its client
 /// asks for in the handshake.
+///
+/// A handler starts on the task that read its call (LRPC's lesson: a hand-off costs more than a
+/// short call); if it completes on its first poll, no task is spawned for it at all, and if it
+/// waits, it moves to a task of its own. So a handler must not block its thread: heavy
+/// synchronous work belongs in `tokio::task::spawn_blocking`, or it holds up the next frames of
+/// its connection.
 pub struct Server<K> {
     inner: Arc<Inner<K>>,
 }

@@ -391,6 +391,10 @@ impl ClientSession {
                 limit,
             })?;
         buf[24..28].copy_from_slice(&payload_len.to_be_bytes());
+        // Make the buffer shareable now, outside the lock: the table keeps one handle on the
+        // frame and the link gets another, and a plain buffer would allocate the shared
+        // header on its first clone, under the lock.
+        let mut buf = buf.split();
 
         let (reply_tx, reply) = oneshot::channel();
         let (ack_tx, ack) = if flags.contains(Flags::ACK) {

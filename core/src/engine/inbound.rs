@@ -517,9 +517,14 @@ async fn run_handler(
             Ok(frame) => frame,
             Err(e) => shared.error_frame(&header, e.to_payload()),
         };
+        // The caller that sent it first gets it first: the bookkeeping (keeping the outcome,
+        // finding copies that attached meanwhile) follows, off the caller's path.
+        if let Err(e) = shared.send_shared(frame.clone()).await {
+            tracing::debug!(call_id = header.call_id, error = %e, "could not send an outcome");
+        }
         let keep = !header.flags.contains(Flags::IDEMPOTENT);
         let waiters = session.finish(header.call_id, &frame, keep);
-        super::Served::deliver(waiters, header.call_id, frame).await;
+        super::Served::deliver(waiters, Some(&shared), header.call_id, frame).await;
         return;
     }
     let result = match outcome {
@@ -611,8 +616,13 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {
                 } else {
                     None
                 };
-                if let Some(work) = shared.on_frame_with(frame, room) {
-                    shared.runtime.spawn(work);
+                if let Some(mut work) = shared.on_frame_with(frame, room) {
+                    // Run the handler here, once: one that completes on its first poll (most
+                    // do) costs no task and no hand-off, LRPC's lesson. One that waits goes to
+                    // a task of its own, which polls it again with its own waker.
+                    if (&mut work).now_or_never().is_none() {
+                        shared.runtime.spawn(work);
+                    }
                 }
             }
             Ok(None) => break "the peer closed the connection".to_owned(),

@@ -106,10 +106,15 @@ impl Served {
         lock(&self.sessions).finish(self.at, call, Some(frame.clone()), keep, now)
     }
 
-    /// Sends an outcome to the links that wait for it.
-    pub(crate) async fn deliver(waiters: Waiters<Weak<Shared>>, call: u64, frame: Bytes) {
+    /// Sends an outcome to the links that wait for it, but `sent`, which has it already.
+    pub(crate) async fn deliver(
+        waiters: Waiters<Weak<Shared>>,
+        sent: Option<&Arc<Shared>>,
+        call: u64,
+        frame: Bytes,
+    ) {
         for link in waiters.into_iter().filter_map(|w| w.upgrade()) {
-            if link.is_closed() {
+            if link.is_closed() || sent.is_some_and(|s| Arc::ptr_eq(s, &link)) {
                 continue;
             }
             if let Err(e) = link.send_shared(frame.clone()).await {
@@ -138,7 +143,9 @@ impl Served {
             let now = std::time::Instant::now();
             lock(&self.sessions).expire(self.at, Duration::ZERO, now)
         } else {
-            lock(&self.sessions).release(self.at, watermark);
+            // The released frames are dropped (freed) after the lock, not under it.
+            let released = lock(&self.sessions).release(self.at, watermark);
+            drop(released);
             Vec::new()
         };
         for abort in aborts {

@@ -11,7 +11,7 @@
 //! are aborted, its cache dropped); a hello with an older epoch is refused.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,6 +68,20 @@ pub(crate) enum Begin {
     Forgotten,
     /// The link belongs to an epoch a newer one replaced: close it.
     Superseded,
+}
+
+/// Where a cached outcome is, in storing order.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    at: SessionRef,
+    call: u64,
+    seq: u64,
+    when: Instant,
+}
+
+/// What a cached outcome counts against the cache's bytes.
+fn cost(frame: &Option<Bytes>) -> usize {
+    frame.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD
 }
 
 #[derive(Debug)]
@@ -169,6 +183,17 @@ struct Place<A, W> {
     session: Option<Session<A, W>>,
 }
 
+/// Whether `kept` names an outcome still cached.
+fn is_kept<A, W>(places: &[Place<A, W>], kept: &Kept) -> bool {
+    places
+        .get(kept.at.slot)
+        .filter(|p| p.generation == kept.at.generation)
+        .and_then(|p| p.session.as_ref())
+        .is_some_and(
+            |s| matches!(s.calls.get(&kept.call), Some(Slot::Done { seq, .. }) if *seq == kept.seq),
+        )
+}
+
 /// The session at `at`, if it is still there.
 fn session_at<A, W>(places: &mut [Place<A, W>], at: SessionRef) -> Option<&mut Session<A, W>> {
     places
@@ -187,8 +212,13 @@ pub(crate) struct Sessions<A, W> {
     places: Vec<Place<A, W>>,
     free: Vec<usize>,
     next_generation: u64,
-    /// Cached outcomes in the order they were stored: (session, call id, bytes, when).
-    order: BTreeMap<u64, (SessionRef, u64, usize, Instant)>,
+    /// Cached outcomes in the order they were stored, oldest first, for eviction. Entries of
+    /// outcomes already released stay until they reach the front or the queue is compacted
+    /// (it never holds more than twice the live ones, plus 1,024), so a release costs no
+    /// search here.
+    order: VecDeque<Kept>,
+    /// Outcomes cached now.
+    live: usize,
     next_seq: u64,
     bytes: usize,
     /// Evicted ids remembered, across all sessions.
@@ -207,7 +237,8 @@ impl<A, W> Sessions<A, W> {
             places: Vec::new(),
             free: Vec::new(),
             next_generation: 1,
-            order: BTreeMap::new(),
+            order: VecDeque::new(),
+            live: 0,
             next_seq: 0,
             bytes: 0,
             tombstones: 0,
@@ -332,31 +363,34 @@ impl<A, W> Sessions<A, W> {
         }
     }
 
-    /// The client holds every outcome below `watermark`: forget them. (A goodbye, `u64::MAX`,
-    /// is a link leaving: [`Sessions::link_closed`] and [`Sessions::expire`] at once.)
-    pub(crate) fn release(&mut self, at: SessionRef, watermark: u64) {
+    /// The client holds every outcome below `watermark`: forget them. Returns the forgotten
+    /// frames, for the caller to drop outside its lock. (A goodbye, `u64::MAX`, is a link
+    /// leaving: [`Sessions::link_closed`] and [`Sessions::expire`] at once.)
+    pub(crate) fn release(&mut self, at: SessionRef, watermark: u64) -> Vec<Bytes> {
         let Some(session) = session_at(&mut self.places, at) else {
-            return;
+            return Vec::new();
         };
         if watermark <= session.floor {
-            return;
+            return Vec::new();
         }
         session.floor = watermark;
         let kept = session.evicted.split_off(&watermark);
         self.tombstones -= session.evicted.len();
         session.evicted = kept;
-        let order = &mut self.order;
-        let bytes = &mut self.bytes;
+        let (bytes, live) = (&mut self.bytes, &mut self.live);
+        let mut frames = Vec::new();
         session.calls.retain(|id, slot| match slot {
-            Slot::Done { seq, .. } if *id < watermark => {
-                if let Some((_, _, size, _)) = order.remove(seq) {
-                    *bytes -= size;
-                }
+            Slot::Done { frame, .. } if *id < watermark => {
+                *bytes -= cost(frame);
+                *live -= 1;
+                frames.extend(frame.take());
                 false
             }
             // A call the client gave up on that still runs ends as it would have.
             _ => true,
         });
+        self.compact();
+        frames
     }
 
     /// A one-way call arrived: whether to run it. One-way calls are never re-sent, so the
@@ -432,23 +466,21 @@ impl<A, W> Sessions<A, W> {
             return Waiters::none();
         }
         let old = if keep && call >= floor {
-            let size = frame.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD;
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.order.insert(seq, (at, call, size, now));
-            self.bytes += size;
+            self.order.push_back(Kept {
+                at,
+                call,
+                seq,
+                when: now,
+            });
+            self.bytes += cost(&frame);
+            self.live += 1;
             std::mem::replace(entry.get_mut(), Slot::Done { frame, seq })
         } else {
             entry.remove()
         };
-        if self.bytes > self.limits.max_bytes
-            || self
-                .order
-                .first_key_value()
-                .is_some_and(|(_, (_, _, _, at))| now.duration_since(*at) >= self.limits.max_age)
-        {
-            self.evict(now);
-        }
+        self.tidy(now);
         match old {
             Slot::Running { waiters, .. } => waiters,
             Slot::Done { .. } => Waiters::none(),
@@ -467,39 +499,66 @@ impl<A, W> Sessions<A, W> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let old = std::mem::replace(entry.get_mut(), Slot::Done { frame: None, seq });
-        self.order.insert(seq, (at, call, ENTRY_OVERHEAD, now));
+        self.order.push_back(Kept {
+            at,
+            call,
+            seq,
+            when: now,
+        });
         self.bytes += ENTRY_OVERHEAD;
-        self.evict(now);
+        self.live += 1;
+        self.tidy(now);
         match old {
             Slot::Running { abort, .. } => Some(abort),
             Slot::Done { .. } => None,
         }
     }
 
+    /// Evicts what the bounds ask for, and compacts the queue of outcomes if released ones
+    /// crowd it.
+    fn tidy(&mut self, now: Instant) {
+        let too_old = |k: &Kept| now.duration_since(k.when) >= self.limits.max_age;
+        if self.bytes > self.limits.max_bytes || self.order.front().is_some_and(too_old) {
+            self.evict(now);
+        }
+        self.compact();
+    }
+
+    /// Drops the released outcomes from the queue once they outnumber the cached ones.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.live + 1024 {
+            let places = &self.places;
+            self.order.retain(|k| is_kept(places, k));
+        }
+    }
+
     /// Drops the oldest cached outcomes while the cache is over its bytes or they are too old.
     fn evict(&mut self, now: Instant) {
-        while let Some((&seq, &(at, call, size, when))) = self.order.first_key_value() {
-            if self.bytes <= self.limits.max_bytes && now.duration_since(when) < self.limits.max_age
-            {
+        while let Some(&kept) = self.order.front() {
+            let live = is_kept(&self.places, &kept);
+            let old = now.duration_since(kept.when) >= self.limits.max_age;
+            if live && !old && self.bytes <= self.limits.max_bytes {
                 break;
             }
-            self.order.remove(&seq);
-            self.bytes -= size;
-            if let Some(session) = session_at(&mut self.places, at) {
-                if matches!(session.calls.get(&call), Some(Slot::Done { seq: s, .. }) if *s == seq)
-                {
-                    session.calls.remove(&call);
-                    session.evicted.insert(call);
-                    self.tombstones += 1;
-                    if self.tombstones > (self.limits.max_bytes / TOMBSTONE_SHARE).max(4096) {
-                        // Too many to remember one by one: forget this session's oldest, and
-                        // refuse anything unknown up to it.
-                        if let Some(oldest) = session.evicted.pop_first() {
-                            self.tombstones -= 1;
-                            session.forgotten =
-                                Some(session.forgotten.map_or(oldest, |f| f.max(oldest)));
-                        }
-                    }
+            self.order.pop_front();
+            if !live {
+                continue;
+            }
+            let Some(session) = session_at(&mut self.places, kept.at) else {
+                continue;
+            };
+            if let Some(Slot::Done { frame, .. }) = session.calls.remove(&kept.call) {
+                self.bytes -= cost(&frame);
+                self.live -= 1;
+            }
+            session.evicted.insert(kept.call);
+            self.tombstones += 1;
+            if self.tombstones > (self.limits.max_bytes / TOMBSTONE_SHARE).max(4096) {
+                // Too many to remember one by one: forget this session's oldest, and refuse
+                // anything unknown up to it.
+                if let Some(oldest) = session.evicted.pop_first() {
+                    self.tombstones -= 1;
+                    session.forgotten = Some(session.forgotten.map_or(oldest, |f| f.max(oldest)));
                 }
             }
         }
@@ -527,10 +586,9 @@ impl<A, W> Sessions<A, W> {
         for slot in session.calls.into_values() {
             match slot {
                 Slot::Running { abort, .. } => aborts.push(abort),
-                Slot::Done { seq, .. } => {
-                    if let Some((_, _, size, _)) = self.order.remove(&seq) {
-                        self.bytes -= size;
-                    }
+                Slot::Done { frame, .. } => {
+                    self.bytes -= cost(&frame);
+                    self.live -= 1;
                 }
             }
         }
@@ -664,6 +722,30 @@ mod tests {
         // The watermark forgets the evicted ids too.
         s.release(at, 11);
         assert_eq!(s.tombstones, 0);
+    }
+
+    #[test]
+    fn released_outcomes_do_not_crowd_the_eviction_queue() {
+        let now = Instant::now();
+        let mut s = sessions(1 << 30);
+        let at = join(&mut s, C, 1);
+        // One outcome held for good (the watermark cannot pass call 1) and 100,000 released.
+        s.begin(at, 1, "a", "w");
+        s.finish(at, 1, reply(10), true, now);
+        for id in 2..=100_000 {
+            s.begin(at, id, "a", "w");
+            s.finish(at, id, reply(10), true, now);
+            if id % 64 == 0 {
+                s.release(at, id - 1);
+            }
+            assert!(
+                s.order.len() <= 2 * s.live + 1024,
+                "{} queued",
+                s.order.len()
+            );
+        }
+        assert!(s.live <= 64);
+        assert_eq!(s.cached_bytes(), s.live * (10 + ENTRY_OVERHEAD));
     }
 
     #[test]
