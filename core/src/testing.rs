@@ -110,6 +110,45 @@ pub trait Harness: Send + Sync + 'static {
     }
 }
 
+/// Counts progress that tests wait on without sleeping: workers [`Progress::step`], a test
+/// [`Progress::reached`] a mark (to cut a link at a quarter of the calls, say).
+#[derive(Debug, Default)]
+pub struct Progress {
+    done: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// One more done.
+    pub fn step(&self) {
+        self.done.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once `mark` are done.
+    pub async fn reached(&self, mark: u64) {
+        loop {
+            let changed = self.changed.notified();
+            if self.done.load(Ordering::SeqCst) >= mark {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// How many of `ids` never ran, and how many ran more than once, by a count of runs per id.
+pub fn lost_and_repeated(
+    runs: &std::collections::HashMap<u64, u32>,
+    ids: std::ops::Range<u64>,
+) -> (usize, usize) {
+    let lost = ids.clone().filter(|id| !runs.contains_key(id)).count();
+    let repeated = ids
+        .filter(|id| runs.get(id).is_some_and(|n| *n > 1))
+        .count();
+    (lost, repeated)
+}
+
 /// A name no other test in this process uses: for socket paths and in-process names.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);

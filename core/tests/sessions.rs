@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use courier::testing::faulty::{Faults, FaultyConnector};
-use courier::testing::{unique_name, ByteBuf};
+use courier::testing::{lost_and_repeated, unique_name, ByteBuf, Progress};
 use courier::transport::mem;
 use courier::{
     CallOptions, Client, Context, HandshakeError, Identity, Limits, ReconnectPolicy, RpcError,
@@ -157,17 +157,15 @@ async fn at_most_once_calls_through_a_faulty_link_run_exactly_once() {
                 .await
                 .unwrap(),
         );
-        let done = Arc::new(AtomicU64::new(0));
-        let progressed = Arc::new(Notify::new());
+        let progress = Arc::new(Progress::default());
         let workers = (0..TASKS).map(|t| {
             let ledger = ledger.clone();
-            let (done, progressed) = (Arc::clone(&done), Arc::clone(&progressed));
+            let progress = Arc::clone(&progress);
             tokio::spawn(async move {
                 for i in 0..PER_TASK {
                     let id = t * PER_TASK + i;
                     assert_eq!(ledger.record(id).await, Ok(id));
-                    done.fetch_add(1, Ordering::SeqCst);
-                    progressed.notify_waiters();
+                    progress.step();
                 }
             })
         });
@@ -175,14 +173,7 @@ async fn at_most_once_calls_through_a_faulty_link_run_exactly_once() {
         // Three cuts, at a quarter, a half and three quarters of the calls.
         let cuts = connector.cuts();
         for quarter in 1..=3 {
-            let mark = quarter * TASKS * PER_TASK / 4;
-            loop {
-                let next = progressed.notified();
-                if done.load(Ordering::SeqCst) >= mark {
-                    break;
-                }
-                next.await;
-            }
+            progress.reached(quarter * TASKS * PER_TASK / 4).await;
             cuts.cut();
         }
         for w in workers {
@@ -190,9 +181,11 @@ async fn at_most_once_calls_through_a_faulty_link_run_exactly_once() {
         }
         let runs = books.runs.lock().unwrap();
         let total = TASKS * PER_TASK;
-        let lost = (0..total).filter(|id| !runs.contains_key(id)).count();
-        let twice = runs.values().filter(|n| **n > 1).count();
-        assert_eq!((lost, twice), (0, 0), "lost and duplicated executions");
+        assert_eq!(
+            lost_and_repeated(&runs, 0..total),
+            (0, 0),
+            "lost and repeated executions"
+        );
         assert_eq!(runs.len() as u64, total);
         let counts = connector.counts();
         assert_eq!(counts.cuts.load(Ordering::Relaxed), 3);

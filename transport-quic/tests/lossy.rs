@@ -11,6 +11,7 @@ mod support {
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use courier::testing::{lost_and_repeated, Progress};
 use courier::{Client, ReconnectPolicy, RpcError};
 use courier_cbor::Cbor;
 use courier_quic::{ClientTls, DevCert, QuicConnector, QuicOptions};
@@ -137,31 +138,22 @@ async fn at_most_once_calls_survive_loss_and_cuts_and_run_exactly_once() {
                 .await
                 .unwrap(),
         );
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let progressed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let progress = std::sync::Arc::new(Progress::default());
         let workers: Vec<_> = (0..TASKS)
             .map(|t| {
                 let client = client.clone();
-                let (done, progressed) = (done.clone(), progressed.clone());
+                let progress = progress.clone();
                 tokio::spawn(async move {
                     for i in 0..PER_TASK {
                         let id = t * PER_TASK + i;
                         assert_eq!(client.record(id).await, Ok(id));
-                        done.fetch_add(1, Ordering::SeqCst);
-                        progressed.notify_waiters();
+                        progress.step();
                     }
                 })
             })
             .collect();
         for quarter in 1..=3 {
-            let mark = quarter * TASKS * PER_TASK / 4;
-            loop {
-                let next = progressed.notified();
-                if done.load(Ordering::SeqCst) >= mark {
-                    break;
-                }
-                next.await;
-            }
+            progress.reached(quarter * TASKS * PER_TASK / 4).await;
             relay.cut_until_reconnect();
         }
         for w in workers {
@@ -169,9 +161,11 @@ async fn at_most_once_calls_survive_loss_and_cuts_and_run_exactly_once() {
         }
         let runs = runs.lock().unwrap();
         let total = TASKS * PER_TASK;
-        let lost = (0..total).filter(|id| !runs.contains_key(id)).count();
-        let twice = runs.values().filter(|n| **n > 1).count();
-        assert_eq!((lost, twice), (0, 0), "lost and duplicated executions");
+        assert_eq!(
+            lost_and_repeated(&runs, 0..total),
+            (0, 0),
+            "lost and repeated executions"
+        );
         assert!(relay.counts.dropped.load(Ordering::Relaxed) > 0);
     })
     .await

@@ -351,14 +351,9 @@ impl ClientSession {
         attempt: Option<Duration>,
         body: impl FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
     ) -> Result<SessionCall, RpcError> {
-        let acquire = Arc::clone(&self.in_flight).acquire_owned();
-        let permit = match deadline {
-            Some(d) => tokio::time::timeout_at(d, acquire)
-                .await
-                .map_err(|_| RpcError::DeadlineExceeded)?,
-            None => acquire.await,
-        }
-        .map_err(|_| RpcError::ConnectionLost("the client was closed".into()))?;
+        let permit = crate::engine::in_flight_slot(&self.in_flight, deadline)
+            .await?
+            .map_err(|()| RpcError::ConnectionLost("the client was closed".into()))?;
         let semantics = if method.idempotent {
             Semantics::AtLeastOnce
         } else {

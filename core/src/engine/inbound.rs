@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{lock, Shared, Work};
 use crate::budget::Taken;
 use crate::context::Context;
-use crate::dispatch::{HandlerFuture, Incoming, ReplyBody};
+use crate::dispatch::{HandlerFuture, Incoming, ReplyBody, Router};
 use crate::error::RpcError;
 use crate::ids::{InterfaceId, MethodId};
 use crate::session::replies::Begin;
@@ -300,19 +300,7 @@ impl Shared {
             self.refuse(&header, e);
             return None;
         }
-        let incoming = Incoming {
-            header: &header,
-            payload: &frame[HEADER_LEN..],
-            context: &context,
-        };
-        let future = match router.dispatch(incoming) {
-            Ok(f) => f,
-            Err(e) => {
-                self.refuse(&header, e);
-                return None;
-            }
-        };
-        drop(frame);
+        let future = self.dispatch(router, &header, frame, &context)?;
         let run = run_handler(Arc::clone(self), header, future, deadline, Hold::Link);
         let (work, abort) = futures::future::abortable(run);
         // Look again as the entry goes in: other calls may have filled the table meanwhile.
@@ -363,19 +351,7 @@ impl Shared {
             _room: room,
         };
         let router = self.router.as_ref()?;
-        let incoming = Incoming {
-            header: &header,
-            payload: &frame[HEADER_LEN..],
-            context: &context,
-        };
-        let future = match router.dispatch(incoming) {
-            Ok(f) => f,
-            Err(e) => {
-                self.refuse(&header, e);
-                return None;
-            }
-        };
-        drop(frame);
+        let future = self.dispatch(router, &header, frame, &context)?;
         let (abort, registration) = AbortHandle::new_pair();
         if header.kind == FrameKind::OneWay {
             if !session.one_way(header.call_id) {
@@ -418,6 +394,29 @@ impl Shared {
         Some(Box::pin(async move {
             let _: Result<(), _> = work.await;
         }))
+    }
+
+    /// Decodes a call and makes its handler's future, or refuses the call (and says so to the
+    /// caller, unless it is one-way).
+    fn dispatch(
+        self: &Arc<Self>,
+        router: &Arc<dyn Router>,
+        header: &Header,
+        frame: Bytes,
+        context: &Context,
+    ) -> Option<HandlerFuture> {
+        let incoming = Incoming {
+            header,
+            payload: &frame[HEADER_LEN..],
+            context,
+        };
+        match router.dispatch(incoming) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.refuse(header, e);
+                None
+            }
+        }
     }
 
     /// A handler of a server's client ended (or was refused): its place is free.

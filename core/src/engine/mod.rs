@@ -128,6 +128,22 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// A place among a caller's calls in flight, waited for within `deadline`; `None` inside the
+/// error means the semaphore was closed (the connection or the client is gone).
+pub(crate) async fn in_flight_slot(
+    in_flight: &Arc<Semaphore>,
+    deadline: Option<Instant>,
+) -> Result<Result<tokio::sync::OwnedSemaphorePermit, ()>, RpcError> {
+    let acquire = Arc::clone(in_flight).acquire_owned();
+    let permit = match deadline {
+        Some(d) => tokio::time::timeout_at(d, acquire)
+            .await
+            .map_err(|_| RpcError::DeadlineExceeded)?,
+        None => acquire.await,
+    };
+    Ok(permit.map_err(|_| ()))
+}
+
 /// The payload with its message cut to [`MAX_ERROR_MESSAGE`] bytes, so error frames stay small.
 fn cut_message(mut payload: ErrorPayload) -> ErrorPayload {
     let mut cut = payload.message.len().min(MAX_ERROR_MESSAGE);

@@ -31,14 +31,9 @@ impl Shared {
     where
         F: FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
     {
-        let acquire = Arc::clone(&self.in_flight).acquire_owned();
-        let permit = match deadline {
-            Some(d) => tokio::time::timeout_at(d, acquire)
-                .await
-                .map_err(|_| RpcError::DeadlineExceeded)?,
-            None => acquire.await,
-        }
-        .map_err(|_| self.lost())?;
+        let permit = super::in_flight_slot(&self.in_flight, deadline)
+            .await?
+            .map_err(|()| self.lost())?;
         let budget_micros = budget(deadline)?;
         let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply) = oneshot::channel();
