@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::client::session::ClientSession;
 use crate::client::Client;
 use crate::codec::Codec;
 use crate::engine::Shared;
@@ -89,7 +90,11 @@ impl Context {
         // On a client's link (its exported service calling the server back), the call belongs
         // to the client's session like any other: numbered in its sequence, sent again after a
         // reconnect. On a server's link, it is a call over that link alone.
-        Ok(match self.shared.client_session() {
+        let session = self
+            .shared
+            .client_session()
+            .and_then(|hooks| hooks.as_any().downcast::<ClientSession>().ok());
+        Ok(match session {
             Some(session) => Client::of_session(session, codec),
             None => Client::over_link(Arc::clone(&self.shared), codec),
         })

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::dispatch::Router;
 use crate::engine::handshake::client_handshake;
-use crate::engine::{ReplyResult, Role, Shared};
+use crate::engine::{ReplyResult, Role, SessionHooks, Shared};
 use crate::error::{HandshakeError, RpcError};
 use crate::identity::{random_u64, Identity};
 use crate::ids::MethodDesc;
@@ -222,7 +222,7 @@ impl ClientSession {
             Some(Arc::clone(&self.config.router)),
             None,
             None,
-            Role::Client(self.me.clone(), generation),
+            Role::Client(self.me.clone() as Weak<dyn SessionHooks>, generation),
         );
         let now = std::time::Instant::now();
         let (relink, lost_at_once) = {
@@ -775,5 +775,23 @@ impl Drop for SessionCall {
             let (interface, method) = self.interface_method;
             self.session.cancel(self.id, interface, method, true);
         }
+    }
+}
+
+impl SessionHooks for ClientSession {
+    fn on_answer(&self, header: Header, answer: ReplyResult) {
+        ClientSession::on_answer(self, header, answer);
+    }
+
+    fn on_ack(&self, call_id: u64) {
+        ClientSession::on_ack(self, call_id);
+    }
+
+    fn link_closed(&self, generation: u64, reason: &str) {
+        ClientSession::link_closed(self, generation, reason);
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }

@@ -41,7 +41,6 @@ pub(crate) use outbound::{driven, CallSlot};
 pub(crate) use served::Served;
 
 use crate::budget::Budget;
-use crate::client::session::ClientSession;
 use crate::dispatch::Router;
 use crate::error::{RpcError, TransportError};
 use crate::ids::{InterfaceId, MethodId};
@@ -97,7 +96,7 @@ pub(crate) struct Shared {
     served: Option<Served>,
     /// On a client: the session this link serves, and the link's generation in it. Answers to
     /// the session's calls go there, and so does the news that the link closed.
-    session: Option<(Weak<ClientSession>, u64)>,
+    session: Option<(Weak<dyn SessionHooks>, u64)>,
 }
 
 impl crate::transport::Deliver for Shared {
@@ -110,12 +109,25 @@ impl crate::transport::Deliver for Shared {
     }
 }
 
+/// What a client's link tells the session it serves: the engine knows the client's session
+/// only through this, so the engine does not depend on the client.
+pub(crate) trait SessionHooks: Send + Sync + 'static {
+    /// An answer (or a malformed one) to one of the session's calls.
+    fn on_answer(&self, header: Header, answer: ReplyResult);
+    /// The server acknowledged one of the session's calls.
+    fn on_ack(&self, call_id: u64);
+    /// The link of `generation` closed.
+    fn link_closed(&self, generation: u64, reason: &str);
+    /// The session itself, for code that knows its type (a handler calling back its server).
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+}
+
 /// Who a connection works for, beside its own calls and handlers.
 pub(crate) enum Role {
     /// A server's link: the client's session on the server.
     Server(Served),
     /// A client's link: its session and the link's generation in it.
-    Client(Weak<ClientSession>, u64),
+    Client(Weak<dyn SessionHooks>, u64),
 }
 
 impl fmt::Debug for Shared {
@@ -306,7 +318,7 @@ impl Shared {
     }
 
     /// The client session this link serves, if it is a client's link and the session lives.
-    pub(crate) fn client_session(&self) -> Option<Arc<ClientSession>> {
+    pub(crate) fn client_session(&self) -> Option<Arc<dyn SessionHooks>> {
         self.session.as_ref().and_then(|(s, _)| s.upgrade())
     }
 
