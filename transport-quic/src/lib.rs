@@ -314,6 +314,15 @@ impl QuicListener {
     }
 }
 
+impl Drop for QuicListener {
+    fn drop(&mut self) {
+        // Refuse new clients at once, not when the accepting task next runs: a client that
+        // connects right after the drop must be refused by QUIC, not accepted and then hung up
+        // on because nobody takes its link.
+        self.endpoint.set_server_config(None);
+    }
+}
+
 /// Closes a [`QuicListener`] from outside the server that owns it.
 #[derive(Debug, Clone)]
 pub struct QuicListenerHandle {
