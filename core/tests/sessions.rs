@@ -317,7 +317,11 @@ async fn reconnecting_is_bounded_by_the_policy_and_the_deadline() {
                 .unwrap(),
         );
         assert_eq!(ledger.read(1).await, Ok(1));
-        server_runtime.shutdown_background();
+        // Dropping the runtime returns once every task of the server is gone (a shutdown in
+        // the background could still answer a call in the poll it is finishing).
+        tokio::task::spawn_blocking(move || drop(server_runtime))
+            .await
+            .unwrap();
         let hurried = ledger.with_options(CallOptions::new().timeout(Duration::from_millis(50)));
         let err = hurried.read(2).await.unwrap_err();
         assert!(
