@@ -387,6 +387,11 @@ impl<C: Codec> ClientBuilder<C> {
     /// Sets the client id and epoch sent in the handshake. By default both are made once per
     /// process ([`Identity::random`]). [`Identity::load_or_create`] keeps an id across
     /// restarts with a new epoch each time, so that a server can recognize a restarted client.
+    ///
+    /// Clients of one process that share an identity share its call numbering (a server knows
+    /// them as one client), and the process remembers the numbering of every identity it has
+    /// used for as long as it runs (a few dozen bytes each), so that no call id is ever reused:
+    /// make identities per process or per long-lived client, not per call.
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
         self
