@@ -211,7 +211,8 @@ macro_rules! conformance_tests {
             connection_churn_leaks_nothing,
             hostile_frames_never_wedge_the_connection,
             running_calls_hold_no_more_bytes_than_the_limits,
-            connections_beyond_the_limit_are_refused
+            connections_beyond_the_limit_are_refused,
+            calls_through_a_link_that_delays_frames_all_complete
         );
     };
 }

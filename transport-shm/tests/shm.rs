@@ -327,39 +327,6 @@ async fn a_frame_that_never_finishes_is_dropped_at_the_frame_timeout() {
     .await
 }
 
-/// The fault-injecting link wrapper works over shared memory too: calls to a server process
-/// whose frames it holds back (and so reorders) all complete.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_through_a_link_that_delays_frames_all_complete() {
-    use courier::testing::faulty::{Faults, FaultyConnector};
-    within(async {
-        let server = ServerProcess::start("faulty").await;
-        let faults = Faults::new(12).delay(0.3, Duration::from_millis(5));
-        let connector = FaultyConnector::new(server.connector(), faults);
-        let lab = LabClient::new(
-            Client::builder(Cbor::default())
-                .limits(big_limits())
-                .connect(&connector)
-                .await
-                .unwrap(),
-        );
-        let calls = (0..100u64).map(|i| {
-            let lab = lab.clone();
-            async move { lab.echo(i).await }
-        });
-        let replies = futures::future::join_all(calls).await;
-        for (i, reply) in replies.into_iter().enumerate() {
-            assert_eq!(reply, Ok(i as u64));
-        }
-        let delayed = connector
-            .counts()
-            .delayed
-            .load(std::sync::atomic::Ordering::Relaxed);
-        assert!(delayed > 0, "some frames were held back");
-    })
-    .await
-}
-
 /// A system call's failure keeps the operating system's error as its cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_os_error_keeps_its_cause() {

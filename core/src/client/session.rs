@@ -30,6 +30,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a call gets once its client has been dropped.
+fn client_closed() -> RpcError {
+    RpcError::ConnectionLost("the client was closed".into())
+}
+
 /// Every session of one identity in this process: they number their calls from one sequence,
 /// since the server knows them as one client, and the watermark must cover all of them.
 struct Lineage {
@@ -230,7 +235,7 @@ impl ClientSession {
             if self.closed.load(Ordering::Acquire) {
                 drop(state);
                 shared.shutdown();
-                return Err(RpcError::ConnectionLost("the client was closed".into()));
+                return Err(client_closed());
             }
             state.link = Some(Arc::clone(&shared));
             state.peer = peer;
@@ -268,37 +273,6 @@ impl ClientSession {
         Ok(())
     }
 
-    /// The link of `generation` closed: calls wait for the next link, which the reconnecting
-    /// task opens; without reconnecting, they fail.
-    pub(crate) fn link_closed(&self, generation: u64, reason: &str) {
-        let mut state = lock(&self.state);
-        let current = state
-            .link
-            .as_ref()
-            .is_some_and(|l| l.generation_is(generation));
-        if !current {
-            return;
-        }
-        state.link = None;
-        state.table.link_down(generation);
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        if !self.can_redial() {
-            let failed = state.table.fail_all();
-            state.failure = Some(reason.to_owned());
-            drop(state);
-            self.changed.notify_waiters();
-            for w in failed {
-                let _ = w
-                    .reply
-                    .send(Err(RpcError::ConnectionLost(reason.to_owned())));
-            }
-            return;
-        }
-        self.start_reconnecting(&mut state, reason.to_owned());
-    }
-
     /// Starts the reconnecting task unless it runs already.
     fn start_reconnecting(&self, state: &mut State, reason: String) {
         if state.reconnecting {
@@ -320,7 +294,7 @@ impl ClientSession {
             {
                 let mut state = lock(&self.state);
                 if self.closed.load(Ordering::Acquire) {
-                    return Err(RpcError::ConnectionLost("the client was closed".into()));
+                    return Err(client_closed());
                 }
                 if let Some(link) = &state.link {
                     return Ok(Arc::clone(link));
@@ -353,7 +327,7 @@ impl ClientSession {
     ) -> Result<SessionCall, RpcError> {
         let permit = crate::engine::in_flight_slot(&self.in_flight, deadline)
             .await?
-            .map_err(|()| RpcError::ConnectionLost("the client was closed".into()))?;
+            .map_err(|()| client_closed())?;
         let semantics = if method.idempotent {
             Semantics::AtLeastOnce
         } else {
@@ -373,19 +347,7 @@ impl ClientSession {
         let mut buf = BytesMut::with_capacity(HEADER_LEN + 64);
         header.encode(&mut buf);
         body(&mut buf)?;
-        let limit = self.config.limits.frame_size_limit();
-        if buf.len() > limit {
-            return Err(RpcError::FrameTooLarge {
-                size: buf.len(),
-                limit,
-            });
-        }
-        let payload_len =
-            u32::try_from(buf.len() - HEADER_LEN).map_err(|_| RpcError::FrameTooLarge {
-                size: buf.len(),
-                limit,
-            })?;
-        buf[24..28].copy_from_slice(&payload_len.to_be_bytes());
+        crate::engine::seal(&mut buf, self.config.limits.frame_size_limit())?;
         // Make the buffer shareable now, outside the lock: the table keeps one handle on the
         // frame and the link gets another, and a plain buffer would allocate the shared
         // header on its first clone, under the lock.
@@ -405,7 +367,7 @@ impl ClientSession {
         let (id, frame, link) = {
             let mut state = lock(&self.state);
             if self.closed.load(Ordering::Acquire) {
-                return Err(RpcError::ConnectionLost("the client was closed".into()));
+                return Err(client_closed());
             }
             // The id is taken under the lock, with its entry: see `Lineage::watermark`.
             let id = self.lineage.next.fetch_add(1, Ordering::SeqCst);
@@ -476,44 +438,22 @@ impl ClientSession {
         link.send_frame(header, size_hint, body).await
     }
 
-    /// An answer (or a malformed one) to one of the session's calls arrived.
-    pub(crate) fn on_answer(&self, header: Header, answer: ReplyResult) {
-        let (waiter, release) = {
-            let mut state = lock(&self.state);
-            let len = answer.as_ref().map_or(0, |(_, frame)| frame.len());
-            let waiter = state.table.complete(header.call_id, len);
-            (waiter, state.table.release_due())
-        };
-        if let Some(waiter) = waiter {
-            let _ = waiter.reply.send(answer);
-        }
-        if release {
-            self.release();
-        }
-    }
-
-    /// The server acknowledged one of the session's calls.
-    pub(crate) fn on_ack(&self, call_id: u64) {
-        let mut state = lock(&self.state);
-        if let Some(ack) = state.table.waiter_mut(call_id).and_then(|w| w.ack.take()) {
-            let _ = ack.send(());
-        }
-    }
-
     /// Tells the server which outcomes the client holds, so it can trim its reply cache.
     fn release(&self) {
         let watermark = self.lineage.watermark();
-        self.send_control(FrameKind::Release, watermark);
+        let zero = (
+            crate::ids::InterfaceId::new(0),
+            crate::ids::MethodId::new(0),
+        );
+        self.send_control(Header::new(FrameKind::Release, watermark, zero.0, zero.1));
     }
 
     /// Sends a frame with no payload on the current link: at once if the link takes it
     /// without waiting (no task, no wake-up), else from a task of its own.
-    fn send_control(&self, kind: FrameKind, call_id: u64) {
+    fn send_control(&self, header: Header) {
         let Some(link) = lock(&self.state).link.clone() else {
             return;
         };
-        let zero = crate::ids::InterfaceId::new(0);
-        let header = Header::new(kind, call_id, zero, crate::ids::MethodId::new(0));
         let mut sending = Box::pin(async move {
             let _ = link.send_frame(header, 0, |_| Ok(())).await;
         });
@@ -523,22 +463,10 @@ impl ClientSession {
     }
 
     /// The caller gave up on call `id`: forget it, and tell the server to drop it.
-    fn cancel(
-        &self,
-        id: u64,
-        interface: crate::ids::InterfaceId,
-        method: crate::ids::MethodId,
-        tell: bool,
-    ) {
-        let (was, link) = {
-            let mut state = lock(&self.state);
-            (state.table.cancel(id), state.link.clone())
-        };
-        if let (Some(Some(_)), true, Some(link)) = (was, tell, link) {
-            let header = Header::new(FrameKind::Cancel, id, interface, method);
-            self.runtime.spawn(async move {
-                let _ = link.send_frame(header, 0, |_| Ok(())).await;
-            });
+    fn cancel(&self, id: u64, interface: crate::ids::InterfaceId, method: crate::ids::MethodId) {
+        let sent = lock(&self.state).table.cancel(id);
+        if let Some(Some(_)) = sent {
+            self.send_control(Header::new(FrameKind::Cancel, id, interface, method));
         }
     }
 
@@ -564,9 +492,7 @@ impl ClientSession {
             (state.link.take(), state.table.fail_all())
         };
         for w in failed {
-            let _ = w.reply.send(Err(RpcError::ConnectionLost(
-                "the client was closed".into(),
-            )));
+            let _ = w.reply.send(Err(client_closed()));
         }
         self.changed.notify_waiters();
         if let Some(link) = link {
@@ -673,37 +599,26 @@ impl SessionCall {
     /// attempt timeout passes.
     async fn drive<T>(&mut self, wait: impl std::future::Future<Output = T>) -> T {
         let mut wait = std::pin::pin!(wait);
-        let Some(first) = self.attempt else {
+        let Some(attempt) = self.attempt else {
             // No attempt timeout: only the reader (if any) to drive beside the wait.
             return crate::engine::driven(&mut self.reader, wait).await;
         };
-        let _ = first;
         loop {
-            let attempt = self.attempt;
-            let timer = async {
-                match attempt {
-                    Some(a) => tokio::time::sleep(a).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let reader = &mut self.reader;
-            let outcome = crate::engine::driven(reader, async {
+            let outcome = crate::engine::driven(&mut self.reader, async {
                 tokio::select! {
                     biased;
                     v = &mut wait => Some(v),
-                    () = timer => None,
+                    () = tokio::time::sleep(attempt) => None,
                 }
             })
             .await;
             if let Some(v) = outcome {
                 return v;
             }
-            if let Some(a) = attempt {
-                if let Some(reader) = self.session.attempt_expired(self.id, a).await {
-                    // Keep reading the previous copy's stream too: dropping it would cancel.
-                    if let Some(old) = self.reader.replace(reader) {
-                        self.session.runtime.spawn(old);
-                    }
+            if let Some(reader) = self.session.attempt_expired(self.id, attempt).await {
+                // Keep reading the previous copy's stream too: dropping it would cancel.
+                if let Some(old) = self.reader.replace(reader) {
+                    self.session.runtime.spawn(old);
                 }
             }
         }
@@ -712,8 +627,7 @@ impl SessionCall {
     /// Waits for the outcome, within the deadline.
     pub(crate) async fn reply(mut self) -> ReplyResult {
         let deadline = self.deadline;
-        let closed = || RpcError::ConnectionLost("the client was closed".into());
-        let mut reply = self.reply.take().ok_or_else(closed)?;
+        let mut reply = self.reply.take().ok_or_else(client_closed)?;
         let received = match deadline {
             Some(d) => self
                 .drive(tokio::time::timeout_at(d, &mut reply))
@@ -722,15 +636,14 @@ impl SessionCall {
             None => self.drive(&mut reply).await,
         };
         self.finished = true;
-        received.map_err(|_| closed())?
+        received.map_err(|_| client_closed())?
     }
 
     /// Waits for the server's ack (or an early outcome), within the deadline; afterwards,
     /// dropping the call no longer cancels it.
     pub(crate) async fn acked(mut self) -> Result<SessionCall, RpcError> {
         if let Some(mut ack) = self.ack.take() {
-            let closed = || RpcError::ConnectionLost("the client was closed".into());
-            let mut early = self.reply.take().ok_or_else(closed)?;
+            let mut early = self.reply.take().ok_or_else(client_closed)?;
             let deadline = self.deadline;
             let wait = async {
                 tokio::select! {
@@ -747,7 +660,7 @@ impl SessionCall {
             };
             match got {
                 Some(result) => {
-                    let result = result.map_err(|_| closed())?;
+                    let result = result.map_err(|_| client_closed())?;
                     self.finished = true;
                     let (tx, rx) = oneshot::channel();
                     let _ = tx.send(result);
@@ -773,22 +686,63 @@ impl Drop for SessionCall {
         }
         if self.cancel_on_drop {
             let (interface, method) = self.interface_method;
-            self.session.cancel(self.id, interface, method, true);
+            self.session.cancel(self.id, interface, method);
         }
     }
 }
 
 impl SessionHooks for ClientSession {
-    fn on_answer(&self, header: Header, answer: ReplyResult) {
-        ClientSession::on_answer(self, header, answer);
+    fn on_answer(&self, call_id: u64, answer: ReplyResult) {
+        let (waiter, release) = {
+            let mut state = lock(&self.state);
+            let len = answer.as_ref().map_or(0, |(_, frame)| frame.len());
+            let waiter = state.table.complete(call_id, len);
+            (waiter, state.table.release_due())
+        };
+        if let Some(waiter) = waiter {
+            let _ = waiter.reply.send(answer);
+        }
+        if release {
+            self.release();
+        }
     }
 
     fn on_ack(&self, call_id: u64) {
-        ClientSession::on_ack(self, call_id);
+        let mut state = lock(&self.state);
+        if let Some(ack) = state.table.waiter_mut(call_id).and_then(|w| w.ack.take()) {
+            let _ = ack.send(());
+        }
     }
 
+    /// Calls wait for the next link, which the reconnecting task opens; without
+    /// reconnecting, they fail.
     fn link_closed(&self, generation: u64, reason: &str) {
-        ClientSession::link_closed(self, generation, reason);
+        let mut state = lock(&self.state);
+        let current = state
+            .link
+            .as_ref()
+            .is_some_and(|l| l.generation_is(generation));
+        if !current {
+            return;
+        }
+        state.link = None;
+        state.table.link_down(generation);
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.can_redial() {
+            let failed = state.table.fail_all();
+            state.failure = Some(reason.to_owned());
+            drop(state);
+            self.changed.notify_waiters();
+            for w in failed {
+                let _ = w
+                    .reply
+                    .send(Err(RpcError::ConnectionLost(reason.to_owned())));
+            }
+            return;
+        }
+        self.start_reconnecting(&mut state, reason.to_owned());
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {

@@ -100,7 +100,7 @@ impl Shared {
                     // One of the client session's calls (or one whose caller gave up).
                     None => {
                         if let Some(session) = self.client_session() {
-                            session.on_answer(header, Ok((header, frame)));
+                            session.on_answer(header.call_id, Ok((header, frame)));
                         }
                     }
                 }
@@ -151,13 +151,7 @@ impl Shared {
                     }
                     None => {
                         if let Some(session) = self.client_session() {
-                            let header = Header::new(
-                                FrameKind::Error,
-                                id,
-                                InterfaceId::new(0),
-                                MethodId::new(0),
-                            );
-                            session.on_answer(header, Err(rpc_error));
+                            session.on_answer(id, Err(rpc_error));
                         }
                     }
                 }
@@ -301,7 +295,14 @@ impl Shared {
             return None;
         }
         let future = self.dispatch(router, &header, frame, &context)?;
-        let run = run_handler(Arc::clone(self), header, future, deadline, Hold::Link);
+        let entry = Deregister(Arc::clone(self), header.call_id);
+        let run = run_handler(
+            Arc::clone(self),
+            header,
+            future,
+            deadline,
+            Hold::Link { _entry: entry },
+        );
         let (work, abort) = futures::future::abortable(run);
         // Look again as the entry goes in: other calls may have filled the table meanwhile.
         let mut handlers = lock(&self.handlers);
@@ -363,10 +364,7 @@ impl Shared {
                 Begin::Run => {}
                 Begin::Attached | Begin::Stale | Begin::Cached(None) => return None,
                 Begin::Cached(Some(outcome)) => {
-                    let shared = Arc::clone(self);
-                    self.runtime.spawn(async move {
-                        let _ = shared.send_shared(outcome).await;
-                    });
+                    self.send_aside(outcome);
                     return None;
                 }
                 Begin::Superseded => {
@@ -441,10 +439,22 @@ impl Drop for Place {
     }
 }
 
+/// A handler's entry in its link's handler table, removed when the handler ends.
+struct Deregister(Arc<Shared>, u64);
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        lock(&self.0.handlers).remove(&self.1);
+        if self.0.slot_waiting.load(Ordering::SeqCst) > 0 {
+            self.0.slot_freed.notify_waiters();
+        }
+    }
+}
+
 /// What a running handler holds on to until it ends.
 enum Hold {
     /// An entry in its link's handler table (a client serving its server's calls back).
-    Link,
+    Link { _entry: Deregister },
     /// Its place on a server's link; the entry is in the client's session.
     Session { _place: Place },
 }
@@ -457,22 +467,9 @@ async fn run_handler(
     deadline: Option<Instant>,
     hold: Hold,
 ) {
-    struct Deregister<'a>(&'a Shared, u64);
-    impl Drop for Deregister<'_> {
-        fn drop(&mut self) {
-            lock(&self.0.handlers).remove(&self.1);
-            if self.0.slot_waiting.load(Ordering::SeqCst) > 0 {
-                self.0.slot_freed.notify_waiters();
-            }
-        }
-    }
     let served = matches!(hold, Hold::Session { .. });
-    let _deregister = match hold {
-        Hold::Link => Some(Deregister(&shared, header.call_id)),
-        Hold::Session { .. } => None,
-    };
-    // A served handler's place (dropped with this future, like the deregistration).
-    let _place = hold;
+    // Released when this future ends or is dropped, however that happens.
+    let _hold = hold;
 
     if header.flags.contains(Flags::ACK) {
         let ack = Header::new(
@@ -523,7 +520,7 @@ async fn run_handler(
         }
         let keep = !header.flags.contains(Flags::IDEMPOTENT);
         let waiters = session.finish(header.call_id, &frame, keep);
-        super::Served::deliver(waiters, Some(&shared), header.call_id, frame).await;
+        super::Served::deliver(waiters, &shared, header.call_id, frame).await;
         return;
     }
     let result = match outcome {
@@ -563,14 +560,7 @@ impl Shared {
         reply.encode(&mut buf);
         body.encode(&mut buf)
             .map_err(|e| RpcError::Internal(format!("could not encode the reply: {e}")))?;
-        if buf.len() > self.limits.max_frame_size {
-            return Err(RpcError::FrameTooLarge {
-                size: buf.len(),
-                limit: self.limits.max_frame_size,
-            });
-        }
-        let payload_len = u32::try_from(buf.len() - HEADER_LEN).unwrap_or(u32::MAX);
-        buf[24..28].copy_from_slice(&payload_len.to_be_bytes());
+        super::seal(&mut buf, self.limits.max_frame_size)?;
         Ok(buf.freeze())
     }
 

@@ -84,7 +84,8 @@ pub(crate) struct Shared {
     /// The same, for all the connections of a server (`max_server_call_bytes`).
     server_call_bytes: Option<Arc<Budget>>,
     in_flight: Arc<Semaphore>,
-    /// Bounds the tasks that only send a notice back (errors for refused or malformed frames).
+    /// Bounds the tasks that only send a frame back ([`Shared::send_aside`]: errors for refused
+    /// or malformed frames, cached outcomes for copies).
     notices: Arc<Semaphore>,
     closed: AtomicBool,
     close_reason: Mutex<String>,
@@ -113,7 +114,7 @@ impl crate::transport::Deliver for Shared {
 /// only through this, so the engine does not depend on the client.
 pub(crate) trait SessionHooks: Send + Sync + 'static {
     /// An answer (or a malformed one) to one of the session's calls.
-    fn on_answer(&self, header: Header, answer: ReplyResult);
+    fn on_answer(&self, call_id: u64, answer: ReplyResult);
     /// The server acknowledged one of the session's calls.
     fn on_ack(&self, call_id: u64);
     /// The link of `generation` closed.
@@ -154,6 +155,19 @@ pub(crate) async fn in_flight_slot(
         None => acquire.await,
     };
     Ok(permit.map_err(|_| ()))
+}
+
+/// Finishes a frame whose header and payload are written: refuses it past `limit`, else
+/// writes the payload's length into the header.
+pub(crate) fn seal(buf: &mut dyn FrameBuf, limit: usize) -> Result<(), RpcError> {
+    let size = buf.written();
+    let too_large = || RpcError::FrameTooLarge { size, limit };
+    if size > limit {
+        return Err(too_large());
+    }
+    let payload_len = u32::try_from(size - HEADER_LEN).map_err(|_| too_large())?;
+    buf.patch(24, &payload_len.to_be_bytes());
+    Ok(())
 }
 
 /// The payload with its message cut to [`MAX_ERROR_MESSAGE`] bytes, so error frames stay small.
@@ -395,18 +409,7 @@ impl Shared {
         };
         header.encode(&mut buf);
         body(&mut *buf)?;
-        let len = buf.written();
-        if len > self.limits.max_frame_size {
-            return Err(RpcError::FrameTooLarge {
-                size: len,
-                limit: self.limits.max_frame_size,
-            });
-        }
-        let payload_len = u32::try_from(len - HEADER_LEN).map_err(|_| RpcError::FrameTooLarge {
-            size: len,
-            limit: self.limits.max_frame_size,
-        })?;
-        buf.patch(24, &payload_len.to_be_bytes());
+        seal(&mut *buf, self.limits.max_frame_size)?;
         Ok(buf)
     }
 
@@ -442,10 +445,8 @@ impl Shared {
         }
     }
 
-    /// Sends an error frame from a task of its own, so the reader never waits on the link. The
-    /// number of such tasks is bounded; past the bound the notice is dropped (and logged), since
-    /// a peer flooding us with bad frames is not owed an answer to each. A notice still waiting
-    /// for room on the link when the connection closes is dropped with it.
+    /// Sends an error frame from a task of its own, so the reader never waits on the link; see
+    /// [`Shared::send_aside`].
     fn notify_peer(
         self: &Arc<Self>,
         call_id: u64,
@@ -453,14 +454,28 @@ impl Shared {
         method: MethodId,
         payload: ErrorPayload,
     ) {
+        let about = Header::new(FrameKind::Error, call_id, interface, method);
+        self.send_aside(self.error_frame(&about, payload));
+    }
+
+    /// Sends a frame the reader produced (an error notice, a cached outcome for a copy of a
+    /// call) from a task of its own, so the reader never waits on the link. The number of such
+    /// tasks is bounded; past the bound the frame is dropped (and logged): a peer flooding us
+    /// with bad frames or copies is not owed an answer to each. A frame still waiting for room
+    /// on the link when the connection closes is dropped with it.
+    pub(crate) fn send_aside(self: &Arc<Self>, frame: Bytes) {
         let Ok(permit) = Arc::clone(&self.notices).try_acquire_owned() else {
-            tracing::warn!(call_id, message = %payload.message, "too many error notices pending; dropping one");
+            tracing::warn!(peer = ?self.peer, "too many frames waiting to be sent aside; dropping one");
             return;
         };
         let shared = Arc::clone(self);
         self.runtime.spawn(async move {
             tokio::select! {
-                () = shared.send_notice(call_id, interface, method, payload) => {}
+                sent = shared.send_shared(frame) => {
+                    if let Err(e) = sent {
+                        tracing::debug!(error = %e, "could not send a frame");
+                    }
+                }
                 () = shared.closed() => {}
             }
             drop(permit);

@@ -14,7 +14,17 @@ use crate::peer::Peer;
 use crate::session::replies::{Begin, Hello, SessionRef, Sessions, Waiters};
 
 /// Every client's session on one server, shared by its links.
-pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, Weak<Shared>>>>;
+pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, LinkRef>>>;
+
+/// A link waiting for a call's outcome, compared by identity so that it waits once.
+#[derive(Debug)]
+pub(crate) struct LinkRef(Weak<Shared>);
+
+impl PartialEq for LinkRef {
+    fn eq(&self, other: &LinkRef) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+}
 
 /// The session of the client on the other end of one server link.
 pub(crate) struct Served {
@@ -91,7 +101,7 @@ impl Served {
 
     /// A call arrived on `link`; see [`Sessions::begin`].
     pub(crate) fn begin(&self, call: u64, abort: AbortHandle, link: &Arc<Shared>) -> Begin {
-        lock(&self.sessions).begin(self.at, call, abort, Arc::downgrade(link))
+        lock(&self.sessions).begin(self.at, call, abort, LinkRef(Arc::downgrade(link)))
     }
 
     /// A one-way call arrived: whether to run it.
@@ -101,20 +111,22 @@ impl Served {
 
     /// A call finished with `frame`: who waits for it (send it to each with
     /// [`Served::deliver`]).
-    pub(crate) fn finish(&self, call: u64, frame: &Bytes, keep: bool) -> Waiters<Weak<Shared>> {
+    pub(crate) fn finish(&self, call: u64, frame: &Bytes, keep: bool) -> Waiters<LinkRef> {
         let now = std::time::Instant::now();
-        lock(&self.sessions).finish(self.at, call, Some(frame.clone()), keep, now)
+        // Only a kept outcome needs a handle of its own on the frame.
+        let kept = keep.then(|| frame.clone());
+        lock(&self.sessions).finish(self.at, call, kept, keep, now)
     }
 
     /// Sends an outcome to the links that wait for it, but `sent`, which has it already.
     pub(crate) async fn deliver(
-        waiters: Waiters<Weak<Shared>>,
-        sent: Option<&Arc<Shared>>,
+        waiters: Waiters<LinkRef>,
+        sent: &Arc<Shared>,
         call: u64,
         frame: Bytes,
     ) {
-        for link in waiters.into_iter().filter_map(|w| w.upgrade()) {
-            if link.is_closed() || sent.is_some_and(|s| Arc::ptr_eq(s, &link)) {
+        for link in waiters.into_iter().filter_map(|w| w.0.upgrade()) {
+            if link.is_closed() || Arc::ptr_eq(sent, &link) {
                 continue;
             }
             if let Err(e) = link.send_shared(frame.clone()).await {
@@ -179,10 +191,14 @@ impl Served {
     }
 }
 
-/// A digest of what the transport authenticated about the peer (see [`ClientKey`]).
+/// A digest of what the transport authenticated about the peer (see
+/// [`ClientKey`](crate::session::replies::ClientKey)), keyed at random per process so that no
+/// peer can make its principal collide with another's.
 fn principal(peer: &Peer) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = KEY.get_or_init(Default::default).build_hasher();
     match peer {
         Peer::Network { certificates, .. } if !certificates.is_empty() => {
             1u8.hash(&mut h);

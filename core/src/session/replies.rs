@@ -3,9 +3,9 @@
 //! A session remembers, for each call id it has seen and the client still may ask about, either
 //! that the call is running (with whoever waits for its outcome) or its outcome: the reply or
 //! error frame, byte for byte, so that a copy of an at-most-once call is answered without
-//! running the method again. The cache is bounded in bytes and age across all sessions; what it
-//! evicts it remembers as a high-water call id (`forgotten`), so that a late copy is refused
-//! with a distinct error instead of being run a second time.
+//! running the method again. The cache is bounded in bytes and age across all sessions; it
+//! remembers the ids of the outcomes it evicts (up to a bound, then a high-water id), so that a
+//! late copy is refused with a distinct error instead of being run a second time.
 //!
 //! Epochs: a hello with a newer epoch for a known client id ends the old session (its handlers
 //! are aborted, its cache dropped); a hello with an older epoch is refused.
@@ -21,8 +21,8 @@ use bytes::Bytes;
 pub(crate) const ENTRY_OVERHEAD: usize = 64;
 
 /// Who a session belongs to: the client id from the hello, and a digest of the peer's
-/// authenticated identity (its certificate chain, or its uid; 0 when the transport
-/// authenticated nothing), so that a peer that learns another's client id cannot take over
+/// authenticated identity (its certificate chain, or its uid, under a hash keyed at random per
+/// process; 0 when the transport authenticated nothing), so that a peer that learns another's client id cannot take over
 /// that client's session unless it can also authenticate as it.
 pub(crate) type ClientKey = (u128, u64);
 
@@ -90,29 +90,33 @@ enum Slot<A, W> {
     Done { frame: Option<Bytes>, seq: u64 },
 }
 
-/// Who waits for a running call: nearly always one link, so one needs no allocation.
+/// Who waits for a running call: nearly always one link, which needs no allocation; each
+/// waiter at most once, so copies of a call on one link cannot grow the list.
 #[derive(Debug)]
-pub(crate) enum Waiters<W> {
-    One(W),
-    Many(Vec<W>),
+pub(crate) struct Waiters<W> {
+    first: Option<W>,
+    more: Vec<W>,
 }
 
-impl<W> Waiters<W> {
-    fn push(&mut self, waiter: W) {
-        let old = std::mem::replace(self, Waiters::Many(Vec::new()));
-        *self = match old {
-            Waiters::One(first) => Waiters::Many(vec![first, waiter]),
-            Waiters::Many(mut all) => {
-                all.push(waiter);
-                Waiters::Many(all)
-            }
-        };
+impl<W: PartialEq> Waiters<W> {
+    fn one(waiter: W) -> Self {
+        Waiters {
+            first: Some(waiter),
+            more: Vec::new(),
+        }
     }
-}
 
-impl<W> Waiters<W> {
     fn none() -> Self {
-        Waiters::Many(Vec::new())
+        Waiters {
+            first: None,
+            more: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, waiter: W) {
+        if self.first.as_ref() != Some(&waiter) && !self.more.contains(&waiter) {
+            self.more.push(waiter);
+        }
     }
 }
 
@@ -121,10 +125,7 @@ impl<W> IntoIterator for Waiters<W> {
     type IntoIter = std::iter::Chain<std::option::IntoIter<W>, std::vec::IntoIter<W>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        match self {
-            Waiters::One(w) => Some(w).into_iter().chain(Vec::new()),
-            Waiters::Many(all) => None.into_iter().chain(all),
-        }
+        self.first.into_iter().chain(self.more)
     }
 }
 
@@ -229,7 +230,7 @@ pub(crate) struct Sessions<A, W> {
 /// bounded by `max_bytes / TOMBSTONE_SHARE` (at least 4,096).
 const TOMBSTONE_SHARE: usize = 256;
 
-impl<A, W> Sessions<A, W> {
+impl<A, W: PartialEq> Sessions<A, W> {
     pub(crate) fn new(limits: CacheLimits) -> Self {
         Sessions {
             limits,
@@ -428,7 +429,7 @@ impl<A, W> Sessions<A, W> {
         match session.calls.entry(call) {
             Entry::Occupied(mut e) => match e.get_mut() {
                 Slot::Running { waiters, .. } => {
-                    waiters.push(waiter);
+                    waiters.add(waiter);
                     Begin::Attached
                 }
                 Slot::Done { frame, .. } => Begin::Cached(frame.clone()),
@@ -437,7 +438,7 @@ impl<A, W> Sessions<A, W> {
             Entry::Vacant(e) => {
                 e.insert(Slot::Running {
                     abort,
-                    waiters: Waiters::One(waiter),
+                    waiters: Waiters::one(waiter),
                 });
                 Begin::Run
             }
@@ -643,6 +644,9 @@ mod tests {
         let at = at.unwrap();
         assert_eq!(s.begin(at, 5, "abort 5", "link 1"), Begin::Run);
         assert_eq!(s.begin(at, 5, "unused", "link 2"), Begin::Attached);
+        // More copies over links already waiting add no waiter.
+        assert_eq!(s.begin(at, 5, "unused", "link 2"), Begin::Attached);
+        assert_eq!(s.begin(at, 5, "unused", "link 1"), Begin::Attached);
         let out = reply(10);
         assert_eq!(
             waiting(s.finish(at, 5, out.clone(), true, now)),

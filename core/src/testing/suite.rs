@@ -532,3 +532,25 @@ pub async fn running_calls_hold_no_more_bytes_than_the_limits<H: Harness, C: Cod
     env.probes.gate.add_permits(1);
     assert_eq!(b.hold_blob(blob()).await, Ok(BLOB as u64));
 }
+
+/// The fault-injecting link wrapper ([`faulty`](crate::testing::faulty)) works over the
+/// transport: calls whose frames it holds back, and so reorders, all complete.
+pub async fn calls_through_a_link_that_delays_frames_all_complete<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    use crate::testing::faulty::{Faults, FaultyConnector};
+    let faults = Faults::new(11).delay(0.3, Duration::from_millis(5));
+    let connector = FaultyConnector::new(env.serve_default(&codec).await, faults);
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    let calls = (0..100u64).map(|i| {
+        let lab = lab.clone();
+        async move { lab.echo(i).await }
+    });
+    let replies = futures::future::join_all(calls).await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply, Ok(i as u64));
+    }
+    let delayed = connector.counts().delayed.load(Ordering::Relaxed);
+    assert!(delayed > 0, "some frames were held back");
+}
