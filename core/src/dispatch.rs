@@ -164,6 +164,17 @@ impl<K: CodecSet> Registry<K> {
         &self.codecs
     }
 
+    /// The interfaces registered, by id.
+    pub(crate) fn interfaces(&self) -> Vec<crate::directory::InterfaceRecord> {
+        let mut list: Vec<_> = self
+            .services
+            .iter()
+            .map(|(id, e)| crate::directory::InterfaceRecord::new(e.name, *id, e.version))
+            .collect();
+        list.sort_by_key(|r| r.id);
+        list
+    }
+
     /// Adds a service; a second service with the same interface id is refused, since calls
     /// could not tell them apart.
     pub(crate) fn add<S: Service>(&mut self, service: S) -> Result<(), String> {

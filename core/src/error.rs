@@ -92,6 +92,9 @@ pub enum RpcError {
     /// The transport failed to connect or to carry a frame.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// An address could not be used, or a name could not be bound to one.
+    #[error(transparent)]
+    Address(#[from] AddressError),
     /// The handler panicked or its reply could not be produced; see the server's log.
     #[error("the server failed to handle the call: {0}")]
     Internal(String),
@@ -193,6 +196,53 @@ impl From<FrameProblem> for RpcError {
             other => RpcError::Protocol(other.to_string()),
         }
     }
+}
+
+/// An address could not be parsed or used, or a service name could not be bound to one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddressError {
+    /// The text is not an address.
+    #[error("`{address}` is not an address: {reason}")]
+    Malformed {
+        /// The text (its first 100 characters).
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No registered transport serves the scheme: its crate is not compiled in, or not
+    /// installed with [`Transports::install`](crate::address::Transports::install).
+    #[error(
+        "no transport serves `{scheme}://` (registered: {}); add its crate (courier-{scheme}) \
+         and install it with `Transports::install`",
+        registered.join(", ")
+    )]
+    UnknownScheme {
+        /// The address's scheme.
+        scheme: String,
+        /// The schemes that are registered.
+        registered: Vec<String>,
+    },
+    /// The transport cannot use this address: a part is missing or an option is unknown or
+    /// invalid.
+    #[error("cannot use `{address}`: {reason}")]
+    Unusable {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The directory failed to answer or refused a record.
+    #[error("directory: {0}")]
+    Directory(String),
+    /// The directory lists no live instance of the service that this client can reach.
+    #[error("no reachable instance of `{service}`: {detail}")]
+    NoInstance {
+        /// The service name looked up.
+        service: String,
+        /// What was found, and why each was passed over or failed.
+        detail: String,
+    },
 }
 
 /// The two sides could not agree on how to talk.

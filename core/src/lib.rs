@@ -100,10 +100,12 @@
 // The generated code names `::courier`; this makes that path work inside this crate too.
 extern crate self as courier;
 
+pub mod address;
 mod budget;
 mod client;
 pub mod codec;
 mod context;
+pub mod directory;
 pub mod dispatch;
 mod engine;
 pub mod error;
@@ -122,7 +124,7 @@ pub use client::{Client, ClientBuilder, Pending};
 pub use codec::{Codec, CodecSet};
 pub use context::Context;
 pub use courier_macros::service;
-pub use error::{Cause, CodecError, HandshakeError, RpcError, TransportError};
+pub use error::{AddressError, Cause, CodecError, HandshakeError, RpcError, TransportError};
 pub use identity::Identity;
 pub use ids::{InterfaceId, MethodDesc, MethodId};
 pub use options::{CallOptions, Limits, ReconnectPolicy};

@@ -5,13 +5,15 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::address::{Address, Bound, Listeners, Transports};
 use crate::budget::{Budget, Taken};
 use crate::codec::CodecSet;
 use crate::dispatch::{Authorizer, BoundRouter, Registry, Router, Service};
 use crate::engine::handshake::server_handshake;
 use crate::engine::served::ServerSessions;
 use crate::engine::{Role, Served, Shared};
-use crate::error::{RpcError, TransportError};
+use crate::directory::InterfaceRecord;
+use crate::error::{AddressError, RpcError, TransportError};
 use crate::options::Limits;
 use crate::peer::Peer;
 use crate::session::replies::{CacheLimits, Sessions};
@@ -43,6 +45,8 @@ struct Inner<K> {
     instance: u128,
     /// Every client's session: running calls and the reply cache, across links.
     sessions: ServerSessions,
+    /// What [`Server::listen`] binds addresses with; the global registry if `None`.
+    transports: Option<Transports>,
 }
 
 impl<K> Clone for Server<K> {
@@ -69,6 +73,7 @@ impl<K: CodecSet> Server<K> {
             registry: Registry::new(codecs),
             limits: Limits::default(),
             authorizer: None,
+            transports: None,
         }
     }
 
@@ -108,6 +113,47 @@ impl<K: CodecSet> Server<K> {
                 }
             });
         }
+    }
+
+    /// Listens on every address in `addresses` (`quic://0.0.0.0:4433`, `shm:///run/app.sock`,
+    /// …; see [`courier::address`](crate::address)), through the transports of
+    /// [`ServerBuilder::transports`] or else [`Transports::global`]. Either all are bound or
+    /// none is: the first address that fails is the error.
+    pub fn listen<A: AsRef<str>>(
+        &self,
+        addresses: impl IntoIterator<Item = A>,
+    ) -> Result<Listeners, AddressError> {
+        let transports = self
+            .inner
+            .transports
+            .clone()
+            .unwrap_or_else(Transports::global);
+        let mut listeners = Listeners::default();
+        for address in addresses {
+            let address = Address::parse(address.as_ref())?;
+            listeners.push(transports.listen(&address)?);
+        }
+        Ok(listeners)
+    }
+
+    /// Serves every listener of `listeners` at once, each connection with its own
+    /// [`Peer`]; the limits of [`Server::serve`] apply to each listener. Returns when one
+    /// listener fails, dropping (and so closing) the others with it.
+    pub async fn serve_all(&self, listeners: Listeners) -> Result<(), TransportError> {
+        let serving = listeners
+            .into_iter()
+            .map(|Bound { listener, address }| async move {
+                self.serve(listener).await.inspect_err(
+                    |e| tracing::warn!(%address, error = %e, "listener failed; stopping all"),
+                )
+            });
+        futures::future::try_join_all(serving).await.map(drop)
+    }
+
+    /// The interfaces this server offers, for a directory record
+    /// ([`InstanceRecord::interfaces`](crate::directory::InstanceRecord::interfaces)).
+    pub fn interfaces(&self) -> Vec<InterfaceRecord> {
+        self.inner.registry.interfaces()
     }
 
     /// Performs the handshake over one link and starts serving it. Returns once the handshake
@@ -276,6 +322,7 @@ pub struct ServerBuilder<K> {
     registry: Registry<K>,
     limits: Limits,
     authorizer: Option<Arc<dyn Authorizer>>,
+    transports: Option<Transports>,
 }
 
 impl<K> fmt::Debug for ServerBuilder<K> {
@@ -320,6 +367,13 @@ impl<K: CodecSet> ServerBuilder<K> {
         self
     }
 
+    /// The transports that [`Server::listen`] binds addresses with. Default:
+    /// [`Transports::global`] as it is when `listen` is called.
+    pub fn transports(mut self, transports: Transports) -> Self {
+        self.transports = Some(transports);
+        self
+    }
+
     /// Finishes the server.
     pub fn build(self) -> Server<K> {
         Server {
@@ -334,6 +388,7 @@ impl<K: CodecSet> ServerBuilder<K> {
                 }))),
                 limits: self.limits,
                 authorizer: self.authorizer,
+                transports: self.transports,
             }),
         }
     }

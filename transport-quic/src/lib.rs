@@ -40,6 +40,7 @@
 
 #![warn(clippy::unwrap_used)]
 
+mod address;
 mod link;
 mod tls;
 
@@ -52,6 +53,7 @@ use courier::TransportError;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+pub use address::QuicTransport;
 pub use tls::{ClientTls, DevCert, ServerTls, ALPN};
 
 /// Why a QUIC endpoint could not be set up.

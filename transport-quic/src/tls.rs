@@ -127,6 +127,16 @@ pub struct ServerTls {
     client_roots: Option<Vec<CertificateDer<'static>>>,
 }
 
+impl Clone for ServerTls {
+    fn clone(&self) -> Self {
+        ServerTls {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            client_roots: self.client_roots.clone(),
+        }
+    }
+}
+
 impl ServerTls {
     /// A certificate chain (leaf first) and its private key.
     pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
@@ -209,6 +219,18 @@ impl ServerTls {
 pub struct ClientTls {
     roots: Vec<CertificateDer<'static>>,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
+impl Clone for ClientTls {
+    fn clone(&self) -> Self {
+        ClientTls {
+            roots: self.roots.clone(),
+            identity: self
+                .identity
+                .as_ref()
+                .map(|(chain, key)| (chain.clone(), key.clone_key())),
+        }
+    }
 }
 
 impl ClientTls {

@@ -23,10 +23,12 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("courier-shm needs Linux: memfd_create, eventfd and SO_PEERCRED");
 
+mod address;
 mod link;
 pub mod ring;
 mod sys;
 
+pub use address::ShmTransport;
 pub use link::{ShmConnector, ShmListener, ShmOptions};
 
 /// Test support: a client that breaks the rules on purpose. Not a public API.

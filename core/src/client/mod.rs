@@ -14,7 +14,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
 
 use self::session::{ClientSession, Config, SessionCall};
+use crate::address::{Address, Transports};
 use crate::codec::Codec;
+use crate::directory::{AddressConnector, Binder, HostId, Prefer, Resolver, Whereabouts};
 use crate::dispatch::{BoundRouter, Registry, Router, Service};
 use crate::engine::{CallSlot, ReplyResult, Shared};
 use crate::error::RpcError;
@@ -26,11 +28,18 @@ use crate::transport::{BoxConnector, Connector, DynConnector, Link};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
 
 /// Ends the session when the last user-held [`Client`] clone is dropped.
-struct Owner(Arc<ClientSession>);
+struct Owner {
+    session: Arc<ClientSession>,
+    /// The task following the client's service in a directory, if it was bound by name.
+    follower: Option<tokio::task::AbortHandle>,
+}
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        self.0.close();
+        if let Some(follower) = &self.follower {
+            follower.abort();
+        }
+        self.session.close();
     }
 }
 
@@ -116,6 +125,9 @@ impl<C: Codec> Client<C> {
             identity: None,
             reconnect: ReconnectPolicy::default(),
             attempt_timeout: None,
+            transports: None,
+            host: None,
+            prefer: Prefer::default(),
         }
     }
 
@@ -164,6 +176,28 @@ impl<C: Codec> Client<C> {
         match &self.route {
             Route::Session(s, _) => s.reconnections(),
             Route::Link(_) => 0,
+        }
+    }
+
+    /// The address of the current (or latest) link, for a client made by
+    /// [`ClientBuilder::connect_to`] or [`ClientBuilder::connect_named`]: where it is
+    /// connected, and so over which transport ([`Address::scheme`]).
+    pub fn address(&self) -> Option<Address> {
+        match &self.route {
+            Route::Session(s, _) => s.address(),
+            Route::Link(_) => None,
+        }
+    }
+
+    /// The instance of the service this client is bound to, for a client made by
+    /// [`ClientBuilder::connect_named`]: the [`InstanceRecord::instance`] of its current (or
+    /// latest) link.
+    ///
+    /// [`InstanceRecord::instance`]: crate::directory::InstanceRecord::instance
+    pub fn instance(&self) -> Option<String> {
+        match &self.route {
+            Route::Session(s, _) => s.instance(),
+            Route::Link(_) => None,
         }
     }
 
@@ -350,6 +384,9 @@ pub struct ClientBuilder<C> {
     identity: Option<Identity>,
     reconnect: ReconnectPolicy,
     attempt_timeout: Option<std::time::Duration>,
+    transports: Option<Transports>,
+    host: Option<HostId>,
+    prefer: Prefer,
 }
 
 impl<C: fmt::Debug> fmt::Debug for ClientBuilder<C> {
@@ -411,6 +448,74 @@ impl<C: Codec> ClientBuilder<C> {
         self
     }
 
+    /// The transports that [`ClientBuilder::connect_to`] and [`ClientBuilder::connect_named`]
+    /// may use. Default: [`Transports::global`] as it is when the client connects.
+    pub fn transports(mut self, transports: Transports) -> Self {
+        self.transports = Some(transports);
+        self
+    }
+
+    /// The host this client counts as, for [`ClientBuilder::connect_named`]: an instance on
+    /// the same host is reached over shared memory. Default: [`HostId::local`].
+    pub fn host(mut self, host: HostId) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// Which addresses [`ClientBuilder::connect_named`] dials first. Default:
+    /// [`Prefer::SameHost`].
+    pub fn prefer(mut self, prefer: Prefer) -> Self {
+        self.prefer = prefer;
+        self
+    }
+
+    /// Connects to `address` (`quic://host:port`, `shm:///path`, `mem://name`; see
+    /// [`courier::address`](crate::address)) through the transport registered for its scheme.
+    /// A malformed address, or one whose scheme no registered transport serves, is an
+    /// [`RpcError::Address`] that says what was wrong. [`Client::address`] tells the address
+    /// afterwards.
+    pub async fn connect_to(mut self, address: &str) -> Result<Client<C>, RpcError> {
+        let address = Address::parse(address)?;
+        let transports = self.transports.take().unwrap_or_else(Transports::global);
+        let whereabouts = Arc::new(Whereabouts::default());
+        let connector = AddressConnector {
+            inner: transports.connector(&address)?,
+            address,
+            whereabouts: Arc::clone(&whereabouts),
+        };
+        let connector: BoxConnector = Box::new(connector);
+        let link = connector.connect_boxed().await?;
+        self.start(Some(connector), link, Some(whereabouts), None)
+            .await
+    }
+
+    /// Connects to an instance of `service` that `resolver` lists, chosen by [`rank`]: on this
+    /// host over shared memory if the instance offers it, otherwise over the network. The
+    /// client looks the name up again whenever it reconnects (its current instance first) and
+    /// follows the directory: when its instance leaves it while another is listed, the client
+    /// moves. [`Client::address`] tells where it is connected.
+    ///
+    /// [`rank`]: crate::directory::rank
+    pub async fn connect_named(
+        mut self,
+        resolver: Arc<dyn Resolver>,
+        service: &str,
+    ) -> Result<Client<C>, RpcError> {
+        let whereabouts = Arc::new(Whereabouts::default());
+        let binder = Arc::new(Binder {
+            resolver,
+            service: service.to_owned(),
+            host: self.host.take().unwrap_or_else(HostId::local),
+            prefer: std::mem::take(&mut self.prefer),
+            transports: self.transports.take().unwrap_or_else(Transports::global),
+            whereabouts: Arc::clone(&whereabouts),
+        });
+        let link = binder.bind().await?;
+        let connector: BoxConnector = Box::new(Arc::clone(&binder));
+        self.start(Some(connector), link, Some(whereabouts), Some(binder))
+            .await
+    }
+
     /// Connects through `connector` and performs the handshake. The client keeps a copy of
     /// the connector to reconnect with.
     pub async fn connect<T>(self, connector: &T) -> Result<Client<C>, RpcError>
@@ -423,20 +528,22 @@ impl<C: Codec> ClientBuilder<C> {
     /// [`ClientBuilder::connect`] with a connector chosen at run time.
     pub async fn connect_with(self, connector: BoxConnector) -> Result<Client<C>, RpcError> {
         let link = connector.connect_boxed().await?;
-        self.start(Some(connector), link).await
+        self.start(Some(connector), link, None, None).await
     }
 
     /// Performs the handshake over a link already open, and starts the client. With no
     /// connector to dial again, this client does not reconnect: its calls fail when the link
     /// dies.
     pub async fn connect_link(self, link: Link) -> Result<Client<C>, RpcError> {
-        self.start(None, link).await
+        self.start(None, link, None, None).await
     }
 
     async fn start(
         self,
         connector: Option<BoxConnector>,
         link: Link,
+        whereabouts: Option<Arc<Whereabouts>>,
+        binder: Option<Arc<Binder>>,
     ) -> Result<Client<C>, RpcError> {
         let router: Arc<dyn Router> = Arc::new(BoundRouter {
             registry: Arc::new(self.registry),
@@ -451,10 +558,18 @@ impl<C: Codec> ClientBuilder<C> {
             policy: self.reconnect,
             attempt_timeout: self.attempt_timeout,
             router,
+            whereabouts,
         };
         let session = ClientSession::start(config, link).await?;
+        let follower = binder.map(|binder| {
+            tokio::spawn(crate::directory::follow(binder, Arc::downgrade(&session))).abort_handle()
+        });
+        let owner = Owner {
+            session: Arc::clone(&session),
+            follower,
+        };
         Ok(Client {
-            route: Route::Session(Arc::clone(&session), Some(Arc::new(Owner(session)))),
+            route: Route::Session(session, Some(Arc::new(owner))),
             codec: self.codec,
         })
     }

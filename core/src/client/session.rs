@@ -14,6 +14,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::directory::Whereabouts;
 use crate::dispatch::Router;
 use crate::engine::handshake::client_handshake;
 use crate::engine::{ReplyResult, Role, SessionHooks, Shared};
@@ -108,6 +109,8 @@ pub(crate) struct Config {
     pub(crate) policy: ReconnectPolicy,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) router: Arc<dyn Router>,
+    /// Where the session's links go, when it connects by address or by name.
+    pub(crate) whereabouts: Option<Arc<Whereabouts>>,
 }
 
 /// One client identity talking to one server, over as many links as it takes.
@@ -174,6 +177,26 @@ impl ClientSession {
     /// How many times the session replaced a lost link.
     pub(crate) fn reconnections(&self) -> u64 {
         self.reconnections.load(Ordering::Relaxed)
+    }
+
+    /// The address of the current (or latest) link, if known.
+    pub(crate) fn address(&self) -> Option<crate::address::Address> {
+        self.config.whereabouts.as_ref().and_then(|w| w.address())
+    }
+
+    /// The directory instance of the current (or latest) link, if bound by name.
+    pub(crate) fn instance(&self) -> Option<String> {
+        self.config.whereabouts.as_ref().and_then(|w| w.instance())
+    }
+
+    /// Drops the current link so that the session reconnects (and, bound by name, binds
+    /// again): its instance has left the directory.
+    pub(crate) fn rebind(&self, reason: String) {
+        let link = lock(&self.state).link.clone();
+        if let Some(link) = link {
+            tracing::info!(%reason, "moving to another instance");
+            link.close(reason);
+        }
     }
 
     /// The default attempt timeout of the session's calls.
