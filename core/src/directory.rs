@@ -416,6 +416,9 @@ pub(crate) struct Binder {
     pub(crate) prefer: Prefer,
     pub(crate) transports: Transports,
     pub(crate) whereabouts: Arc<Whereabouts>,
+    /// How long one address may take to answer before the next is tried: a dead server's
+    /// QUIC address otherwise costs a whole idle timeout.
+    pub(crate) dial_timeout: Duration,
 }
 
 impl Binder {
@@ -448,7 +451,13 @@ impl Binder {
         let mut failures = Vec::new();
         for (instance, address) in ranked {
             let dialed = match self.transports.connector(&address) {
-                Ok(connector) => connector.connect_boxed().await.map_err(|e| e.to_string()),
+                Ok(connector) => {
+                    match tokio::time::timeout(self.dial_timeout, connector.connect_boxed()).await
+                    {
+                        Ok(dialed) => dialed.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("no answer within {:?}", self.dial_timeout)),
+                    }
+                }
                 Err(e) => Err(e.to_string()),
             };
             match dialed {

@@ -128,6 +128,7 @@ impl<C: Codec> Client<C> {
             transports: None,
             host: None,
             prefer: Prefer::default(),
+            dial_timeout: std::time::Duration::from_secs(5),
         }
     }
 
@@ -387,6 +388,7 @@ pub struct ClientBuilder<C> {
     transports: Option<Transports>,
     host: Option<HostId>,
     prefer: Prefer,
+    dial_timeout: std::time::Duration,
 }
 
 impl<C: fmt::Debug> fmt::Debug for ClientBuilder<C> {
@@ -469,6 +471,14 @@ impl<C: Codec> ClientBuilder<C> {
         self
     }
 
+    /// How long [`ClientBuilder::connect_named`] waits for one address to answer before it
+    /// tries the next: an instance that died without leaving the directory must not hold the
+    /// client up for a transport's whole idle timeout. Default: 5 s.
+    pub fn dial_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.dial_timeout = timeout;
+        self
+    }
+
     /// Connects to `address` (`quic://host:port`, `shm:///path`, `mem://name`; see
     /// [`courier::address`](crate::address)) through the transport registered for its scheme.
     /// A malformed address, or one whose scheme no registered transport serves, is an
@@ -509,6 +519,7 @@ impl<C: Codec> ClientBuilder<C> {
             prefer: std::mem::take(&mut self.prefer),
             transports: self.transports.take().unwrap_or_else(Transports::global),
             whereabouts: Arc::clone(&whereabouts),
+            dial_timeout: self.dial_timeout,
         });
         let link = binder.bind().await?;
         let connector: BoxConnector = Box::new(Arc::clone(&binder));

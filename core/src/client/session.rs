@@ -94,6 +94,9 @@ pub(crate) struct Waiter {
 struct State {
     table: CallTable<Waiter>,
     link: Option<Arc<Shared>>,
+    /// A link being drained ([`ClientSession::rebind`]): its calls finish there, then it is
+    /// closed.
+    draining: Option<Arc<Shared>>,
     reconnecting: bool,
     /// Why the last reconnecting gave up; calls fail with it until a new attempt starts.
     failure: Option<String>,
@@ -154,6 +157,7 @@ impl ClientSession {
             state: Mutex::new(State {
                 table: CallTable::default(),
                 link: None,
+                draining: None,
                 reconnecting: false,
                 failure: None,
                 peer,
@@ -189,13 +193,45 @@ impl ClientSession {
         self.config.whereabouts.as_ref().and_then(|w| w.instance())
     }
 
-    /// Drops the current link so that the session reconnects (and, bound by name, binds
-    /// again): its instance has left the directory.
+    /// Moves the session to another link (bound by name: its instance has left the directory),
+    /// make-before-break: new calls wait for the next link, which the reconnecting task opens
+    /// at once, while the calls in flight finish on the current one, which is closed when they
+    /// have. No call fails or runs twice because of the move.
     pub(crate) fn rebind(&self, reason: String) {
-        let link = lock(&self.state).link.clone();
-        if let Some(link) = link {
-            tracing::info!(%reason, "moving to another instance");
+        let closable = {
+            let mut state = lock(&self.state);
+            if state.draining.is_some() || self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let Some(link) = state.link.take() else {
+                return;
+            };
+            let drained = match state.table.start_drain() {
+                Some((_, drained)) => drained,
+                None => true,
+            };
+            self.start_reconnecting(&mut state, reason.clone());
+            if drained {
+                Some(link)
+            } else {
+                state.draining = Some(link);
+                None
+            }
+        };
+        tracing::info!(%reason, "moving to another instance");
+        if let Some(link) = closable {
             link.close(reason);
+        }
+    }
+
+    /// The link being drained, taken out of the state if its last call just finished: the
+    /// caller closes it, outside the lock.
+    fn drained(state: &mut State) -> Option<Arc<Shared>> {
+        let generation = state.table.draining()?;
+        if state.table.drained(generation) {
+            state.draining.take()
+        } else {
+            None
         }
     }
 
@@ -272,6 +308,22 @@ impl ClientSession {
             (relink, shared.is_closed())
         };
         self.changed.notify_waiters();
+        self.hand_over(relink, &shared, instance);
+        if lost_at_once {
+            // It closed before it was installed, so its close found another generation.
+            self.link_closed(generation, "the link closed at once");
+        }
+        Ok(())
+    }
+
+    /// Carries out a [`Relink`](crate::session::calls::Relink) onto `link` (of server
+    /// `instance`): fails the calls whose outcome is unknown, sends the others.
+    fn hand_over(
+        &self,
+        relink: crate::session::calls::Relink<Waiter>,
+        link: &Arc<Shared>,
+        instance: u128,
+    ) {
         for waiter in relink.unknown {
             let _ = waiter.reply.send(Err(RpcError::OutcomeUnknown(format!(
                 "the server restarted (instance {instance:032x} answered the reconnect) while \
@@ -279,7 +331,7 @@ impl ClientSession {
             ))));
         }
         for (_, frame) in relink.resend {
-            let link = Arc::clone(&shared);
+            let link = Arc::clone(link);
             let runtime = self.runtime.clone();
             self.runtime.spawn(async move {
                 // A reader for the copy's reply (QUIC) runs on a task of its own: the caller
@@ -289,11 +341,6 @@ impl ClientSession {
                 }
             });
         }
-        if lost_at_once {
-            // It closed before it was installed, so its close found another generation.
-            self.link_closed(generation, "the link closed at once");
-        }
-        Ok(())
     }
 
     /// Starts the reconnecting task unless it runs already.
@@ -487,9 +534,29 @@ impl ClientSession {
 
     /// The caller gave up on call `id`: forget it, and tell the server to drop it.
     fn cancel(&self, id: u64, interface: crate::ids::InterfaceId, method: crate::ids::MethodId) {
-        let sent = lock(&self.state).table.cancel(id);
-        if let Some(Some(_)) = sent {
-            self.send_control(Header::new(FrameKind::Cancel, id, interface, method));
+        let (sent, on_draining, drained) = {
+            let mut state = lock(&self.state);
+            let sent = state.table.cancel(id);
+            let on_draining = match (sent, &state.draining) {
+                (Some(Some(generation)), Some(link)) if link.generation_is(generation) => {
+                    Some(Arc::clone(link))
+                }
+                _ => None,
+            };
+            (sent, on_draining, Self::drained(&mut state))
+        };
+        let cancel = Header::new(FrameKind::Cancel, id, interface, method);
+        match (sent, on_draining) {
+            (_, Some(link)) => {
+                self.runtime.spawn(async move {
+                    let _ = link.send_frame(cancel, 0, |_| Ok(())).await;
+                });
+            }
+            (Some(Some(_)), None) => self.send_control(cancel),
+            _ => {}
+        }
+        if let Some(link) = drained {
+            link.close("moved to another instance; its last call finished".to_owned());
         }
     }
 
@@ -510,10 +577,17 @@ impl ClientSession {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (link, failed) = {
+        let (link, draining, failed) = {
             let mut state = lock(&self.state);
-            (state.link.take(), state.table.fail_all())
+            (
+                state.link.take(),
+                state.draining.take(),
+                state.table.fail_all(),
+            )
         };
+        if let Some(draining) = draining {
+            draining.shutdown();
+        }
         for w in failed {
             let _ = w.reply.send(Err(client_closed()));
         }
@@ -716,14 +790,17 @@ impl Drop for SessionCall {
 
 impl SessionHooks for ClientSession {
     fn on_answer(&self, call_id: u64, answer: ReplyResult) {
-        let (waiter, release) = {
+        let (waiter, release, drained) = {
             let mut state = lock(&self.state);
             let len = answer.as_ref().map_or(0, |(_, frame)| frame.len());
             let waiter = state.table.complete(call_id, len);
-            (waiter, state.table.release_due())
+            (waiter, state.table.release_due(), Self::drained(&mut state))
         };
         if let Some(waiter) = waiter {
             let _ = waiter.reply.send(answer);
+        }
+        if let Some(link) = drained {
+            link.close("moved to another instance; its last call finished".to_owned());
         }
         if release {
             self.release();
@@ -741,6 +818,26 @@ impl SessionHooks for ClientSession {
     /// reconnecting, they fail.
     fn link_closed(&self, generation: u64, reason: &str) {
         let mut state = lock(&self.state);
+        if state
+            .draining
+            .as_ref()
+            .is_some_and(|l| l.generation_is(generation))
+        {
+            // The link being drained died before its calls finished: they go on as any call
+            // of a lost link does.
+            state.draining = None;
+            let now = std::time::Instant::now();
+            let relink = state
+                .table
+                .drain_lost(generation, self.config.attempt_timeout, now);
+            let current = state.link.clone();
+            let instance = state.table.current_instance();
+            drop(state);
+            if let (Some(relink), Some(link), Some(instance)) = (relink, current, instance) {
+                self.hand_over(relink, &link, instance);
+            }
+            return;
+        }
         let current = state
             .link
             .as_ref()

@@ -83,6 +83,9 @@ pub(crate) struct Relink<W> {
 pub(crate) struct CallTable<W> {
     calls: HashMap<u64, Outstanding<W>, BuildHasherDefault<IdHasher>>,
     link: Option<LinkId>,
+    /// The generation of a link being drained: still up, taking no new calls, closed once
+    /// the calls sent on it have their outcomes (a planned move to another server).
+    draining: Option<u64>,
     /// Outcomes received since the last watermark was handed out.
     settled: u32,
     /// Bytes of the frames of those outcomes.
@@ -101,6 +104,7 @@ impl<W> Default for CallTable<W> {
         CallTable {
             calls: HashMap::default(),
             link: None,
+            draining: None,
             settled: 0,
             settled_bytes: 0,
         }
@@ -188,9 +192,57 @@ impl<W> CallTable<W> {
         }
     }
 
+    /// Starts draining the current link: new calls wait for the next link, while the calls
+    /// sent on this one stay there until their outcomes come. Returns the link's generation
+    /// and whether it is drained already; `None` if no link is up.
+    pub(crate) fn start_drain(&mut self) -> Option<(u64, bool)> {
+        let link = self.link.take()?;
+        self.draining = Some(link.generation);
+        Some((link.generation, self.drained(link.generation)))
+    }
+
+    /// Whether `generation` is being drained and has no call in flight any more: it may be
+    /// closed. Stops draining it when so.
+    pub(crate) fn drained(&mut self, generation: u64) -> bool {
+        let done = self.draining == Some(generation)
+            && !self.calls.values().any(|c| c.sent_on == Some(generation));
+        if done {
+            self.draining = None;
+        }
+        done
+    }
+
+    /// The server instance of the link calls go out on now, if one is up.
+    pub(crate) fn current_instance(&self) -> Option<u128> {
+        self.link.map(|l| l.instance)
+    }
+
+    /// The link being drained, if any.
+    pub(crate) fn draining(&self) -> Option<u64> {
+        self.draining
+    }
+
+    /// The link being drained died before its calls had their outcomes: they are treated as
+    /// any call of a lost link. If a link is up, what to send on it (or fail) now; otherwise
+    /// they wait for [`CallTable::link_up`].
+    pub(crate) fn drain_lost(
+        &mut self,
+        generation: u64,
+        attempt: Option<Duration>,
+        now: Instant,
+    ) -> Option<Relink<W>> {
+        if self.draining != Some(generation) {
+            return None;
+        }
+        self.draining = None;
+        let link = self.link?;
+        Some(self.relink(link, attempt, now, Some(generation)))
+    }
+
     /// A new link is up. Every call is sent on it again, except at-most-once calls that were
     /// sent to another server instance: that instance may have run them and took its reply
-    /// cache with it, so their outcome is unknown.
+    /// cache with it, so their outcome is unknown. Calls in flight on a link being drained
+    /// stay there.
     pub(crate) fn link_up(
         &mut self,
         link: LinkId,
@@ -198,11 +250,29 @@ impl<W> CallTable<W> {
         now: Instant,
     ) -> Relink<W> {
         self.link = Some(link);
+        self.relink(link, attempt, now, None)
+    }
+
+    /// Moves calls onto `link`: those last sent on `only` if given, else all but the draining
+    /// link's.
+    fn relink(
+        &mut self,
+        link: LinkId,
+        attempt: Option<Duration>,
+        now: Instant,
+        only: Option<u64>,
+    ) -> Relink<W> {
+        let draining = self.draining;
+        let moves = |c: &Outstanding<W>| match only {
+            Some(generation) => c.sent_on == Some(generation),
+            None => draining.is_none() || c.sent_on != draining,
+        };
         let lost: Vec<u64> = self
             .calls
             .iter()
             .filter(|(_, c)| {
-                c.semantics == Semantics::AtMostOnce
+                moves(c)
+                    && c.semantics == Semantics::AtMostOnce
                     && c.sent_to.is_some_and(|i| i != link.instance)
             })
             .map(|(id, _)| *id)
@@ -217,6 +287,7 @@ impl<W> CallTable<W> {
         let mut resend: Vec<(u64, Bytes)> = self
             .calls
             .iter_mut()
+            .filter(|(_, c)| moves(c))
             .map(|(id, c)| {
                 c.sent_to = Some(link.instance);
                 c.sent_on = Some(link.generation);
@@ -238,7 +309,10 @@ impl<W> CallTable<W> {
     ) -> Option<(LinkId, Bytes)> {
         let link = self.link?;
         let call = self.calls.get_mut(&id)?;
-        if call.attempt_due.is_some_and(|due| due > now) {
+        // A call on a link being drained is answered there; a copy elsewhere could run twice.
+        if call.attempt_due.is_some_and(|due| due > now)
+            || (call.sent_on.is_some() && call.sent_on == self.draining)
+        {
             return None;
         }
         call.sent_to = Some(link.instance);
@@ -345,6 +419,55 @@ mod tests {
         let again = t.link_up(link(3, B), None, now);
         assert!(again.unknown.is_empty());
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_drained_link_keeps_its_calls_until_they_finish_while_new_calls_wait() {
+        let now = Instant::now();
+        let mut t = CallTable::default();
+        t.link_up(link(1, A), None, now);
+        t.insert(1, frame(1), Semantics::AtMostOnce, None, now, "on A");
+        assert_eq!(t.start_drain(), Some((1, false)));
+        // New calls wait for the next link.
+        assert_eq!(
+            t.insert(2, frame(2), Semantics::AtMostOnce, None, now, "waits"),
+            None
+        );
+        // Another instance comes up: only the waiting call goes there; call 1 stays on A,
+        // where it is answered (not failed as unknown, not sent twice).
+        let relink = t.link_up(link(2, B), None, now);
+        assert!(relink.unknown.is_empty());
+        assert_eq!(relink.resend, vec![(2, frame(2))]);
+        assert_eq!(t.attempt_expired(1, Duration::ZERO, now), None);
+        assert!(!t.drained(1));
+        assert_eq!(t.complete(1, 0), Some("on A"));
+        assert!(t.drained(1));
+        assert_eq!(t.draining(), None);
+    }
+
+    #[test]
+    fn a_drained_link_that_dies_hands_its_calls_over_by_their_semantics() {
+        let now = Instant::now();
+        let mut t = CallTable::default();
+        t.link_up(link(1, A), None, now);
+        t.insert(1, frame(1), Semantics::AtMostOnce, None, now, "at most once");
+        t.insert(2, frame(2), Semantics::AtLeastOnce, None, now, "idempotent");
+        t.start_drain();
+        // The next link is not up yet: nothing to do but wait for it.
+        assert!(t.drain_lost(1, None, now).is_none());
+        let relink = t.link_up(link(2, B), None, now);
+        assert_eq!(relink.unknown, vec!["at most once"]);
+        assert_eq!(relink.resend, vec![(2, frame(2))]);
+
+        // And when the next link is already up, at once.
+        let mut t = CallTable::default();
+        t.link_up(link(1, A), None, now);
+        t.insert(1, frame(1), Semantics::AtLeastOnce, None, now, "idempotent");
+        t.start_drain();
+        assert!(t.link_up(link(2, B), None, now).resend.is_empty());
+        let relink = t.drain_lost(1, None, now).expect("a link is up");
+        assert_eq!(relink.resend, vec![(1, frame(1))]);
+        assert_eq!(t.draining(), None);
     }
 
     #[test]
