@@ -5,11 +5,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier::directory::{InstanceRecord, Lease, Registrar, Registration, Resolver};
+use courier::directory::{InstanceRecord, Lease, Registrar, Registration, Resolver, Updates};
 use courier::AddressError;
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, WatchOptions, WatchStream};
 use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 use futures::StreamExt;
 
 /// How long one request to etcd may take before the directory reports it failed.
@@ -137,7 +136,9 @@ async fn list(
         }
         match serde_json::from_slice::<InstanceRecord>(kv.value()) {
             Ok(record) if record.service == service => records.push(record),
-            Ok(record) => tracing::warn!(%key, service = %record.service, "record of another service under this name; skipped"),
+            Ok(record) => {
+                tracing::warn!(%key, service = %record.service, "record of another service under this name; skipped")
+            }
             Err(e) => tracing::warn!(%key, error = %e, "directory record does not parse; skipped"),
         }
     }
@@ -155,13 +156,7 @@ impl Resolver for EtcdDirectory {
         })
     }
 
-    fn watch<'a>(
-        &'a self,
-        service: &'a str,
-    ) -> BoxFuture<
-        'a,
-        Result<BoxStream<'static, Result<Vec<InstanceRecord>, AddressError>>, AddressError>,
-    > {
+    fn watch<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Updates, AddressError>> {
         Box::pin(async move {
             let prefix = self.service_prefix(service)?;
             let mut client = self.client.clone();
@@ -317,7 +312,12 @@ impl Entry {
             match request("keeping the lease alive", answers.message()).await? {
                 Some(answer) if answer.ttl() > 0 => {}
                 Some(_) => return Err(etcd_error("keeping the lease alive", "the lease expired")),
-                None => return Err(etcd_error("keeping the lease alive", "etcd ended the stream")),
+                None => {
+                    return Err(etcd_error(
+                        "keeping the lease alive",
+                        "etcd ended the stream",
+                    ))
+                }
             }
             tokio::time::sleep(period).await;
         }
@@ -344,5 +344,29 @@ impl Lease for EtcdLease {
             tracing::info!(%key, lease, "withdrawn from etcd");
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record in PROTOCOL.md §12.2 is what this crate writes and reads, byte for byte.
+    #[test]
+    fn the_documented_record_is_the_one_written() {
+        let protocol = include_str!("../../PROTOCOL.md");
+        let section = &protocol[protocol.find("### 12.2").expect("§12.2")..];
+        let start = section.find("```json\n").expect("a JSON example") + "```json\n".len();
+        let json = section[start..].lines().next().expect("one line");
+        let record: InstanceRecord = serde_json::from_str(json).expect("the example parses");
+        assert_eq!(record.service, "greeter");
+        assert_eq!(
+            record.interfaces[0].id,
+            courier::ids::stable_id("directory::Greeter")
+        );
+        assert_eq!(record.addresses.len(), 2);
+        assert_eq!(record.check_advertisable(false), Ok(()));
+        let written = serde_json::to_string(&record).expect("encodes");
+        assert_eq!(written, json);
     }
 }

@@ -39,10 +39,8 @@ impl Etcd {
                 .map_err(|e| fail(format!("no free port on {ip}: {e}")))
         };
         let (client_port, peer_port) = (free_port(ip)?, free_port(ip)?);
-        let dir = std::env::temp_dir().join(format!(
-            "courier-etcd-{}-{client_port}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("courier-etcd-{}-{client_port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
         let host = match ip {
             IpAddr::V6(v6) => format!("[{v6}]"),

@@ -50,7 +50,11 @@ async fn child_serves_quic_and_shm() {
     let listeners = server
         .listen(["quic://127.0.0.1:0", shm.as_str()])
         .expect("listen");
-    let addresses: Vec<String> = listeners.addresses().iter().map(|a| a.to_string()).collect();
+    let addresses: Vec<String> = listeners
+        .addresses()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     println!("ADDRESSES {}", addresses.join(" "));
     server.serve_all(listeners).await.expect("serve");
 }
@@ -98,7 +102,11 @@ async fn one_service_by_quic_shm_and_mem_strings_alone() {
             );
             let stub = WhereClient::new(client);
             assert_eq!(stub.instance().await.expect("call"), instance, "{address}");
-            assert_eq!(stub.reached_by().await.expect("call"), reached_by, "{address}");
+            assert_eq!(
+                stub.reached_by().await.expect("call"),
+                reached_by,
+                "{address}"
+            );
         }
     })
     .await
@@ -139,10 +147,7 @@ async fn a_misspelt_option_is_refused_not_ignored() {
     within(async {
         let registry = Transports::new().with(QuicTransport::new());
         let e = address_error(connect(registry, "quic://10.0.0.1:1?sever_name=x").await);
-        assert!(
-            e.to_string().contains("unknown option `sever_name`"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("unknown option `sever_name`"), "{e}");
     })
     .await
 }

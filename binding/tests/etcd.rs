@@ -101,7 +101,10 @@ async fn a_killed_server_expires_and_a_watching_client_moves_to_the_next() {
         assert_eq!(stub.reached_by().await.expect("call"), "process");
 
         let mut updates = directory.watch("where").await.expect("watch");
-        assert_eq!(names(&updates.next().await.expect("first").expect("list")), ["one"]);
+        assert_eq!(
+            names(&updates.next().await.expect("first").expect("list")),
+            ["one"]
+        );
 
         // SIGKILL: no chance to withdraw. The record stays until its lease runs out.
         one.child.kill().expect("kill");
@@ -139,7 +142,9 @@ async fn serve_here(
         .transports(transports(&scratch.0))
         .build();
     let listeners = server.listen(["quic://127.0.0.1:0"]).expect("listen");
-    let address = listeners.addresses()[0].clone().with_param("server_name", "localhost");
+    let address = listeners.addresses()[0]
+        .clone()
+        .with_param("server_name", "localhost");
     let record = InstanceRecord::new("where", [address]).instance(instance);
     tokio::spawn(async move { server.serve_all(listeners).await });
     directory
@@ -153,7 +158,11 @@ async fn a_withdrawn_instance_sends_its_watching_clients_to_another() {
     within(async {
         let etcd = Etcd::start().await.expect("etcd");
         let scratch = Scratch::new("etcd-withdraw");
-        let directory = etcd.directory().await.expect("directory").allow_local_only(true);
+        let directory = etcd
+            .directory()
+            .await
+            .expect("directory")
+            .allow_local_only(true);
         let one = serve_here(&directory, &scratch, "one").await;
         let client = Client::builder(Cbor::default())
             .transports(transports(&scratch.0))
@@ -163,7 +172,11 @@ async fn a_withdrawn_instance_sends_its_watching_clients_to_another() {
         let stub = WhereClient::new(client.clone());
         assert_eq!(stub.instance().await.expect("call"), "one");
         let _two = serve_here(&directory, &scratch, "two").await;
-        assert_eq!(stub.instance().await.expect("call"), "one", "moved while bound");
+        assert_eq!(
+            stub.instance().await.expect("call"),
+            "one",
+            "moved while bound"
+        );
 
         // Callers keep calling through the move: none of their calls may fail.
         let callers: Vec<_> = (0..4)
@@ -206,9 +219,21 @@ async fn records_that_do_not_parse_are_passed_over() {
             .expect("etcd client");
         for (key, value) in [
             ("/courier/services/where/garbage", b"\xff not json".to_vec()),
-            ("/courier/services/where/other", br#"{"service":"other","instance":"x","host":"h","addresses":["shm:///x"]}"#.to_vec()),
-            ("/courier/services/where/bad-address", br#"{"service":"where","instance":"y","host":"h","addresses":["no scheme"]}"#.to_vec()),
-            ("/courier/services/where/good", br#"{"service":"where","instance":"good","host":"h","addresses":["shm:///good"]}"#.to_vec()),
+            (
+                "/courier/services/where/other",
+                br#"{"service":"other","instance":"x","host":"h","addresses":["shm:///x"]}"#
+                    .to_vec(),
+            ),
+            (
+                "/courier/services/where/bad-address",
+                br#"{"service":"where","instance":"y","host":"h","addresses":["no scheme"]}"#
+                    .to_vec(),
+            ),
+            (
+                "/courier/services/where/good",
+                br#"{"service":"where","instance":"good","host":"h","addresses":["shm:///good"]}"#
+                    .to_vec(),
+            ),
         ] {
             raw.put(key, value, None).await.expect("put");
         }
@@ -228,14 +253,19 @@ async fn a_directory_for_other_hosts_refuses_loopback_addresses() {
     within(async {
         let etcd = Etcd::start().await.expect("etcd");
         let directory = etcd.directory().await.expect("directory");
-        let record = InstanceRecord::new("where", ["quic://127.0.0.1:4433".parse().expect("address")]);
+        let record =
+            InstanceRecord::new("where", ["quic://127.0.0.1:4433".parse().expect("address")]);
         match directory.register(record, Duration::from_secs(5)).await {
             Err(AddressError::Directory(reason)) => {
                 assert!(reason.contains("loopback"), "{reason}")
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        assert!(directory.resolve("where").await.expect("resolve").is_empty());
+        assert!(directory
+            .resolve("where")
+            .await
+            .expect("resolve")
+            .is_empty());
     })
     .await
 }

@@ -48,7 +48,10 @@ impl Hosts {
             b_ip: format!("10.{}.{}.2", 200 + id % 50, (id / 50) % 250),
         };
         hosts.remove();
-        let (va, vb) = (format!("cva{}", id % 1_000_000), format!("cvb{}", id % 1_000_000));
+        let (va, vb) = (
+            format!("cva{}", id % 1_000_000),
+            format!("cvb{}", id % 1_000_000),
+        );
         ip(&["netns", "add", &hosts.a]);
         ip(&["netns", "add", &hosts.b]);
         ip(&[
@@ -102,7 +105,10 @@ fn across_hosts_quic_within_a_host_shared_memory() {
                 .split(' ')
                 .find(|s| s.starts_with("quic://"))
                 .expect("a QUIC address advertised");
-            assert!(quic.starts_with(&format!("quic://{}:", hosts.a_ip)), "{advertised}");
+            assert!(
+                quic.starts_with(&format!("quic://{}:", hosts.a_ip)),
+                "{advertised}"
+            );
             assert_eq!(from_b, format!("{quic} network"), "the client on host B");
             let shm = advertised
                 .split(' ')
@@ -128,7 +134,9 @@ async fn host_a_orchestrates() {
         return;
     };
     let dir = std::path::PathBuf::from(dir);
-    let etcd = Etcd::start_on(a_ip.parse().expect("ip")).await.expect("etcd");
+    let etcd = Etcd::start_on(a_ip.parse().expect("ip"))
+        .await
+        .expect("etcd");
     let server = Server::builder(Cbor::default())
         .service(WhereServer::new(Here("a".into())))
         .transports(transports(&dir))
@@ -149,7 +157,9 @@ async fn host_a_orchestrates() {
         .host(HostId::new("host-a"))
         .interfaces(server.interfaces());
     // The default directory: loopback addresses would be refused, and none is advertised.
-    let directory = EtcdDirectory::connect([etcd.endpoint()]).await.expect("etcd");
+    let directory = EtcdDirectory::connect([etcd.endpoint()])
+        .await
+        .expect("etcd");
     let _registration = directory
         .register(record, Duration::from_secs(10))
         .await
@@ -165,7 +175,11 @@ async fn host_a_orchestrates() {
             (courier::directory::HOST_ID_ENV, host.to_owned()),
         ]
     };
-    let mut b = ChildProcess::start(&["ip", "netns", "exec", &netns_b], "a_client_reports", &env("host-b"));
+    let mut b = ChildProcess::start(
+        &["ip", "netns", "exec", &netns_b],
+        "a_client_reports",
+        &env("host-b"),
+    );
     println!("FROM B {}", b.line("CHOSE ").await);
     let mut a = ChildProcess::start(&[], "a_client_reports", &env("host-a"));
     println!("FROM A {}", a.line("CHOSE ").await);

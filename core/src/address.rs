@@ -185,7 +185,10 @@ impl Address {
     /// This address with another host and port: what a server that listens on a wildcard
     /// address advertises instead.
     pub fn with_host_port(mut self, host: &str, port: Option<u16>) -> Address {
-        self.host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        self.host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         self.port = port;
         self
     }
@@ -193,7 +196,11 @@ impl Address {
     /// Refuses any option not in `known`, for a transport that reads only those: a misspelt
     /// option is an error rather than silently ignored.
     pub fn check_params(&self, known: &[&str]) -> Result<(), AddressError> {
-        match self.params.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        match self
+            .params
+            .iter()
+            .find(|(k, _)| !known.contains(&k.as_str()))
+        {
             None => Ok(()),
             Some((k, _)) => Err(self.unusable(format!(
                 "unknown option `{k}` (this transport reads: {})",

@@ -222,6 +222,10 @@ impl InstanceRecord {
     }
 }
 
+/// What [`Resolver::watch`] yields: the whole list of a service's live instances, each time it
+/// changes.
+pub type Updates = BoxStream<'static, Result<Vec<InstanceRecord>, AddressError>>;
+
 /// Looks service names up in a directory.
 pub trait Resolver: Send + Sync + 'static {
     /// The live instances of `service`, in the directory's order.
@@ -232,13 +236,7 @@ pub trait Resolver: Send + Sync + 'static {
 
     /// Follows `service`: the stream yields the whole list of live instances each time it
     /// changes. It ends, or yields an error, when the directory can no longer be followed.
-    fn watch<'a>(
-        &'a self,
-        service: &'a str,
-    ) -> BoxFuture<
-        'a,
-        Result<BoxStream<'static, Result<Vec<InstanceRecord>, AddressError>>, AddressError>,
-    >;
+    fn watch<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Updates, AddressError>>;
 }
 
 /// Advertises servers in a directory.
@@ -349,12 +347,10 @@ pub fn rank(
                     };
                     usize::from(!same_host) * 4 + scheme
                 }
-                Prefer::Schemes(order) => {
-                    match order.iter().position(|s| s == address.scheme()) {
-                        Some(i) => i,
-                        None => continue,
-                    }
-                }
+                Prefer::Schemes(order) => match order.iter().position(|s| s == address.scheme()) {
+                    Some(i) => i,
+                    None => continue,
+                },
             };
             ranked.push((rank, order, record.instance.clone(), address.clone()));
         }
@@ -452,8 +448,7 @@ impl Binder {
         for (instance, address) in ranked {
             let dialed = match self.transports.connector(&address) {
                 Ok(connector) => {
-                    match tokio::time::timeout(self.dial_timeout, connector.connect_boxed()).await
-                    {
+                    match tokio::time::timeout(self.dial_timeout, connector.connect_boxed()).await {
                         Ok(dialed) => dialed.map_err(|e| e.to_string()),
                         Err(_) => Err(format!("no answer within {:?}", self.dial_timeout)),
                     }
@@ -478,7 +473,9 @@ impl Binder {
 
 impl Connector for Arc<Binder> {
     async fn connect(&self) -> Result<Link, TransportError> {
-        self.bind().await.map_err(|e| TransportError::Other(e.to_string()))
+        self.bind()
+            .await
+            .map_err(|e| TransportError::Other(e.to_string()))
     }
 }
 
@@ -590,13 +587,7 @@ impl Resolver for StaticDirectory {
         Box::pin(async move { Ok(self.shared.list(service)) })
     }
 
-    fn watch<'a>(
-        &'a self,
-        service: &'a str,
-    ) -> BoxFuture<
-        'a,
-        Result<BoxStream<'static, Result<Vec<InstanceRecord>, AddressError>>, AddressError>,
-    > {
+    fn watch<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Updates, AddressError>> {
         let mut changes = self.shared.changed.subscribe();
         // The first item is the list as it is now.
         changes.mark_changed();
@@ -726,14 +717,22 @@ mod tests {
     fn advertising_refuses_what_other_hosts_cannot_reach() {
         let ok = record("a", "h", &["quic://10.0.0.1:1", "shm:///a.sock"]);
         assert_eq!(ok.check_advertisable(false), Ok(()));
-        for bad in ["quic://127.0.0.1:1", "quic://0.0.0.0:1", "quic://localhost:1"] {
+        for bad in [
+            "quic://127.0.0.1:1",
+            "quic://0.0.0.0:1",
+            "quic://localhost:1",
+        ] {
             let r = record("a", "h", &[bad]);
             assert!(r.check_advertisable(false).is_err(), "{bad}");
             assert_eq!(r.check_advertisable(true), Ok(()), "{bad}");
         }
-        assert!(record("a", "h", &["mem://x"]).check_advertisable(true).is_err());
+        assert!(record("a", "h", &["mem://x"])
+            .check_advertisable(true)
+            .is_err());
         assert!(record("a", "h", &[]).check_advertisable(true).is_err());
-        assert!(record("a/b", "h", &["shm:///a"]).check_advertisable(true).is_err());
+        assert!(record("a/b", "h", &["shm:///a"])
+            .check_advertisable(true)
+            .is_err());
     }
 
     #[tokio::test]

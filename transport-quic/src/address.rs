@@ -110,9 +110,9 @@ impl Transport for QuicTransport {
         };
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             // Fails now, not at the first connect, if the settings are wrong.
-            dialer.connector_for(SocketAddr::new(ip, port)).map_err(|e| {
-                address.unusable(e.to_string())
-            })?;
+            dialer
+                .connector_for(SocketAddr::new(ip, port))
+                .map_err(|e| address.unusable(e.to_string()))?;
         }
         Ok(Arc::new(dialer))
     }
@@ -120,7 +120,11 @@ impl Transport for QuicTransport {
     fn listen(&self, address: &Address) -> Result<Bound, AddressError> {
         address.check_params(&["cert", "key"])?;
         let (host, port) = host_port(address)?;
-        let tls = match (address.param("cert"), address.param("key"), &self.server_tls) {
+        let tls = match (
+            address.param("cert"),
+            address.param("key"),
+            &self.server_tls,
+        ) {
             (Some(cert), Some(key), _) => ServerTls::from_pem_files(cert, key)
                 .map_err(|e| address.unusable(format!("cannot read `{cert}` and `{key}`: {e}")))?,
             (Some(_), None, _) | (None, Some(_), _) => {

@@ -60,7 +60,8 @@ pub struct Scratch(pub std::path::PathBuf);
 
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("courier-binding-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("courier-binding-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Scratch(dir)
@@ -92,7 +93,13 @@ impl ChildProcess {
             None => Command::new(exe),
         };
         command
-            .args(["--exact", helper, "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                helper,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -450,7 +450,14 @@ mod tests {
         let now = Instant::now();
         let mut t = CallTable::default();
         t.link_up(link(1, A), None, now);
-        t.insert(1, frame(1), Semantics::AtMostOnce, None, now, "at most once");
+        t.insert(
+            1,
+            frame(1),
+            Semantics::AtMostOnce,
+            None,
+            now,
+            "at most once",
+        );
         t.insert(2, frame(2), Semantics::AtLeastOnce, None, now, "idempotent");
         t.start_drain();
         // The next link is not up yet: nothing to do but wait for it.

@@ -199,7 +199,11 @@ async fn client(etcd: &str, dir: &Path, quic: bool) -> Result<(), Error> {
         .await?;
     println!(
         "client ({}): found `greeter` over {} at {address}: {greeting}",
-        if quic { "prefers the network" } else { "same host" },
+        if quic {
+            "prefers the network"
+        } else {
+            "same host"
+        },
         address.scheme()
     );
     Ok(())

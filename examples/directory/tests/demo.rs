@@ -20,7 +20,9 @@ fn the_directory_demo_finds_the_server_over_shm_and_over_quic() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("client (prefers the network): found `greeter` over quic at quic://127.0.0.1:"),
+        stdout.contains(
+            "client (prefers the network): found `greeter` over quic at quic://127.0.0.1:"
+        ),
         "{stdout}"
     );
 }
