@@ -13,29 +13,34 @@
 //! default); `PROTOCOL.md` ("Directory records") gives the layout, for clients in other
 //! languages.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use std::time::Duration;
+//! use courier::address::Transports;
 //! use courier::directory::{InstanceRecord, Registrar};
 //! use courier::{Client, Server};
 //! use courier_binding::EtcdDirectory;
 //! use courier_cbor::Cbor;
 //! # #[courier::service] pub trait Calc { async fn add(&self, a: i32, b: i32) -> i32; }
 //! # struct MyCalc; impl Calc for MyCalc { async fn add(&self, a: i32, b: i32) -> i32 { a + b } }
-//!
-//! let etcd = Arc::new(EtcdDirectory::connect(["http://10.0.0.5:2379"]).await?);
+//! # let etcd_server = courier_binding::testing::Etcd::start().await?;
+//! # let endpoint = etcd_server.endpoint().to_owned();
+//! # let socket = std::env::temp_dir().join(format!("calc-doc-{}.sock", std::process::id()));
+//! Transports::install(courier_shm::ShmTransport::default());
+//! let etcd = Arc::new(EtcdDirectory::connect([endpoint]).await?);
 //!
 //! // A server: listen, advertise the addresses under a name, serve.
 //! let server = Server::builder(Cbor::default()).service(CalcServer::new(MyCalc)).build();
-//! let listeners = server.listen(["shm:///run/calc.sock"])?;
+//! let listeners = server.listen([format!("shm://{}", socket.display())])?;
 //! let record = InstanceRecord::new("calc", listeners.addresses()).interfaces(server.interfaces());
 //! let _registration = etcd.register(record, Duration::from_secs(10)).await?;
 //! tokio::spawn(async move { server.serve_all(listeners).await });
 //!
-//! // A client, anywhere: find it by name.
+//! // A client: find it by name. On the server's host, that is shared memory.
 //! let client = Client::builder(Cbor::default()).connect_named(etcd, "calc").await?;
-//! println!("connected over {:?}", client.address());
+//! assert_eq!(client.address().map(|a| a.scheme().to_owned()).as_deref(), Some("shm"));
+//! assert_eq!(CalcClient::new(client).add(2, 3).await?, 5);
 //! # Ok(()) }
 //! ```
 //!

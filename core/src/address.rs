@@ -35,7 +35,7 @@
 //! assert_eq!(HelloClient::new(client).hello().await?, "world");
 //!
 //! // A scheme nobody registered is a clear error, not a panic.
-//! let err = Transports::global().connector(&"carrier-pigeon://loft".parse()?).unwrap_err();
+//! let err = Transports::global().connector(&"carrier-pigeon://loft".parse()?).err().expect("refused");
 //! assert!(err.to_string().contains("carrier-pigeon"));
 //! # Ok(()) }
 //! ```

@@ -480,38 +480,60 @@ impl Connector for Arc<Binder> {
 }
 
 /// Follows the service in the directory and tells the session to move when its instance
-/// leaves while another is listed. Ends with the session or the directory's stream.
+/// leaves while another is listed. A watch that fails is started again (after 1 s, doubling to
+/// 30 s while it keeps failing). Ends with the session (the client aborts it when dropped).
 pub(crate) async fn follow(
     binder: Arc<Binder>,
     session: Weak<crate::client::session::ClientSession>,
 ) {
-    let mut updates = match binder.resolver.watch(&binder.service).await {
-        Ok(updates) => updates,
-        Err(e) => {
-            tracing::warn!(service = %binder.service, error = %e, "cannot watch the directory");
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match binder.resolver.watch(&binder.service).await {
+            Ok(mut updates) => {
+                while let Some(update) = updates.next().await {
+                    let Some(session) = session.upgrade() else {
+                        return;
+                    };
+                    match update {
+                        Ok(instances) => {
+                            pause = Duration::from_secs(1);
+                            binder.consider(&instances, &session);
+                        }
+                        Err(e) => {
+                            tracing::warn!(service = %binder.service, error = %e, "directory watch failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(service = %binder.service, error = %e, "cannot watch the directory");
+            }
+        }
+        if session.strong_count() == 0 {
             return;
         }
-    };
-    while let Some(update) = updates.next().await {
-        let Some(session) = session.upgrade() else {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+impl Binder {
+    /// Moves `session` if its instance is not among `instances` and another usable one is.
+    fn consider(
+        &self,
+        instances: &[InstanceRecord],
+        session: &crate::client::session::ClientSession,
+    ) {
+        let Some(current) = self.whereabouts.instance() else {
             return;
         };
-        let instances = match update {
-            Ok(instances) => instances,
-            Err(e) => {
-                tracing::warn!(service = %binder.service, error = %e, "directory watch failed");
-                return;
-            }
-        };
-        let Some(current) = binder.whereabouts.instance() else {
-            continue;
-        };
         let listed = instances.iter().any(|r| r.instance == current);
-        let usable = !rank(&instances, &binder.host, &binder.prefer, &binder.transports).is_empty();
+        let usable = !rank(instances, &self.host, &self.prefer, &self.transports).is_empty();
         if !listed && usable {
             session.rebind(format!(
                 "instance {current} of `{}` left the directory",
-                binder.service
+                self.service
             ));
         }
     }

@@ -81,6 +81,15 @@
 //! A client that restarts can keep its identity ([`Identity::load_or_create`]) so that the
 //! server recognizes the new epoch and drops the old incarnation's handlers at once.
 //!
+//! # Addresses and binding by name
+//!
+//! [`ClientBuilder::connect_to`] and [`Server::listen`] take addresses (`quic://host:port`,
+//! `shm:///path`, `mem://name`; see [`address`]), served by the transports registered in
+//! [`address::Transports`]; [`Server::serve_all`] serves several listeners at once.
+//! [`ClientBuilder::connect_named`] finds a server by name in a [`directory`] (a
+//! [`directory::StaticDirectory`], or etcd with `courier-binding`), over shared memory when the
+//! server runs on the same host, and follows the directory when its instance leaves.
+//!
 //! # Limits
 //!
 //! Nothing a peer sends can panic this side or make it allocate without bound. [`Limits`] holds
