@@ -83,6 +83,12 @@ pub enum RpcError {
         /// The limit in force.
         limit: usize,
     },
+    /// The server is shutting down and did not run the call ([`Server::shutdown`]): it is safe
+    /// to send it again, to another server or later ([`RpcError::is_retryable`]).
+    ///
+    /// [`Server::shutdown`]: crate::Server::shutdown
+    #[error("the server is unavailable: {0}")]
+    Unavailable(String),
     /// The peer broke the protocol (a malformed frame). The connection's other calls go on.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -113,6 +119,13 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// Whether the server refused the call before running it, so that sending it again (to
+    /// another server, or later) cannot run it twice: [`RpcError::Unavailable`] (the server is
+    /// shutting down) and [`RpcError::Overloaded`] (too much running).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RpcError::Unavailable(_) | RpcError::Overloaded(_))
+    }
+
     /// The error payload that reports this error to the peer.
     pub(crate) fn to_payload(&self) -> ErrorPayload {
         let (code, message) = self.to_wire();
@@ -141,6 +154,7 @@ impl RpcError {
             RpcError::Protocol(_) => ErrorCode::Protocol,
             RpcError::FrameTooLarge { .. } => ErrorCode::TooLarge,
             RpcError::ReplyEvicted(_) => ErrorCode::ReplyEvicted,
+            RpcError::Unavailable(_) => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         };
         let message = match self {
@@ -150,6 +164,7 @@ impl RpcError {
             | RpcError::Overloaded(m)
             | RpcError::Protocol(m)
             | RpcError::ReplyEvicted(m)
+            | RpcError::Unavailable(m)
             | RpcError::Internal(m) => m.clone(),
             RpcError::VersionMismatch { message, .. } => message.clone(),
             other => other.to_string(),
@@ -176,6 +191,7 @@ impl RpcError {
             Some(ErrorCode::Internal) => RpcError::Internal(message),
             Some(ErrorCode::Protocol) => RpcError::Protocol(message),
             Some(ErrorCode::ReplyEvicted) => RpcError::ReplyEvicted(message),
+            Some(ErrorCode::Unavailable) => RpcError::Unavailable(message),
             Some(ErrorCode::TooLarge) => match too_large {
                 Some((size, limit)) => RpcError::FrameTooLarge {
                     size: usize::try_from(size).unwrap_or(usize::MAX),

@@ -124,6 +124,7 @@ mod options;
 mod peer;
 mod server;
 mod session;
+mod shutdown;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
@@ -139,6 +140,7 @@ pub use ids::{InterfaceId, MethodDesc, MethodId};
 pub use options::{CallOptions, Limits, ReconnectPolicy};
 pub use peer::Peer;
 pub use server::{Server, ServerBuilder};
+pub use shutdown::ShutdownReport;
 
 /// Re-exports for the code that `#[courier::service]` generates. Not a public API.
 #[doc(hidden)]

@@ -17,6 +17,7 @@ use crate::error::{AddressError, RpcError, TransportError};
 use crate::options::Limits;
 use crate::peer::Peer;
 use crate::session::replies::{CacheLimits, Sessions};
+use crate::shutdown::{Lifecycle, ShutdownReport};
 use crate::transport::{Link, Listener};
 use crate::wire::Hello;
 
@@ -47,6 +48,8 @@ struct Inner<K> {
     sessions: ServerSessions,
     /// What [`Server::listen`] binds addresses with; the global registry if `None`.
     transports: Option<Transports>,
+    /// Running handlers, open links, and whether the server is shutting down.
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl<K> Clone for Server<K> {
@@ -78,7 +81,8 @@ impl<K: CodecSet> Server<K> {
     }
 
     /// Accepts links from `listener` and serves each on a task of its own, until the listener
-    /// fails. A link whose handshake fails is logged and closed; the others go on.
+    /// fails (an error) or the server shuts down (`Ok`, the listener dropped: no new
+    /// connections). A link whose handshake fails is logged and closed; the others go on.
     ///
     /// The connections from this listener are capped by [`Limits::max_connections`] in all and
     /// [`Limits::max_connections_per_peer`] per peer (network address or uid); a client over
@@ -87,8 +91,12 @@ impl<K: CodecSet> Server<K> {
     /// [`HandshakeError::Busy`]: crate::HandshakeError::Busy
     pub async fn serve(&self, mut listener: impl Listener) -> Result<(), TransportError> {
         let admission = Admission::new(&self.inner.limits);
+        let lifecycle = Arc::clone(&self.inner.lifecycle);
         loop {
-            let mut link = listener.accept().await?;
+            let mut link = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                () = lifecycle.stopping() => return Ok(()),
+            };
             let ticket = match admission.admit(&link.peer) {
                 Ok(ticket) => Some(ticket),
                 Err(refusals) => {
@@ -138,7 +146,8 @@ impl<K: CodecSet> Server<K> {
 
     /// Serves every listener of `listeners` at once, each connection with its own
     /// [`Peer`]; the limits of [`Server::serve`] apply to each listener. Returns when one
-    /// listener fails, dropping (and so closing) the others with it.
+    /// listener fails, dropping (and so closing) the others with it, or when the server shuts
+    /// down ([`Server::shutdown`]).
     pub async fn serve_all(&self, listeners: Listeners) -> Result<(), TransportError> {
         let serving = listeners
             .into_iter()
@@ -148,6 +157,99 @@ impl<K: CodecSet> Server<K> {
                 )
             });
         futures::future::try_join_all(serving).await.map(drop)
+    }
+
+    /// Shuts the server down gracefully, over every transport: at once (when called, not when
+    /// awaited) its listeners stop accepting ([`Server::serve`] and [`Server::serve_all`]
+    /// return `Ok`) and new calls are refused with [`RpcError::Unavailable`], which
+    /// [`RpcError::is_retryable`] (the call did not run, so a client may send it to another
+    /// server). Then the running handlers have up to `grace` to finish; those still running are
+    /// cancelled, every connection is closed, and the returned future resolves with what was
+    /// done. Called within a runtime, the shutdown goes on even if the future is dropped.
+    ///
+    /// Copies of calls already running or finished are still answered while the handlers run:
+    /// their callers wait for those outcomes. A client that loses its connection this way
+    /// reconnects as its [`ReconnectPolicy`](crate::ReconnectPolicy) says (to another instance
+    /// if bound by name; withdraw the server's directory registration first so clients move
+    /// before the end).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use courier::{Client, RpcError, Server};
+    /// # use courier_cbor::Cbor;
+    /// # #[courier::service] pub trait Nap { async fn nap(&self, ms: u64) -> u64; }
+    /// # struct Napper;
+    /// # impl Nap for Napper { async fn nap(&self, ms: u64) -> u64 {
+    /// #     tokio::time::sleep(Duration::from_millis(ms)).await; ms } }
+    /// # #[tokio::main] async fn main() -> Result<(), RpcError> {
+    /// let server = Server::builder(Cbor::default()).service(NapServer::new(Napper)).build();
+    /// let serving = tokio::spawn({
+    ///     let server = server.clone();
+    ///     let listeners = server.listen(["mem://nap"])?;
+    ///     async move { server.serve_all(listeners).await }
+    /// });
+    /// let nap = NapClient::new(Client::builder(Cbor::default()).connect_to("mem://nap").await?);
+    /// let short = tokio::spawn({ let nap = nap.clone(); async move { nap.nap(200).await } });
+    /// # while server.running_handlers() == 0 { tokio::task::yield_now().await; }
+    ///
+    /// // Ctrl-C, say: stop taking calls; give the running ones 5 s.
+    /// let stopped = server.shutdown(Duration::from_secs(5));
+    /// assert!(matches!(nap.nap(1).await, Err(e) if e.is_retryable()));
+    /// let report = stopped.await;
+    /// assert_eq!(report.cancelled, 0);
+    /// assert_eq!(short.await.unwrap()?, 200);
+    /// assert!(serving.await.unwrap().is_ok());
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown(
+        &self,
+        grace: std::time::Duration,
+    ) -> impl std::future::Future<Output = ShutdownReport> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop_accepting();
+        inner.lifecycle.stop();
+        let running = inner.lifecycle.running();
+        tracing::info!(running, ?grace, "shutting down");
+        let finish = async move {
+            let _ = tokio::time::timeout(grace, inner.lifecycle.idle()).await;
+            let aborts = inner
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .abort_running(std::time::Instant::now());
+            let cancelled = aborts.len();
+            for abort in aborts {
+                abort.abort();
+            }
+            inner.lifecycle.close_all("the server shut down");
+            tracing::info!(running, cancelled, "shut down");
+            ShutdownReport { running, cancelled }
+        };
+        // On a task of its own where there is a runtime, so that the grace period ends and
+        // connections close even if the caller drops the future rather than await it.
+        let done: futures::future::BoxFuture<'static, ShutdownReport> =
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let task = runtime.spawn(finish);
+                    Box::pin(async move {
+                        task.await.unwrap_or(ShutdownReport {
+                            running,
+                            cancelled: 0,
+                        })
+                    })
+                }
+                Err(_) => Box::pin(finish),
+            };
+        done
+    }
+
+    /// How many handlers are running now, across every connection.
+    pub fn running_handlers(&self) -> usize {
+        self.inner.lifecycle.running()
     }
 
     /// The interfaces this server offers, for a directory record
@@ -195,10 +297,18 @@ impl<K: CodecSet> Server<K> {
 
     async fn start_link(&self, mut link: Link, ticket: Option<Ticket>) -> Result<(), RpcError> {
         let sessions = &self.inner.sessions;
+        let lifecycle = &self.inner.lifecycle;
         let linger = self.inner.limits.session_linger;
         let peer = link.peer.clone();
         let admit = |hello: &Hello| {
-            let served = Served::join(sessions, hello.client_id, &peer, hello.epoch, linger)?;
+            let served = Served::join(
+                sessions,
+                lifecycle,
+                hello.client_id,
+                &peer,
+                hello.epoch,
+                linger,
+            )?;
             Some((served, hello.client_id, hello.epoch))
         };
         let (codec_index, (served, client_id, epoch)) =
@@ -224,7 +334,7 @@ impl<K: CodecSet> Server<K> {
             codec_index,
             authorizer: self.inner.authorizer.clone(),
         });
-        Shared::start(
+        let shared = Shared::start(
             link,
             names[codec_index].to_owned(),
             self.inner.limits.clone(),
@@ -233,6 +343,9 @@ impl<K: CodecSet> Server<K> {
             Some(Arc::clone(&self.inner.call_bytes)),
             Role::Server(served),
         );
+        if !self.inner.lifecycle.track(&shared) {
+            shared.close("the server shut down".to_owned());
+        }
         Ok(())
     }
 }
@@ -389,6 +502,7 @@ impl<K: CodecSet> ServerBuilder<K> {
                 limits: self.limits,
                 authorizer: self.authorizer,
                 transports: self.transports,
+                lifecycle: Lifecycle::new(),
             }),
         }
     }

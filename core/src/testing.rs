@@ -212,7 +212,8 @@ macro_rules! conformance_tests {
             hostile_frames_never_wedge_the_connection,
             running_calls_hold_no_more_bytes_than_the_limits,
             connections_beyond_the_limit_are_refused,
-            calls_through_a_link_that_delays_frames_all_complete
+            calls_through_a_link_that_delays_frames_all_complete,
+            shutdown_finishes_running_calls_refuses_new_ones_and_ends
         );
     };
 }
@@ -473,6 +474,16 @@ impl<H: Harness> Env<H> {
         limits: Limits,
         frames: FrameLimits,
     ) -> H::Connector {
+        self.start_server(codec, limits, frames).await.connector
+    }
+
+    /// [`Env::serve`], with the server itself and word of its serving's end.
+    async fn start_server<C: Codec>(
+        &self,
+        codec: &C,
+        limits: Limits,
+        frames: FrameLimits,
+    ) -> Running<H, C> {
         let server = Server::builder(codec.clone())
             .service(ConformanceServer::new(Lab {
                 codec: codec.clone(),
@@ -482,6 +493,7 @@ impl<H: Harness> Env<H> {
             .build();
         let harness = Arc::clone(&self.harness);
         let (bound, connector) = oneshot::channel();
+        let (ended_tx, ended) = oneshot::channel();
         {
             let guard = self
                 .server_runtime
@@ -490,6 +502,7 @@ impl<H: Harness> Env<H> {
             let Some(runtime) = guard.as_ref() else {
                 panic!("the server's runtime is gone");
             };
+            let server = server.clone();
             runtime.spawn(async move {
                 match harness.bind(frames.server) {
                     Ok((listener, address)) => {
@@ -497,9 +510,11 @@ impl<H: Harness> Env<H> {
                         // Served as a trait object, as a server that picks its transports at
                         // run time serves them.
                         let listener: BoxListener = Box::new(listener);
-                        if let Err(e) = server.serve(listener).await {
+                        let served = server.serve(listener).await;
+                        if let Err(e) = &served {
                             tracing::debug!(error = %e, "conformance listener ended");
                         }
+                        let _ = ended_tx.send(served);
                     }
                     Err(e) => {
                         let _ = bound.send(Err(e));
@@ -511,15 +526,29 @@ impl<H: Harness> Env<H> {
             .await
             .unwrap_or_else(|_| panic!("the harness's bind panicked"))
             .unwrap_or_else(|e| panic!("the harness could not bind: {e}"));
-        self.harness
+        let connector = self
+            .harness
             .connector(&address, frames.client)
-            .unwrap_or_else(|e| panic!("the harness could not make a connector: {e}"))
+            .unwrap_or_else(|e| panic!("the harness could not make a connector: {e}"));
+        Running {
+            connector,
+            server,
+            ended,
+        }
     }
 
     /// A server with default limits (and a short handshake timeout), and its connector.
     async fn serve_default<C: Codec>(&self, codec: &C) -> H::Connector {
         self.serve(codec, test_limits(), DEFAULT_FRAMES).await
     }
+}
+
+/// A conformance server started by [`Env::start_server`].
+struct Running<H: Harness, C> {
+    connector: H::Connector,
+    server: Server<C>,
+    /// How its serving ended.
+    ended: oneshot::Receiver<Result<(), TransportError>>,
 }
 
 /// Frame limits that let every payload of the suite through.

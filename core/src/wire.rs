@@ -343,6 +343,9 @@ pub enum ErrorCode {
     /// from the reply cache (by size or age), or calls numbered after it had been forgotten
     /// before it arrived. It was not run now; it may have run once before.
     ReplyEvicted = 11,
+    /// The server is shutting down and did not run the call: send it to another server (or
+    /// later), which cannot run it twice.
+    Unavailable = 12,
 }
 
 impl ErrorCode {
@@ -361,6 +364,7 @@ impl ErrorCode {
             9 => Protocol,
             10 => TooLarge,
             11 => ReplyEvicted,
+            12 => Unavailable,
             _ => return None,
         })
     }

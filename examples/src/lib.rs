@@ -49,3 +49,37 @@ impl Kv for KvStore {
         self.map().keys().cloned().collect()
     }
 }
+
+/// Ctrl-C (SIGINT): the handler is installed now, so a Ctrl-C that comes before the
+/// returned future is first awaited is not lost (nor does it kill the process).
+pub fn ctrl_c() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        interrupt.recv().await;
+    })
+}
+
+/// Serves `listener` until `stop` (say, [`ctrl_c`]), then shuts down gracefully: no new calls
+/// (clients get the retryable `Unavailable`), the running ones get `grace` to finish, then the
+/// connections close.
+pub async fn serve_until(
+    server: &courier::Server<impl courier::CodecSet>,
+    listener: impl courier::transport::Listener,
+    stop: impl std::future::Future<Output = ()>,
+    grace: std::time::Duration,
+) -> Result<(), courier::TransportError> {
+    tokio::select! {
+        served = server.serve(listener) => return served,
+        () = stop => {}
+    }
+    println!(
+        "stopping: {} calls running, {grace:?} to finish",
+        server.running_handlers()
+    );
+    let report = server.shutdown(grace).await;
+    println!(
+        "stopped: {} calls were running, {} cancelled",
+        report.running, report.cancelled
+    );
+    Ok(())
+}

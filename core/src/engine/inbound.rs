@@ -347,24 +347,40 @@ impl Shared {
             self.refuse(&header, e);
             return None;
         }
-        let place = Place {
+        let mut place = Place {
             shared: Arc::clone(self),
             _room: room,
+            counted: false,
         };
         let router = self.router.as_ref()?;
         let future = self.dispatch(router, &header, frame, &context)?;
         let (abort, registration) = AbortHandle::new_pair();
         if header.kind == FrameKind::OneWay {
             if !session.one_way(header.call_id) {
-                tracing::debug!(call_id = header.call_id, "a copy of a one-way call dropped");
+                if session.lifecycle.is_stopping() {
+                    tracing::debug!(
+                        call_id = header.call_id,
+                        "a one-way call dropped: shutting down"
+                    );
+                } else {
+                    tracing::debug!(call_id = header.call_id, "a copy of a one-way call dropped");
+                }
                 return None;
             }
+            place.counted = true;
         } else {
             match session.begin(header.call_id, abort, self) {
-                Begin::Run => {}
+                Begin::Run => place.counted = true,
                 Begin::Attached | Begin::Stale | Begin::Cached(None) => return None,
                 Begin::Cached(Some(outcome)) => {
                     self.send_aside(outcome);
+                    return None;
+                }
+                Begin::Unavailable => {
+                    let e = RpcError::Unavailable(
+                        "the server is shutting down; the call did not run".to_owned(),
+                    );
+                    self.refuse(&header, e);
                     return None;
                 }
                 Begin::Superseded => {
@@ -431,11 +447,19 @@ impl Shared {
 struct Place {
     shared: Arc<Shared>,
     _room: Room,
+    /// Whether the server counts it among its running handlers (it began a call, rather than
+    /// attaching a copy): see [`Served::begin`](super::Served::begin).
+    counted: bool,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
         self.shared.free_place();
+        if self.counted {
+            if let Some(served) = &self.shared.served {
+                served.lifecycle.handler_ended();
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::runtime::Handle;
 use super::{lock, Shared};
 use crate::peer::Peer;
 use crate::session::replies::{Begin, Hello, SessionRef, Sessions, Waiters};
+use crate::shutdown::Lifecycle;
 
 /// Every client's session on one server, shared by its links.
 pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, LinkRef>>>;
@@ -29,6 +30,8 @@ impl PartialEq for LinkRef {
 /// The session of the client on the other end of one server link.
 pub(crate) struct Served {
     sessions: ServerSessions,
+    /// The server's life: its running handlers are counted for a graceful shutdown.
+    pub(crate) lifecycle: Arc<Lifecycle>,
     at: SessionRef,
     client_id: u128,
     linger: Duration,
@@ -52,6 +55,7 @@ impl Served {
     /// `None` if the epoch is older than the one the server knows: refuse the link.
     pub(crate) fn join(
         sessions: &ServerSessions,
+        lifecycle: &Arc<Lifecycle>,
         client_id: u128,
         peer: &Peer,
         epoch: u64,
@@ -83,6 +87,7 @@ impl Served {
         }
         Some(Served {
             sessions: Arc::clone(sessions),
+            lifecycle: Arc::clone(lifecycle),
             at: at?,
             client_id,
             linger,
@@ -99,14 +104,26 @@ impl Served {
         lock(&self.sessions).link_closed(self.at, now)
     }
 
-    /// A call arrived on `link`; see [`Sessions::begin`].
+    /// A call arrived on `link`; see [`Sessions::begin`]. A call to run is counted among the
+    /// server's running handlers under the sessions' lock, so that a shutdown, which stops
+    /// new calls under the same lock, counts every handler it must wait for.
     pub(crate) fn begin(&self, call: u64, abort: AbortHandle, link: &Arc<Shared>) -> Begin {
-        lock(&self.sessions).begin(self.at, call, abort, LinkRef(Arc::downgrade(link)))
+        let mut sessions = lock(&self.sessions);
+        let begin = sessions.begin(self.at, call, abort, LinkRef(Arc::downgrade(link)));
+        if matches!(begin, Begin::Run) {
+            self.lifecycle.handler_started();
+        }
+        begin
     }
 
-    /// A one-way call arrived: whether to run it.
+    /// A one-way call arrived: whether to run it (counted as [`Served::begin`] counts).
     pub(crate) fn one_way(&self, call: u64) -> bool {
-        lock(&self.sessions).one_way(self.at, call)
+        let mut sessions = lock(&self.sessions);
+        let run = sessions.one_way(self.at, call);
+        if run {
+            self.lifecycle.handler_started();
+        }
+        run
     }
 
     /// A call finished with `frame`: who waits for it (send it to each with

@@ -68,6 +68,9 @@ pub(crate) enum Begin {
     Forgotten,
     /// The link belongs to an epoch a newer one replaced: close it.
     Superseded,
+    /// A call not seen before, while the server is shutting down: refuse it with
+    /// `Unavailable` (it did not run, so the client may send it elsewhere).
+    Unavailable,
 }
 
 /// Where a cached outcome is, in storing order.
@@ -224,6 +227,8 @@ pub(crate) struct Sessions<A, W> {
     bytes: usize,
     /// Evicted ids remembered, across all sessions.
     tombstones: usize,
+    /// Whether new calls may start: false once the server is shutting down.
+    accepting: bool,
 }
 
 /// Bytes of the cache's bound that one remembered evicted id stands for: the ids kept are
@@ -243,7 +248,36 @@ impl<A, W: PartialEq> Sessions<A, W> {
             next_seq: 0,
             bytes: 0,
             tombstones: 0,
+            accepting: true,
         }
+    }
+
+    /// Stops new calls: from now on, a call not seen before gets [`Begin::Unavailable`] and a
+    /// new one-way call is not run; copies of running or finished calls are answered as
+    /// before, since their callers wait for those outcomes.
+    pub(crate) fn stop_accepting(&mut self) {
+        self.accepting = false;
+    }
+
+    /// The abort handles of every call still running, in every session; the calls are then
+    /// counted as cancelled (their copies get no outcome).
+    pub(crate) fn abort_running(&mut self, now: Instant) -> Vec<A> {
+        let mut running = Vec::new();
+        for (slot, place) in self.places.iter().enumerate() {
+            if let Some(session) = &place.session {
+                let at = SessionRef {
+                    slot,
+                    generation: place.generation,
+                };
+                running.extend(session.calls.iter().filter_map(|(call, s)| {
+                    matches!(s, Slot::Running { .. }).then_some((at, *call))
+                }));
+            }
+        }
+        running
+            .into_iter()
+            .filter_map(|(at, call)| self.cancel(at, call, now))
+            .collect()
     }
 
     /// Bytes the cached outcomes hold now (with their overhead).
@@ -399,6 +433,9 @@ impl<A, W: PartialEq> Sessions<A, W> {
     /// order between streams); a copy (from a link that duplicates frames) is recognized among
     /// the client's last [`ONE_WAY_MEMORY`] one-way calls.
     pub(crate) fn one_way(&mut self, at: SessionRef, call: u64) -> bool {
+        if !self.accepting {
+            return false;
+        }
         let Some(session) = self.get(at) else {
             return false;
         };
@@ -417,6 +454,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
     /// A call frame arrived: what to do with it. For [`Begin::Run`], `abort` is kept to stop
     /// the handler and `waiter` will get its outcome; for [`Begin::Attached`], `waiter` will.
     pub(crate) fn begin(&mut self, at: SessionRef, call: u64, abort: A, waiter: W) -> Begin {
+        let accepting = self.accepting;
         let Some(session) = self.get(at) else {
             // A link whose session ended (a newer epoch took over): nothing runs for it.
             return Begin::Superseded;
@@ -435,6 +473,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
                 Slot::Done { frame, .. } => Begin::Cached(frame.clone()),
             },
             Entry::Vacant(_) if forgotten => Begin::Forgotten,
+            Entry::Vacant(_) if !accepting => Begin::Unavailable,
             Entry::Vacant(e) => {
                 e.insert(Slot::Running {
                     abort,
@@ -608,6 +647,7 @@ mod tests {
     use super::*;
 
     const C: ClientKey = (7, 0);
+    const D: ClientKey = (8, 0);
 
     type Lab = Sessions<&'static str, &'static str>;
 
@@ -654,6 +694,29 @@ mod tests {
         );
         assert_eq!(s.begin(at, 5, "unused", "link 3"), Begin::Cached(out));
         assert_eq!(s.cached_bytes(), 10 + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn shutting_down_refuses_new_calls_answers_copies_and_aborts_what_runs() {
+        let now = Instant::now();
+        let mut s = sessions(1 << 20);
+        let at = join(&mut s, C, 1);
+        let other = join(&mut s, D, 1);
+        assert_eq!(s.begin(at, 1, "abort 1", "w"), Begin::Run);
+        assert_eq!(s.begin(at, 2, "abort 2", "w"), Begin::Run);
+        assert_eq!(s.begin(other, 7, "abort 7", "w"), Begin::Run);
+        s.finish(at, 2, reply(3), true, now);
+        s.stop_accepting();
+        // New calls and new one-way calls are refused; copies are answered as before.
+        assert_eq!(s.begin(at, 3, "a", "w"), Begin::Unavailable);
+        assert!(!s.one_way(at, 4));
+        assert_eq!(s.begin(at, 1, "unused", "w2"), Begin::Attached);
+        assert_eq!(s.begin(at, 2, "unused", "w"), Begin::Cached(reply(3)));
+        // What still runs, in every session, is aborted once.
+        let mut aborted = s.abort_running(now);
+        aborted.sort_unstable();
+        assert_eq!(aborted, vec!["abort 1", "abort 7"]);
+        assert!(s.abort_running(now).is_empty());
     }
 
     #[test]

@@ -554,3 +554,62 @@ pub async fn calls_through_a_link_that_delays_frames_all_complete<H: Harness, C:
     let delayed = connector.counts().delayed.load(Ordering::Relaxed);
     assert!(delayed > 0, "some frames were held back");
 }
+
+/// A graceful shutdown with calls running: a call that finishes within the grace period
+/// completes, a new call is refused with the retryable `Unavailable`, the call still running
+/// at the end of the grace period is cancelled, and the server's serving ends.
+pub async fn shutdown_finishes_running_calls_refuses_new_ones_and_ends<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let running = env
+        .start_server(&codec, test_limits(), DEFAULT_FRAMES)
+        .await;
+    let lab = client(&codec, &running.connector, DEFAULT_FRAMES.client).await;
+    // Two calls that wait for the gate: one will be let through, one never.
+    let first = tokio::spawn({
+        let lab = lab.clone();
+        async move { lab.hold(1).await }
+    });
+    let second = tokio::spawn({
+        let lab = lab.clone();
+        async move { lab.hold(2).await }
+    });
+    env.probes
+        .until("both calls started", |p| {
+            p.started.load(Ordering::SeqCst) == 2
+        })
+        .await;
+
+    // Long enough for the released call to finish on a loaded machine; the other waits it out.
+    let stopped = running.server.shutdown(Duration::from_secs(2));
+    let refused = lab.echo(5).await;
+    assert!(
+        matches!(&refused, Err(RpcError::Unavailable(_))),
+        "a new call during the shutdown: {refused:?}"
+    );
+    assert!(refused.is_err_and(|e| e.is_retryable()));
+    env.probes.gate.add_permits(1);
+    let report = stopped.await;
+    // Which of the two the gate let through is the scheduler's choice.
+    let finished = first.await.expect("caller task");
+    let second = second.await.expect("caller task");
+    let (done, cancelled) = match (finished, second) {
+        (Ok(tag), Err(e)) | (Err(e), Ok(tag)) => (tag, e),
+        other => panic!("one call should finish and one be cancelled: {other:?}"),
+    };
+    assert!([1, 2].contains(&done));
+    assert!(
+        !matches!(cancelled, RpcError::Unavailable(_)),
+        "a call that started is not `Unavailable`: {cancelled:?}"
+    );
+    assert_eq!((report.running, report.cancelled), (2, 1));
+    env.probes
+        .until("the cancelled handler was dropped", |p| {
+            p.dropped.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    let ended = running.ended.await.expect("the serving task ended");
+    assert!(ended.is_ok(), "serving ends cleanly: {ended:?}");
+    assert!(lab.echo(6).await.is_err(), "the server is gone");
+}

@@ -135,7 +135,8 @@ async fn demo() -> Result<(), Error> {
     result
 }
 
-/// Listens on QUIC and shared memory, registers both under `greeter`, serves until Ctrl-C.
+/// Listens on QUIC and shared memory, registers both under `greeter`, serves until Ctrl-C,
+/// then leaves the directory and shuts down gracefully.
 async fn server(etcd: &str, dir: &Path, advertise: Option<String>) -> Result<(), Error> {
     std::fs::create_dir_all(dir)?;
     let cert = DevCert::generate(vec!["localhost".to_owned()])?;
@@ -174,10 +175,17 @@ async fn server(etcd: &str, dir: &Path, advertise: Option<String>) -> Result<(),
     );
 
     tokio::select! {
-        served = server.serve_all(listeners) => served?,
-        _ = tokio::signal::ctrl_c() => println!("stopping"),
+        served = server.serve_all(listeners) => return Ok(served?),
+        _ = tokio::signal::ctrl_c() => {}
     }
+    // Leave the directory first, so that clients move elsewhere (their calls in flight finish
+    // here), then stop: new calls get the retryable `Unavailable`, running ones get 5 s.
     registration.withdraw().await?;
+    let report = server.shutdown(Duration::from_secs(5)).await;
+    println!(
+        "stopped: {} calls were running, {} cancelled",
+        report.running, report.cancelled
+    );
     Ok(())
 }
 

@@ -1,0 +1,115 @@
+//! A server's life: serving, then shutting down gracefully ([`Server::shutdown`]).
+//!
+//! [`Server::shutdown`]: crate::Server::shutdown
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{watch, Notify};
+
+use crate::engine::Shared;
+
+/// What every connection of one server shares about its life: the handlers running, the
+/// links open, and whether it is stopping.
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    running: AtomicUsize,
+    idle: Notify,
+    stopping: watch::Sender<bool>,
+    links: Mutex<Vec<Weak<Shared>>>,
+    closed: AtomicBool,
+}
+
+impl Lifecycle {
+    pub(crate) fn new() -> Arc<Lifecycle> {
+        Arc::new(Lifecycle {
+            running: AtomicUsize::new(0),
+            idle: Notify::new(),
+            stopping: watch::channel(false).0,
+            links: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the server is shutting down.
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once the server starts shutting down: listeners stop accepting.
+    pub(crate) async fn stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        // The sender lives as long as `self`, so this ends only when stopping.
+        let _ = stopping.wait_for(|s| *s).await;
+    }
+
+    /// Begins the shutdown: listeners stop, and from now on no handler starts.
+    pub(crate) fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// A handler of this server started.
+    pub(crate) fn handler_started(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A handler of this server ended, however it ended.
+    pub(crate) fn handler_ended(&self) {
+        if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Handlers running now.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when no handler runs.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let changed = self.idle.notified();
+            if self.running() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Counts `link` among the server's connections, to close at the end of a shutdown.
+    /// False if the shutdown has closed them already: the caller closes it.
+    pub(crate) fn track(&self, link: &Arc<Shared>) -> bool {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        // Dead entries go whenever the list doubles, so it stays within twice the open links.
+        if links.len() >= 64 && links.len().is_power_of_two() {
+            links.retain(|l| l.strong_count() > 0);
+        }
+        links.push(Arc::downgrade(link));
+        true
+    }
+
+    /// Closes every connection of the server, and any that completes its handshake later.
+    pub(crate) fn close_all(&self, reason: &str) {
+        let links = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            self.closed.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *links)
+        };
+        for link in links.iter().filter_map(Weak::upgrade) {
+            link.close(reason.to_owned());
+        }
+    }
+}
+
+/// What [`Server::shutdown`](crate::Server::shutdown) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Handlers running when the shutdown began.
+    pub running: usize,
+    /// Handlers still running when the grace period ended, and so cancelled.
+    pub cancelled: usize,
+}
