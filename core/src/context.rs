@@ -25,17 +25,30 @@ pub struct Context {
     interface: InterfaceId,
     method: MethodId,
     deadline: Option<Instant>,
+    metadata: crate::Metadata,
 }
 
 impl Context {
-    pub(crate) fn new(shared: Arc<Shared>, header: &Header, deadline: Option<Instant>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        header: &Header,
+        deadline: Option<Instant>,
+        metadata: crate::Metadata,
+    ) -> Self {
         Context {
             shared,
             call_id: header.call_id,
             interface: header.interface,
             method: header.method,
             deadline,
+            metadata,
         }
+    }
+
+    /// The metadata the caller sent with the call
+    /// ([`CallOptions::metadata`](crate::CallOptions::metadata)); empty if none.
+    pub fn metadata(&self) -> &crate::Metadata {
+        &self.metadata
     }
 
     /// Who called, as the transport authenticated them.

@@ -16,6 +16,7 @@ use std::time::Duration;
 pub struct CallOptions {
     timeout: Option<Duration>,
     attempt_timeout: Option<Duration>,
+    metadata: crate::Metadata,
 }
 
 impl CallOptions {
@@ -51,6 +52,21 @@ impl CallOptions {
     /// The attempt timeout, if one is set.
     pub fn attempt_timeout_value(&self) -> Option<Duration> {
         self.attempt_timeout
+    }
+
+    /// Sends `metadata` with the call, beside its arguments; the handler reads it with
+    /// [`Context::metadata`](crate::Context::metadata). Metadata that breaks the receiver's
+    /// rules or the client's [`Limits`] fails the call at once with
+    /// [`RpcError::BadRequest`](crate::RpcError::BadRequest). Default: none (and a call
+    /// without metadata sends not a byte more).
+    pub fn metadata(mut self, metadata: crate::Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The metadata sent with the call.
+    pub fn metadata_value(&self) -> &crate::Metadata {
+        &self.metadata
     }
 }
 
@@ -165,6 +181,8 @@ pub struct Limits {
     pub(crate) reply_cache_age: Duration,
     pub(crate) session_linger: Duration,
     pub(crate) max_sessions: usize,
+    pub(crate) max_metadata_entries: usize,
+    pub(crate) max_metadata_bytes: usize,
 }
 
 impl Default for Limits {
@@ -182,6 +200,8 @@ impl Default for Limits {
             reply_cache_age: Duration::from_secs(120),
             session_linger: Duration::from_secs(30),
             max_sessions: 4096,
+            max_metadata_entries: 64,
+            max_metadata_bytes: 16 << 10,
         }
     }
 }
@@ -301,6 +321,21 @@ impl Limits {
     }
 
     /// The per-connection call-bytes budget in force: at least one frame's worth.
+    /// How many metadata entries one call may carry ([`CallOptions::metadata`]). Default: 64.
+    /// A call with more is refused (a Protocol error for that call; the connection goes on).
+    pub fn max_metadata_entries(mut self, entries: usize) -> Self {
+        self.max_metadata_entries = entries;
+        self
+    }
+
+    /// How many bytes one call's metadata block may take (keys, values and their lengths).
+    /// Default: 16 KiB; at most 65,535 (the block's length field). A call with more is
+    /// refused (a Protocol error for that call; the connection goes on).
+    pub fn max_metadata_bytes(mut self, bytes: usize) -> Self {
+        self.max_metadata_bytes = bytes.min(usize::from(u16::MAX));
+        self
+    }
+
     pub(crate) fn call_bytes_budget(&self) -> usize {
         self.max_call_bytes.max(self.max_frame_size)
     }

@@ -213,7 +213,8 @@ macro_rules! conformance_tests {
             running_calls_hold_no_more_bytes_than_the_limits,
             connections_beyond_the_limit_are_refused,
             calls_through_a_link_that_delays_frames_all_complete,
-            shutdown_finishes_running_calls_refuses_new_ones_and_ends
+            shutdown_finishes_running_calls_refuses_new_ones_and_ends,
+            metadata_reaches_the_handler_and_bad_blocks_fail_only_their_call
         );
     };
 }
@@ -291,6 +292,8 @@ pub trait Conformance {
     async fn ask_back(&self, ctx: Context, x: u32) -> Result<u32, String>;
     /// Fails with a typed error for 0.
     async fn invert(&self, x: u32) -> Result<u32, String>;
+    /// The value of metadata key `key` the caller sent, if any.
+    async fn meta(&self, ctx: Context, key: String) -> Option<ByteBuf>;
 }
 
 /// What a conformance client exports for call-backs.
@@ -402,6 +405,10 @@ impl<C: Codec> Conformance for Lab<C> {
         u32::MAX
             .checked_div(x)
             .ok_or_else(|| "zero has no inverse".to_owned())
+    }
+
+    async fn meta(&self, ctx: Context, key: String) -> Option<ByteBuf> {
+        ctx.metadata().get(&key).map(|v| ByteBuf::from(v.to_vec()))
     }
 }
 
@@ -620,6 +627,24 @@ fn frame(mut header: Header, payload: &[u8]) -> Vec<u8> {
     let mut out = header.to_bytes().to_vec();
     out.extend_from_slice(payload);
     out
+}
+
+/// A Call frame of `Conformance::meta(key)` with call id `id`, its payload starting with
+/// `block` (the bytes of a metadata block, well formed or not) and the METADATA flag set.
+fn meta_call<C: Codec>(codec: &C, id: u64, key: &str, block: &[u8]) -> Vec<u8> {
+    let desc = ConformanceClient::<C>::META;
+    let mut payload = block.to_vec();
+    let mut args = bytes::BytesMut::new();
+    codec
+        .encode(&(key,), &mut args)
+        .unwrap_or_else(|e| panic!("cannot encode: {e}"));
+    payload.extend_from_slice(&args);
+    let header = Header {
+        version: desc.version,
+        flags: crate::wire::Flags::METADATA,
+        ..Header::new(FrameKind::Call, id, desc.interface, desc.method)
+    };
+    frame(header, &payload)
 }
 
 /// A Call frame of `Conformance::echo(v)` with call id `id`.

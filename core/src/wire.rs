@@ -14,7 +14,7 @@
 //! |-------:|-----:|-------|-------|
 //! | 0  | 1 | protocol version | [`PROTOCOL_VERSION`]; at the same offset in every version |
 //! | 1  | 1 | kind | [`FrameKind`]: 1 Call, 2 OneWay, 3 Ack, 4 Reply, 5 Error, 6 Cancel, 7 Release |
-//! | 2  | 2 | flags | bit 0: [`Flags::ACK`] (the caller wants an Ack before the method runs); bit 1: [`Flags::IDEMPOTENT`] (at-least-once: no reply cache); other bits must be zero |
+//! | 2  | 2 | flags | bit 0: [`Flags::ACK`] (the caller wants an Ack before the method runs); bit 1: [`Flags::IDEMPOTENT`] (at-least-once: no reply cache); bit 2: [`Flags::METADATA`] (Call and OneWay: the payload starts with a metadata block); other bits must be zero |
 //! | 4  | 4 | interface id | [`InterfaceId`] of the service called |
 //! | 8  | 8 | call id | chosen by the caller, unique for the whole life of its client id and epoch (never reused, not even across links); at the same offset in every version |
 //! | 16 | 4 | method id | [`MethodId`] within the interface |
@@ -26,6 +26,22 @@
 //! Replies, errors, acks and cancels echo the call id (and interface and method) of the call they
 //! answer. A budget longer than `u32::MAX` µs (about 71 minutes) is sent as 0: the server then
 //! enforces no deadline, while the caller still enforces its own.
+//!
+//! # Metadata block
+//!
+//! A Call or OneWay frame with [`Flags::METADATA`] starts its payload with key/value pairs
+//! ([`Metadata`](crate::Metadata)); the codec's payload follows the block. Without the flag
+//! there is no block, so a call without metadata is byte for byte what it was before metadata
+//! existed.
+//!
+//! | offset | size | field | notes |
+//! |-------:|-----:|-------|-------|
+//! | 0 | 2 | block length *B* | bytes of the entries that follow; at most `Limits::max_metadata_bytes` (16 KiB by default) |
+//! | 2 | *B* | entries | each: key length *k* (1 byte, 1–64), key (*k* bytes of `a-z 0-9 - _ .`), value length *v* (2 bytes), value (*v* bytes, any) |
+//!
+//! Keys appear at most once; at most `Limits::max_metadata_entries` entries (64 by default). A
+//! block that breaks any of this fails its call with a Protocol error (or, for a OneWay, is
+//! dropped); the connection goes on.
 //!
 //! # Error payload
 //!
@@ -126,7 +142,9 @@ impl Flags {
     /// *at-most-once*: the server runs it once per call id and answers copies from its reply
     /// cache.
     pub const IDEMPOTENT: Flags = Flags(2);
-    const KNOWN: u16 = Self::ACK.0 | Self::IDEMPOTENT.0;
+    /// Call and OneWay frames: the payload starts with a metadata block (see the module docs).
+    pub const METADATA: Flags = Flags(4);
+    const KNOWN: u16 = Self::ACK.0 | Self::IDEMPOTENT.0 | Self::METADATA.0;
 
     /// Both sets of flags.
     pub const fn union(self, other: Flags) -> Flags {
@@ -217,7 +235,9 @@ impl Header {
         let kind = FrameKind::from_u8(frame[1])
             .ok_or(fail(FrameProblem::UnknownKind { got: frame[1] }))?;
         let flags = be_u16(&frame[2..4]);
-        if flags & !Flags::KNOWN != 0 {
+        let calls_only = Flags::METADATA.0;
+        let is_call = matches!(kind, FrameKind::Call | FrameKind::OneWay);
+        if flags & !Flags::KNOWN != 0 || (!is_call && flags & calls_only != 0) {
             return Err(fail(FrameProblem::UnknownFlags { got: flags }));
         }
         if frame[22..24] != [0, 0] {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes};
 use courier::transport::{mem, Link};
 use courier::wire::{ErrorCode, ErrorPayload, FrameKind, Header};
-use courier::{Client, Codec, Identity, InterfaceId, MethodId, Server};
+use courier::{CallOptions, Client, Codec, Identity, InterfaceId, Metadata, MethodId, Server};
 use courier_cbor::Cbor;
 use courier_xdr::Xdr;
 
@@ -48,7 +48,8 @@ const EXAMPLE_INSTANCE: u128 = 0x0011_2233_4455_6677_8899_aabb_ccdd_eeff;
 /// The hello, welcome, call and reply of `div(7, 2)` with `codec`, from a client of `epoch`,
 /// as they crossed the wire (the welcome's random instance id replaced by
 /// [`EXAMPLE_INSTANCE`], once checked).
-async fn exchange<C: Codec>(codec: C, epoch: u64) -> [Bytes; 4] {
+/// Then a second call, `div(7, 2)` with the metadata `request-id: 42`: the fifth frame.
+async fn exchange<C: Codec>(codec: C, epoch: u64) -> [Bytes; 5] {
     let (client_end, mut relay_client) = mem::pair();
     let (mut relay_server, server_end) = mem::pair();
     let server = Server::builder((Cbor::default(), Xdr::default()))
@@ -68,9 +69,15 @@ async fn exchange<C: Codec>(codec: C, epoch: u64) -> [Bytes; 4] {
     let welcome = forward(&mut relay_server, &relay_client).await;
     serving.await.unwrap().unwrap();
     let calc = CalcClient::new(connecting.await.unwrap().unwrap());
+    let tagged =
+        calc.with_options(CallOptions::new().metadata(Metadata::new().with("request-id", "42")));
     let call = tokio::spawn(async move { calc.div(7, 2).await });
     let request = forward(&mut relay_client, &relay_server).await;
     let reply = forward(&mut relay_server, &relay_client).await;
+    assert_eq!(call.await.unwrap(), Ok(Ok(3)));
+    let call = tokio::spawn(async move { tagged.div(7, 2).await });
+    let with_metadata = forward(&mut relay_client, &relay_server).await;
+    forward(&mut relay_server, &relay_client).await;
     assert_eq!(call.await.unwrap(), Ok(Ok(3)));
     let mut welcome = welcome.to_vec();
     let tail = welcome.len() - 16;
@@ -80,7 +87,7 @@ async fn exchange<C: Codec>(codec: C, epoch: u64) -> [Bytes; 4] {
         "the welcome ends with the instance id"
     );
     welcome[tail..].copy_from_slice(&EXAMPLE_INSTANCE.to_be_bytes());
-    [hello, welcome.into(), request, reply]
+    [hello, welcome.into(), request, reply, with_metadata]
 }
 
 fn error_example() -> Bytes {
@@ -148,8 +155,30 @@ async fn the_worked_examples_are_what_the_code_sends() {
         ("cbor", exchange(Cbor::default(), 7).await),
         ("xdr", exchange(Xdr::default(), 8).await),
     ] {
-        for (what, bytes) in ["hello", "welcome", "call", "reply"].iter().zip(frames) {
+        let [hello, welcome, call, reply, with_metadata] = frames;
+        // The metadata block sits between the header and the arguments, and nothing else
+        // changes but the flag, the length and the call id: without metadata, the frame is
+        // what it always was (the plain call above is checked against PROTOCOL.md).
+        let block = b"\x00\x0f\x0arequest-id\x00\x0242";
+        let mut expected = call.to_vec();
+        expected[3] |= 0x04;
+        expected[8..16].copy_from_slice(&with_metadata[8..16]);
+        expected.splice(32..32, block.iter().copied());
+        let len = u32::from_be_bytes(expected[24..28].try_into().unwrap()) + block.len() as u32;
+        expected[24..28].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            hex(&expected),
+            hex(&with_metadata),
+            "{name}: the call with metadata"
+        );
+        for (what, bytes) in ["hello", "welcome", "call", "reply"]
+            .iter()
+            .zip([hello, welcome, call, reply])
+        {
             produced.insert(format!("{name}-{what}"), bytes.to_vec());
+        }
+        if name == "cbor" {
+            produced.insert("cbor-call-metadata".to_owned(), with_metadata.to_vec());
         }
     }
     produced.insert("error".to_owned(), error_example().to_vec());

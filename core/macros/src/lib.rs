@@ -397,7 +397,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
                 ///
                 /// One-way: resolves once the transport has taken the request; no reply comes.
                 pub async fn #name(&self, #(#params),*) -> ::core::result::Result<(), ::courier::RpcError> {
-                    self.client.send(&Self::#const_name, (#(#names,)*)).await
+                    self.client.send_with(&Self::#const_name, (#(#names,)*), &self.options).await
                 }
 
                 #[doc = #blocking_doc]

@@ -27,6 +27,11 @@ use crate::peer::Peer;
 use crate::transport::{BoxConnector, Connector, DynConnector, Link};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
 
+/// What writes a call's payload into its frame.
+trait Body: FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError> {}
+
+impl<F: FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError>> Body for F {}
+
 /// Ends the session when the last user-held [`Client`] clone is dropped.
 struct Owner {
     session: Arc<ClientSession>,
@@ -211,6 +216,7 @@ impl<C: Codec> Client<C> {
         body: impl FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError>,
     ) -> Result<Slot, RpcError> {
         let deadline = Self::deadline(options);
+        let (flags, body) = self.with_metadata(options, flags, body)?;
         match &self.route {
             Route::Session(s, _) => {
                 let attempt = options.attempt_timeout_value().or(s.attempt_timeout());
@@ -223,6 +229,35 @@ impl<C: Codec> Client<C> {
                 .await
                 .map(Slot::Link),
         }
+    }
+
+    /// `body` preceded by the options' metadata block, with the flag that says it is there;
+    /// unchanged if there is no metadata.
+    fn with_metadata<'a>(
+        &self,
+        options: &'a CallOptions,
+        flags: Flags,
+        body: impl FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError> + 'a,
+    ) -> Result<(Flags, impl Body + 'a), RpcError> {
+        let metadata = options.metadata_value();
+        let flags = if metadata.is_empty() {
+            flags
+        } else {
+            let limits = match &self.route {
+                Route::Session(s, _) => s.limits(),
+                Route::Link(l) => l.limits(),
+            };
+            metadata
+                .check(limits.max_metadata_entries, limits.max_metadata_bytes)
+                .map_err(RpcError::BadRequest)?;
+            flags.union(Flags::METADATA)
+        };
+        Ok((flags, move |buf: &mut dyn crate::transport::FrameBuf| {
+            if !metadata.is_empty() {
+                metadata.encode(buf);
+            }
+            body(buf)
+        }))
     }
 
     fn encoder<'a, A: Serialize + 'a>(
@@ -293,9 +328,23 @@ impl<C: Codec> Client<C> {
     where
         A: Serialize + Send,
     {
+        self.send_with(method, args, &CallOptions::new()).await
+    }
+
+    /// [`Client::send`] with `options`: of these, a one-way call uses only the metadata.
+    pub async fn send_with<A>(
+        &self,
+        method: &MethodDesc,
+        args: A,
+        options: &CallOptions,
+    ) -> Result<(), RpcError>
+    where
+        A: Serialize + Send,
+    {
+        let (flags, body) = self.with_metadata(options, Flags::NONE, self.encoder(args))?;
         match &self.route {
-            Route::Session(s, _) => s.send_one_way(method, 64, self.encoder(args)).await,
-            Route::Link(l) => l.send_one_way(method, 64, self.encoder(args)).await,
+            Route::Session(s, _) => s.send_one_way(method, flags, 64, body).await,
+            Route::Link(l) => l.send_one_way(method, flags, 64, body).await,
         }
     }
 

@@ -235,6 +235,11 @@ impl ClientSession {
         }
     }
 
+    /// The limits the session's links apply.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
     /// The default attempt timeout of the session's calls.
     pub(crate) fn attempt_timeout(&self) -> Option<Duration> {
         self.config.attempt_timeout
@@ -496,12 +501,14 @@ impl ClientSession {
     pub(crate) async fn send_one_way(
         &self,
         method: &MethodDesc,
+        flags: Flags,
         size_hint: usize,
         body: impl FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
     ) -> Result<(), RpcError> {
         let link = self.link(None).await?;
         let call_id = self.lineage.next.fetch_add(1, Ordering::SeqCst);
         let header = Header {
+            flags,
             version: method.version,
             ..Header::new(FrameKind::OneWay, call_id, method.interface, method.method)
         };

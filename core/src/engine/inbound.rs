@@ -17,6 +17,7 @@ use crate::context::Context;
 use crate::dispatch::{HandlerFuture, Incoming, ReplyBody, Router};
 use crate::error::RpcError;
 use crate::ids::{InterfaceId, MethodId};
+use crate::metadata::Metadata;
 use crate::session::replies::Begin;
 use crate::transport::LinkRx;
 use crate::wire::{ErrorPayload, Flags, FrameError, FrameKind, FrameProblem, Header, HEADER_LEN};
@@ -276,7 +277,25 @@ impl Shared {
             self.refuse(&header, RpcError::UnknownInterface { interface });
             return None;
         };
-        let context = Context::new(Arc::clone(self), &header, deadline);
+        // The metadata block, if the flag says there is one; the arguments follow it.
+        let (metadata, args_at) = if header.flags.contains(Flags::METADATA) {
+            let limits = &self.limits;
+            let payload = frame.slice(HEADER_LEN..);
+            match Metadata::decode(
+                &payload,
+                limits.max_metadata_entries,
+                limits.max_metadata_bytes,
+            ) {
+                Ok((metadata, used)) => (metadata, HEADER_LEN + used),
+                Err(reason) => {
+                    self.refuse(&header, RpcError::Protocol(format!("metadata: {reason}")));
+                    return None;
+                }
+            }
+        } else {
+            (Metadata::default(), HEADER_LEN)
+        };
+        let context = Context::new(Arc::clone(self), &header, deadline, metadata);
         // Refuse before decoding if there is no room, but decode without the table's lock:
         // every call on the connection takes it, from whichever thread its frame arrives on.
         let room = match room.map_or_else(|| self.take_room(frame.len()), Ok) {
@@ -287,14 +306,14 @@ impl Shared {
             }
         };
         if let Some(session) = &self.served {
-            return self.on_served_call(session, header, frame, room, context, deadline);
+            return self.on_served_call(session, header, frame, args_at, room, context);
         }
         let free = self.room_for(&lock(&self.handlers), &header);
         if let Err(e) = free {
             self.refuse(&header, e);
             return None;
         }
-        let future = self.dispatch(router, &header, frame, &context)?;
+        let future = self.dispatch(router, &header, &frame[args_at..], &context)?;
         let entry = Deregister(Arc::clone(self), header.call_id);
         let run = run_handler(
             Arc::clone(self),
@@ -332,10 +351,11 @@ impl Shared {
         session: &super::Served,
         header: Header,
         frame: Bytes,
+        args_at: usize,
         room: Room,
         context: Context,
-        deadline: Option<Instant>,
     ) -> Option<Work> {
+        let deadline = context.deadline();
         // Reserve a place among the link's handlers at once: frames may be delivered from
         // many tasks at a time.
         if self.served_running.fetch_add(1, Ordering::SeqCst) >= self.limits.max_handlers {
@@ -353,7 +373,7 @@ impl Shared {
             counted: false,
         };
         let router = self.router.as_ref()?;
-        let future = self.dispatch(router, &header, frame, &context)?;
+        let future = self.dispatch(router, &header, &frame[args_at..], &context)?;
         let (abort, registration) = AbortHandle::new_pair();
         if header.kind == FrameKind::OneWay {
             if !session.one_way(header.call_id) {
@@ -416,12 +436,12 @@ impl Shared {
         self: &Arc<Self>,
         router: &Arc<dyn Router>,
         header: &Header,
-        frame: Bytes,
+        payload: &[u8],
         context: &Context,
     ) -> Option<HandlerFuture> {
         let incoming = Incoming {
             header,
-            payload: &frame[HEADER_LEN..],
+            payload,
             context,
         };
         match router.dispatch(incoming) {

@@ -331,6 +331,11 @@ impl Shared {
         self.shutdown.notify_one();
     }
 
+    /// The limits this side applies to the connection.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The client session this link serves, if it is a client's link and the session lives.
     pub(crate) fn client_session(&self) -> Option<Arc<dyn SessionHooks>> {
         self.session.as_ref().and_then(|(s, _)| s.upgrade())

@@ -92,6 +92,7 @@ impl Shared {
     pub(crate) async fn send_one_way<F>(
         &self,
         method: &MethodDesc,
+        flags: Flags,
         size_hint: usize,
         body: F,
     ) -> Result<(), RpcError>
@@ -105,6 +106,7 @@ impl Shared {
         // handlers by call id, so a shared id would refuse a one-way call while another runs.
         let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let header = Header {
+            flags,
             version: method.version,
             ..Header::new(FrameKind::OneWay, call_id, method.interface, method.method)
         };

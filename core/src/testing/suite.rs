@@ -613,3 +613,85 @@ pub async fn shutdown_finishes_running_calls_refuses_new_ones_and_ends<H: Harnes
     assert!(ended.is_ok(), "serving ends cleanly: {ended:?}");
     assert!(lab.echo(6).await.is_err(), "the server is gone");
 }
+
+/// Metadata set on a call reaches its handler intact (a text and a binary value); metadata
+/// the sender's limits forbid is refused before it is sent; blocks that are malformed or over
+/// the receiver's limits fail only their own call, with a Protocol error, and the connection
+/// goes on.
+pub async fn metadata_reaches_the_handler_and_bad_blocks_fail_only_their_call<
+    H: Harness,
+    C: Codec,
+>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    use crate::{CallOptions, Metadata};
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    let metadata = Metadata::new()
+        .with("request-id", "r-17")
+        .with("bin", vec![0u8, 255, 7]);
+    let with = lab.with_options(CallOptions::new().metadata(metadata));
+    assert_eq!(
+        with.meta("request-id".into()).await,
+        Ok(Some(ByteBuf::from(b"r-17".to_vec())))
+    );
+    assert_eq!(
+        with.meta("bin".into()).await,
+        Ok(Some(ByteBuf::from(vec![0, 255, 7])))
+    );
+    assert_eq!(with.meta("absent".into()).await, Ok(None));
+    assert_eq!(
+        lab.meta("request-id".into()).await,
+        Ok(None),
+        "not sent without"
+    );
+
+    let too_many = (0..65).fold(Metadata::new(), |m, i| m.with(format!("k{i}"), "v"));
+    let refused = lab
+        .with_options(CallOptions::new().metadata(too_many))
+        .meta("k0".into())
+        .await;
+    assert!(
+        matches!(refused, Err(RpcError::BadRequest(_))),
+        "{refused:?}"
+    );
+
+    // Hand-made blocks, through a raw link.
+    let mut link = raw_link::<C>(&connector).await;
+    let mut too_big = vec![0x40, 0x01, 64];
+    too_big.extend(std::iter::repeat_n(b'k', 64));
+    let hostile: [(u64, Vec<u8>); 4] = [
+        (20, vec![0, 50, 1, b'a']),      // claims more than the payload holds
+        (21, vec![0, 4, 1, b'A', 0, 0]), // a key with a capital letter
+        (22, vec![0, 8, 1, b'a', 0, 0, 1, b'a', 0, 0]), // a key twice
+        (23, too_big),                   // a block over the 16 KiB limit
+    ];
+    for (id, block) in &hostile {
+        assert!(send_bytes(&link, &meta_call(&codec, *id, "a", block)).await);
+        let answer = tokio::time::timeout(Duration::from_secs(30), answer_to(&mut link, *id))
+            .await
+            .expect("an answer in time")
+            .expect("the connection stays open");
+        let header = Header::decode(&answer).expect("a well-formed answer");
+        assert_eq!(header.kind, FrameKind::Error, "call {id}");
+        let error = ErrorPayload::decode(&answer[HEADER_LEN..]);
+        assert_eq!(
+            error.code,
+            Some(crate::wire::ErrorCode::Protocol),
+            "call {id}"
+        );
+        assert!(error.message.contains("metadata"), "{}", error.message);
+    }
+    // A good block on the same raw link, and a plain call: both answered.
+    let good = [0, 6, 1, b'a', 0, 2, b'o', b'k'];
+    assert!(send_bytes(&link, &meta_call(&codec, 30, "a", &good)).await);
+    let answer = answer_to(&mut link, 30).await.expect("an answer");
+    let value: Option<ByteBuf> = codec.decode(&answer[HEADER_LEN..]).expect("a reply");
+    assert_eq!(value, Some(ByteBuf::from(b"ok".to_vec())));
+    assert!(send_bytes(&link, &echo_call(&codec, 31, 5)).await);
+    let answer = answer_to(&mut link, 31).await.expect("an answer");
+    assert_eq!(codec.decode::<u64>(&answer[HEADER_LEN..]), Ok(5));
+    // And the stub's connection never noticed.
+    assert_eq!(lab.echo(9).await, Ok(9));
+}
