@@ -119,6 +119,33 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// A short, stable name of the error's kind (`deadline_exceeded`, `connection_lost`, …):
+    /// what spans record as a call's outcome.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcError::ConnectionLost(_) => "connection_lost",
+            RpcError::OutcomeUnknown(_) => "outcome_unknown",
+            RpcError::ReplyEvicted(_) => "reply_evicted",
+            RpcError::DeadlineExceeded => "deadline_exceeded",
+            RpcError::UnknownInterface { .. } => "unknown_interface",
+            RpcError::UnknownMethod { .. } => "unknown_method",
+            RpcError::VersionMismatch { .. } => "version_mismatch",
+            RpcError::AccessDenied(_) => "access_denied",
+            RpcError::Overloaded(_) => "overloaded",
+            RpcError::Codec(_) => "codec",
+            RpcError::BadRequest(_) => "bad_request",
+            RpcError::FrameTooLarge { .. } => "frame_too_large",
+            RpcError::Unavailable(_) => "unavailable",
+            RpcError::Protocol(_) => "protocol",
+            RpcError::Handshake(_) => "handshake",
+            RpcError::Transport(_) => "transport",
+            RpcError::Address(_) => "address",
+            RpcError::Internal(_) => "internal",
+            RpcError::BlockingInAsync => "blocking_in_async",
+            RpcError::Remote { .. } => "remote",
+        }
+    }
+
     /// Whether the server refused the call before running it, so that sending it again (to
     /// another server, or later) cannot run it twice: [`RpcError::Unavailable`] (the server is
     /// shutting down) and [`RpcError::Overloaded`] (too much running).

@@ -128,6 +128,7 @@ mod session;
 mod shutdown;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod transport;
 pub mod wire;
 

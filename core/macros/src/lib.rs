@@ -436,6 +436,11 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
         })
         .collect();
     let method_const_defs = method_consts.iter().map(|(def, _)| def);
+    let method_const_defs_again = method_consts.iter().map(|(def, _)| def);
+    let name_arms = methods.iter().zip(&method_consts).map(|(m, (_, id))| {
+        let name = m.name.to_string();
+        quote!(#id => ::core::option::Option::Some(#name),)
+    });
     let arms = methods.iter().zip(&method_consts).map(|(m, (_, id))| {
         let name = &m.name;
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
@@ -550,6 +555,14 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
                 match call.method().get() {
                     #(#arms)*
                     _ => ::core::result::Result::Err(call.unknown_method()),
+                }
+            }
+
+            fn method_name(method: ::courier::MethodId) -> ::core::option::Option<&'static str> {
+                #(#method_const_defs_again)*
+                match method.get() {
+                    #(#name_arms)*
+                    _ => ::core::option::Option::None,
                 }
             }
         }

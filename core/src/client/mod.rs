@@ -24,8 +24,10 @@ use crate::identity::Identity;
 use crate::ids::MethodDesc;
 use crate::options::{CallOptions, Limits, ReconnectPolicy};
 use crate::peer::Peer;
+use crate::trace;
 use crate::transport::{BoxConnector, Connector, DynConnector, Link};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
+use tracing::Instrument;
 
 /// What writes a call's payload into its frame.
 trait Body: FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError> {}
@@ -99,6 +101,13 @@ enum Slot {
 }
 
 impl Slot {
+    fn id(&self) -> u64 {
+        match self {
+            Slot::Session(s) => s.id(),
+            Slot::Link(l) => l.id(),
+        }
+    }
+
     async fn reply(self) -> ReplyResult {
         match self {
             Slot::Session(s) => s.reply().await,
@@ -217,7 +226,7 @@ impl<C: Codec> Client<C> {
     ) -> Result<Slot, RpcError> {
         let deadline = Self::deadline(options);
         let (flags, body) = self.with_metadata(options, flags, body)?;
-        match &self.route {
+        let slot = match &self.route {
             Route::Session(s, _) => {
                 let attempt = options.attempt_timeout_value().or(s.attempt_timeout());
                 s.begin_call(method, deadline, flags, attempt, body)
@@ -228,7 +237,27 @@ impl<C: Codec> Client<C> {
                 .begin_call(method, deadline, flags, 64, body)
                 .await
                 .map(Slot::Link),
+        }?;
+        // The call's span, if a subscriber wants one (a no-op otherwise).
+        tracing::Span::current().record("call_id", slot.id());
+        Ok(slot)
+    }
+
+    /// Fills in the span's fields about the connection and, with the `opentelemetry` feature,
+    /// adds its trace context to the call's metadata.
+    fn traced_options<'a>(
+        &self,
+        span: &tracing::Span,
+        options: &'a CallOptions,
+    ) -> std::borrow::Cow<'a, CallOptions> {
+        let peer = self.peer();
+        span.record("transport", trace::transport(&peer));
+        span.record("peer", tracing::field::debug(&peer));
+        #[cfg(feature = "opentelemetry")]
+        if let Some(metadata) = trace::inject(span, options.metadata_value()) {
+            return std::borrow::Cow::Owned(options.clone().metadata(metadata));
         }
+        std::borrow::Cow::Borrowed(options)
     }
 
     /// `body` preceded by the options' metadata block, with the flag that says it is there;
@@ -286,6 +315,30 @@ impl<C: Codec> Client<C> {
         A: Serialize + Send,
         R: DeserializeOwned,
     {
+        let span = trace::client_span(method.service, method.name, C::NAME);
+        if span.is_disabled() {
+            return self.call_inner(method, args, options).await;
+        }
+        let options = self.traced_options(&span, options);
+        let started = std::time::Instant::now();
+        let result = self
+            .call_inner(method, args, &options)
+            .instrument(span.clone())
+            .await;
+        trace::finish(&span, started, trace::outcome(&result));
+        result
+    }
+
+    async fn call_inner<A, R>(
+        &self,
+        method: &MethodDesc,
+        args: A,
+        options: &CallOptions,
+    ) -> Result<R, RpcError>
+    where
+        A: Serialize + Send,
+        R: DeserializeOwned,
+    {
         let slot = self
             .begin(method, options, Flags::NONE, self.encoder(args))
             .await?;
@@ -296,6 +349,31 @@ impl<C: Codec> Client<C> {
     /// method runs. The returned [`Pending`] resolves with the reply later; dropping it
     /// discards the reply without cancelling the call.
     pub async fn call_acked<A, R>(
+        &self,
+        method: &MethodDesc,
+        args: A,
+        options: &CallOptions,
+    ) -> Result<Pending<R>, RpcError>
+    where
+        A: Serialize + Send,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let span = trace::client_span(method.service, method.name, C::NAME);
+        if span.is_disabled() {
+            return self.call_acked_inner(method, args, options).await;
+        }
+        // The span ends with the acknowledgement; the reply comes later, outside it.
+        let options = self.traced_options(&span, options);
+        let started = std::time::Instant::now();
+        let result = self
+            .call_acked_inner(method, args, &options)
+            .instrument(span.clone())
+            .await;
+        trace::finish(&span, started, trace::outcome(&result));
+        result
+    }
+
+    async fn call_acked_inner<A, R>(
         &self,
         method: &MethodDesc,
         args: A,
@@ -333,6 +411,29 @@ impl<C: Codec> Client<C> {
 
     /// [`Client::send`] with `options`: of these, a one-way call uses only the metadata.
     pub async fn send_with<A>(
+        &self,
+        method: &MethodDesc,
+        args: A,
+        options: &CallOptions,
+    ) -> Result<(), RpcError>
+    where
+        A: Serialize + Send,
+    {
+        let span = trace::client_span(method.service, method.name, C::NAME);
+        if span.is_disabled() {
+            return self.send_inner(method, args, options).await;
+        }
+        let options = self.traced_options(&span, options);
+        let started = std::time::Instant::now();
+        let result = self
+            .send_inner(method, args, &options)
+            .instrument(span.clone())
+            .await;
+        trace::finish(&span, started, trace::outcome(&result));
+        result
+    }
+
+    async fn send_inner<A>(
         &self,
         method: &MethodDesc,
         args: A,

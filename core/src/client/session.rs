@@ -682,6 +682,13 @@ async fn reconnect(session: Weak<ClientSession>, reason: String) {
 
 /// One of the session's calls, sent (or waiting for a link). Resolves with its outcome;
 /// dropping it before then cancels the call.
+impl SessionCall {
+    /// The call's id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 pub(crate) struct SessionCall {
     session: Arc<ClientSession>,
     id: u64,

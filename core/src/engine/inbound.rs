@@ -19,6 +19,7 @@ use crate::error::RpcError;
 use crate::ids::{InterfaceId, MethodId};
 use crate::metadata::Metadata;
 use crate::session::replies::Begin;
+use crate::trace;
 use crate::transport::LinkRx;
 use crate::wire::{ErrorPayload, Flags, FrameError, FrameKind, FrameProblem, Header, HEADER_LEN};
 
@@ -295,6 +296,14 @@ impl Shared {
         } else {
             (Metadata::default(), HEADER_LEN)
         };
+        let span = {
+            let (service, method) = router.names(header.interface, header.method);
+            trace::server_span(service, method, header.call_id, &self.codec, &self.peer)
+        };
+        #[cfg(feature = "opentelemetry")]
+        if !span.is_disabled() {
+            trace::extract(&span, &metadata);
+        }
         let context = Context::new(Arc::clone(self), &header, deadline, metadata);
         // Refuse before decoding if there is no room, but decode without the table's lock:
         // every call on the connection takes it, from whichever thread its frame arrives on.
@@ -306,7 +315,7 @@ impl Shared {
             }
         };
         if let Some(session) = &self.served {
-            return self.on_served_call(session, header, frame, args_at, room, context);
+            return self.on_served_call(session, header, &frame[args_at..], room, context, span);
         }
         let free = self.room_for(&lock(&self.handlers), &header);
         if let Err(e) = free {
@@ -315,12 +324,15 @@ impl Shared {
         }
         let future = self.dispatch(router, &header, &frame[args_at..], &context)?;
         let entry = Deregister(Arc::clone(self), header.call_id);
-        let run = run_handler(
-            Arc::clone(self),
-            header,
-            future,
-            deadline,
-            Hold::Link { _entry: entry },
+        let run = traced(
+            span,
+            run_handler(
+                Arc::clone(self),
+                header,
+                future,
+                deadline,
+                Hold::Link { _entry: entry },
+            ),
         );
         let (work, abort) = futures::future::abortable(run);
         // Look again as the entry goes in: other calls may have filled the table meanwhile.
@@ -350,10 +362,10 @@ impl Shared {
         self: &Arc<Self>,
         session: &super::Served,
         header: Header,
-        frame: Bytes,
-        args_at: usize,
+        args: &[u8],
         room: Room,
         context: Context,
+        span: tracing::Span,
     ) -> Option<Work> {
         let deadline = context.deadline();
         // Reserve a place among the link's handlers at once: frames may be delivered from
@@ -373,7 +385,7 @@ impl Shared {
             counted: false,
         };
         let router = self.router.as_ref()?;
-        let future = self.dispatch(router, &header, &frame[args_at..], &context)?;
+        let future = self.dispatch(router, &header, args, &context)?;
         let (abort, registration) = AbortHandle::new_pair();
         if header.kind == FrameKind::OneWay {
             if !session.one_way(header.call_id) {
@@ -417,12 +429,15 @@ impl Shared {
                 }
             }
         }
-        let run = run_handler(
-            Arc::clone(self),
-            header,
-            future,
-            deadline,
-            Hold::Session { _place: place },
+        let run = traced(
+            span,
+            run_handler(
+                Arc::clone(self),
+                header,
+                future,
+                deadline,
+                Hold::Session { _place: place },
+            ),
         );
         let work = Abortable::new(run, registration);
         Some(Box::pin(async move {
@@ -503,14 +518,33 @@ enum Hold {
     Session { _place: Place },
 }
 
+/// `run` inside `span`, which records its outcome and duration; `run` itself, with no
+/// wrapper at all, when no subscriber wants the span.
+fn traced(
+    span: tracing::Span,
+    run: impl std::future::Future<Output = &'static str>,
+) -> impl std::future::Future<Output = ()> {
+    use tracing::Instrument;
+    if span.is_disabled() {
+        return futures::future::Either::Left(run.map(drop));
+    }
+    let started = std::time::Instant::now();
+    let recorder = span.clone();
+    futures::future::Either::Right(
+        run.map(move |outcome| trace::finish(&recorder, started, outcome))
+            .instrument(span),
+    )
+}
+
 /// Runs one handler: ack if asked, apply the deadline, catch a panic, send the outcome.
+/// Returns how it ended, for its span.
 async fn run_handler(
     shared: Arc<Shared>,
     header: Header,
     future: HandlerFuture,
     deadline: Option<Instant>,
     hold: Hold,
-) {
+) -> &'static str {
     let served = matches!(hold, Hold::Session { .. });
     // Released when this future ends or is dropped, however that happens.
     let _hold = hold;
@@ -544,11 +578,12 @@ async fn run_handler(
         tracing::error!(call_id = header.call_id, panic = %what, "handler panicked");
         Err(RpcError::Internal(format!("the handler panicked: {what}")))
     });
+    let label = trace::outcome(&outcome);
     if header.kind == FrameKind::OneWay {
         if let Err(e) = outcome {
             tracing::warn!(call_id = header.call_id, error = %e, "one-way call failed");
         }
-        return;
+        return label;
     }
     if let (true, Some(session)) = (served, &shared.served) {
         // The outcome is kept (for at-most-once calls) and sent to every link that waits for
@@ -565,7 +600,7 @@ async fn run_handler(
         let keep = !header.flags.contains(Flags::IDEMPOTENT);
         let waiters = session.finish(header.call_id, &frame, keep);
         super::Served::deliver(waiters, &shared, header.call_id, frame).await;
-        return;
+        return label;
     }
     let result = match outcome {
         Ok(body) => {
@@ -589,6 +624,7 @@ async fn run_handler(
         Err(RpcError::ConnectionLost(_)) => {}
         Err(e) => Box::pin(shared.send_error(&header, &e)).await,
     }
+    label
 }
 
 impl Shared {

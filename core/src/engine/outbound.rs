@@ -125,6 +125,13 @@ pub(crate) struct CallSlot {
     reader: Option<ReplyReader>,
 }
 
+impl CallSlot {
+    /// The call's id.
+    pub(crate) fn id(&self) -> u64 {
+        self.guard.call_id
+    }
+}
+
 /// Waits for `wait` while polling `reader`, reader first, so that a reply it delivers is seen
 /// in the same poll. A finished reader is dropped.
 pub(crate) async fn driven<T>(
