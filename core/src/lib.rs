@@ -132,7 +132,7 @@ pub mod trace;
 pub mod transport;
 pub mod wire;
 
-pub use client::{Client, ClientBuilder, Pending};
+pub use client::{Client, ClientBuilder, Pending, PendingInOut};
 pub use codec::{Codec, CodecSet};
 pub use context::Context;
 pub use courier_macros::service;

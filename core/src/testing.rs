@@ -214,7 +214,8 @@ macro_rules! conformance_tests {
             connections_beyond_the_limit_are_refused,
             calls_through_a_link_that_delays_frames_all_complete,
             shutdown_finishes_running_calls_refuses_new_ones_and_ends,
-            metadata_reaches_the_handler_and_bad_blocks_fail_only_their_call
+            metadata_reaches_the_handler_and_bad_blocks_fail_only_their_call,
+            in_out_arguments_come_back_and_stay_put_on_failure
         );
     };
 }
@@ -294,6 +295,28 @@ pub trait Conformance {
     async fn invert(&self, x: u32) -> Result<u32, String>;
     /// The value of metadata key `key` the caller sent, if any.
     async fn meta(&self, ctx: Context, key: String) -> Option<ByteBuf>;
+    /// In-out: appends `suffix` to `text`, pushes `n` onto `list` and moves `point` by `n`;
+    /// returns the list's new length. Panics (the call fails) if `fail`.
+    async fn edit(
+        &self,
+        text: &mut String,
+        list: &mut Vec<u32>,
+        point: &mut Point,
+        suffix: String,
+        n: u32,
+        fail: bool,
+    ) -> u32;
+}
+
+/// A struct passed in-out by the conformance tests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Point {
+    /// Across.
+    pub x: i64,
+    /// Up.
+    pub y: i64,
+    /// A name.
+    pub label: String,
 }
 
 /// What a conformance client exports for call-backs.
@@ -409,6 +432,24 @@ impl<C: Codec> Conformance for Lab<C> {
 
     async fn meta(&self, ctx: Context, key: String) -> Option<ByteBuf> {
         ctx.metadata().get(&key).map(|v| ByteBuf::from(v.to_vec()))
+    }
+
+    async fn edit(
+        &self,
+        text: &mut String,
+        list: &mut Vec<u32>,
+        point: &mut Point,
+        suffix: String,
+        n: u32,
+        fail: bool,
+    ) -> u32 {
+        text.push_str(&suffix);
+        list.push(n);
+        point.x += i64::from(n);
+        point.y -= i64::from(n);
+        point.label.push('!');
+        assert!(!fail, "a deliberate failure, after changing its copies");
+        u32::try_from(list.len()).unwrap_or(u32::MAX)
     }
 }
 

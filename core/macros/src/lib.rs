@@ -77,7 +77,9 @@ struct Method {
     docs: Vec<Attribute>,
     /// Whether the first parameter is the call's `Context`.
     takes_context: bool,
-    args: Vec<(Ident, Type)>,
+    /// The arguments: name, the type that crosses the wire, and whether it is in-out (`&mut T`
+    /// in the trait: sent, and the handler's final value sent back).
+    args: Vec<(Ident, Type, bool)>,
     output: Type,
     span: Span,
 }
@@ -191,18 +193,31 @@ fn parse_method(method: &mut TraitItemFn) -> syn::Result<Method> {
                 "courier service arguments must be plain names, like `count: u32`",
             ));
         };
-        if matches!(&*pt.ty, Type::Reference(_)) {
-            return Err(syn::Error::new(
-                pt.ty.span(),
-                "courier service arguments are passed by value: use an owned type such as \
-                 `String` or `Vec<u8>` instead of a reference",
-            ));
-        }
         if i == 0 && is_context(&pt.ty) {
             takes_context = true;
             continue;
         }
-        args.push((pat.ident.clone(), (*pt.ty).clone()));
+        match &*pt.ty {
+            Type::Reference(r) if r.mutability.is_some() => {
+                if one_way {
+                    return Err(syn::Error::new(
+                        pt.ty.span(),
+                        "a #[oneway] call has no reply to carry an in-out (`&mut`) parameter's \
+                         value back: take it by value, or drop #[oneway]",
+                    ));
+                }
+                args.push((pat.ident.clone(), (*r.elem).clone(), true));
+            }
+            Type::Reference(_) => {
+                return Err(syn::Error::new(
+                    pt.ty.span(),
+                    "a `&T` parameter cannot cross the wire: the server gets its own copy. Take \
+                     an owned type by value (`String`, `Vec<u8>`) for an input, or `&mut T` for \
+                     copy/restore (the caller's variable gets the handler's final value)",
+                ));
+            }
+            ty => args.push((pat.ident.clone(), ty.clone(), false)),
+        }
     }
     let output = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
@@ -350,7 +365,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
 
     let serde = quote!(::courier::__private::serde);
     let checks = methods.iter().flat_map(|m| {
-        let args = m.args.iter().map(move |(_, ty)| {
+        let args = m.args.iter().map(move |(_, ty, _)| {
             quote_spanned! {ty.span()=>
                 __courier_is_wire_type::<#ty>();
             }
@@ -385,19 +400,29 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
         let name = &m.name;
         let docs = &m.docs;
         let const_name = format_ident!("{}", m.name.to_string().to_uppercase());
-        let params = m.args.iter().map(|(n, t)| quote!(#n: #t));
-        let params: Vec<_> = params.collect();
-        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
+        let params: Vec<_> = m
+            .args
+            .iter()
+            .map(|(n, t, in_out)| if *in_out { quote!(#n: &mut #t) } else { quote!(#n: #t) })
+            .collect();
+        let names: Vec<_> = m.args.iter().map(|(n, _, _)| n).collect();
+        // In-out arguments are sent by reference (serialized as their value).
+        let sent: Vec<_> = m
+            .args
+            .iter()
+            .map(|(n, _, in_out)| if *in_out { quote!(&*#n) } else { quote!(#n) })
+            .collect();
         let out = &m.output;
         let blocking = format_ident!("{}_blocking", name);
         let blocking_doc = format!("[`Self::{name}`] from synchronous code: blocks this thread until it completes.");
+        let in_outs: Vec<_> = m.args.iter().filter(|(_, _, io)| *io).collect();
         if m.one_way {
             quote! {
                 #(#docs)*
                 ///
                 /// One-way: resolves once the transport has taken the request; no reply comes.
                 pub async fn #name(&self, #(#params),*) -> ::core::result::Result<(), ::courier::RpcError> {
-                    self.client.send_with(&Self::#const_name, (#(#names,)*), &self.options).await
+                    self.client.send_with(&Self::#const_name, (#(#sent,)*), &self.options).await
                 }
 
                 #[doc = #blocking_doc]
@@ -405,18 +430,73 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
                     self.client.block_on(self.#name(#(#names),*))
                 }
             }
-        } else {
+        } else if in_outs.is_empty() {
             let acked = format_ident!("{}_acked", name);
             let acked_doc = format!("[`Self::{name}`], acknowledged: resolves as soon as the server has the call, before the method runs; await the returned `Pending` for the reply.");
             quote! {
                 #(#docs)*
                 pub async fn #name(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
-                    self.client.call(&Self::#const_name, (#(#names,)*), &self.options).await
+                    self.client.call(&Self::#const_name, (#(#sent,)*), &self.options).await
                 }
 
                 #[doc = #acked_doc]
                 pub async fn #acked(&self, #(#params),*) -> ::core::result::Result<::courier::Pending<#out>, ::courier::RpcError> {
-                    self.client.call_acked(&Self::#const_name, (#(#names,)*), &self.options).await
+                    self.client.call_acked(&Self::#const_name, (#(#sent,)*), &self.options).await
+                }
+
+                #[doc = #blocking_doc]
+                pub fn #blocking(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
+                    self.client.block_on(self.#name(#(#names),*))
+                }
+            }
+        } else {
+            // The reply carries the result, then each in-out argument's final value; they are
+            // written back only when the reply arrives, so a failed call leaves them as they
+            // were.
+            let acked = format_ident!("{}_acked", name);
+            let acked_doc = format!("[`Self::{name}`], acknowledged: resolves as soon as the server has the call, before the method runs; await the returned `PendingInOut` for the reply, which also writes the in-out arguments back.");
+            let io_names: Vec<_> = in_outs.iter().map(|(n, _, _)| n).collect();
+            let io_types: Vec<_> = in_outs.iter().map(|(_, t, _)| t).collect();
+            let io_vals: Vec<_> = in_outs
+                .iter()
+                .map(|(n, _, _)| format_ident!("__courier_new_{}", n))
+                .collect();
+            let acked_params: Vec<_> = m
+                .args
+                .iter()
+                .map(|(n, t, in_out)| {
+                    if *in_out {
+                        quote!(#n: &'__courier mut #t)
+                    } else {
+                        quote!(#n: #t)
+                    }
+                })
+                .collect();
+            quote! {
+                #(#docs)*
+                ///
+                /// In-out arguments (`&mut`) get the handler's final values when the call
+                /// succeeds, and are left as they were when it fails.
+                pub async fn #name(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
+                    let (__courier_result, #(#io_vals,)*): (#out, #(#io_types,)*) = self
+                        .client
+                        .call(&Self::#const_name, (#(#sent,)*), &self.options)
+                        .await?;
+                    #(*#io_names = #io_vals;)*
+                    ::core::result::Result::Ok(__courier_result)
+                }
+
+                #[doc = #acked_doc]
+                pub async fn #acked<'__courier>(&self, #(#acked_params),*) -> ::core::result::Result<::courier::PendingInOut<'__courier, #out>, ::courier::RpcError> {
+                    let pending: ::courier::Pending<(#out, #(#io_types,)*)> = self
+                        .client
+                        .call_acked(&Self::#const_name, (#(#sent,)*), &self.options)
+                        .await?;
+                    ::core::result::Result::Ok(::courier::PendingInOut::new(async move {
+                        let (__courier_result, #(#io_vals,)*) = pending.await?;
+                        #(*#io_names = #io_vals;)*
+                        ::core::result::Result::Ok(__courier_result)
+                    }))
                 }
 
                 #[doc = #blocking_doc]
@@ -443,18 +523,35 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
     });
     let arms = methods.iter().zip(&method_consts).map(|(m, (_, id))| {
         let name = &m.name;
-        let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
-        let types: Vec<_> = m.args.iter().map(|(_, t)| t).collect();
+        let names: Vec<_> = m.args.iter().map(|(n, _, _)| n).collect();
+        let types: Vec<_> = m.args.iter().map(|(_, t, _)| t).collect();
+        let passed: Vec<_> = m
+            .args
+            .iter()
+            .map(|(n, _, in_out)| if *in_out { quote!(&mut #n) } else { quote!(#n) })
+            .collect();
+        let io_names: Vec<_> = m.args.iter().filter(|a| a.2).map(|(n, _, _)| n).collect();
         let take_ctx = m
             .takes_context
             .then(|| quote!(let __courier_ctx = call.context();));
         let ctx_arg = m.takes_context.then(|| quote!(__courier_ctx,));
+        let run = if io_names.is_empty() {
+            quote!(service.#name(#ctx_arg #(#passed),*).await)
+        } else {
+            // Copy/restore: the handler works on the server's copy, which goes back with the
+            // result.
+            quote! {{
+                #(let mut #io_names = #io_names;)*
+                let __courier_result = service.#name(#ctx_arg #(#passed),*).await;
+                (__courier_result, #(#io_names,)*)
+            }}
+        };
         quote! {
             #id => {
                 let (#(#names,)*): (#(#types,)*) = call.decode(codec)?;
                 #take_ctx
                 let service = ::std::sync::Arc::clone(&self.service);
-                let future = async move { service.#name(#ctx_arg #(#names),*).await };
+                let future = async move { #run };
                 ::core::result::Result::Ok(::courier::dispatch::handler(codec, future))
             }
         }

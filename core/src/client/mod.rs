@@ -521,6 +521,37 @@ impl<R> Future for Pending<R> {
     }
 }
 
+/// The reply of an acknowledged call with in-out (`&mut`) arguments: resolves with the result
+/// and, first, writes the handler's final values into the caller's variables (which it
+/// borrows until then). Dropping it discards the reply and leaves the variables as they were.
+pub struct PendingInOut<'a, R> {
+    inner: Pin<Box<dyn Future<Output = Result<R, RpcError>> + Send + 'a>>,
+}
+
+impl<'a, R> PendingInOut<'a, R> {
+    /// Wraps the future that awaits the reply and writes the values back (generated stubs
+    /// make it).
+    pub fn new(reply: impl Future<Output = Result<R, RpcError>> + Send + 'a) -> Self {
+        PendingInOut {
+            inner: Box::pin(reply),
+        }
+    }
+}
+
+impl<R> Future for PendingInOut<'_, R> {
+    type Output = Result<R, RpcError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<R> fmt::Debug for PendingInOut<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingInOut").finish_non_exhaustive()
+    }
+}
+
 impl<R> fmt::Debug for Pending<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pending").finish_non_exhaustive()

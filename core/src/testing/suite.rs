@@ -695,3 +695,61 @@ pub async fn metadata_reaches_the_handler_and_bad_blocks_fail_only_their_call<
     // And the stub's connection never noticed.
     assert_eq!(lab.echo(9).await, Ok(9));
 }
+
+/// In-out (`&mut`) arguments of several kinds in one method, mixed with by-value ones: the
+/// caller's variables hold the handler's final values after the call, through the plain,
+/// acknowledged and blocking forms; after a failed call they are as they were.
+pub async fn in_out_arguments_come_back_and_stay_put_on_failure<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    let mut text = "ab".to_owned();
+    let mut list = vec![1u32, 2];
+    let mut point = Point {
+        x: 10,
+        y: 10,
+        label: "p".into(),
+    };
+    let len = lab
+        .edit(&mut text, &mut list, &mut point, "cd".into(), 3, false)
+        .await;
+    assert_eq!(len, Ok(3));
+    assert_eq!((text.as_str(), list.as_slice()), ("abcd", &[1, 2, 3][..]));
+    assert_eq!(
+        point,
+        Point {
+            x: 13,
+            y: 7,
+            label: "p!".into()
+        }
+    );
+
+    // Acknowledged: the values come back with the reply, after the ack.
+    let pending = lab
+        .edit_acked(&mut text, &mut list, &mut point, "e".into(), 4, false)
+        .await
+        .expect("acknowledged");
+    assert_eq!(pending.await, Ok(4));
+    assert_eq!((text.as_str(), list.len(), point.x), ("abcde", 4, 17));
+
+    // A failed call (the handler panics after changing its copies) changes nothing here.
+    let before = (text.clone(), list.clone(), point.clone());
+    let failed = lab
+        .edit(&mut text, &mut list, &mut point, "zz".into(), 9, true)
+        .await;
+    assert!(matches!(failed, Err(RpcError::Internal(_))), "{failed:?}");
+    assert_eq!((text.clone(), list.clone(), point.clone()), before);
+
+    // Blocking, from a thread that may block.
+    let blocking = lab.clone();
+    let (len, text) = tokio::task::spawn_blocking(move || {
+        let (mut text, mut list, mut point) = before;
+        let len = blocking.edit_blocking(&mut text, &mut list, &mut point, "f".into(), 5, false);
+        (len, text)
+    })
+    .await
+    .expect("the blocking thread");
+    assert_eq!((len, text.as_str()), (Ok(5), "abcdef"));
+}
