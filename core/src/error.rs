@@ -89,6 +89,10 @@ pub enum RpcError {
     /// [`Server::shutdown`]: crate::Server::shutdown
     #[error("the server is unavailable: {0}")]
     Unavailable(String),
+    /// The receiver of a callback is gone: the caller stopped listening
+    /// ([`Callback`](crate::Callback)).
+    #[error("closed: {0}")]
+    Closed(String),
     /// The peer broke the protocol (a malformed frame). The connection's other calls go on.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -136,6 +140,7 @@ impl RpcError {
             RpcError::BadRequest(_) => "bad_request",
             RpcError::FrameTooLarge { .. } => "frame_too_large",
             RpcError::Unavailable(_) => "unavailable",
+            RpcError::Closed(_) => "closed",
             RpcError::Protocol(_) => "protocol",
             RpcError::Handshake(_) => "handshake",
             RpcError::Transport(_) => "transport",
@@ -182,6 +187,7 @@ impl RpcError {
             RpcError::FrameTooLarge { .. } => ErrorCode::TooLarge,
             RpcError::ReplyEvicted(_) => ErrorCode::ReplyEvicted,
             RpcError::Unavailable(_) => ErrorCode::Unavailable,
+            RpcError::Closed(_) => ErrorCode::Closed,
             _ => ErrorCode::Internal,
         };
         let message = match self {
@@ -192,6 +198,7 @@ impl RpcError {
             | RpcError::Protocol(m)
             | RpcError::ReplyEvicted(m)
             | RpcError::Unavailable(m)
+            | RpcError::Closed(m)
             | RpcError::Internal(m) => m.clone(),
             RpcError::VersionMismatch { message, .. } => message.clone(),
             other => other.to_string(),
@@ -219,6 +226,7 @@ impl RpcError {
             Some(ErrorCode::Protocol) => RpcError::Protocol(message),
             Some(ErrorCode::ReplyEvicted) => RpcError::ReplyEvicted(message),
             Some(ErrorCode::Unavailable) => RpcError::Unavailable(message),
+            Some(ErrorCode::Closed) => RpcError::Closed(message),
             Some(ErrorCode::TooLarge) => match too_large {
                 Some((size, limit)) => RpcError::FrameTooLarge {
                     size: usize::try_from(size).unwrap_or(usize::MAX),

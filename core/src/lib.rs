@@ -111,6 +111,7 @@ extern crate self as courier;
 
 pub mod address;
 mod budget;
+pub mod callback;
 mod client;
 pub mod codec;
 mod context;
@@ -132,6 +133,7 @@ pub mod trace;
 pub mod transport;
 pub mod wire;
 
+pub use callback::Callback;
 pub use client::{Client, ClientBuilder, Pending, PendingInOut};
 pub use codec::{Codec, CodecSet};
 pub use context::Context;

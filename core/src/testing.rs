@@ -215,7 +215,8 @@ macro_rules! conformance_tests {
             calls_through_a_link_that_delays_frames_all_complete,
             shutdown_finishes_running_calls_refuses_new_ones_and_ends,
             metadata_reaches_the_handler_and_bad_blocks_fail_only_their_call,
-            in_out_arguments_come_back_and_stay_put_on_failure
+            in_out_arguments_come_back_and_stay_put_on_failure,
+            callbacks_arrive_in_order_and_end_cleanly
         );
     };
 }
@@ -233,46 +234,7 @@ macro_rules! __conformance_tests {
     };
 }
 
-/// Bytes that travel as one byte string (serde's `bytes`), not as a sequence of numbers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ByteBuf(Vec<u8>);
-
-impl ByteBuf {
-    /// Wraps `bytes`.
-    pub fn from(bytes: Vec<u8>) -> Self {
-        ByteBuf(bytes)
-    }
-
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl serde::Serialize for ByteBuf {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ByteBuf {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteBuf;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v))
-            }
-        }
-        d.deserialize_byte_buf(Visitor)
-    }
-}
+pub use crate::codec::ByteBuf;
 
 /// The service every conformance test calls.
 #[crate::service(id = 0x434F_4E46)]
@@ -306,6 +268,10 @@ pub trait Conformance {
         n: u32,
         fail: bool,
     ) -> u32;
+    /// Returns `n` at once; then, from a task of its own, calls `progress` with 0, 1, … up to
+    /// `n` (exclusive), stopping at the first error, which it reports to the probes; then
+    /// drops it.
+    async fn report(&self, n: u32, progress: crate::Callback<u32>) -> u32;
 }
 
 /// A struct passed in-out by the conformance tests.
@@ -329,6 +295,8 @@ pub trait Doubler {
 /// What the server's handlers report, for the tests to wait on.
 #[derive(Debug)]
 pub struct Probes {
+    /// The error a `report` task's callback failed with.
+    callback_error: Mutex<Option<RpcError>>,
     started: AtomicU32,
     dropped: AtomicU32,
     counted: AtomicU64,
@@ -339,6 +307,7 @@ pub struct Probes {
 impl Default for Probes {
     fn default() -> Self {
         Probes {
+            callback_error: Mutex::new(None),
             started: AtomicU32::new(0),
             dropped: AtomicU32::new(0),
             counted: AtomicU64::new(0),
@@ -450,6 +419,23 @@ impl<C: Codec> Conformance for Lab<C> {
         point.label.push('!');
         assert!(!fail, "a deliberate failure, after changing its copies");
         u32::try_from(list.len()).unwrap_or(u32::MAX)
+    }
+
+    async fn report(&self, n: u32, progress: crate::Callback<u32>) -> u32 {
+        let probes = Arc::clone(&self.probes);
+        tokio::spawn(async move {
+            for i in 0..n {
+                if let Err(e) = progress.call(i).await {
+                    *probes
+                        .callback_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    probes.changed.notify_waiters();
+                    break;
+                }
+            }
+        });
+        n
     }
 }
 

@@ -366,6 +366,8 @@ pub enum ErrorCode {
     /// The server is shutting down and did not run the call: send it to another server (or
     /// later), which cannot run it twice.
     Unavailable = 12,
+    /// The receiver of a callback is gone: the caller stopped listening.
+    Closed = 13,
 }
 
 impl ErrorCode {
@@ -385,6 +387,7 @@ impl ErrorCode {
             10 => TooLarge,
             11 => ReplyEvicted,
             12 => Unavailable,
+            13 => Closed,
             _ => return None,
         })
     }

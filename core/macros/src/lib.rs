@@ -84,6 +84,16 @@ struct Method {
     span: Span,
 }
 
+/// Whether `ty` is `Callback<T>`: sent as an id, delivered to by calls back to the caller.
+fn is_callback(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| {
+            s.ident == "Callback" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
+        }),
+        _ => false,
+    }
+}
+
 fn is_context(ty: &Type) -> bool {
     match ty {
         Type::Path(p) => p
@@ -365,11 +375,15 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
 
     let serde = quote!(::courier::__private::serde);
     let checks = methods.iter().flat_map(|m| {
-        let args = m.args.iter().map(move |(_, ty, _)| {
-            quote_spanned! {ty.span()=>
-                __courier_is_wire_type::<#ty>();
-            }
-        });
+        let args = m
+            .args
+            .iter()
+            .filter(|(_, ty, _)| !is_callback(ty))
+            .map(move |(_, ty, _)| {
+                quote_spanned! {ty.span()=>
+                    __courier_is_wire_type::<#ty>();
+                }
+            });
         let out = &m.output;
         let ret = quote_spanned! {out.span()=>
             __courier_is_wire_type::<#out>();
@@ -406,11 +420,30 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
             .map(|(n, t, in_out)| if *in_out { quote!(#n: &mut #t) } else { quote!(#n: #t) })
             .collect();
         let names: Vec<_> = m.args.iter().map(|(n, _, _)| n).collect();
-        // In-out arguments are sent by reference (serialized as their value).
+        // In-out arguments are sent by reference (serialized as their value); a callback is
+        // registered with the client and sent as its id.
         let sent: Vec<_> = m
             .args
             .iter()
-            .map(|(n, _, in_out)| if *in_out { quote!(&*#n) } else { quote!(#n) })
+            .map(|(n, ty, in_out)| {
+                if *in_out {
+                    quote!(&*#n)
+                } else if is_callback(ty) {
+                    let id = format_ident!("__courier_callback_{}", n);
+                    quote!(#id)
+                } else {
+                    quote!(#n)
+                }
+            })
+            .collect();
+        let prelude: Vec<_> = m
+            .args
+            .iter()
+            .filter(|(_, ty, _)| is_callback(ty))
+            .map(|(n, _, _)| {
+                let id = format_ident!("__courier_callback_{}", n);
+                quote!(let #id: u64 = self.client.__register_callback(#n)?;)
+            })
             .collect();
         let out = &m.output;
         let blocking = format_ident!("{}_blocking", name);
@@ -422,6 +455,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
                 ///
                 /// One-way: resolves once the transport has taken the request; no reply comes.
                 pub async fn #name(&self, #(#params),*) -> ::core::result::Result<(), ::courier::RpcError> {
+                    #(#prelude)*
                     self.client.send_with(&Self::#const_name, (#(#sent,)*), &self.options).await
                 }
 
@@ -436,11 +470,13 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
             quote! {
                 #(#docs)*
                 pub async fn #name(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
+                    #(#prelude)*
                     self.client.call(&Self::#const_name, (#(#sent,)*), &self.options).await
                 }
 
                 #[doc = #acked_doc]
                 pub async fn #acked(&self, #(#params),*) -> ::core::result::Result<::courier::Pending<#out>, ::courier::RpcError> {
+                    #(#prelude)*
                     self.client.call_acked(&Self::#const_name, (#(#sent,)*), &self.options).await
                 }
 
@@ -478,6 +514,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
                 /// In-out arguments (`&mut`) get the handler's final values when the call
                 /// succeeds, and are left as they were when it fails.
                 pub async fn #name(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
+                    #(#prelude)*
                     let (__courier_result, #(#io_vals,)*): (#out, #(#io_types,)*) = self
                         .client
                         .call(&Self::#const_name, (#(#sent,)*), &self.options)
@@ -488,6 +525,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
 
                 #[doc = #acked_doc]
                 pub async fn #acked<'__courier>(&self, #(#acked_params),*) -> ::core::result::Result<::courier::PendingInOut<'__courier, #out>, ::courier::RpcError> {
+                    #(#prelude)*
                     let pending: ::courier::Pending<(#out, #(#io_types,)*)> = self
                         .client
                         .call_acked(&Self::#const_name, (#(#sent,)*), &self.options)
@@ -524,7 +562,24 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
     let arms = methods.iter().zip(&method_consts).map(|(m, (_, id))| {
         let name = &m.name;
         let names: Vec<_> = m.args.iter().map(|(n, _, _)| n).collect();
-        let types: Vec<_> = m.args.iter().map(|(_, t, _)| t).collect();
+        // A callback arrives as its id.
+        let types: Vec<_> = m
+            .args
+            .iter()
+            .map(|(_, t, _)| {
+                if is_callback(t) {
+                    quote!(u64)
+                } else {
+                    quote!(#t)
+                }
+            })
+            .collect();
+        let callbacks: Vec<_> = m
+            .args
+            .iter()
+            .filter(|(_, t, _)| is_callback(t))
+            .map(|(n, t, _)| quote!(let #n = <#t>::__remote(&call.context(), codec, #n)?;))
+            .collect();
         let passed: Vec<_> = m
             .args
             .iter()
@@ -549,6 +604,7 @@ fn expand(options: ServiceOptions, mut item: ItemTrait) -> syn::Result<TokenStre
         quote! {
             #id => {
                 let (#(#names,)*): (#(#types,)*) = call.decode(codec)?;
+                #(#callbacks)*
                 #take_ctx
                 let service = ::std::sync::Arc::clone(&self.service);
                 let future = async move { #run };

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use self::session::{ClientSession, Config, SessionCall};
 use crate::address::{Address, Transports};
+use crate::callback::{CallbackService, CallbackTable};
 use crate::codec::Codec;
 use crate::directory::{AddressConnector, Binder, HostId, Prefer, Resolver, Whereabouts};
 use crate::dispatch::{BoundRouter, Registry, Router, Service};
@@ -132,8 +133,14 @@ fn process_identity() -> Identity {
 impl<C: Codec> Client<C> {
     /// Starts building a client that uses `codec`.
     pub fn builder(codec: C) -> ClientBuilder<C> {
+        let callbacks = CallbackTable::new();
+        let mut registry = Registry::new(codec.clone());
+        // Every client offers the service that delivers to its callbacks; nothing else has its
+        // reserved id.
+        let _ = registry.add(CallbackService(Arc::clone(&callbacks)));
         ClientBuilder {
-            registry: Registry::new(codec.clone()),
+            callbacks,
+            registry,
             codec,
             limits: Limits::default(),
             identity: None,
@@ -212,6 +219,14 @@ impl<C: Codec> Client<C> {
     pub fn instance(&self) -> Option<String> {
         match &self.route {
             Route::Session(s, _) => s.instance(),
+            Route::Link(_) => None,
+        }
+    }
+
+    /// The table of the client's callbacks, if it has a session.
+    pub(crate) fn callbacks(&self) -> Option<&Arc<CallbackTable>> {
+        match &self.route {
+            Route::Session(s, _) => Some(s.callbacks()),
             Route::Link(_) => None,
         }
     }
@@ -560,6 +575,7 @@ impl<R> fmt::Debug for Pending<R> {
 
 /// Configures and connects a [`Client`].
 pub struct ClientBuilder<C> {
+    callbacks: Arc<CallbackTable>,
     codec: C,
     registry: Registry<C>,
     limits: Limits,
@@ -742,7 +758,9 @@ impl<C: Codec> ClientBuilder<C> {
             codec_index: 0,
             authorizer: None,
         });
+        self.callbacks.set_max(self.limits.max_in_flight);
         let config = Config {
+            callbacks: self.callbacks,
             connector,
             codec: C::NAME,
             identity: self.identity.unwrap_or_else(process_identity),

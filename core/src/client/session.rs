@@ -114,6 +114,8 @@ pub(crate) struct Config {
     pub(crate) router: Arc<dyn Router>,
     /// Where the session's links go, when it connects by address or by name.
     pub(crate) whereabouts: Option<Arc<Whereabouts>>,
+    /// The callbacks this client passed in its calls.
+    pub(crate) callbacks: Arc<crate::callback::CallbackTable>,
 }
 
 /// One client identity talking to one server, over as many links as it takes.
@@ -233,6 +235,11 @@ impl ClientSession {
         } else {
             None
         }
+    }
+
+    /// The callbacks this client passed in its calls.
+    pub(crate) fn callbacks(&self) -> &Arc<crate::callback::CallbackTable> {
+        &self.config.callbacks
     }
 
     /// The limits the session's links apply.
@@ -595,6 +602,7 @@ impl ClientSession {
         if let Some(draining) = draining {
             draining.shutdown();
         }
+        self.config.callbacks.clear();
         for w in failed {
             let _ = w.reply.send(Err(client_closed()));
         }
@@ -861,6 +869,8 @@ impl SessionHooks for ClientSession {
         }
         state.link = None;
         state.table.link_down(generation);
+        // The handlers that held them were on that connection: its end ends them.
+        self.config.callbacks.clear();
         if self.closed.load(Ordering::Acquire) {
             return;
         }

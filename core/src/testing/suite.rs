@@ -753,3 +753,58 @@ pub async fn in_out_arguments_come_back_and_stay_put_on_failure<H: Harness, C: C
     .expect("the blocking thread");
     assert_eq!((len, text.as_str()), (Ok(5), "abcdef"));
 }
+
+/// A `Callback<T>` argument: 1,000 values the handler delivers after it returned arrive in
+/// order, then the channel closes when the handler drops it; a caller that stops listening
+/// makes the handler's next `call` fail with `Closed`; the connection ending ends the
+/// callback on the caller's side.
+pub async fn callbacks_arrive_in_order_and_end_cleanly<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    use crate::Callback;
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+
+    let (progress, mut reports) = Callback::channel(16);
+    assert_eq!(lab.report(1000, progress).await, Ok(1000));
+    for i in 0..1000 {
+        assert_eq!(reports.recv().await, Some(i), "value {i}");
+    }
+    assert_eq!(
+        reports.recv().await,
+        None,
+        "dropped by the handler: the channel closes"
+    );
+
+    let (progress, mut reports) = Callback::channel(1);
+    assert_eq!(lab.report(u32::MAX, progress).await, Ok(u32::MAX));
+    assert_eq!(reports.recv().await, Some(0));
+    drop(reports);
+    env.probes
+        .until("the handler's callback failed", |p| {
+            p.callback_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+        })
+        .await;
+    let error = env
+        .probes
+        .callback_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    assert!(matches!(error, Some(RpcError::Closed(_))), "{error:?}");
+    assert_eq!(lab.echo(3).await, Ok(3), "the connection is fine");
+
+    let (progress, mut reports) = Callback::channel(1);
+    assert_eq!(lab.report(u32::MAX, progress).await, Ok(u32::MAX));
+    assert_eq!(reports.recv().await, Some(0));
+    env.kill_server();
+    // Whatever was under way arrives; then the channel closes with the connection.
+    let drained = async { while reports.recv().await.is_some() {} };
+    tokio::time::timeout(Duration::from_secs(60), drained)
+        .await
+        .expect("the callback ended with the connection");
+}

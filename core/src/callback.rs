@@ -1,0 +1,408 @@
+//! Callback parameters: a [`Callback<T>`] argument lets a handler call its caller back, as
+//! often as it likes and for as long as it keeps the callback (progress reports, partial
+//! results), over the same connection.
+//!
+//! The caller makes the callback from a closure ([`Callback::from_fn`]) or a channel
+//! ([`Callback::channel`]); the handler gets a `Callback<T>` whose [`Callback::call`] delivers
+//! a value to it, in order, from any task, even after the handler has returned. It ends when
+//! the handler drops it (the caller's channel then closes), when the caller stops listening
+//! (the handler's next `call` fails with [`RpcError::Closed`]), or when the connection ends.
+//!
+//! On the wire each delivery is an ordinary call back to the client, to a service every
+//! client offers (PROTOCOL.md §3.3), so callbacks obey the limits every call does.
+//!
+//! ```
+//! use courier::{Callback, Client, Server, RpcError};
+//! use courier_cbor::Cbor;
+//!
+//! #[courier::service]
+//! pub trait Jobs {
+//!     /// Runs a job of `steps` steps, reporting each to `progress`, and returns at once.
+//!     async fn start(&self, steps: u32, progress: Callback<u32>) -> String;
+//! }
+//! struct Worker;
+//! impl Jobs for Worker {
+//!     async fn start(&self, steps: u32, progress: Callback<u32>) -> String {
+//!         tokio::spawn(async move {
+//!             for step in 1..=steps {
+//!                 if progress.call(step).await.is_err() { break } // the caller left
+//!             }
+//!         }); // dropping `progress` at the end tells the caller there is no more
+//!         "started".into()
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), RpcError> {
+//! let server = Server::builder(Cbor::default()).service(JobsServer::new(Worker)).build();
+//! let listeners = server.listen(["mem://jobs"])?;
+//! tokio::spawn(async move { server.serve_all(listeners).await });
+//! let jobs = JobsClient::new(Client::builder(Cbor::default()).connect_to("mem://jobs").await?);
+//!
+//! let (progress, mut reports) = Callback::channel(8);
+//! assert_eq!(jobs.start(3, progress).await?, "started");
+//! let mut seen = Vec::new();
+//! while let Some(step) = reports.recv().await {
+//!     seen.push(step);
+//! }
+//! assert_eq!(seen, [1, 2, 3]);
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::mpsc;
+
+use crate::codec::{ByteBuf, Codec};
+use crate::context::Context;
+use crate::dispatch::{HandlerFuture, Incoming, Service};
+use crate::error::RpcError;
+use crate::ids::{InterfaceId, MethodDesc, MethodId};
+use crate::{CallOptions, Client};
+
+/// The interface id of the callback service every client offers (`"COCB"`).
+pub const INTERFACE: InterfaceId = InterfaceId::new(0x434F_4342);
+const SERVICE: &str = "courier::Callback";
+
+/// Delivers one value: `(callback id: u64, value: bytes)` → `()`.
+const DELIVER: MethodDesc = MethodDesc {
+    service: SERVICE,
+    name: "deliver",
+    interface: INTERFACE,
+    version: 1,
+    method: MethodId::new(1),
+    idempotent: false,
+};
+
+/// One-way: the handler dropped callback `(id: u64,)`; no more values will come.
+const CLOSE: MethodDesc = MethodDesc {
+    service: SERVICE,
+    name: "close",
+    interface: INTERFACE,
+    version: 1,
+    method: MethodId::new(2),
+    idempotent: false,
+};
+
+/// Where a callback's values go on the caller's side.
+trait Sink<T>: Send + Sync {
+    /// Delivers `value`; `Err` if nobody listens any more.
+    fn deliver(&self, value: T) -> BoxFuture<'_, Result<(), ()>>;
+}
+
+struct FnSink<F>(Mutex<F>);
+
+impl<T, F: FnMut(T) + Send> Sink<T> for FnSink<F> {
+    fn deliver(&self, value: T) -> BoxFuture<'_, Result<(), ()>> {
+        (self.0.lock().unwrap_or_else(|p| p.into_inner()))(value);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct ChannelSink<T>(mpsc::Sender<T>);
+
+impl<T: Send + 'static> Sink<T> for ChannelSink<T> {
+    fn deliver(&self, value: T) -> BoxFuture<'_, Result<(), ()>> {
+        // A full channel holds the reply back, and so the handler's next `call`: the caller's
+        // pace is the handler's.
+        Box::pin(async move { self.0.send(value).await.map_err(drop) })
+    }
+}
+
+/// Sends one value of callback `id` back over the connection.
+type SendValue<T> = Box<dyn Fn(u64, T) -> BoxFuture<'static, Result<(), RpcError>> + Send + Sync>;
+
+/// A handler's end of a caller's callback: each value is a call back over the connection.
+struct Remote<T> {
+    id: u64,
+    send: SendValue<T>,
+    close: Box<dyn Fn(u64) + Send + Sync>,
+    /// One value at a time, so that they arrive in the order `call` was called.
+    order: tokio::sync::Mutex<()>,
+}
+
+impl<T> Drop for Remote<T> {
+    fn drop(&mut self) {
+        (self.close)(self.id);
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for Remote<T> {
+    fn deliver(&self, value: T) -> BoxFuture<'_, Result<(), ()>> {
+        Box::pin(async move {
+            let _turn = self.order.lock().await;
+            (self.send)(self.id, value).await.map_err(drop)
+        })
+    }
+}
+
+/// A callback argument; see the [module docs](self).
+pub struct Callback<T> {
+    side: Side<T>,
+}
+
+enum Side<T> {
+    /// Made by the caller: values go to its closure or channel.
+    Local(Arc<dyn Sink<T>>),
+    /// Received by a handler: values go back over the connection.
+    Remote(Arc<Remote<T>>),
+}
+
+impl<T> Clone for Callback<T> {
+    fn clone(&self) -> Self {
+        Callback {
+            side: match &self.side {
+                Side::Local(s) => Side::Local(Arc::clone(s)),
+                Side::Remote(r) => Side::Remote(Arc::clone(r)),
+            },
+        }
+    }
+}
+
+impl<T> fmt::Debug for Callback<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.side {
+            Side::Local(_) => f.write_str("Callback(local)"),
+            Side::Remote(r) => write!(f, "Callback(remote {})", r.id),
+        }
+    }
+}
+
+impl<T: Send + 'static> Callback<T> {
+    /// A callback that runs `f` with each value, in order. `f` runs on the connection's
+    /// runtime and should be quick; a slow consumer is better served by
+    /// [`Callback::channel`].
+    pub fn from_fn(f: impl FnMut(T) + Send + 'static) -> Self {
+        Callback {
+            side: Side::Local(Arc::new(FnSink(Mutex::new(f)))),
+        }
+    }
+
+    /// A callback that sends each value to `sender`. When the receiver is dropped, the
+    /// handler's next [`Callback::call`] fails with [`RpcError::Closed`]; when the handler
+    /// drops the callback (or the connection ends), the receiver sees the channel close.
+    pub fn from_sender(sender: mpsc::Sender<T>) -> Self {
+        Callback {
+            side: Side::Local(Arc::new(ChannelSink(sender))),
+        }
+    }
+
+    /// A callback and the receiver of its values, through a channel of `capacity` values:
+    /// a handler that gets ahead of the receiver waits.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<T>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Callback::from_sender(tx), rx)
+    }
+
+    /// Delivers `value` to the caller and waits until it has taken it. Values delivered from
+    /// several tasks arrive one at a time, in the order of these calls. Fails with
+    /// [`RpcError::Closed`] once the caller stops listening, and with the connection's error
+    /// once it ends.
+    pub async fn call(&self, value: T) -> Result<(), RpcError> {
+        match &self.side {
+            Side::Local(sink) => sink
+                .deliver(value)
+                .await
+                .map_err(|()| RpcError::Closed("the caller stopped listening".to_owned())),
+            Side::Remote(remote) => {
+                let _turn = remote.order.lock().await;
+                (remote.send)(remote.id, value).await
+            }
+        }
+    }
+
+    /// The caller's sink (for [`Client::register_callback`]): a received callback passed on
+    /// forwards to its own caller.
+    fn sink(self) -> Arc<dyn Sink<T>> {
+        match self.side {
+            Side::Local(sink) => sink,
+            Side::Remote(remote) => remote,
+        }
+    }
+}
+
+impl<T> Callback<T>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// The handler's end of the caller's callback `id` (generated dispatchers call this).
+    #[doc(hidden)]
+    pub fn __remote<C: Codec>(context: &Context, codec: &C, id: u64) -> Result<Self, RpcError> {
+        let client = context.client(codec.clone())?;
+        let sender = client.clone();
+        let send = move |id: u64, value: T| -> BoxFuture<'static, Result<(), RpcError>> {
+            let client = sender.clone();
+            Box::pin(async move {
+                let mut bytes = Vec::new();
+                client.codec().encode(&value, &mut bytes)?;
+                client
+                    .call::<_, ()>(&DELIVER, (id, ByteBuf::from(bytes)), &CallOptions::new())
+                    .await
+            })
+        };
+        let close = move |id: u64| {
+            let client = client.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.send(&CLOSE, (id,)).await;
+                });
+            }
+        };
+        Ok(Callback {
+            side: Side::Remote(Arc::new(Remote {
+                id,
+                send: Box::new(send),
+                close: Box::new(close),
+                order: tokio::sync::Mutex::new(()),
+            })),
+        })
+    }
+}
+
+/// A registered callback, its values decoded with the client's codec.
+trait Erased: Send + Sync {
+    fn deliver(&self, bytes: Vec<u8>) -> BoxFuture<'_, Result<(), RpcError>>;
+}
+
+struct Decoding<C, T> {
+    codec: C,
+    sink: Arc<dyn Sink<T>>,
+}
+
+impl<C: Codec, T: DeserializeOwned + Send + 'static> Erased for Decoding<C, T> {
+    fn deliver(&self, bytes: Vec<u8>) -> BoxFuture<'_, Result<(), RpcError>> {
+        Box::pin(async move {
+            let value: T = self
+                .codec
+                .decode(&bytes)
+                .map_err(|e| RpcError::BadRequest(e.to_string()))?;
+            self.sink
+                .deliver(value)
+                .await
+                .map_err(|()| RpcError::Closed("the caller stopped listening".to_owned()))
+        })
+    }
+}
+
+/// A client's callbacks, by id: what its callback service delivers to.
+pub(crate) struct CallbackTable {
+    next: std::sync::atomic::AtomicU64,
+    sinks: Mutex<HashMap<u64, Arc<dyn Erased>>>,
+    /// How many may be open at once: the client's `Limits::max_in_flight`.
+    max: std::sync::atomic::AtomicUsize,
+}
+
+impl CallbackTable {
+    pub(crate) fn new() -> Arc<CallbackTable> {
+        Arc::new(CallbackTable {
+            next: std::sync::atomic::AtomicU64::new(1),
+            sinks: Mutex::new(HashMap::new()),
+            max: std::sync::atomic::AtomicUsize::new(crate::Limits::default().max_in_flight),
+        })
+    }
+
+    /// Bounds the callbacks open at once.
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<dyn Erased>>> {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `callback`, to decode its values with `codec`; its id, to send in its place.
+    pub(crate) fn register<C: Codec, T>(
+        &self,
+        codec: &C,
+        callback: Callback<T>,
+    ) -> Result<u64, RpcError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let mut sinks = self.lock();
+        let max = self.max.load(std::sync::atomic::Ordering::Relaxed);
+        if sinks.len() >= max {
+            return Err(RpcError::Overloaded(format!(
+                "{max} callbacks already open on this client"
+            )));
+        }
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sink = Decoding {
+            codec: codec.clone(),
+            sink: callback.sink(),
+        };
+        sinks.insert(id, Arc::new(sink));
+        Ok(id)
+    }
+
+    /// Ends every callback: the connection they were sent on has ended.
+    pub(crate) fn clear(&self) {
+        let ended = std::mem::take(&mut *self.lock());
+        drop(ended);
+    }
+}
+
+/// The service every client offers, through which handlers deliver to callbacks.
+pub(crate) struct CallbackService(pub(crate) Arc<CallbackTable>);
+
+impl Service for CallbackService {
+    const NAME: &'static str = SERVICE;
+    const INTERFACE: InterfaceId = INTERFACE;
+    const VERSION: u16 = 1;
+
+    fn dispatch<C: Codec>(&self, codec: &C, call: Incoming<'_>) -> Result<HandlerFuture, RpcError> {
+        match call.method() {
+            m if m == DELIVER.method => {
+                let (id, value): (u64, ByteBuf) = call.decode(codec)?;
+                let sink = self.0.lock().get(&id).cloned().ok_or_else(|| {
+                    RpcError::Closed(format!("callback {id} is no longer listened to"))
+                })?;
+                let table = Arc::clone(&self.0);
+                let codec = codec.clone();
+                Ok(Box::pin(async move {
+                    let delivered = sink.deliver(value.into_vec()).await;
+                    if delivered.is_err() {
+                        table.lock().remove(&id);
+                    }
+                    delivered?;
+                    crate::dispatch::handler(&codec, async {}).await
+                }))
+            }
+            m if m == CLOSE.method => {
+                let (id,): (u64,) = call.decode(codec)?;
+                self.0.lock().remove(&id);
+                Ok(crate::dispatch::handler(codec, async {}))
+            }
+            _ => Err(call.unknown_method()),
+        }
+    }
+
+    fn method_name(method: MethodId) -> Option<&'static str> {
+        [DELIVER, CLOSE]
+            .iter()
+            .find(|d| d.method == method)
+            .map(|d| d.name)
+    }
+}
+
+impl<C: Codec> Client<C> {
+    /// Registers `callback` with this client, for a call that passes it (generated stubs call
+    /// this); its id, sent in its place.
+    #[doc(hidden)]
+    pub fn __register_callback<T>(&self, callback: Callback<T>) -> Result<u64, RpcError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        match self.callbacks() {
+            Some(table) => table.register(self.codec(), callback),
+            None => Err(RpcError::BadRequest(
+                "a callback can only be passed by a client made with ClientBuilder, not by a \
+                 handler calling its own caller back"
+                    .to_owned(),
+            )),
+        }
+    }
+}
