@@ -25,3 +25,7 @@ impl Harness for Mem {
 mod cbor {
     courier::conformance_tests!(super::Mem, courier_cbor::Cbor::default());
 }
+
+mod xdr {
+    courier::conformance_tests!(super::Mem, courier_xdr::Xdr::default());
+}
