@@ -54,28 +54,32 @@ pub(crate) fn client_span(service: &'static str, method: &'static str, codec: &s
     )
 }
 
-/// The server's span of one call.
+/// The server's span of one call; `names` (the service's and the method's) is asked only if
+/// a subscriber wants the span.
 pub(crate) fn server_span(
-    service: Option<&'static str>,
-    method: Option<&'static str>,
     call_id: u64,
     codec: &str,
     peer: &Peer,
+    names: impl FnOnce() -> (Option<&'static str>, Option<&'static str>),
 ) -> Span {
     let span = tracing::info_span!(
         "courier.handle",
         otel.kind = "server",
         rpc.system = "courier",
-        rpc.service = service.unwrap_or("unknown"),
-        rpc.method = method.unwrap_or("unknown"),
+        rpc.service = Empty,
+        rpc.method = Empty,
         call_id,
         codec,
         peer = Empty,
-        transport = transport(peer),
+        transport = Empty,
         outcome = Empty,
         duration_us = Empty,
     );
     if !span.is_disabled() {
+        let (service, method) = names();
+        span.record("rpc.service", service.unwrap_or("unknown"));
+        span.record("rpc.method", method.unwrap_or("unknown"));
+        span.record("transport", transport(peer));
         span.record("peer", tracing::field::debug(peer));
     }
     span

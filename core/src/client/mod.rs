@@ -253,8 +253,10 @@ impl<C: Codec> Client<C> {
                 .await
                 .map(Slot::Link),
         }?;
-        // The call's span, if a subscriber wants one (a no-op otherwise).
-        tracing::Span::current().record("call_id", slot.id());
+        // The call's span, if there is one: only a subscriber makes spans.
+        if tracing::dispatcher::has_been_set() {
+            tracing::Span::current().record("call_id", slot.id());
+        }
         Ok(slot)
     }
 

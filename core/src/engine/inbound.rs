@@ -296,10 +296,9 @@ impl Shared {
         } else {
             (Metadata::default(), HEADER_LEN)
         };
-        let span = {
-            let (service, method) = router.names(header.interface, header.method);
-            trace::server_span(service, method, header.call_id, &self.codec, &self.peer)
-        };
+        let span = trace::server_span(header.call_id, &self.codec, &self.peer, || {
+            router.names(header.interface, header.method)
+        });
         #[cfg(feature = "opentelemetry")]
         if !span.is_disabled() {
             trace::extract(&span, &metadata);
