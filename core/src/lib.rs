@@ -52,6 +52,12 @@
 //! `#[idempotent]` may run more than once when a link or the server fails (see *Failure
 //! semantics*); every other two-way method runs at most once.
 //!
+//! Parameters are passed by value; a `&mut T` parameter is in-out (copy/restore: the caller's
+//! variable gets the handler's final value), and a [`Callback<T>`] parameter lets the handler
+//! call the caller back, in order, until it drops it ([`callback`]). Per-call [`Metadata`] goes
+//! beside the arguments ([`CallOptions::metadata`], [`Context::metadata`]); every call has a
+//! span on each side ([`trace`]); [`Server::shutdown`] stops a server gracefully.
+//!
 //! A method whose first parameter after `&self` is a [`Context`] receives the call's context:
 //! the peer, the deadline, and [`Context::client`] to call back services that the client
 //! exported on the same connection ([`ClientBuilder::export`]).
