@@ -30,6 +30,24 @@ use crate::transport::{BoxConnector, Connector, DynConnector, Link};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
 use tracing::Instrument;
 
+/// Runs `$call` (which uses `$options`) inside the call's span, recording how it ended; runs it
+/// bare when no subscriber wants the span.
+macro_rules! traced {
+    ($client:ident, $method:ident, $options:ident, |$o:ident| $call:expr) => {{
+        let span = trace::client_span($method.service, $method.name, C::NAME);
+        if span.is_disabled() {
+            let $o = $options;
+            return $call.await;
+        }
+        let with_context = $client.traced_options(&span, $options);
+        let $o = &*with_context;
+        let started = std::time::Instant::now();
+        let result = $call.instrument(span.clone()).await;
+        trace::finish(&span, started, trace::outcome(&result));
+        result
+    }};
+}
+
 /// What writes a call's payload into its frame.
 trait Body: FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError> {}
 
@@ -332,18 +350,8 @@ impl<C: Codec> Client<C> {
         A: Serialize + Send,
         R: DeserializeOwned,
     {
-        let span = trace::client_span(method.service, method.name, C::NAME);
-        if span.is_disabled() {
-            return self.call_inner(method, args, options).await;
-        }
-        let options = self.traced_options(&span, options);
-        let started = std::time::Instant::now();
-        let result = self
-            .call_inner(method, args, &options)
-            .instrument(span.clone())
-            .await;
-        trace::finish(&span, started, trace::outcome(&result));
-        result
+        traced!(self, method, options, |options| self
+            .call_inner(method, args, options))
     }
 
     async fn call_inner<A, R>(
@@ -375,19 +383,9 @@ impl<C: Codec> Client<C> {
         A: Serialize + Send,
         R: DeserializeOwned + Send + 'static,
     {
-        let span = trace::client_span(method.service, method.name, C::NAME);
-        if span.is_disabled() {
-            return self.call_acked_inner(method, args, options).await;
-        }
         // The span ends with the acknowledgement; the reply comes later, outside it.
-        let options = self.traced_options(&span, options);
-        let started = std::time::Instant::now();
-        let result = self
-            .call_acked_inner(method, args, &options)
-            .instrument(span.clone())
-            .await;
-        trace::finish(&span, started, trace::outcome(&result));
-        result
+        traced!(self, method, options, |options| self
+            .call_acked_inner(method, args, options))
     }
 
     async fn call_acked_inner<A, R>(
@@ -436,18 +434,8 @@ impl<C: Codec> Client<C> {
     where
         A: Serialize + Send,
     {
-        let span = trace::client_span(method.service, method.name, C::NAME);
-        if span.is_disabled() {
-            return self.send_inner(method, args, options).await;
-        }
-        let options = self.traced_options(&span, options);
-        let started = std::time::Instant::now();
-        let result = self
-            .send_inner(method, args, &options)
-            .instrument(span.clone())
-            .await;
-        trace::finish(&span, started, trace::outcome(&result));
-        result
+        traced!(self, method, options, |options| self
+            .send_inner(method, args, options))
     }
 
     async fn send_inner<A>(
