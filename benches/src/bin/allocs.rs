@@ -1,9 +1,13 @@
-//! Heap allocations per null call over the in-process transport, counted by a global allocator
-//! that counts (the whole process: caller, engine and server together).
+//! Heap allocations per null call, counted by a global allocator that counts.
 //!
 //! ```sh
-//! cargo run --release -p courier-benches --bin allocs
+//! cargo run --release -p courier-benches --bin allocs          # in process: both sides together
+//! cargo run --release -p courier-benches --bin allocs -- shm   # shared memory: each side apart
 //! ```
+//!
+//! In process, the count is the whole process's: caller, engine and server together. Over
+//! shared memory the server is a child process, so each side is counted in its own process
+//! (the server's count is read with a call before and after the measured calls).
 //!
 //! It also prints the time per call (on stderr), and with `ALLOCS_CONCURRENT=1` the time per
 //! call with 64 callers at once: a quick A/B of two builds of the engine, beside the matrix.
@@ -48,23 +52,110 @@ static GLOBAL: Counting = Counting;
 pub trait Null {
     /// Does nothing.
     async fn null(&self);
+    /// The allocations the serving process has made so far.
+    async fn allocations(&self) -> u64;
 }
 
 struct Nothing;
 
 impl Null for Nothing {
     async fn null(&self) {}
+
+    async fn allocations(&self) -> u64 {
+        ALLOCATIONS.load(Ordering::Relaxed)
+    }
 }
 
 const CALLS: u64 = 100_000;
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("a runtime");
-    runtime.block_on(async {
+        .expect("a runtime")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--serve") => serve_shm(&args[1]),
+        Some("shm") => over_shm(),
+        _ => in_process(),
+    }
+}
+
+/// The child process of `shm`: serves `Null` at `path` until killed.
+fn serve_shm(path: &str) {
+    runtime().block_on(async {
+        let listener =
+            courier_shm::ShmListener::bind(path, courier_shm::ShmOptions::default()).expect("bind");
+        println!("ready");
+        let server = Server::builder(Xdr::default())
+            .service(NullServer::new(Nothing))
+            .build();
+        let _ = server.serve(listener).await;
+    });
+}
+
+/// Each side's allocations per null call over shared memory, the server in a child process.
+fn over_shm() {
+    use std::io::BufRead;
+    let path = std::env::temp_dir().join(format!("courier-allocs-{}.sock", std::process::id()));
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .args(["--serve", &path.display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the server process");
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("the server says it is ready");
+    runtime().block_on(async {
+        let connector = courier_shm::ShmConnector::new(&path, courier_shm::ShmOptions::default());
+        let client = NullClient::new(
+            Client::builder(Xdr::default())
+                .connect(&connector)
+                .await
+                .expect("connected"),
+        );
+        let (client_count, server_count, elapsed) = tokio::spawn(async move {
+            for _ in 0..10_000 {
+                client.null().await.expect("a null call");
+            }
+            let server_before = client.allocations().await.expect("the server's count");
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            for _ in 0..CALLS {
+                client.null().await.expect("a null call");
+            }
+            let elapsed = started.elapsed();
+            let after = ALLOCATIONS.load(Ordering::Relaxed);
+            let server_after = client.allocations().await.expect("the server's count");
+            (after - before, server_after - server_before, elapsed)
+        })
+        .await
+        .expect("the calling task");
+        eprintln!(
+            "({:.2} µs per call)",
+            elapsed.as_secs_f64() * 1e6 / CALLS as f64
+        );
+        println!(
+            "shared-memory null call, XDR, 1 in flight: {:.2} allocations per call in the \
+             client's process, {:.2} in the server's ({} calls)",
+            client_count as f64 / CALLS as f64,
+            server_count as f64 / CALLS as f64,
+            CALLS
+        );
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(path);
+}
+
+/// Allocations per null call in process: both sides together.
+fn in_process() {
+    runtime().block_on(async {
         let listener = mem::Listener::bind("allocs").expect("a fresh name");
         let server = Server::builder(Xdr::default())
             .service(NullServer::new(Nothing))
