@@ -365,6 +365,15 @@ impl Tx {
         Ok(())
     }
 
+    /// Sends a frame the engine keeps (a call it may send again, an outcome it caches): copied
+    /// into the ring straight from its bytes, without a [`RingBuf`] and without the trait's
+    /// default path (which boxes a buffer and two more futures).
+    async fn send_bytes(&self, frame: &[u8]) -> Result<(), TransportError> {
+        let end = &self.0;
+        let mut producer = end.producer.lock().await;
+        Tx::push(end, &mut producer, frame).await
+    }
+
     /// Publishes a frame written in a [`RingBuf`].
     async fn publish(&self, message: Box<dyn FrameBuf>) -> Result<(), TransportError> {
         let any: Box<dyn Any> = message;
@@ -430,6 +439,17 @@ impl LinkTx for Tx {
         message: Box<dyn FrameBuf>,
     ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
         Box::pin(async move { self.publish(message).await.map(|()| None) })
+    }
+
+    fn send_shared(&self, frame: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.send_bytes(&frame).await })
+    }
+
+    fn send_call_shared(
+        &self,
+        frame: Bytes,
+    ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
+        Box::pin(async move { self.send_bytes(&frame).await.map(|()| None) })
     }
 
     fn close(&self) {
