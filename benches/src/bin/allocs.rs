@@ -85,8 +85,13 @@ fn main() {
     }
 }
 
-/// The child process of `shm`: serves `Null` at `path` until killed.
+/// The child process of `shm`: serves `Null` at `path` until its stdin closes (so that a
+/// profiler watching it, such as `valgrind --tool=dhat --trace-children=yes`, sees it exit).
 fn serve_shm(path: &str) {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     runtime().block_on(async {
         let listener =
             courier_shm::ShmListener::bind(path, courier_shm::ShmOptions::default()).expect("bind");
@@ -104,6 +109,7 @@ fn over_shm() {
     let path = std::env::temp_dir().join(format!("courier-allocs-{}.sock", std::process::id()));
     let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
         .args(["--serve", &path.display().to_string()])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the server process");
@@ -148,7 +154,8 @@ fn over_shm() {
             CALLS
         );
     });
-    let _ = child.kill();
+    // Closing its stdin ends the server.
+    drop(child.stdin.take());
     let _ = child.wait();
     let _ = std::fs::remove_file(path);
 }
