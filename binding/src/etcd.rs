@@ -14,6 +14,10 @@ use futures::StreamExt;
 /// How long one request to etcd may take before the directory reports it failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most instances of one service a lookup reads: a bound on what a crowded (or hostile)
+/// directory can make a client hold.
+const MAX_INSTANCES: i64 = 4096;
+
 /// The largest record read back: etcd's own default request limit is 1.5 MiB, and a record
 /// is a few hundred bytes.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -41,6 +45,8 @@ async fn request<T>(
 /// background task renews every third of it. If the lease is lost anyway (etcd unreachable for
 /// longer than the TTL), the task registers the record again under a new lease as soon as etcd
 /// answers.
+///
+/// A lookup reads at most 4,096 instances of a service.
 ///
 /// By default, records with loopback or wildcard addresses are refused
 /// ([`InstanceRecord::check_advertisable`]); [`EtcdDirectory::allow_local_only`] accepts them
@@ -124,9 +130,15 @@ async fn list(
 ) -> Result<Vec<InstanceRecord>, AddressError> {
     let response = request(
         "listing instances",
-        client.get(prefix, Some(GetOptions::new().with_prefix())),
+        client.get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_limit(MAX_INSTANCES)),
+        ),
     )
     .await?;
+    if response.more() {
+        tracing::warn!(%prefix, limit = MAX_INSTANCES, "more instances than a lookup reads; the rest are passed over");
+    }
     let mut records = Vec::new();
     for kv in response.kvs() {
         let key = String::from_utf8_lossy(kv.key());

@@ -61,6 +61,7 @@ use crate::context::Context;
 use crate::dispatch::{HandlerFuture, Incoming, Service};
 use crate::error::RpcError;
 use crate::ids::{InterfaceId, MethodDesc, MethodId};
+use crate::sync::lock;
 use crate::{CallOptions, Client};
 
 /// The interface id of the callback service every client offers (`"COCB"`).
@@ -97,7 +98,7 @@ struct FnSink<F>(Mutex<F>);
 
 impl<T, F: FnMut(T) + Send> Sink<T> for FnSink<F> {
     fn deliver(&self, value: T) -> BoxFuture<'_, Result<(), ()>> {
-        (self.0.lock().unwrap_or_else(|p| p.into_inner()))(value);
+        (lock(&self.0))(value);
         Box::pin(async { Ok(()) })
     }
 }
@@ -130,12 +131,17 @@ impl<T> Drop for Remote<T> {
     }
 }
 
+impl<T> Remote<T> {
+    /// Sends `value` back to the caller, after the values of earlier calls.
+    async fn send(&self, value: T) -> Result<(), RpcError> {
+        let _turn = self.order.lock().await;
+        (self.send)(self.id, value).await
+    }
+}
+
 impl<T: Send + 'static> Sink<T> for Remote<T> {
     fn deliver(&self, value: T) -> BoxFuture<'_, Result<(), ()>> {
-        Box::pin(async move {
-            let _turn = self.order.lock().await;
-            (self.send)(self.id, value).await.map_err(drop)
-        })
+        Box::pin(async move { self.send(value).await.map_err(drop) })
     }
 }
 
@@ -207,10 +213,7 @@ impl<T: Send + 'static> Callback<T> {
                 .deliver(value)
                 .await
                 .map_err(|()| RpcError::Closed("the caller stopped listening".to_owned())),
-            Side::Remote(remote) => {
-                let _turn = remote.order.lock().await;
-                (remote.send)(remote.id, value).await
-            }
+            Side::Remote(remote) => remote.send(value).await,
         }
     }
 
@@ -309,10 +312,6 @@ impl CallbackTable {
         self.max.store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<dyn Erased>>> {
-        self.sinks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Registers `callback`, to decode its values with `codec`; its id, to send in its place.
     pub(crate) fn register<C: Codec, T>(
         &self,
@@ -322,7 +321,7 @@ impl CallbackTable {
     where
         T: DeserializeOwned + Send + 'static,
     {
-        let mut sinks = self.lock();
+        let mut sinks = lock(&self.sinks);
         let max = self.max.load(std::sync::atomic::Ordering::Relaxed);
         if sinks.len() >= max {
             return Err(RpcError::Overloaded(format!(
@@ -340,7 +339,7 @@ impl CallbackTable {
 
     /// Ends every callback: the connection they were sent on has ended.
     pub(crate) fn clear(&self) {
-        let ended = std::mem::take(&mut *self.lock());
+        let ended = std::mem::take(&mut *lock(&self.sinks));
         drop(ended);
     }
 }
@@ -357,7 +356,7 @@ impl Service for CallbackService {
         match call.method() {
             m if m == DELIVER.method => {
                 let (id, value): (u64, ByteBuf) = call.decode(codec)?;
-                let sink = self.0.lock().get(&id).cloned().ok_or_else(|| {
+                let sink = lock(&self.0.sinks).get(&id).cloned().ok_or_else(|| {
                     RpcError::Closed(format!("callback {id} is no longer listened to"))
                 })?;
                 let table = Arc::clone(&self.0);
@@ -365,7 +364,7 @@ impl Service for CallbackService {
                 Ok(Box::pin(async move {
                     let delivered = sink.deliver(value.into_vec()).await;
                     if delivered.is_err() {
-                        table.lock().remove(&id);
+                        lock(&table.sinks).remove(&id);
                     }
                     delivered?;
                     crate::dispatch::handler(&codec, async {}).await
@@ -373,7 +372,7 @@ impl Service for CallbackService {
             }
             m if m == CLOSE.method => {
                 let (id,): (u64,) = call.decode(codec)?;
-                self.0.lock().remove(&id);
+                lock(&self.0.sinks).remove(&id);
                 Ok(crate::dispatch::handler(codec, async {}))
             }
             _ => Err(call.unknown_method()),

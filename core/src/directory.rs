@@ -53,6 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::{Address, Transports};
 use crate::error::{AddressError, TransportError};
 use crate::ids::InterfaceId;
+use crate::sync::lock;
 use crate::transport::{Connector, Link};
 
 /// The environment variable that sets this process's [`HostId::local`].
@@ -183,8 +184,9 @@ impl InstanceRecord {
     }
 
     /// Checks the record before it goes to a directory that other hosts read: it needs a
-    /// service name, an instance name and an address; in-process (`mem://`) addresses are
-    /// refused (no other process can use them), and so are loopback and wildcard addresses
+    /// service name, an instance name and an address; options that name local files (`ca`,
+    /// `cert`, `key`), which clients refuse in a record, are refused; in-process (`mem://`)
+    /// addresses are refused (no other process can use them), and so are loopback and wildcard addresses
     /// (`127.0.0.1`, `0.0.0.0`, `localhost`) unless `allow_local_only`, for a directory that
     /// only this host reads.
     pub fn check_advertisable(&self, allow_local_only: bool) -> Result<(), AddressError> {
@@ -205,6 +207,7 @@ impl InstanceRecord {
             return refuse(format!("`{}` advertises no address", self.service));
         }
         for a in &self.addresses {
+            from_directory(a).map_err(AddressError::Directory)?;
             if a.scheme() == "mem" {
                 return refuse(format!(
                     "`{a}` is reachable only inside this process; do not advertise it"
@@ -369,23 +372,15 @@ pub(crate) struct Whereabouts {
 
 impl Whereabouts {
     pub(crate) fn set(&self, instance: Option<String>, address: Address) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((instance, address));
+        *lock(&self.current) = Some((instance, address));
     }
 
     pub(crate) fn address(&self) -> Option<Address> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(_, a)| a.clone())
+        lock(&self.current).as_ref().map(|(_, a)| a.clone())
     }
 
     pub(crate) fn instance(&self) -> Option<String> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|(i, _)| i.clone())
+        lock(&self.current).as_ref().and_then(|(i, _)| i.clone())
     }
 }
 
@@ -401,6 +396,22 @@ impl Connector for AddressConnector {
         let link = self.inner.connect_boxed().await?;
         self.whereabouts.set(None, self.address.clone());
         Ok(link)
+    }
+}
+
+/// Options a directory record may not set on an address: they name files on the client's
+/// machine (the roots it trusts, an identity), which are the client's to choose, not the
+/// directory's.
+const LOCAL_OPTIONS: [&str; 3] = ["ca", "cert", "key"];
+
+/// Refuses an address from a directory that sets a [`LOCAL_OPTIONS`] option.
+fn from_directory(address: &Address) -> Result<(), String> {
+    match address.params().find(|(k, _)| LOCAL_OPTIONS.contains(k)) {
+        Some((k, _)) => Err(format!(
+            "a directory record may not set `{k}`, which names a file on this machine; \
+             configure it on the client's transport (e.g. QuicTransport::client_tls)"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -446,6 +457,10 @@ impl Binder {
         }
         let mut failures = Vec::new();
         for (instance, address) in ranked {
+            if let Err(e) = from_directory(&address) {
+                failures.push(format!("{address}: {e}"));
+                continue;
+            }
             let dialed = match self.transports.connector(&address) {
                 Ok(connector) => {
                     match tokio::time::timeout(self.dial_timeout, connector.connect_boxed()).await {
@@ -563,12 +578,8 @@ impl Default for StaticShared {
 }
 
 impl StaticShared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), InstanceRecord>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn list(&self, service: &str) -> Vec<InstanceRecord> {
-        self.lock()
+        lock(&self.entries)
             .values()
             .filter(|r| r.service == service)
             .cloned()
@@ -585,15 +596,13 @@ impl StaticDirectory {
     /// Adds (or replaces) `record` for good.
     pub fn insert(&self, record: InstanceRecord) {
         let key = (record.service.clone(), record.instance.clone());
-        self.shared.lock().insert(key, record);
+        lock(&self.shared.entries).insert(key, record);
         self.shared.changed.send_modify(|v| *v += 1);
     }
 
     /// Removes the instance `instance` of `service`; whether it was there.
     pub fn remove(&self, service: &str, instance: &str) -> bool {
-        let removed = self
-            .shared
-            .lock()
+        let removed = lock(&self.shared.entries)
             .remove(&(service.to_owned(), instance.to_owned()))
             .is_some();
         self.shared.changed.send_modify(|v| *v += 1);
@@ -632,7 +641,7 @@ struct StaticLease {
 impl Lease for StaticLease {
     fn withdraw(&self) -> BoxFuture<'static, Result<(), AddressError>> {
         if let Some(shared) = self.shared.upgrade() {
-            shared.lock().remove(&self.key);
+            lock(&shared.entries).remove(&self.key);
             shared.changed.send_modify(|v| *v += 1);
         }
         Box::pin(async { Ok(()) })
@@ -733,6 +742,22 @@ mod tests {
             ranked(&instances, "unknown", &Prefer::SameHost),
             ["b quic://10.0.0.3:1"]
         );
+    }
+
+    #[test]
+    fn a_record_cannot_choose_the_files_a_client_trusts() {
+        let ok: Address = "quic://10.0.0.1:1?server_name=a.example"
+            .parse()
+            .expect("address");
+        assert_eq!(from_directory(&ok), Ok(()));
+        for bad in [
+            "quic://10.0.0.1:1?ca=/tmp/evil.pem",
+            "quic://10.0.0.1:1?cert=/c.pem&key=/k.pem",
+        ] {
+            let address: Address = bad.parse().expect("address");
+            let e = from_directory(&address).expect_err(bad);
+            assert!(e.contains("client's transport"), "{e}");
+        }
     }
 
     #[test]

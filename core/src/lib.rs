@@ -133,6 +133,7 @@ mod peer;
 mod server;
 mod session;
 mod shutdown;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;

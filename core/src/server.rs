@@ -18,6 +18,7 @@ use crate::options::Limits;
 use crate::peer::Peer;
 use crate::session::replies::{CacheLimits, Sessions};
 use crate::shutdown::{Lifecycle, ShutdownReport};
+use crate::sync::lock;
 use crate::transport::{Link, Listener};
 use crate::wire::Hello;
 
@@ -206,21 +207,13 @@ impl<K: CodecSet> Server<K> {
         grace: std::time::Duration,
     ) -> impl std::future::Future<Output = ShutdownReport> + Send + 'static {
         let inner = Arc::clone(&self.inner);
-        inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stop_accepting();
+        lock(&inner.sessions).stop_accepting();
         inner.lifecycle.stop();
         let running = inner.lifecycle.running();
         tracing::info!(running, ?grace, "shutting down");
         let finish = async move {
             let _ = tokio::time::timeout(grace, inner.lifecycle.idle()).await;
-            let aborts = inner
-                .sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .abort_running(std::time::Instant::now());
+            let aborts = lock(&inner.sessions).abort_running(std::time::Instant::now());
             let cancelled = aborts.len();
             for abort in aborts {
                 abort.abort();
@@ -283,11 +276,7 @@ impl<K: CodecSet> Server<K> {
     /// Bytes the reply cache holds now: the kept outcomes of at-most-once calls, each with its
     /// bookkeeping, across all clients; never more than [`Limits::reply_cache_bytes`].
     pub fn reply_cache_bytes(&self) -> usize {
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .cached_bytes()
+        lock(&self.inner.sessions).cached_bytes()
     }
 
     /// This server's instance id, sent in every welcome; new for every server built.
@@ -387,7 +376,7 @@ struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(key) = self.peer.take() {
-            let mut counts = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counts = lock(&self.per_peer);
             if let Some(n) = counts.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
@@ -415,7 +404,7 @@ impl Admission {
         let total = self.total.try_take(1).ok_or_else(refuse)?;
         let key = peer_key(peer);
         if let Some(key) = &key {
-            let mut counts = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut counts = lock(&self.per_peer);
             let n = counts.entry(key.clone()).or_insert(0);
             if *n >= self.max_per_peer {
                 return Err(refuse());

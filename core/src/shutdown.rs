@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{watch, Notify};
 
 use crate::engine::Shared;
+use crate::sync::lock;
 
 /// What every connection of one server shares about its life: the handlers running, the
 /// links open, and whether it is stopping.
@@ -79,7 +80,7 @@ impl Lifecycle {
     /// Counts `link` among the server's connections, to close at the end of a shutdown.
     /// False if the shutdown has closed them already: the caller closes it.
     pub(crate) fn track(&self, link: &Arc<Shared>) -> bool {
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut links = lock(&self.links);
         if self.closed.load(Ordering::SeqCst) {
             return false;
         }
@@ -94,7 +95,7 @@ impl Lifecycle {
     /// Closes every connection of the server, and any that completes its handshake later.
     pub(crate) fn close_all(&self, reason: &str) {
         let links = {
-            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            let mut links = lock(&self.links);
             self.closed.store(true, Ordering::SeqCst);
             std::mem::take(&mut *links)
         };

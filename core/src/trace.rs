@@ -104,15 +104,15 @@ pub(crate) fn inject(span: &Span, metadata: &crate::Metadata) -> Option<crate::M
     if !context.span().span_context().is_valid() {
         return None;
     }
-    struct Into<'a>(&'a mut crate::Metadata);
-    impl opentelemetry::propagation::Injector for Into<'_> {
+    struct Writer<'a>(&'a mut crate::Metadata);
+    impl opentelemetry::propagation::Injector for Writer<'_> {
         fn set(&mut self, key: &str, value: String) {
             self.0.insert(key.to_ascii_lowercase(), value);
         }
     }
     let mut with = metadata.clone();
     opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&context, &mut Into(&mut with))
+        p.inject_context(&context, &mut Writer(&mut with))
     });
     Some(with)
 }
@@ -124,8 +124,8 @@ pub(crate) fn extract(span: &Span, metadata: &crate::Metadata) {
     if metadata.get("traceparent").is_none() {
         return;
     }
-    struct From<'a>(&'a crate::Metadata);
-    impl opentelemetry::propagation::Extractor for From<'_> {
+    struct Reader<'a>(&'a crate::Metadata);
+    impl opentelemetry::propagation::Extractor for Reader<'_> {
         fn get(&self, key: &str) -> Option<&str> {
             self.0.get_str(key)
         }
@@ -133,6 +133,6 @@ pub(crate) fn extract(span: &Span, metadata: &crate::Metadata) {
             self.0.iter().map(|(k, _)| k).collect()
         }
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&From(metadata)));
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Reader(metadata)));
     let _ = span.set_parent(parent);
 }

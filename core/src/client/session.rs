@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,12 +24,9 @@ use crate::ids::MethodDesc;
 use crate::options::{Limits, ReconnectPolicy};
 use crate::peer::Peer;
 use crate::session::calls::{CallTable, LinkId, Semantics};
+use crate::sync::lock;
 use crate::transport::{BoxConnector, DynConnector, FrameBuf, Link, ReplyReader};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// What a call gets once its client has been dropped.
 fn client_closed() -> RpcError {
@@ -338,8 +335,9 @@ impl ClientSession {
     ) {
         for waiter in relink.unknown {
             let _ = waiter.reply.send(Err(RpcError::OutcomeUnknown(format!(
-                "the server restarted (instance {instance:032x} answered the reconnect) while \
-                 the call was in flight"
+                "the call was in flight when its link was lost, and another server instance \
+                 ({instance:032x}) answered the reconnect: the one that had the call restarted \
+                 or was left, so whether it ran is unknown"
             ))));
         }
         for (_, frame) in relink.resend {

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,6 +46,7 @@ use crate::error::{RpcError, TransportError};
 use crate::ids::{InterfaceId, MethodId};
 use crate::options::Limits;
 use crate::peer::Peer;
+use crate::sync::lock;
 use crate::transport::{FrameBuf, Link, LinkTx};
 use crate::wire::{ErrorPayload, FrameKind, Header, HEADER_LEN};
 use inbound::{read_loop, RunningHandler};
@@ -178,12 +179,6 @@ fn cut_message(mut payload: ErrorPayload) -> ErrorPayload {
     }
     payload.message.truncate(cut);
     payload
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
-/// here is a single map operation).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The deadline budget for the header: µs left, or `DeadlineExceeded` if none is.
