@@ -40,6 +40,18 @@ pub(super) struct RunningHandler {
 /// shared counter off the path of small calls.
 pub(crate) struct Room {
     _bytes: Option<(Taken, Option<Taken>)>,
+    /// On a server's link, a place among its handlers taken while waiting for room
+    /// ([`Shared::wait_room`]): the call moves into it rather than taking another.
+    place: Option<Reservation>,
+}
+
+/// One place among a server link's handlers (`served_running`), given back when dropped.
+pub(crate) struct Reservation(Arc<Shared>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.free_place();
+    }
 }
 
 /// Frames up to this size take no call bytes (see [`Room`]).
@@ -53,7 +65,11 @@ impl Shared {
 
     /// Handles one frame; a call runs in `room` if the reader already holds it (it waits for
     /// room before reading on, for one-way calls), else it takes free room or is refused.
-    fn on_frame_with(self: &Arc<Self>, frame: Bytes, room: Option<Room>) -> Option<Work> {
+    pub(super) fn on_frame_with(
+        self: &Arc<Self>,
+        frame: Bytes,
+        room: Option<Room>,
+    ) -> Option<Work> {
         if frame.len() > self.limits.max_frame_size {
             let call_id = (frame.len() >= 16).then(|| {
                 let mut id = [0u8; 8];
@@ -174,7 +190,10 @@ impl Shared {
     /// own limit is checked as the call goes in).
     fn take_room(&self, len: usize) -> Result<Room, RpcError> {
         if len <= SMALL_FRAME {
-            return Ok(Room { _bytes: None });
+            return Ok(Room {
+                _bytes: None,
+                place: None,
+            });
         }
         let bytes = self.call_bytes.try_take(len).ok_or_else(|| {
             RpcError::Overloaded(format!(
@@ -192,21 +211,33 @@ impl Shared {
         };
         Ok(Room {
             _bytes: Some((bytes, server_bytes)),
+            place: None,
         })
     }
 
-    /// Waits for a place in the handler table and room for a call whose frame is `len` bytes;
-    /// `None` once the connection has closed. Only the reader waits, so the place is still
-    /// free when it inserts the call.
-    async fn wait_room(&self, len: usize) -> Option<Room> {
+    /// Waits for a place among the handlers and room for a call whose frame is `len` bytes;
+    /// `None` once the connection has closed. On a server's link the place is taken as it is
+    /// found (many tasks may wait at once: a transport that delivers from its senders' tasks);
+    /// on a client's link only the reader waits, so the place is still free when it inserts
+    /// the call.
+    pub(super) async fn wait_room(self: &Arc<Self>, len: usize) -> Option<Room> {
         loop {
             let freed = self.slot_freed.notified();
             let mut freed = std::pin::pin!(freed);
             freed.as_mut().enable();
-            // SeqCst against the load in `Deregister`, which follows the removal under the
-            // table's lock: either this sees the free place, or that sees this waiter.
+            // SeqCst against the load in `free_place` and `Deregister`, which follow the
+            // release: either this sees the free place, or that sees this waiter.
             self.slot_waiting.fetch_add(1, Ordering::SeqCst);
-            let free = self.running() < self.limits.max_handlers;
+            let free = if self.served.is_some() {
+                let max = self.limits.max_handlers;
+                self.served_running
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+                    .is_ok()
+            } else {
+                self.running() < self.limits.max_handlers
+            };
             if free {
                 self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
                 break;
@@ -220,8 +251,15 @@ impl Shared {
                 return None;
             }
         }
+        let place = self
+            .served
+            .is_some()
+            .then(|| Reservation(Arc::clone(self)));
         if len <= SMALL_FRAME {
-            return Some(Room { _bytes: None });
+            return Some(Room {
+                _bytes: None,
+                place,
+            });
         }
         let bytes = self.call_bytes.take(len).await?;
         let server_bytes = match &self.server_call_bytes {
@@ -233,7 +271,17 @@ impl Shared {
         };
         Some(Room {
             _bytes: Some((bytes, server_bytes)),
+            place,
         })
+    }
+
+    /// Whether `frame` is a one-way call that must wait for room before it is handed over:
+    /// it cannot be refused with an answer, so rather than drop one when the handlers leave
+    /// no room, whoever delivers it waits (and the link's bounded buffers push back on the
+    /// peer). A frame larger than the limit is not a call that will run: it is refused
+    /// without waiting.
+    pub(crate) fn waits_for_room(&self, frame: &[u8]) -> bool {
+        frame.get(1) == Some(&(FrameKind::OneWay as u8)) && frame.len() <= self.limits.max_frame_size
     }
 
     /// How many of the peer's calls run here now.
@@ -367,19 +415,29 @@ impl Shared {
         span: tracing::Span,
     ) -> Option<Work> {
         let deadline = context.deadline();
-        // Reserve a place among the link's handlers at once: frames may be delivered from
-        // many tasks at a time.
-        if self.served_running.fetch_add(1, Ordering::SeqCst) >= self.limits.max_handlers {
-            self.free_place();
-            let e = RpcError::Overloaded(format!(
-                "{} calls already running on this connection",
-                self.limits.max_handlers
-            ));
-            self.refuse(&header, e);
-            return None;
-        }
+        let mut room = room;
+        // A place among the link's handlers: the one the deliverer waited for, else one taken
+        // at once (frames may be delivered from many tasks at a time).
+        let reservation = match room.place.take() {
+            Some(reservation) => reservation,
+            None => {
+                let taken = self.served_running.fetch_add(1, Ordering::SeqCst);
+                let reservation = Reservation(Arc::clone(self));
+                if taken >= self.limits.max_handlers {
+                    drop(reservation);
+                    let e = RpcError::Overloaded(format!(
+                        "{} calls already running on this connection",
+                        self.limits.max_handlers
+                    ));
+                    self.refuse(&header, e);
+                    return None;
+                }
+                reservation
+            }
+        };
         let mut place = Place {
             shared: Arc::clone(self),
+            _reservation: reservation,
             _room: room,
             counted: false,
         };
@@ -480,6 +538,7 @@ impl Shared {
 /// handler ends, however it ends.
 struct Place {
     shared: Arc<Shared>,
+    _reservation: Reservation,
     _room: Room,
     /// Whether the server counts it among its running handlers (it began a call, rather than
     /// attaching a copy): see [`Served::begin`](super::Served::begin).
@@ -488,7 +547,6 @@ struct Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.shared.free_place();
         if self.counted {
             if let Some(served) = &self.shared.served {
                 served.lifecycle.handler_ended();
@@ -669,14 +727,9 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {
         };
         match next {
             Ok(Some(frame)) => {
-                // A one-way call cannot be refused with an answer, so instead of dropping one
-                // when the handlers leave no room, stop reading until room frees: the link's
-                // bounded buffers then push back on the peer.
-                // (`close` closes the semaphores, which ends this wait.) A frame larger than
-                // the limit is not a call that will run: it is refused without waiting.
-                let one_way = frame.get(1) == Some(&(FrameKind::OneWay as u8))
-                    && frame.len() <= shared.limits.max_frame_size;
-                let room = if one_way {
+                // The reader stops reading until a one-way call has room (`close` ends the
+                // wait): see `waits_for_room`.
+                let room = if shared.waits_for_room(&frame) {
                     match shared.wait_room(frame.len()).await {
                         Some(room) => Some(room),
                         None => break "closed by this side".to_owned(),
@@ -684,13 +737,8 @@ pub(super) async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {
                 } else {
                     None
                 };
-                if let Some(mut work) = shared.on_frame_with(frame, room) {
-                    // Run the handler here, once: one that completes on its first poll (most
-                    // do) costs no task and no hand-off, LRPC's lesson. One that waits goes to
-                    // a task of its own, which polls it again with its own waker.
-                    if (&mut work).now_or_never().is_none() {
-                        shared.runtime.spawn(work);
-                    }
+                if let Some(work) = shared.on_frame_with(frame, room) {
+                    shared.run_here(work);
                 }
             }
             Ok(None) => break "the peer closed the connection".to_owned(),

@@ -109,6 +109,27 @@ impl crate::transport::Deliver for Shared {
     fn close(&self, reason: String) {
         Shared::close(self, reason);
     }
+
+    fn is_closed(&self) -> bool {
+        Shared::is_closed(self)
+    }
+
+    fn push(self: Arc<Self>, frame: Bytes) -> Option<BoxFuture<'static, ()>> {
+        if !self.waits_for_room(&frame) {
+            if let Some(work) = self.on_frame(frame) {
+                self.run_here(work);
+            }
+            return None;
+        }
+        Some(Box::pin(async move {
+            let Some(room) = self.wait_room(frame.len()).await else {
+                return;
+            };
+            if let Some(work) = self.on_frame_with(frame, Some(room)) {
+                self.run_here(work);
+            }
+        }))
+    }
 }
 
 /// What a client's link tells the session it serves: the engine knows the client's session
@@ -256,6 +277,20 @@ impl Shared {
 
     pub(crate) fn peer(&self) -> &Peer {
         &self.peer
+    }
+
+    /// Runs a handler here, once: one that completes on its first poll (most do) costs no
+    /// task and no hand-off, LRPC's lesson. One that waits goes to a task of its own, which
+    /// polls it again with its own waker.
+    ///
+    /// "Here" may be another runtime's thread (an in-process caller's): the handler runs
+    /// inside this connection's runtime all the same, so what it spawns, and the timers it
+    /// sets, belong to the server's runtime and end with it.
+    pub(crate) fn run_here(&self, mut work: Work) {
+        let _inside = self.runtime.enter();
+        if futures::FutureExt::now_or_never(&mut work).is_none() {
+            self.runtime.spawn(work);
+        }
     }
 
     pub(crate) fn codec_name(&self) -> &str {

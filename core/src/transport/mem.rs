@@ -15,41 +15,132 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
-use super::{Connector, FrameBuf, Link, LinkRx, LinkTx};
+use super::{Connector, FrameBuf, FrameSink, Link, LinkRx, LinkTx};
 use crate::error::TransportError;
 use crate::peer::Peer;
 
-/// How many messages each direction of a link buffers before `send` waits.
+/// How many messages each direction of a link buffers before `send` waits (before the
+/// receiving engine starts; after, frames are handed over directly).
 const CHANNEL_DEPTH: usize = 256;
 /// How many connections a listener queues before `connect` waits.
 const BACKLOG: usize = 128;
 
+/// One direction of a link. Until the receiving engine starts (the handshake travels before
+/// it), frames wait in a bounded queue that [`LinkRx::recv`] reads; from then on the sender
+/// hands each frame straight to the engine ([`FrameSink::push`]), on its own task: a call runs
+/// on its caller's thread, and the reply is there before the send returns. No task, no
+/// wake-up, no hand-off: LRPC's structure, which only a transport within one address space
+/// can have in full.
 #[derive(Debug)]
-struct Tx {
-    // `None` once closed; cloned out per send so that `close` needs no await.
-    chan: Mutex<Option<mpsc::Sender<Bytes>>>,
+struct Direction {
+    /// Set when the receiving engine starts; read without a lock on every frame after.
+    sink: OnceLock<FrameSink>,
+    /// Set once the frames queued before the start have been handed over: a frame sent
+    /// directly must not overtake them.
+    drained: AtomicBool,
+    drained_now: Notify,
+    queue: Mutex<Queue>,
 }
 
-impl Tx {
-    fn sender(&self) -> Option<mpsc::Sender<Bytes>> {
-        self.chan.lock().ok().and_then(|g| g.clone())
+#[derive(Debug)]
+enum Queue {
+    /// Before the start: frames go through the channel.
+    Open(mpsc::Sender<Bytes>),
+    /// The engine started; `sink` is set.
+    Started,
+    /// The sender closed.
+    Closed,
+}
+
+impl Direction {
+    fn new(sender: mpsc::Sender<Bytes>) -> Arc<Direction> {
+        Arc::new(Direction {
+            sink: OnceLock::new(),
+            drained: AtomicBool::new(false),
+            drained_now: Notify::new(),
+            queue: Mutex::new(Queue::Open(sender)),
+        })
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        crate::sync::lock(&self.queue)
+    }
+
+    /// Waits until the frames queued before the start have been handed over.
+    async fn until_drained(&self) {
+        loop {
+            let notified = self.drained_now.notified();
+            if self.drained.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tx(Arc<Direction>);
+
+impl Tx {
     async fn deliver(&self, message: Box<dyn FrameBuf>) -> Result<(), TransportError> {
         let buf = super::take_heap_buffer(message, "in-process")?;
         self.deliver_bytes(buf.freeze()).await
     }
 
     async fn deliver_bytes(&self, frame: Bytes) -> Result<(), TransportError> {
-        let sender = self.sender().ok_or(TransportError::Closed)?;
-        sender.send(frame).await.map_err(|_| TransportError::Closed)
+        let direction = &self.0;
+        loop {
+            if let Some(sink) = direction.sink.get() {
+                if !direction.drained.load(Ordering::Acquire) {
+                    direction.until_drained().await;
+                }
+                return sink.push(frame).await;
+            }
+            let sender = match &*direction.queue() {
+                Queue::Open(sender) => sender.clone(),
+                // The sink is set before the queue says so, under the same lock.
+                Queue::Started => continue,
+                Queue::Closed => return Err(TransportError::Closed),
+            };
+            let permit = sender.reserve().await.map_err(|_| TransportError::Closed)?;
+            // Queue only while the queue is still the way in: the start drains it under
+            // this lock, and a frame queued after that would never be read.
+            match &*direction.queue() {
+                Queue::Open(_) => {
+                    permit.send(frame);
+                    return Ok(());
+                }
+                Queue::Started => continue,
+                Queue::Closed => return Err(TransportError::Closed),
+            }
+        }
+    }
+
+    fn close(&self) {
+        let (was, drained) = {
+            let mut queue = self.0.queue();
+            let was = std::mem::replace(&mut *queue, Queue::Closed);
+            (was, self.0.drained.load(Ordering::Acquire))
+        };
+        // Before the start, dropping the queue's sender ends the receiver's `recv`; after
+        // it, the engine is told directly, once the frames queued before the start are in
+        // (until then, the task handing them over tells it).
+        if let (Queue::Started, true, Some(sink)) = (was, drained, self.0.sink.get()) {
+            sink.close("the peer closed the connection".to_owned());
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -86,27 +177,63 @@ impl LinkTx for Tx {
     }
 
     fn close(&self) {
-        if let Ok(mut g) = self.chan.lock() {
-            g.take();
-        }
+        Tx::close(self);
     }
 }
 
 #[derive(Debug)]
-struct Rx(mpsc::Receiver<Bytes>);
+struct Rx {
+    direction: Arc<Direction>,
+    queue: mpsc::Receiver<Bytes>,
+}
 
 impl LinkRx for Rx {
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, TransportError>> {
-        Box::pin(async move { Ok(self.0.recv().await) })
+        Box::pin(async move { Ok(self.queue.recv().await) })
+    }
+
+    fn start(&mut self, sink: FrameSink) -> bool {
+        let direction = Arc::clone(&self.direction);
+        let (_, mut queue) = mpsc::channel(1);
+        std::mem::swap(&mut queue, &mut self.queue);
+        {
+            let mut state = direction.queue();
+            let _ = direction.sink.set(sink.clone());
+            if let Queue::Open(_) = *state {
+                // Dropping our sender lets the queue end once the frames in it are read.
+                *state = Queue::Started;
+            }
+        }
+        // The frames queued before the start go first, in order, each one-way call waiting
+        // for room as it would have in the queue; senders wait for `drained` meanwhile.
+        let runtime = tokio::runtime::Handle::current();
+        runtime.spawn(async move {
+            while let Some(frame) = queue.recv().await {
+                if sink.push(frame).await.is_err() {
+                    break;
+                }
+            }
+            let closed = {
+                let state = direction.queue();
+                direction.drained.store(true, Ordering::Release);
+                matches!(*state, Queue::Closed)
+            };
+            direction.drained_now.notify_waiters();
+            if closed {
+                sink.close("the peer closed the connection".to_owned());
+            }
+        });
+        true
     }
 }
 
-fn half(name: &Option<String>, tx: mpsc::Sender<Bytes>, rx: mpsc::Receiver<Bytes>) -> Link {
+fn half(name: &Option<String>, out: Arc<Direction>, inbound: (Arc<Direction>, mpsc::Receiver<Bytes>)) -> Link {
     Link {
-        tx: Box::new(Tx {
-            chan: Mutex::new(Some(tx)),
+        tx: Box::new(Tx(out)),
+        rx: Box::new(Rx {
+            direction: inbound.0,
+            queue: inbound.1,
         }),
-        rx: Box::new(Rx(rx)),
         peer: Peer::InProcess { name: name.clone() },
     }
 }
@@ -119,7 +246,11 @@ pub fn pair() -> (Link, Link) {
 fn pair_named(name: Option<String>) -> (Link, Link) {
     let (a_tx, a_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (b_tx, b_rx) = mpsc::channel(CHANNEL_DEPTH);
-    (half(&name, a_tx, b_rx), half(&name, b_tx, a_rx))
+    let (a, b) = (Direction::new(a_tx), Direction::new(b_tx));
+    (
+        half(&name, Arc::clone(&a), (Arc::clone(&b), b_rx)),
+        half(&name, b, (a, a_rx)),
+    )
 }
 
 struct Binding {

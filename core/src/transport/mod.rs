@@ -181,6 +181,12 @@ pub(crate) trait Deliver: Send + Sync {
     fn deliver(self: std::sync::Arc<Self>, frame: Bytes) -> Option<BoxFuture<'static, ()>>;
     /// The link ended.
     fn close(&self, reason: String);
+    /// Whether the connection has closed: frames handed over now are dropped.
+    fn is_closed(&self) -> bool;
+    /// Handles one frame on the sender's task and runs what it starts there (see
+    /// [`FrameSink::push`]); a one-way call that must first wait for room comes back as
+    /// the waiting, to be awaited.
+    fn push(self: std::sync::Arc<Self>, frame: Bytes) -> Option<BoxFuture<'static, ()>>;
 }
 
 /// Where a transport in push mode delivers frames; see [`LinkRx::start`].
@@ -205,6 +211,23 @@ impl FrameSink {
     #[must_use = "a returned handler does nothing unless awaited or spawned"]
     pub fn deliver(&self, frame: Bytes) -> Option<BoxFuture<'static, ()>> {
         self.target.upgrade()?.deliver(frame)
+    }
+
+    /// Hands one whole frame to the connection from the sending task itself, as the
+    /// in-process transport does: a call's handler runs right here if it completes on its
+    /// first poll, else on a task of its own, and its reply, sent on the way back the same
+    /// way, is at its caller before this returns. A one-way call waits here for room among
+    /// the handlers (it cannot be refused with an answer): that is the back-pressure on its
+    /// sender. Fails with [`TransportError::Closed`] once the connection has closed.
+    pub(crate) async fn push(&self, frame: Bytes) -> Result<(), TransportError> {
+        let target = self.target.upgrade().ok_or(TransportError::Closed)?;
+        if target.is_closed() {
+            return Err(TransportError::Closed);
+        }
+        if let Some(waiting) = target.push(frame) {
+            waiting.await;
+        }
+        Ok(())
     }
 
     /// Tells the connection the link has ended; calls in flight fail with `ConnectionLost`
