@@ -16,6 +16,9 @@ use crate::sync::lock;
 pub(crate) struct Lifecycle {
     running: AtomicUsize,
     idle: Notify,
+    /// How many wait in [`Lifecycle::idle`]: the last handler to end wakes them only if some
+    /// do, so that the common case (nobody waits) costs no lock per call.
+    idle_waiters: AtomicUsize,
     stopping: watch::Sender<bool>,
     links: Mutex<Vec<Weak<Shared>>>,
     closed: AtomicBool,
@@ -26,6 +29,7 @@ impl Lifecycle {
         Arc::new(Lifecycle {
             running: AtomicUsize::new(0),
             idle: Notify::new(),
+            idle_waiters: AtomicUsize::new(0),
             stopping: watch::channel(false).0,
             links: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -56,7 +60,10 @@ impl Lifecycle {
 
     /// A handler of this server ended, however it ended.
     pub(crate) fn handler_ended(&self) {
-        if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // SeqCst against `idle`: either this sees its waiter, or it sees no handler running.
+        if self.running.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.idle_waiters.load(Ordering::SeqCst) > 0
+        {
             self.idle.notify_waiters();
         }
     }
@@ -68,6 +75,15 @@ impl Lifecycle {
 
     /// Resolves when no handler runs.
     pub(crate) async fn idle(&self) {
+        /// Counts this waiter among `idle_waiters` for as long as it waits.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.idle_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.idle_waiters);
         loop {
             let changed = self.idle.notified();
             if self.running() == 0 {

@@ -4,7 +4,8 @@
 //! the fields `rpc.service`, `rpc.method`, `call_id` (not for one-way calls on the client),
 //! `peer`, `codec`, `transport`,
 //! `outcome` (`ok`, or the error's kind) and `duration_us`. With no subscriber that wants them
-//! they cost one check per call.
+//! they cost one check per call; until a `tracing` subscriber is set (globally or as a
+//! thread's default), none is made at all, so they never fall back to `log` records.
 //!
 //! With the `opentelemetry` feature, a call made inside a span that has an OpenTelemetry
 //! context (through `tracing-opentelemetry`) carries that context as `traceparent` (and
@@ -39,6 +40,11 @@ pub(crate) fn outcome<T>(result: &Result<T, RpcError>) -> &'static str {
 
 /// The client's span of one call. Disabled (and free) unless a subscriber wants it.
 pub(crate) fn client_span(service: &'static str, method: &'static str, codec: &str) -> Span {
+    if !tracing::dispatcher::has_been_set() {
+        // No subscriber anywhere: not even the callsite's interest is worth asking for (with
+        // tracing's `log` feature, which a dependency may turn on, that asks the logger too).
+        return Span::none();
+    }
     tracing::info_span!(
         "courier.call",
         otel.kind = "client",
@@ -62,6 +68,10 @@ pub(crate) fn server_span(
     peer: &Peer,
     names: impl FnOnce() -> (Option<&'static str>, Option<&'static str>),
 ) -> Span {
+    if !tracing::dispatcher::has_been_set() {
+        // See `client_span`.
+        return Span::none();
+    }
     let span = tracing::info_span!(
         "courier.handle",
         otel.kind = "server",

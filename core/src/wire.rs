@@ -200,22 +200,23 @@ impl Header {
 
     /// Writes the 32 header bytes.
     pub fn encode<B: BufMut + ?Sized>(&self, out: &mut B) {
-        out.put_u8(PROTOCOL_VERSION);
-        out.put_u8(self.kind as u8);
-        out.put_u16(self.flags.0);
-        out.put_u32(self.interface.get());
-        out.put_u64(self.call_id);
-        out.put_u32(self.method.get());
-        out.put_u16(self.version);
-        out.put_u16(0);
-        out.put_u32(self.payload_len);
-        out.put_u32(self.budget_micros);
+        // One write of the whole header: a buffer checks its room once, not ten times.
+        out.put_slice(&self.to_bytes());
     }
 
     /// Encodes the header into an array.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
-        self.encode(&mut &mut out[..]);
+        out[0] = PROTOCOL_VERSION;
+        out[1] = self.kind as u8;
+        out[2..4].copy_from_slice(&self.flags.0.to_be_bytes());
+        out[4..8].copy_from_slice(&self.interface.get().to_be_bytes());
+        out[8..16].copy_from_slice(&self.call_id.to_be_bytes());
+        out[16..20].copy_from_slice(&self.method.get().to_be_bytes());
+        out[20..22].copy_from_slice(&self.version.to_be_bytes());
+        // 22..24 reserved, zero.
+        out[24..28].copy_from_slice(&self.payload_len.to_be_bytes());
+        out[28..32].copy_from_slice(&self.budget_micros.to_be_bytes());
         out
     }
 

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
-use courier::transport::{FrameBuf, Link, LinkRx, LinkTx, ReplyReader};
+use courier::transport::{FrameBuf, Link, LinkRx, LinkTx, ReplyReader, TrySend};
 use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
 use tokio::io::unix::AsyncFd;
@@ -450,6 +450,25 @@ impl LinkTx for Tx {
         frame: Bytes,
     ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
         Box::pin(async move { self.send_bytes(&frame).await.map(|()| None) })
+    }
+
+    fn try_send_shared(&self, frame: Bytes) -> TrySend {
+        let end = &self.0;
+        let Ok(mut producer) = end.producer.try_lock() else {
+            return TrySend::Wait(frame);
+        };
+        if frame.len() > producer.max_record() {
+            return TrySend::Wait(frame);
+        }
+        match producer.try_push(&frame, false) {
+            Ok(true) => {
+                end.wake_peer(&producer);
+                TrySend::Sent
+            }
+            // No room now: the slow path waits for it (and reports a closed link).
+            Ok(false) => TrySend::Wait(frame),
+            Err(e) => TrySend::Failed(corrupt(e)),
+        }
     }
 
     fn close(&self) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::directory::Whereabouts;
@@ -120,7 +120,7 @@ pub(crate) struct ClientSession {
     config: Config,
     lineage: Arc<Lineage>,
     runtime: Handle,
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<crate::budget::Budget>,
     state: Mutex<State>,
     /// A link came up, or reconnecting gave up.
     changed: Notify,
@@ -149,7 +149,7 @@ impl ClientSession {
         let lineage = Lineage::of(config.identity);
         let peer = link.peer.clone();
         let session = Arc::new_cyclic(|me| ClientSession {
-            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
+            in_flight: crate::budget::Budget::new(config.limits.max_in_flight),
             config,
             lineage: Arc::clone(&lineage),
             runtime: Handle::current(),
@@ -708,7 +708,7 @@ pub(crate) struct SessionCall {
     reader: Option<ReplyReader>,
     finished: bool,
     cancel_on_drop: bool,
-    _permit: OwnedSemaphorePermit,
+    _permit: crate::budget::Taken,
 }
 
 impl SessionCall {

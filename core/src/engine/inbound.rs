@@ -613,15 +613,17 @@ async fn run_handler(
             header.interface,
             header.method,
         );
-        // The rarer paths (ack, deadline, error) are boxed, so that the common one keeps this
-        // future small: it is allocated once per call.
+        // The rarer paths (ack, error) are boxed, so that the common one keeps this future
+        // small: it is allocated once per call.
         if let Err(e) = Box::pin(shared.send_frame(ack, 0, |_| Ok(()))).await {
             tracing::debug!(call_id = header.call_id, error = %e, "could not send an ack");
         }
     }
     let guarded = AssertUnwindSafe(future).catch_unwind();
     let outcome = match deadline {
-        Some(d) => Box::pin(tokio::time::timeout_at(d, guarded))
+        // Not boxed: a deadline is common, and the timer costs nothing unless the handler
+        // waits (the handler is polled first).
+        Some(d) => tokio::time::timeout_at(d, guarded)
             .await
             .unwrap_or(Ok(Err(RpcError::DeadlineExceeded))),
         None => guarded.await,

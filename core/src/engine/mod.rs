@@ -40,14 +40,14 @@ pub(crate) mod served;
 pub(crate) use outbound::{driven, CallSlot};
 pub(crate) use served::Served;
 
-use crate::budget::Budget;
+use crate::budget::{Budget, Taken};
 use crate::dispatch::Router;
 use crate::error::{RpcError, TransportError};
 use crate::ids::{InterfaceId, MethodId};
 use crate::options::Limits;
 use crate::peer::Peer;
 use crate::sync::lock;
-use crate::transport::{FrameBuf, Link, LinkTx};
+use crate::transport::{FrameBuf, Link, LinkTx, TrySend};
 use crate::wire::{ErrorPayload, FrameKind, Header, HEADER_LEN};
 use inbound::{read_loop, RunningHandler};
 use outbound::PendingCall;
@@ -84,7 +84,7 @@ pub(crate) struct Shared {
     call_bytes: Arc<Budget>,
     /// The same, for all the connections of a server (`max_server_call_bytes`).
     server_call_bytes: Option<Arc<Budget>>,
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<Budget>,
     /// Bounds the tasks that only send a frame back ([`Shared::send_aside`]: errors for refused
     /// or malformed frames, cached outcomes for copies).
     notices: Arc<Semaphore>,
@@ -114,21 +114,25 @@ impl crate::transport::Deliver for Shared {
         Shared::is_closed(self)
     }
 
-    fn push(self: Arc<Self>, frame: Bytes) -> Option<BoxFuture<'static, ()>> {
-        if !self.waits_for_room(&frame) {
-            if let Some(work) = self.on_frame(frame) {
-                self.run_here(work);
-            }
-            return None;
+    fn try_push(self: Arc<Self>, frame: Bytes) -> Result<(), Bytes> {
+        if self.waits_for_room(&frame) {
+            return Err(frame);
         }
-        Some(Box::pin(async move {
+        if let Some(work) = self.on_frame(frame) {
+            self.run_here(work);
+        }
+        Ok(())
+    }
+
+    fn push_waiting(self: Arc<Self>, frame: Bytes) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
             let Some(room) = self.wait_room(frame.len()).await else {
                 return;
             };
             if let Some(work) = self.on_frame_with(frame, Some(room)) {
                 self.run_here(work);
             }
-        }))
+        })
     }
 }
 
@@ -164,19 +168,23 @@ impl fmt::Debug for Shared {
 }
 
 /// A place among a caller's calls in flight, waited for within `deadline`; `None` inside the
-/// error means the semaphore was closed (the connection or the client is gone).
+/// error means the budget was closed (the connection or the client is gone). A count without
+/// a lock (see [`Budget`]): tokio's semaphore would lock a mutex at every call's end.
 pub(crate) async fn in_flight_slot(
-    in_flight: &Arc<Semaphore>,
+    in_flight: &Arc<Budget>,
     deadline: Option<Instant>,
-) -> Result<Result<tokio::sync::OwnedSemaphorePermit, ()>, RpcError> {
-    let acquire = Arc::clone(in_flight).acquire_owned();
-    let permit = match deadline {
-        Some(d) => tokio::time::timeout_at(d, acquire)
+) -> Result<Result<Taken, ()>, RpcError> {
+    if let Some(taken) = in_flight.try_take(1) {
+        return Ok(Ok(taken));
+    }
+    let take = in_flight.take(1);
+    let taken = match deadline {
+        Some(d) => tokio::time::timeout_at(d, take)
             .await
             .map_err(|_| RpcError::DeadlineExceeded)?,
-        None => acquire.await,
+        None => take.await,
     };
-    Ok(permit.map_err(|_| ()))
+    Ok(taken.ok_or(()))
 }
 
 /// Finishes a frame whose header and payload are written: refuses it past `limit`, else
@@ -251,7 +259,7 @@ impl Shared {
             slot_freed: Notify::new(),
             call_bytes: Budget::new(limits.call_bytes_budget()),
             server_call_bytes,
-            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            in_flight: Budget::new(limits.max_in_flight),
             notices: Arc::new(Semaphore::new(limits.max_handlers)),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(String::new()),
@@ -396,6 +404,11 @@ impl Shared {
 
     /// Sends a whole frame kept elsewhere too (a call kept for re-sending, a cached reply).
     pub(crate) async fn send_shared(&self, frame: Bytes) -> Result<(), RpcError> {
+        let frame = match self.tx.try_send_shared(frame) {
+            TrySend::Sent => return Ok(()),
+            TrySend::Wait(frame) => frame,
+            TrySend::Failed(e) => return Err(self.transport_error(e)),
+        };
         self.tx
             .send_shared(frame)
             .await
@@ -407,6 +420,11 @@ impl Shared {
         &self,
         frame: Bytes,
     ) -> Result<Option<crate::transport::ReplyReader>, RpcError> {
+        let frame = match self.tx.try_send_shared(frame) {
+            TrySend::Sent => return Ok(None),
+            TrySend::Wait(frame) => frame,
+            TrySend::Failed(e) => return Err(self.transport_error(e)),
+        };
         self.tx
             .send_call_shared(frame)
             .await

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{budget, lock, ReplyResult, Shared};
@@ -219,7 +219,7 @@ struct CallGuard {
     method: MethodId,
     cancel_on_drop: bool,
     finished: bool,
-    _permit: OwnedSemaphorePermit,
+    _permit: crate::budget::Taken,
 }
 
 impl Drop for CallGuard {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, Notify};
 
-use super::{Connector, FrameBuf, FrameSink, Link, LinkRx, LinkTx};
+use super::{Connector, FrameBuf, FrameSink, Link, LinkRx, LinkTx, TrySend};
 use crate::error::TransportError;
 use crate::peer::Peer;
 
@@ -174,6 +174,14 @@ impl LinkTx for Tx {
         frame: Bytes,
     ) -> BoxFuture<'_, Result<Option<super::ReplyReader>, TransportError>> {
         Box::pin(async move { self.deliver_bytes(frame).await.map(|()| None) })
+    }
+
+    fn try_send_shared(&self, frame: Bytes) -> TrySend {
+        let direction = &self.0;
+        match direction.sink.get() {
+            Some(sink) if direction.drained.load(Ordering::Acquire) => sink.try_push(frame),
+            _ => TrySend::Wait(frame),
+        }
     }
 
     fn close(&self) {

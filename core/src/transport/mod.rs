@@ -81,6 +81,19 @@ pub fn take_heap_buffer(
     })
 }
 
+/// What [`LinkTx::try_send_shared`] did with a frame.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TrySend {
+    /// The transport took it.
+    Sent,
+    /// Sending it now would wait (for room, for a lock), or the transport has no path that
+    /// does not: here it is back, for [`LinkTx::send_shared`].
+    Wait(Bytes),
+    /// The link failed or closed.
+    Failed(TransportError),
+}
+
 /// The reading of one call's reply, handed to the caller by [`LinkTx::send_call`]: it delivers
 /// what it reads to the connection and ends with the call's stream.
 pub type ReplyReader = BoxFuture<'static, ()>;
@@ -115,6 +128,15 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
             buf.put_slice(&frame);
             self.send(buf).await
         })
+    }
+
+    /// Sends a whole frame the engine keeps, as [`LinkTx::send_shared`] does, if that needs no
+    /// waiting: no boxed future, no task. The engine tries this first for the frames it keeps
+    /// (calls, replies it caches), calls included, so a transport whose
+    /// [`LinkTx::send_call`] returns a [`ReplyReader`] must keep the default, which hands
+    /// every frame back.
+    fn try_send_shared(&self, frame: Bytes) -> TrySend {
+        TrySend::Wait(frame)
     }
 
     /// [`LinkTx::send_call`] for a whole frame the engine keeps; see [`LinkTx::send_shared`].
@@ -184,9 +206,11 @@ pub(crate) trait Deliver: Send + Sync {
     /// Whether the connection has closed: frames handed over now are dropped.
     fn is_closed(&self) -> bool;
     /// Handles one frame on the sender's task and runs what it starts there (see
-    /// [`FrameSink::push`]); a one-way call that must first wait for room comes back as
-    /// the waiting, to be awaited.
-    fn push(self: std::sync::Arc<Self>, frame: Bytes) -> Option<BoxFuture<'static, ()>>;
+    /// [`FrameSink::push`]), unless it is a one-way call that must first wait for room: that
+    /// comes back.
+    fn try_push(self: std::sync::Arc<Self>, frame: Bytes) -> Result<(), Bytes>;
+    /// [`Deliver::try_push`] for a one-way call, once room frees among the handlers.
+    fn push_waiting(self: std::sync::Arc<Self>, frame: Bytes) -> BoxFuture<'static, ()>;
 }
 
 /// Where a transport in push mode delivers frames; see [`LinkRx::start`].
@@ -220,14 +244,32 @@ impl FrameSink {
     /// the handlers (it cannot be refused with an answer): that is the back-pressure on its
     /// sender. Fails with [`TransportError::Closed`] once the connection has closed.
     pub(crate) async fn push(&self, frame: Bytes) -> Result<(), TransportError> {
-        let target = self.target.upgrade().ok_or(TransportError::Closed)?;
+        match self.try_push(frame) {
+            TrySend::Sent => Ok(()),
+            TrySend::Failed(e) => Err(e),
+            TrySend::Wait(frame) => match self.target.upgrade() {
+                Some(target) => {
+                    target.push_waiting(frame).await;
+                    Ok(())
+                }
+                None => Err(TransportError::Closed),
+            },
+        }
+    }
+
+    /// [`FrameSink::push`] without waiting: a one-way call that would wait for room comes
+    /// back.
+    pub(crate) fn try_push(&self, frame: Bytes) -> TrySend {
+        let Some(target) = self.target.upgrade() else {
+            return TrySend::Failed(TransportError::Closed);
+        };
         if target.is_closed() {
-            return Err(TransportError::Closed);
+            return TrySend::Failed(TransportError::Closed);
         }
-        if let Some(waiting) = target.push(frame) {
-            waiting.await;
+        match target.try_push(frame) {
+            Ok(()) => TrySend::Sent,
+            Err(frame) => TrySend::Wait(frame),
         }
-        Ok(())
     }
 
     /// Tells the connection the link has ended; calls in flight fail with `ConnectionLost`
