@@ -25,7 +25,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use std::any::Any;
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
-use courier::transport::{FrameBuf, Link, LinkRx, LinkTx, ReplyReader, TrySend};
+use courier::transport::{FrameBuf, FrameSink, Link, LinkRx, LinkTx, ReplyReader, TrySend};
 use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
 use tokio::io::unix::AsyncFd;
@@ -41,11 +41,17 @@ use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 
+use crate::reader::{Drained, Look, Reading, Stall};
 use crate::ring::{Consumer, Producer, Reservation, HEADER};
 use crate::sys::{self, Mapping};
 
-/// Frames queued between the receiving task and the connection.
+/// Frames queued between the receiving task and the connection before it starts.
 const QUEUE_DEPTH: usize = 256;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Settings of a shared-memory listener or connector. Each has a documented default.
 #[derive(Debug, Clone)]
@@ -53,7 +59,7 @@ pub struct ShmOptions {
     ring_capacity: usize,
     max_frame_size: usize,
     mode: u32,
-    spin: u32,
+    wait: Wait,
     connect_timeout: Duration,
     frame_timeout: Duration,
 }
@@ -64,7 +70,7 @@ impl Default for ShmOptions {
             ring_capacity: 4 << 20,
             max_frame_size: courier::Limits::default().frame_size_limit(),
             mode: 0o600,
-            spin: 64,
+            wait: Wait::default(),
             connect_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(30),
         }
@@ -89,11 +95,11 @@ impl ShmOptions {
         self
     }
 
-    /// How many times the receiver looks again (yielding to other tasks in between) after
-    /// finding its ring empty, before it goes to sleep on its doorbell. Spinning keeps a busy
-    /// connection free of system calls; sleeping frees the core. Default: 64; 0 sleeps at once.
-    pub fn spin(mut self, rounds: u32) -> Self {
-        self.spin = rounds;
+    /// How this end's reader waits when its ring is empty: see [`Wait`]. Default:
+    /// [`Wait::SpinThenPark`] for 50 µs. Each end chooses its own: a client's for its replies,
+    /// a listener's for the calls of every connection it accepts.
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
         self
     }
 
@@ -121,15 +127,49 @@ impl ShmOptions {
     }
 }
 
+/// How the reader of a ring waits when it finds the ring empty: the trade between latency and
+/// CPU that a shared-memory link makes (the LRPC notes' "domain caching" trades an idle
+/// processor for a context switch in the same way).
+///
+/// The reader is a task on the runtime; "spinning" means looking at the ring again and again,
+/// yielding to the runtime's other tasks in between, so a spinning reader delays no task of
+/// its own process, but it keeps a core busy. A sleeping reader waits on its doorbell (an
+/// eventfd), and the peer rings it, a system call, for the next frame.
+///
+/// | mode | latency | CPU while idle | system calls per frame |
+/// |---|---|---|---|
+/// | [`Wait::Poll`] | lowest: a frame is seen within a look | one core per link end, always | none |
+/// | [`Wait::SpinThenPark`] | as `Poll` while busy; a wake-up after an idle spell | one core per busy end, for the spell after each frame | none while busy, 1–2 after a sleep |
+/// | [`Wait::Park`] | a wake-up per frame (futex and scheduler) | none | 1–2 (the ring and the wake-up) |
+///
+/// `benches/RESULTS.md` has each mode's null call beside the raw spin and futex floors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wait {
+    /// Never sleeps: for latency-critical deployments that dedicate cores to their links.
+    Poll,
+    /// Spins for this long after the ring was last found non-empty, then sleeps on the
+    /// doorbell.
+    SpinThenPark(Duration),
+    /// Sleeps as soon as the ring is empty.
+    Park,
+}
+
+impl Default for Wait {
+    fn default() -> Self {
+        Wait::SpinThenPark(Duration::from_micros(50))
+    }
+}
+
 fn io_error(context: &str, e: io::Error) -> TransportError {
     TransportError::io(context, e)
 }
 
 /// One end of a connection's segment.
-struct End {
+pub(crate) struct End {
     map: Arc<Mapping>,
     producer: Arc<tokio::sync::Mutex<Producer>>,
-    peer_bell: OwnedFd,
+    pub(crate) peer_bell: OwnedFd,
     socket: Arc<UnixStream>,
     /// Set by a sender waiting for room in the sending ring; the receiving task, woken by
     /// the peer when it frees room, passes the news on through `room`.
@@ -208,7 +248,7 @@ impl End {
     }
 
     /// Called by the receiving task whenever it runs: a sender waiting for room looks again.
-    fn room_freed(&self) {
+    pub(crate) fn room_freed(&self) {
         if self.wants_room.load(Ordering::Relaxed) && self.wants_room.swap(false, Ordering::SeqCst)
         {
             self.room.notify_waiters();
@@ -339,18 +379,35 @@ impl FrameBuf for RingBuf {
 }
 
 #[derive(Debug)]
-struct Tx(Arc<End>);
+struct Tx {
+    end: Arc<End>,
+    /// The receiving ring, which callers read while their calls are out.
+    reading: Arc<Reading>,
+    wait: Wait,
+}
 
 impl Drop for Tx {
     /// The engine holds the sending half while the connection is in use; once it lets go
     /// (the connection closed, or its handshake failed) the socket is shut so that both sides'
     /// receivers stop, and the segment, doorbells and tasks are released.
     fn drop(&mut self) {
-        sys::shutdown(self.0.socket.as_raw_fd());
+        sys::shutdown(self.end.socket.as_raw_fd());
     }
 }
 
 impl Tx {
+    /// The caller's own reading of the ring for the reply to the call in `frame` (see
+    /// [`crate::reader`]), unless this end parks.
+    fn reader(&self, frame: &[u8]) -> Option<ReplyReader> {
+        let budget = match self.wait {
+            Wait::Park => return None,
+            Wait::Poll => None,
+            Wait::SpinThenPark(spell) => Some(spell),
+        };
+        let reader = self.reading.own_reply(frame, budget)?;
+        Some(Box::pin(reader))
+    }
+
     /// Sends a frame from the heap, in records of at most half the ring each.
     async fn push(end: &End, producer: &mut Producer, frame: &[u8]) -> Result<(), TransportError> {
         let chunk = producer.max_record();
@@ -369,7 +426,7 @@ impl Tx {
     /// into the ring straight from its bytes, without a [`RingBuf`] and without the trait's
     /// default path (which boxes a buffer and two more futures).
     async fn send_bytes(&self, frame: &[u8]) -> Result<(), TransportError> {
-        let end = &self.0;
+        let end = &self.end;
         let mut producer = end.producer.lock().await;
         Tx::push(end, &mut producer, frame).await
     }
@@ -411,7 +468,7 @@ fn corrupt(e: crate::ring::Corrupt) -> TransportError {
 impl LinkTx for Tx {
     fn buffer(&self, size_hint: usize) -> BoxFuture<'_, Result<Box<dyn FrameBuf>, TransportError>> {
         Box::pin(async move {
-            let end = &self.0;
+            let end = &self.end;
             let mut producer = Arc::clone(&end.producer).lock_owned().await;
             // Ask for the hint, but at least a page: a frame's size is not known before it
             // is encoded, and spilling to the heap costs a copy.
@@ -423,7 +480,7 @@ impl LinkTx for Tx {
     }
 
     fn try_buffer(&self, size_hint: usize) -> Option<Box<dyn FrameBuf>> {
-        let end = &self.0;
+        let end = &self.end;
         let mut producer = Arc::clone(&end.producer).try_lock_owned().ok()?;
         // No room (or a corrupt ring, which `buffer` then reports): take the slow path.
         let reservation = producer.reserve(size_hint.max(4096)).ok()??;
@@ -438,6 +495,8 @@ impl LinkTx for Tx {
         &self,
         message: Box<dyn FrameBuf>,
     ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
+        // Calls written in place are a server's calls back to its client, which read their
+        // replies through the reading task.
         Box::pin(async move { self.publish(message).await.map(|()| None) })
     }
 
@@ -449,11 +508,24 @@ impl LinkTx for Tx {
         &self,
         frame: Bytes,
     ) -> BoxFuture<'_, Result<Option<ReplyReader>, TransportError>> {
-        Box::pin(async move { self.send_bytes(&frame).await.map(|()| None) })
+        Box::pin(async move {
+            self.send_bytes(&frame).await?;
+            Ok(self.reader(&frame))
+        })
+    }
+
+    fn try_send_call_shared(&self, frame: Bytes) -> TrySend {
+        match self.try_send_shared(frame.clone()) {
+            TrySend::Sent => match self.reader(&frame) {
+                Some(reader) => TrySend::SentReading(reader),
+                None => TrySend::Sent,
+            },
+            other => other,
+        }
     }
 
     fn try_send_shared(&self, frame: Bytes) -> TrySend {
-        let end = &self.0;
+        let end = &self.end;
         let Ok(mut producer) = end.producer.try_lock() else {
             return TrySend::Wait(frame);
         };
@@ -474,7 +546,7 @@ impl LinkTx for Tx {
     fn close(&self) {
         // The peer reads the end of the stream and closes its side; our receiver sees the
         // same and stops.
-        sys::shutdown(self.0.socket.as_raw_fd());
+        sys::shutdown(self.end.socket.as_raw_fd());
     }
 }
 
@@ -482,6 +554,7 @@ impl LinkTx for Tx {
 struct Rx {
     frames: mpsc::Receiver<Bytes>,
     max_frame: usize,
+    inbox: Arc<InboxShared>,
 }
 
 impl LinkRx for Rx {
@@ -492,69 +565,211 @@ impl LinkRx for Rx {
     fn frame_limit(&self) -> Option<usize> {
         Some(self.max_frame)
     }
+
+    fn start(&mut self, sink: FrameSink) -> bool {
+        let inbox = &self.inbox;
+        let mut state = lock(&inbox.state);
+        if state.ended {
+            // The reader has stopped: what it queued ends with the queue, read as before.
+            return false;
+        }
+        let (_, none) = mpsc::channel(1);
+        state.queued = Some(std::mem::replace(&mut self.frames, none));
+        let _ = inbox.sink.set(sink);
+        drop(state);
+        inbox.started.notify_one();
+        true
+    }
 }
 
-/// Takes frames out of the receiving ring until the peer goes away or breaks the rules.
-async fn receive(
-    end: Arc<End>,
-    mut consumer: Consumer,
-    bell: AsyncFd<OwnedFd>,
-    frames: mpsc::Sender<Bytes>,
-    spin: u32,
-    frame_timeout: Duration,
-) {
-    let mut stall = Stall {
-        since: None,
-        timeout: frame_timeout,
-    };
-    let reason = 'outer: loop {
-        let mut idle = 0;
-        loop {
-            end.room_freed();
-            let popped = consumer.try_pop();
-            if stall.watch(&consumer) {
-                break 'outer "a frame did not arrive within the frame timeout";
-            }
-            match popped {
-                Ok(Some(frame)) => {
-                    idle = 0;
-                    if consumer.producer_waiting() {
-                        sys::ring(end.peer_bell.as_raw_fd());
-                    }
-                    if frames.send(Bytes::from(frame)).await.is_err() {
-                        break 'outer "the connection closed";
-                    }
-                }
-                Ok(None) if idle < spin => {
-                    idle += 1;
-                    if consumer.producer_waiting() {
-                        sys::ring(end.peer_bell.as_raw_fd());
-                    }
-                    tokio::task::yield_now().await;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping a shared-memory connection");
-                    break 'outer "the peer corrupted the shared segment";
-                }
+/// What the receiving task and the connection share about where frames go.
+#[derive(Debug, Default)]
+struct InboxShared {
+    /// Set when the engine starts ([`LinkRx::start`]).
+    sink: OnceLock<FrameSink>,
+    state: Mutex<InboxState>,
+    /// Wakes a sleeping reader when the engine starts, so frames it queued before do not wait
+    /// for the next one.
+    started: Notify,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    /// The queue of frames read before the start, handed back to the reader to drain.
+    queued: Option<mpsc::Receiver<Bytes>>,
+    /// The reader has stopped; a start now is refused.
+    ended: bool,
+}
+
+/// Where the receiving task puts frames: into a queue that [`Rx::recv`] reads until the
+/// handshake is done and the engine starts, then straight into the engine
+/// ([`FrameSink::push`]), which runs a call's handler right here, on the task that read it,
+/// when it completes on its first poll, and sends its reply from here: no queue, no hop, no
+/// wake-up. From then on callers waiting for replies may read the ring too (see
+/// [`crate::reader`]).
+struct Inbox {
+    queue: Option<mpsc::Sender<Bytes>>,
+    sink: Option<FrameSink>,
+    shared: Arc<InboxShared>,
+}
+
+impl Inbox {
+    /// Switches to the engine once it has started, delivering first what was queued, then
+    /// lets callers read.
+    async fn switch(&mut self, reading: &Reading) -> Result<(), ()> {
+        if self.sink.is_some() {
+            return Ok(());
+        }
+        let Some(sink) = self.shared.sink.get() else {
+            return Ok(());
+        };
+        let queued = lock(&self.shared.state).queued.take();
+        self.queue = None;
+        self.sink = Some(sink.clone());
+        // This task was the queue's only sender, so nothing more can be added to it.
+        if let Some(mut queued) = queued {
+            while let Ok(frame) = queued.try_recv() {
+                sink.push(frame).await.map_err(drop)?;
             }
         }
-        // Going to sleep: say so, then look once more, so a frame published meanwhile is seen.
-        consumer.set_sleeping(true);
-        let popped = consumer.try_pop();
-        stall.watch(&consumer);
-        let stalled = stall.deadline();
-        match popped {
-            Ok(Some(frame)) => {
-                consumer.set_sleeping(false);
-                if frames.send(Bytes::from(frame)).await.is_err() {
-                    break "the connection closed";
+        reading.open(sink.clone());
+        Ok(())
+    }
+
+    /// Delivers one frame, waiting if it must; an error means nobody listens any more.
+    async fn deliver(&mut self, frame: Bytes) -> Result<(), ()> {
+        match (&self.sink, &self.queue) {
+            (Some(sink), _) => sink.push(frame).await.map_err(drop),
+            (None, Some(queue)) => queue.send(frame).await.map_err(drop),
+            (None, None) => Err(()),
+        }
+    }
+
+    /// The reader stopped: the engine learns why (or, before it started, `recv` ends).
+    async fn end(mut self, reading: &Reading, reason: &str) {
+        let started = {
+            let mut state = lock(&self.shared.state);
+            state.ended = true;
+            self.shared.sink.get().is_some()
+        };
+        if started && self.switch(reading).await.is_ok() {
+            if let Some(sink) = &self.sink {
+                sink.close(reason.to_owned());
+            }
+        }
+    }
+}
+
+/// Why the receiving task stops.
+type Stop = &'static str;
+
+/// Reads what the ring holds now and delivers it, in order: a frame a caller left first, then
+/// the ring. True if anything was delivered.
+async fn read_once(reading: &Reading, inbox: &mut Inbox) -> Result<bool, Stop> {
+    inbox
+        .switch(reading)
+        .await
+        .map_err(|()| "the connection closed")?;
+    let held = {
+        let mut state = reading.lock();
+        if let Some(reason) = state.failed {
+            return Err(reason);
+        }
+        let held = state.held.take();
+        state.delivering = held.is_some();
+        held
+    };
+    if let Some(frame) = held {
+        // Nobody reads past it meanwhile (`delivering`).
+        let delivered = inbox.deliver(frame).await;
+        reading.lock().delivering = false;
+        delivered.map_err(|()| "the connection closed")?;
+        return Ok(true);
+    }
+    let end = &reading.end;
+    match &inbox.sink {
+        Some(sink) => match reading.lock().drain(end, sink, None) {
+            Drained::Empty { any, .. } => Ok(any),
+            // Delivered (waiting for room) on the next round.
+            Drained::Held => Ok(true),
+            Drained::Closed => Err("the connection closed"),
+            Drained::Failed(reason) => Err(reason),
+        },
+        None => {
+            let look = reading.lock().look(end);
+            match look {
+                Look::Frame(frame) => {
+                    inbox
+                        .deliver(frame)
+                        .await
+                        .map_err(|()| "the connection closed")?;
+                    Ok(true)
                 }
+                Look::Empty => Ok(false),
+                Look::Failed(reason) => Err(reason),
+            }
+        }
+    }
+}
+
+/// Takes frames out of the receiving ring until the peer goes away or breaks the rules,
+/// waiting as `wait` says when the ring is empty, and sleeping while callers read it.
+async fn receive(reading: Arc<Reading>, bell: AsyncFd<OwnedFd>, mut inbox: Inbox, wait: Wait) {
+    let end = Arc::clone(&reading.end);
+    let reason = 'outer: loop {
+        // When the ring was first found empty in this spell of looking.
+        let mut idle_since: Option<std::time::Instant> = None;
+        let mut looks = 0u32;
+        loop {
+            match read_once(&reading, &mut inbox).await {
+                Ok(true) => {
+                    idle_since = None;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(reason) => break 'outer reason,
+            }
+            if reading.callers_spinning() {
+                // They look at the ring: one spinning thread is enough.
+                break;
+            }
+            let spin = match wait {
+                Wait::Poll => true,
+                Wait::Park => false,
+                Wait::SpinThenPark(spell) => {
+                    let now = std::time::Instant::now();
+                    now.duration_since(*idle_since.get_or_insert(now)) < spell
+                }
+            };
+            if !spin {
+                break;
+            }
+            looks = looks.wrapping_add(1);
+            // A reader that never sleeps never waits on the socket either: look at it now and
+            // then, without waiting, to learn that the peer has gone.
+            if wait == Wait::Poll && looks % 4096 == 0 && peer_gone_now(&end.socket) {
+                break 'outer "the peer closed the connection";
+            }
+            tokio::task::yield_now().await;
+        }
+        // Going to sleep. Unless callers look at the ring (the last to stop hands it back to
+        // the doorbell), say so, then look once more, so a frame published meanwhile is seen.
+        let stalled = {
+            let state = reading.lock();
+            if !reading.callers_spinning() {
+                state.consumer.set_sleeping(true);
+            }
+            state.stall.deadline()
+        };
+        match read_once(&reading, &mut inbox).await {
+            Ok(true) => {
+                reading.lock().consumer.set_sleeping(false);
                 continue;
             }
-            Ok(None) => {}
-            Err(_) => break "the peer corrupted the shared segment",
+            Ok(false) => {}
+            Err(reason) => break reason,
         }
+        let waiting_for_start = inbox.sink.is_none();
         tokio::select! {
             ready = bell.readable() => {
                 if let Ok(mut guard) = ready {
@@ -565,6 +780,8 @@ async fn receive(
                 // The peer rings for frames and for room it freed in our sending ring.
                 end.room_freed();
             }
+            () = reading.wake.notified() => {}
+            () = inbox.shared.started.notified(), if waiting_for_start => {}
             () = until(stalled) => break "a frame did not arrive within the frame timeout",
             gone = peer_gone(&end.socket) => {
                 if gone {
@@ -572,8 +789,7 @@ async fn receive(
                     // welcome, say): take it before stopping, but no more than a queue's
                     // worth, since a process that still maps the segment could go on writing.
                     for _ in 0..QUEUE_DEPTH {
-                        let Ok(Some(frame)) = consumer.try_pop() else { break };
-                        if frames.send(Bytes::from(frame)).await.is_err() {
+                        if !matches!(read_once(&reading, &mut inbox).await, Ok(true)) {
                             break;
                         }
                     }
@@ -581,35 +797,11 @@ async fn receive(
                 }
             }
         }
-        consumer.set_sleeping(false);
+        reading.lock().consumer.set_sleeping(false);
     };
     tracing::debug!(reason, "shared-memory receiver stopped");
     end.mark_closed();
-    drop(frames);
-}
-
-/// When the message being assembled began to arrive: a frame the peer starts and never
-/// finishes holds memory (up to the frame limit), so it gets the frame timeout.
-struct Stall {
-    since: Option<tokio::time::Instant>,
-    timeout: Duration,
-}
-
-impl Stall {
-    /// Notes whether `consumer` is assembling a message; true once one has taken too long.
-    fn watch(&mut self, consumer: &Consumer) -> bool {
-        if !consumer.assembling() {
-            self.since = None;
-            return false;
-        }
-        let now = tokio::time::Instant::now();
-        now.duration_since(*self.since.get_or_insert(now)) > self.timeout
-    }
-
-    /// When the message being assembled runs out of time, if one is.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.since.map(|t| t + self.timeout)
-    }
+    inbox.end(&reading, reason).await;
 }
 
 /// Waits until `deadline`, or forever without one.
@@ -617,6 +809,16 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Whether the peer is gone, without waiting: see [`peer_gone`].
+fn peer_gone_now(socket: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    match socket.try_read(&mut byte) {
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
     }
 }
 
@@ -693,17 +895,29 @@ fn make_end(
         closed: AtomicBool::new(false),
     });
     let (tx, frames) = mpsc::channel(QUEUE_DEPTH);
-    tokio::spawn(receive(
-        Arc::clone(&end),
+    let shared = Arc::new(InboxShared::default());
+    let inbox = Inbox {
+        queue: Some(tx),
+        sink: None,
+        shared: Arc::clone(&shared),
+    };
+    let reading = Reading::new(
         consumer,
-        bell,
-        tx,
-        options.spin,
-        options.frame_timeout,
-    ));
+        Stall::new(options.frame_timeout),
+        Arc::clone(&end),
+    );
+    tokio::spawn(receive(Arc::clone(&reading), bell, inbox, options.wait));
     Ok(Link {
-        tx: Box::new(Tx(end)),
-        rx: Box::new(Rx { frames, max_frame }),
+        tx: Box::new(Tx {
+            end,
+            reading,
+            wait: options.wait,
+        }),
+        rx: Box::new(Rx {
+            frames,
+            max_frame,
+            inbox: shared,
+        }),
         peer,
     })
 }

@@ -827,6 +827,10 @@ impl SessionHooks for ClientSession {
         }
     }
 
+    fn awaits(&self, call_id: u64) -> bool {
+        lock(&self.state).table.waiter_mut(call_id).is_some()
+    }
+
     fn on_ack(&self, call_id: u64) {
         let mut state = lock(&self.state);
         if let Some(ack) = state.table.waiter_mut(call_id).and_then(|w| w.ack.take()) {

@@ -114,6 +114,16 @@ impl crate::transport::Deliver for Shared {
         Shared::is_closed(self)
     }
 
+    fn awaits(&self, call_id: u64) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        if lock(&self.calls).contains_key(&call_id) {
+            return true;
+        }
+        self.client_session().is_some_and(|s| s.awaits(call_id))
+    }
+
     fn try_push(self: Arc<Self>, frame: Bytes) -> Result<(), Bytes> {
         if self.waits_for_room(&frame) {
             return Err(frame);
@@ -145,6 +155,8 @@ pub(crate) trait SessionHooks: Send + Sync + 'static {
     fn on_ack(&self, call_id: u64);
     /// The link of `generation` closed.
     fn link_closed(&self, generation: u64, reason: &str);
+    /// Whether call `call_id` of the session still waits for its outcome.
+    fn awaits(&self, call_id: u64) -> bool;
     /// The session itself, for code that knows its type (a handler calling back its server).
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
@@ -405,7 +417,7 @@ impl Shared {
     /// Sends a whole frame kept elsewhere too (a call kept for re-sending, a cached reply).
     pub(crate) async fn send_shared(&self, frame: Bytes) -> Result<(), RpcError> {
         let frame = match self.tx.try_send_shared(frame) {
-            TrySend::Sent => return Ok(()),
+            TrySend::Sent | TrySend::SentReading(_) => return Ok(()),
             TrySend::Wait(frame) => frame,
             TrySend::Failed(e) => return Err(self.transport_error(e)),
         };
@@ -420,8 +432,9 @@ impl Shared {
         &self,
         frame: Bytes,
     ) -> Result<Option<crate::transport::ReplyReader>, RpcError> {
-        let frame = match self.tx.try_send_shared(frame) {
+        let frame = match self.tx.try_send_call_shared(frame) {
             TrySend::Sent => return Ok(None),
+            TrySend::SentReading(reader) => return Ok(Some(reader)),
             TrySend::Wait(frame) => frame,
             TrySend::Failed(e) => return Err(self.transport_error(e)),
         };

@@ -82,16 +82,29 @@ pub fn take_heap_buffer(
 }
 
 /// What [`LinkTx::try_send_shared`] did with a frame.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum TrySend {
     /// The transport took it.
     Sent,
+    /// The transport took a call, and gives the caller this to poll while it waits for the
+    /// reply (see [`LinkTx::send_call`]).
+    SentReading(ReplyReader),
     /// Sending it now would wait (for room, for a lock), or the transport has no path that
     /// does not: here it is back, for [`LinkTx::send_shared`].
     Wait(Bytes),
     /// The link failed or closed.
     Failed(TransportError),
+}
+
+impl fmt::Debug for TrySend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySend::Sent => f.write_str("Sent"),
+            TrySend::SentReading(_) => f.write_str("SentReading(..)"),
+            TrySend::Wait(frame) => f.debug_tuple("Wait").field(&frame.len()).finish(),
+            TrySend::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
 }
 
 /// The reading of one call's reply, handed to the caller by [`LinkTx::send_call`]: it delivers
@@ -132,11 +145,16 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
 
     /// Sends a whole frame the engine keeps, as [`LinkTx::send_shared`] does, if that needs no
     /// waiting: no boxed future, no task. The engine tries this first for the frames it keeps
-    /// (calls, replies it caches), calls included, so a transport whose
-    /// [`LinkTx::send_call`] returns a [`ReplyReader`] must keep the default, which hands
-    /// every frame back.
+    /// (replies it caches; calls go to [`LinkTx::try_send_call_shared`], which by default
+    /// comes here). The default hands every frame back.
     fn try_send_shared(&self, frame: Bytes) -> TrySend {
         TrySend::Wait(frame)
+    }
+
+    /// [`LinkTx::try_send_shared`] for a call: the transport may hand back a reader of its
+    /// reply ([`TrySend::SentReading`]). The default sends it as any other frame.
+    fn try_send_call_shared(&self, frame: Bytes) -> TrySend {
+        self.try_send_shared(frame)
     }
 
     /// [`LinkTx::send_call`] for a whole frame the engine keeps; see [`LinkTx::send_shared`].
@@ -205,6 +223,8 @@ pub(crate) trait Deliver: Send + Sync {
     fn close(&self, reason: String);
     /// Whether the connection has closed: frames handed over now are dropped.
     fn is_closed(&self) -> bool;
+    /// Whether this side still waits for the reply to its call `call_id`.
+    fn awaits(&self, call_id: u64) -> bool;
     /// Handles one frame on the sender's task and runs what it starts there (see
     /// [`FrameSink::push`]), unless it is a one-way call that must first wait for room: that
     /// comes back.
@@ -237,15 +257,17 @@ impl FrameSink {
         self.target.upgrade()?.deliver(frame)
     }
 
-    /// Hands one whole frame to the connection from the sending task itself, as the
-    /// in-process transport does: a call's handler runs right here if it completes on its
-    /// first poll, else on a task of its own, and its reply, sent on the way back the same
-    /// way, is at its caller before this returns. A one-way call waits here for room among
-    /// the handlers (it cannot be refused with an answer): that is the back-pressure on its
-    /// sender. Fails with [`TransportError::Closed`] once the connection has closed.
-    pub(crate) async fn push(&self, frame: Bytes) -> Result<(), TransportError> {
+    /// Hands one whole frame to the connection and runs what it starts on this task, as the
+    /// in-process transport does from its sender's task and the shared-memory one from its
+    /// ring's reader: a call's handler runs right here if it completes on its first poll
+    /// (LRPC's run to completion), else on a task of its own. In process, the reply comes
+    /// back the same way and is at its caller before this returns. A one-way call waits here
+    /// for room among the handlers (it cannot be refused with an answer): that is the
+    /// back-pressure on its sender. Fails with [`TransportError::Closed`] once the connection
+    /// has closed.
+    pub async fn push(&self, frame: Bytes) -> Result<(), TransportError> {
         match self.try_push(frame) {
-            TrySend::Sent => Ok(()),
+            TrySend::Sent | TrySend::SentReading(_) => Ok(()),
             TrySend::Failed(e) => Err(e),
             TrySend::Wait(frame) => match self.target.upgrade() {
                 Some(target) => {
@@ -259,7 +281,7 @@ impl FrameSink {
 
     /// [`FrameSink::push`] without waiting: a one-way call that would wait for room comes
     /// back.
-    pub(crate) fn try_push(&self, frame: Bytes) -> TrySend {
+    pub fn try_push(&self, frame: Bytes) -> TrySend {
         let Some(target) = self.target.upgrade() else {
             return TrySend::Failed(TransportError::Closed);
         };
@@ -270,6 +292,13 @@ impl FrameSink {
             Ok(()) => TrySend::Sent,
             Err(frame) => TrySend::Wait(frame),
         }
+    }
+
+    /// Whether this side still waits for the reply to its call `call_id`: a transport whose
+    /// callers read their own replies asks, to stop reading for a call answered some other
+    /// way. False once the connection is gone.
+    pub fn awaits(&self, call_id: u64) -> bool {
+        self.target.upgrade().is_some_and(|t| t.awaits(call_id))
     }
 
     /// Tells the connection the link has ended; calls in flight fail with `ConnectionLost`
