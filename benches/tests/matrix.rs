@@ -8,13 +8,18 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const EXPECTED: [&str; 11] = [
+const EXPECTED: [&str; 16] = [
     "floor memcpy",
     "courier cbor/mem",
     "courier xdr/mem",
     "floor raw-spin",
-    "courier cbor/shm",
-    "courier xdr/shm",
+    "floor raw-futex",
+    "courier cbor/shm-poll",
+    "courier cbor/shm-spin",
+    "courier cbor/shm-park",
+    "courier xdr/shm-poll",
+    "courier xdr/shm-spin",
+    "courier xdr/shm-park",
     "tarpc bincode/unix",
     "floor raw-quinn",
     "courier cbor/quic",
@@ -80,6 +85,13 @@ fn quick_null_run_produces_every_row() {
                     positive(row, "p50_vs_floor"),
                     "{name}: no ratio to its floor"
                 );
+                // Each shared-memory mode beside the floor that waits the same way.
+                let floor = row["floor"].as_str().unwrap_or_default();
+                if name.contains("/shm-park") {
+                    assert_eq!(floor, "floor raw-futex", "{name}");
+                } else if name.contains("/shm-") {
+                    assert_eq!(floor, "floor raw-spin", "{name}");
+                }
             }
             "peer" => assert!(positive(row, "calls_per_sec_64"), "{name}"),
             other => panic!("{name}: unknown kind {other}"),

@@ -11,6 +11,7 @@
 //!
 //! It also prints the time per call (on stderr), and with `ALLOCS_CONCURRENT=1` the time per
 //! call with 64 callers at once: a quick A/B of two builds of the engine, beside the matrix.
+//! `ALLOCS_WAIT=poll|spin|park` sets how both ends of the shared-memory link wait.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,9 +69,24 @@ impl Null for Nothing {
 
 const CALLS: u64 = 100_000;
 
+/// How both ends of the shared-memory link wait: `ALLOCS_WAIT=poll|spin|park` (default: the
+/// transport's default, spin then park). The child server inherits the variable.
+fn shm_options() -> courier_shm::ShmOptions {
+    let wait = match std::env::var("ALLOCS_WAIT").as_deref() {
+        Ok("poll") => courier_shm::Wait::Poll,
+        Ok("park") => courier_shm::Wait::Park,
+        _ => courier_shm::Wait::default(),
+    };
+    courier_shm::ShmOptions::default().wait(wait)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
+    let workers = std::env::var("ALLOCS_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("a runtime")
@@ -94,7 +110,7 @@ fn serve_shm(path: &str) {
     });
     runtime().block_on(async {
         let listener =
-            courier_shm::ShmListener::bind(path, courier_shm::ShmOptions::default()).expect("bind");
+            courier_shm::ShmListener::bind(path, shm_options()).expect("bind");
         println!("ready");
         let server = Server::builder(Xdr::default())
             .service(NullServer::new(Nothing))
@@ -118,7 +134,7 @@ fn over_shm() {
         .read_line(&mut ready)
         .expect("the server says it is ready");
     runtime().block_on(async {
-        let connector = courier_shm::ShmConnector::new(&path, courier_shm::ShmOptions::default());
+        let connector = courier_shm::ShmConnector::new(&path, shm_options());
         let client = NullClient::new(
             Client::builder(Xdr::default())
                 .connect(&connector)

@@ -155,7 +155,14 @@ impl Config {
         let per_payload: usize = self
             .transports
             .iter()
-            .map(|&t| self.codecs.len() + 1 + usize::from(self.peers && t != TransportName::Mem))
+            .map(|&t| match t {
+                // A row per codec and wait mode, the spin and futex floors, tarpc.
+                TransportName::Shm => {
+                    self.codecs.len() * ShmMode::ALL.len() + 2 + usize::from(self.peers)
+                }
+                TransportName::Mem => self.codecs.len() + 1,
+                TransportName::Quic => self.codecs.len() + 1 + usize::from(self.peers),
+            })
             .sum();
         per_payload * self.payloads.len()
     }
@@ -218,7 +225,53 @@ pub struct Report {
 
 const MEMCPY: &str = "floor memcpy";
 const RAW_SPIN: &str = "floor raw-spin";
+const RAW_FUTEX: &str = "floor raw-futex";
 const RAW_QUINN: &str = "floor raw-quinn";
+
+/// How a shared-memory row's two ends wait for frames (`courier_shm::Wait`); each mode is a
+/// row of its own, beside the floor that waits the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShmMode {
+    /// Both ends poll: `Wait::Poll`. The row connects for each of its turns and leaves after
+    /// it, since a polling link keeps a core busy for as long as it is open.
+    Poll,
+    /// Both ends spin, then park: the default `Wait::SpinThenPark`.
+    Spin,
+    /// Both ends park at once: `Wait::Park`.
+    Park,
+}
+
+impl ShmMode {
+    pub(crate) const ALL: [ShmMode; 3] = [ShmMode::Poll, ShmMode::Spin, ShmMode::Park];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ShmMode::Poll => "shm-poll",
+            ShmMode::Spin => "shm-spin",
+            ShmMode::Park => "shm-park",
+        }
+    }
+
+    fn floor(self) -> &'static str {
+        match self {
+            ShmMode::Poll | ShmMode::Spin => RAW_SPIN,
+            ShmMode::Park => RAW_FUTEX,
+        }
+    }
+
+    pub(crate) fn wait(self) -> courier_shm::Wait {
+        match self {
+            ShmMode::Poll => courier_shm::Wait::Poll,
+            ShmMode::Spin => courier_shm::Wait::default(),
+            ShmMode::Park => courier_shm::Wait::Park,
+        }
+    }
+
+    /// The child server's socket for this mode.
+    pub(crate) fn socket(self) -> String {
+        format!("courier-{}.sock", self.label())
+    }
+}
 
 fn floor_of(transport: TransportName) -> &'static str {
     match transport {
@@ -261,6 +314,11 @@ pub fn child_role() -> Option<Result<(), Error>> {
 enum Subject {
     /// Called through the runtime: Courier, raw quinn, tarpc.
     Async(Target),
+    /// Called through the runtime, over a connection made for each turn and closed after it
+    /// (a polling shared-memory link, which keeps a core busy while open).
+    PerTurn {
+        connect: Box<dyn Fn() -> futures::future::BoxFuture<'static, Result<Target, Error>>>,
+    },
     /// Run on this thread: `memcpy`, the raw spin ping-pong. `pause`, if any, runs after each
     /// turn (the spin floor's other side sleeps between its turns, leaving the CPU to others).
     Sync {
@@ -278,6 +336,15 @@ struct Entry {
 }
 
 impl Entry {
+    fn courier_shm(codec: CodecName, mode: ShmMode, subject: Subject) -> Entry {
+        Entry {
+            name: format!("courier {}/{}", codec_label(codec), mode.label()),
+            kind: RowKind::Courier,
+            floor: Some(mode.floor()),
+            subject,
+        }
+    }
+
     fn courier(codec: CodecName, transport: TransportName, target: Target) -> Entry {
         Entry {
             name: courier_name(codec, transport),
@@ -345,6 +412,10 @@ impl Runner<'_> {
             Subject::Async(target) => self
                 .rt
                 .block_on(measure::async_latency(target, data, slice, warmup, tally)),
+            Subject::PerTurn { connect } => self.rt.block_on(async {
+                let target = connect().await?;
+                measure::async_latency(&target, data, slice, warmup, tally).await
+            }),
             Subject::Sync { op, pause } => {
                 let outcome = measure::sync_latency(op, data, slice, warmup, tally);
                 if let Some(pause) = pause {
@@ -390,16 +461,21 @@ impl Runner<'_> {
             for round in 0..budget.rounds as usize {
                 for k in 0..n {
                     let i = (k + round) % n;
-                    if let Subject::Async(target) = &entries[i].subject {
-                        self.rt
-                            .block_on(measure::async_flight(
-                                target,
-                                &data,
-                                budget.flight,
-                                &mut tallies[i],
-                            ))
-                            .map_err(|e| failed(&entries[i], e))?;
-                    }
+                    let tally = &mut tallies[i];
+                    let flight = match &entries[i].subject {
+                        Subject::Async(target) => self.rt.block_on(measure::async_flight(
+                            target,
+                            &data,
+                            budget.flight,
+                            tally,
+                        )),
+                        Subject::PerTurn { connect } => self.rt.block_on(async {
+                            let target = connect().await?;
+                            measure::async_flight(&target, &data, budget.flight, tally).await
+                        }),
+                        Subject::Sync { .. } => Ok(()),
+                    };
+                    flight.map_err(|e| failed(&entries[i], e))?;
                 }
             }
             for (entry, tally) in entries.iter().zip(tallies) {
@@ -447,10 +523,12 @@ fn memcpy_floor() -> Entry {
     }
 }
 
-/// The raw spin ping-pong with a child process, which sleeps between its turns.
-fn spin_floor() -> Result<(Entry, Rc<SpinSegment>, ChildServer), Error> {
+/// The raw ping-pong with a child process: both sides spinning (the child sleeps between its
+/// turns) or, `sleeping`, both waiting on a futex.
+fn raw_floor(sleeping: bool) -> Result<(Entry, Rc<SpinSegment>, ChildServer), Error> {
     let (segment, fd) = SpinSegment::create(MAX_PAYLOAD)?;
-    let child = ChildServer::spawn("raw-spin", &fd.to_string());
+    let role = if sleeping { "raw-futex" } else { "raw-spin" };
+    let child = ChildServer::spawn(role, &fd.to_string());
     // SAFETY: closes our copy of the descriptor; the mapping and the child's copy remain.
     unsafe { libc::close(fd) };
     let child = child?;
@@ -459,16 +537,17 @@ fn spin_floor() -> Result<(Entry, Rc<SpinSegment>, ChildServer), Error> {
     let mut out = Vec::with_capacity(MAX_PAYLOAD);
     let mut round = 0u32;
     let entry = Entry {
-        name: RAW_SPIN.to_owned(),
+        name: if sleeping { RAW_FUTEX } else { RAW_SPIN }.to_owned(),
         kind: RowKind::Floor,
         floor: None,
         subject: Subject::Sync {
             op: Box::new(move |data: &[u8]| {
                 // Rounds run from 1 to u32::MAX - 2; the values above have meanings of their own.
                 round = round % (u32::MAX - 2) + 1;
-                ping.ping(round, data, &mut out, false)
+                ping.ping(round, data, &mut out, sleeping)
             }),
-            pause: Some(Box::new(move || pause.pause())),
+            // A sleeping pong side needs no pause: it sleeps between pings anyway.
+            pause: (!sleeping).then(|| Box::new(move || pause.pause()) as Box<dyn FnMut()>),
         },
     };
     Ok((entry, segment, child))
@@ -496,23 +575,37 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
         runner.group("in-process", &mut entries)?;
     }
     if config.has(TransportName::Shm) {
-        let (spin, segment, _spinner) = spin_floor()?;
+        let (spin, spin_segment, _spinner) = raw_floor(false)?;
+        let (futex, futex_segment, _sleeper) = raw_floor(true)?;
         let _server = ChildServer::spawn("courier-shm", &dir)?;
         let _peer = config
             .peers
             .then(|| ChildServer::spawn("tarpc-unix", &dir))
             .transpose()?;
-        let mut entries = vec![spin];
+        let mut entries = vec![spin, futex];
         for &codec in &codecs {
-            let target = runner.rt.block_on(targets::courier_shm(codec, &scratch))?;
-            entries.push(Entry::courier(codec, TransportName::Shm, target));
+            for mode in ShmMode::ALL {
+                let subject = if mode == ShmMode::Poll {
+                    let path = scratch.path(&mode.socket());
+                    Subject::PerTurn {
+                        connect: Box::new(move || {
+                            Box::pin(targets::courier_shm(codec, path.clone(), mode))
+                        }),
+                    }
+                } else {
+                    let path = scratch.path(&mode.socket());
+                    Subject::Async(runner.rt.block_on(targets::courier_shm(codec, path, mode))?)
+                };
+                entries.push(Entry::courier_shm(codec, mode, subject));
+            }
         }
         if config.peers {
             let target = runner.rt.block_on(targets::tarpc_unix(&scratch))?;
             entries.push(Entry::other("tarpc bincode/unix", RowKind::Peer, target));
         }
         let outcome = runner.group("shared memory", &mut entries);
-        segment.stop();
+        spin_segment.stop();
+        futex_segment.stop();
         outcome?;
     }
     if config.has(TransportName::Quic) {

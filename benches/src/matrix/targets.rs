@@ -22,7 +22,7 @@ use serde_bytes::ByteBuf;
 use tarpc::tokio_serde::formats::Bincode;
 
 use super::measure::Target;
-use super::{CodecName, Error};
+use super::{CodecName, Error, ShmMode};
 use crate::quic::{self, EchoClient, EchoServer, Echoer};
 use crate::spin::SpinSegment;
 
@@ -143,10 +143,28 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
             segment.pong(false);
             Ok(())
         }
-        "courier-shm" => crate::runtime()?.block_on(async {
-            let listener = ShmListener::bind(dir.join("courier.sock"), ShmOptions::default())?;
+        "raw-futex" => {
+            let fd: i32 = arg.parse()?;
+            // SAFETY: as for "raw-spin".
+            let segment = unsafe { SpinSegment::map(fd, MAX_PAYLOAD)? };
             ready("")?;
-            courier_server().serve(listener).await?;
+            segment.pong(true);
+            Ok(())
+        }
+        "courier-shm" => crate::runtime()?.block_on(async {
+            // One listener per wait mode, each waiting as its clients do.
+            let mut serving = Vec::new();
+            for mode in ShmMode::ALL {
+                let options = ShmOptions::default().wait(mode.wait());
+                let listener = ShmListener::bind(dir.join(mode.socket()), options)?;
+                serving.push(tokio::spawn(async move {
+                    courier_server().serve(listener).await
+                }));
+            }
+            ready("")?;
+            for serving in serving {
+                serving.await??;
+            }
             Ok(())
         }),
         "courier-quic" => crate::runtime()?.block_on(async {
@@ -248,9 +266,14 @@ pub(crate) async fn courier_mem(codec: CodecName) -> Result<Target, Error> {
     courier_client(codec, client_end).await
 }
 
-/// Courier over shared memory to the `courier-shm` child serving in `scratch`.
-pub(crate) async fn courier_shm(codec: CodecName, scratch: &Scratch) -> Result<Target, Error> {
-    let connector = ShmConnector::new(scratch.path("courier.sock"), ShmOptions::default());
+/// Courier over shared memory to the `courier-shm` child's socket at `path`, waiting as
+/// `mode` says.
+pub(crate) async fn courier_shm(
+    codec: CodecName,
+    path: PathBuf,
+    mode: ShmMode,
+) -> Result<Target, Error> {
+    let connector = ShmConnector::new(path, ShmOptions::default().wait(mode.wait()));
     courier_client(codec, connector.connect().await?).await
 }
 
