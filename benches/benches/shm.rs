@@ -17,7 +17,7 @@ use courier_benches::in_task;
 use courier_benches::quic::{EchoClient, EchoServer, Echoer};
 use courier_benches::spin::SpinSegment;
 use courier_cbor::Cbor;
-use courier_shm::{ShmConnector, ShmListener, ShmOptions};
+use courier_shm::{ShmConnector, ShmListener, ShmOptions, Wait};
 use criterion::{Criterion, Throughput};
 use serde_bytes::ByteBuf;
 
@@ -39,10 +39,10 @@ fn child(role: &str) {
             segment.pong(role == "futex");
         }
         server => {
-            let spin: u32 = server.trim_start_matches("server-").parse().unwrap_or(64);
+            let wait = server.trim_start_matches("server-").to_owned();
             let path = std::env::var("COURIER_BENCH_PATH").expect("path");
             runtime().block_on(async move {
-                let listener = ShmListener::bind(&path, options(spin)).expect("bind");
+                let listener = ShmListener::bind(&path, options(&wait)).expect("bind");
                 let server = Server::builder(Cbor::default())
                     .service(EchoServer::new(Echoer))
                     .limits(Limits::default())
@@ -54,8 +54,13 @@ fn child(role: &str) {
     }
 }
 
-fn options(spin: u32) -> ShmOptions {
-    ShmOptions::default().spin(spin)
+/// Both ends wait the same way: `poll`, `park`, or anything else for the default.
+fn options(wait: &str) -> ShmOptions {
+    ShmOptions::default().wait(match wait {
+        "poll" => Wait::Poll,
+        "park" => Wait::Park,
+        _ => Wait::default(),
+    })
 }
 
 fn spawn(role: &str, envs: &[(&str, String)]) -> Child {
@@ -105,18 +110,18 @@ fn raw_floors(c: &mut Criterion) {
 
 fn courier_shm(c: &mut Criterion) {
     let rt = runtime();
-    for (name, spin) in [("courier_polling", 100_000u32), ("courier_sleeping", 0)] {
+    for (name, wait) in [("courier_polling", "poll"), ("courier_sleeping", "park")] {
         let path =
             std::env::temp_dir().join(format!("courier-bench-{}-{name}.sock", std::process::id()));
         let mut server = spawn(
-            &format!("server-{spin}"),
+            &format!("server-{wait}"),
             &[("COURIER_BENCH_PATH", path.display().to_string())],
         );
         let mut out = std::io::BufReader::new(server.stdout.take().expect("stdout"));
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).expect("ready");
         let client = rt.block_on(async {
-            let connector = ShmConnector::new(&path, options(spin));
+            let connector = ShmConnector::new(&path, options(wait));
             Client::builder(Cbor::default())
                 .connect(&connector)
                 .await
@@ -132,7 +137,7 @@ fn courier_shm(c: &mut Criterion) {
                 })
             })
         });
-        if spin > 0 {
+        if wait == "poll" {
             let mib = ByteBuf::from(vec![0x5au8; 1024 * 1024]);
             let mut g = c.benchmark_group("shm/echo_1mib");
             g.throughput(Throughput::Bytes(2 * mib.len() as u64));
