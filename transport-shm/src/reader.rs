@@ -263,9 +263,10 @@ impl std::future::Future for OwnReply {
             reading.spinning.fetch_add(1, Ordering::SeqCst);
         }
         this.looks = this.looks.wrapping_add(1);
-        // Now and then, ask whether the call is still awaited: its reply may have come
-        // through the reading task or another caller.
-        if this.looks % 64 == 0 && !sink.awaits(this.call) {
+        // First and now and then, ask whether the call is still awaited: its reply may have
+        // come through the reading task or another caller (a reader is also polled, on a task
+        // of its own, after its call has been answered).
+        if this.looks % 64 == 1 && !sink.awaits(this.call) {
             this.stop();
             return Poll::Ready(());
         }
