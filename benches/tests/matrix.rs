@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const EXPECTED: [&str; 16] = [
+const EXPECTED: [&str; 17] = [
     "floor memcpy",
     "courier cbor/mem",
     "courier xdr/mem",
     "floor raw-spin",
     "floor raw-futex",
+    "floor raw-eventfd",
     "courier cbor/shm-poll",
     "courier cbor/shm-spin",
     "courier cbor/shm-park",

@@ -416,3 +416,74 @@ async fn traits_of_the_same_name_in_different_modules_are_different_services() {
     })
     .await
 }
+
+/// Where a handler runs: its thread, and the kind of runtime it runs in.
+#[courier::service]
+pub trait Whereabouts {
+    /// The handler's thread and whether its runtime is a current-thread one.
+    async fn place(&self) -> (String, bool);
+}
+
+struct Report;
+
+impl Whereabouts for Report {
+    async fn place(&self) -> (String, bool) {
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        (
+            format!("{:?}", std::thread::current().id()),
+            flavor == tokio::runtime::RuntimeFlavor::CurrentThread,
+        )
+    }
+}
+
+/// In process, a call whose handler completes at once runs on its caller's thread (the
+/// transport hands the frame straight to the server's engine: no task, no hop), yet inside the
+/// server's runtime, so that what the handler spawns or times belongs to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_call_runs_on_its_callers_thread_inside_the_servers_runtime() {
+    within(async {
+        let (server_end, client_end) = courier::transport::mem::pair();
+        // The server on a runtime of its own, of another kind, on another thread.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let server = Server::builder(Cbor::default())
+                    .service(WhereaboutsServer::new(Report))
+                    .build();
+                server.serve_link(server_end).await.unwrap();
+                let _ = stopped.await;
+            });
+        });
+        let client = WhereaboutsClient::new(
+            Client::builder(Cbor::default())
+                .connect_link(client_end)
+                .await
+                .unwrap(),
+        );
+        client.place().await.unwrap();
+        for _ in 0..100 {
+            let client = client.clone();
+            let (caller, (handler, current_thread)) = tokio::spawn(async move {
+                // Taken in the same poll as the call: a task moves between threads only
+                // where it waits, and this call does not.
+                let caller = format!("{:?}", std::thread::current().id());
+                (caller, client.place().await.unwrap())
+            })
+            .await
+            .unwrap();
+            assert_eq!(handler, caller, "the handler ran on another thread");
+            assert!(
+                current_thread,
+                "the handler ran outside the server's runtime"
+            );
+        }
+        drop(client);
+        let _ = stop.send(());
+        serving.join().unwrap();
+    })
+    .await
+}

@@ -50,7 +50,9 @@ const QUEUE_DEPTH: usize = 256;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Settings of a shared-memory listener or connector. Each has a documented default.
@@ -178,6 +180,9 @@ pub(crate) struct End {
     /// Set when the receiving task has stopped (the peer left, or broke the rules): senders
     /// waiting for room give up instead of waiting for a reader that is gone.
     closed: AtomicBool,
+    /// Set when this side closes the link: the receiving task stops at its next look, even
+    /// one that never waits on the socket (a polling one).
+    pub(crate) closing: AtomicBool,
 }
 
 impl std::fmt::Debug for End {
@@ -391,6 +396,7 @@ impl Drop for Tx {
     /// (the connection closed, or its handshake failed) the socket is shut so that both sides'
     /// receivers stop, and the segment, doorbells and tasks are released.
     fn drop(&mut self) {
+        self.end.closing.store(true, Ordering::Release);
         sys::shutdown(self.end.socket.as_raw_fd());
     }
 }
@@ -546,6 +552,7 @@ impl LinkTx for Tx {
     fn close(&self) {
         // The peer reads the end of the stream and closes its side; our receiver sees the
         // same and stops.
+        self.end.closing.store(true, Ordering::Release);
         sys::shutdown(self.end.socket.as_raw_fd());
     }
 }
@@ -729,6 +736,9 @@ async fn receive(reading: Arc<Reading>, bell: AsyncFd<OwnedFd>, mut inbox: Inbox
                 Ok(false) => {}
                 Err(reason) => break 'outer reason,
             }
+            if end.closing.load(Ordering::Acquire) {
+                break 'outer "closed by this side";
+            }
             if reading.callers_spinning() {
                 // They look at the ring: one spinning thread is enough.
                 break;
@@ -747,7 +757,7 @@ async fn receive(reading: Arc<Reading>, bell: AsyncFd<OwnedFd>, mut inbox: Inbox
             looks = looks.wrapping_add(1);
             // A reader that never sleeps never waits on the socket either: look at it now and
             // then, without waiting, to learn that the peer has gone.
-            if wait == Wait::Poll && looks % 4096 == 0 && peer_gone_now(&end.socket) {
+            if wait == Wait::Poll && looks % 256 == 0 && peer_gone_now(&end.socket) {
                 break 'outer "the peer closed the connection";
             }
             tokio::task::yield_now().await;
@@ -893,6 +903,7 @@ fn make_end(
         wants_room: AtomicBool::new(false),
         room: Notify::new(),
         closed: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
     });
     let (tx, frames) = mpsc::channel(QUEUE_DEPTH);
     let shared = Arc::new(InboxShared::default());

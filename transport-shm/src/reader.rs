@@ -307,7 +307,10 @@ impl std::future::Future for OwnReply {
                 return Poll::Ready(());
             }
         }
-        if this.budget.is_some_and(|b| now.duration_since(started) >= b) {
+        if this
+            .budget
+            .is_some_and(|b| now.duration_since(started) >= b)
+        {
             this.stop();
             return Poll::Ready(());
         }

@@ -7,15 +7,22 @@ use std::path::PathBuf;
 
 use courier::testing::{unique_name, Harness};
 use courier::TransportError;
-use courier_shm::{ShmConnector, ShmListener, ShmOptions};
+use courier_shm::{ShmConnector, ShmListener, ShmOptions, Wait};
 
-struct Shm;
+/// Both ends of every link wait for frames as this says: the suite runs once per mode, since
+/// each mode reads the rings differently (a polling or spinning caller reads its own reply; a
+/// parking one leaves it to the reading task).
+struct Shm(Wait);
 
-/// Rings smaller than the default, so that the suite's large payloads cross them many times.
-fn options(frame_limit: usize) -> ShmOptions {
-    ShmOptions::default()
-        .ring_capacity(1 << 20)
-        .max_frame_size(frame_limit)
+impl Shm {
+    /// Rings smaller than the default, so that the suite's large payloads cross them many
+    /// times.
+    fn options(&self, frame_limit: usize) -> ShmOptions {
+        ShmOptions::default()
+            .ring_capacity(1 << 20)
+            .max_frame_size(frame_limit)
+            .wait(self.0)
+    }
 }
 
 impl Harness for Shm {
@@ -25,7 +32,7 @@ impl Harness for Shm {
 
     fn bind(&self, frame_limit: usize) -> Result<(ShmListener, PathBuf), TransportError> {
         let path = std::env::temp_dir().join(format!("{}.sock", unique_name("courier-conf")));
-        let listener = ShmListener::bind(&path, options(frame_limit))?;
+        let listener = ShmListener::bind(&path, self.options(frame_limit))?;
         Ok((listener, path))
     }
 
@@ -34,14 +41,34 @@ impl Harness for Shm {
         path: &PathBuf,
         frame_limit: usize,
     ) -> Result<ShmConnector, TransportError> {
-        Ok(ShmConnector::new(path, options(frame_limit)))
+        Ok(ShmConnector::new(path, self.options(frame_limit)))
     }
 }
 
 mod cbor {
-    courier::conformance_tests!(super::Shm, courier_cbor::Cbor::default());
+    courier::conformance_tests!(
+        super::Shm(courier_shm::Wait::default()),
+        courier_cbor::Cbor::default()
+    );
 }
 
 mod xdr {
-    courier::conformance_tests!(super::Shm, courier_xdr::Xdr::default());
+    courier::conformance_tests!(
+        super::Shm(courier_shm::Wait::default()),
+        courier_xdr::Xdr::default()
+    );
+}
+
+mod poll {
+    courier::conformance_tests!(
+        super::Shm(courier_shm::Wait::Poll),
+        courier_xdr::Xdr::default()
+    );
+}
+
+mod park {
+    courier::conformance_tests!(
+        super::Shm(courier_shm::Wait::Park),
+        courier_cbor::Cbor::default()
+    );
 }

@@ -109,8 +109,7 @@ fn serve_shm(path: &str) {
         std::process::exit(0);
     });
     runtime().block_on(async {
-        let listener =
-            courier_shm::ShmListener::bind(path, shm_options()).expect("bind");
+        let listener = courier_shm::ShmListener::bind(path, shm_options()).expect("bind");
         println!("ready");
         let server = Server::builder(Xdr::default())
             .service(NullServer::new(Nothing))

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::spin::SpinSegment;
+use crate::spin::{Bells, SpinSegment};
 use measure::{Budget, Sample, SyncOp, Tally, Target};
 use targets::{ChildServer, Scratch, MAX_PAYLOAD};
 
@@ -158,7 +158,7 @@ impl Config {
             .map(|&t| match t {
                 // A row per codec and wait mode, the spin and futex floors, tarpc.
                 TransportName::Shm => {
-                    self.codecs.len() * ShmMode::ALL.len() + 2 + usize::from(self.peers)
+                    self.codecs.len() * ShmMode::ALL.len() + 3 + usize::from(self.peers)
                 }
                 TransportName::Mem => self.codecs.len() + 1,
                 TransportName::Quic => self.codecs.len() + 1 + usize::from(self.peers),
@@ -226,6 +226,7 @@ pub struct Report {
 const MEMCPY: &str = "floor memcpy";
 const RAW_SPIN: &str = "floor raw-spin";
 const RAW_FUTEX: &str = "floor raw-futex";
+const RAW_EVENTFD: &str = "floor raw-eventfd";
 const RAW_QUINN: &str = "floor raw-quinn";
 
 /// How a shared-memory row's two ends wait for frames (`courier_shm::Wait`); each mode is a
@@ -523,34 +524,78 @@ fn memcpy_floor() -> Entry {
     }
 }
 
-/// The raw ping-pong with a child process: both sides spinning (the child sleeps between its
-/// turns) or, `sleeping`, both waiting on a futex.
-fn raw_floor(sleeping: bool) -> Result<(Entry, Rc<SpinSegment>, ChildServer), Error> {
+/// How a raw floor's two sides wait for each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawWait {
+    /// Busy-spinning on the shared words (the child sleeps between its turns).
+    Spin,
+    /// Sleeping on a futex in the shared page.
+    Futex,
+    /// Sleeping on an eventfd each, rung by the other side: the doorbell a shared-memory link
+    /// parks on (through epoll, which adds to it).
+    Eventfd,
+}
+
+/// A raw floor's row, its segment and its child; `stop` ends the child.
+struct RawFloor {
+    entry: Entry,
+    stop: Box<dyn FnOnce()>,
+    _child: ChildServer,
+}
+
+/// The raw ping-pong with a child process, waiting as `wait` says.
+fn raw_floor(wait: RawWait) -> Result<RawFloor, Error> {
     let (segment, fd) = SpinSegment::create(MAX_PAYLOAD)?;
-    let role = if sleeping { "raw-futex" } else { "raw-spin" };
-    let child = ChildServer::spawn(role, &fd.to_string());
+    let (name, role) = match wait {
+        RawWait::Spin => (RAW_SPIN, "raw-spin"),
+        RawWait::Futex => (RAW_FUTEX, "raw-futex"),
+        RawWait::Eventfd => (RAW_EVENTFD, "raw-eventfd"),
+    };
+    let bells = match wait {
+        RawWait::Eventfd => Some(Bells::pair()?),
+        _ => None,
+    };
+    let arg = match bells {
+        Some((_, theirs)) => format!("{fd},{},{}", theirs.mine, theirs.theirs),
+        None => fd.to_string(),
+    };
+    let child = ChildServer::spawn(role, &arg);
     // SAFETY: closes our copy of the descriptor; the mapping and the child's copy remain.
     unsafe { libc::close(fd) };
     let child = child?;
     let segment = Rc::new(segment);
-    let (ping, pause) = (Rc::clone(&segment), Rc::clone(&segment));
+    let (ping, pause, stop) = (Rc::clone(&segment), Rc::clone(&segment), segment);
     let mut out = Vec::with_capacity(MAX_PAYLOAD);
     let mut round = 0u32;
     let entry = Entry {
-        name: if sleeping { RAW_FUTEX } else { RAW_SPIN }.to_owned(),
+        name: name.to_owned(),
         kind: RowKind::Floor,
         floor: None,
         subject: Subject::Sync {
             op: Box::new(move |data: &[u8]| {
                 // Rounds run from 1 to u32::MAX - 2; the values above have meanings of their own.
                 round = round % (u32::MAX - 2) + 1;
-                ping.ping(round, data, &mut out, sleeping)
+                match (wait, bells) {
+                    (RawWait::Eventfd, Some((mine, _))) => {
+                        ping.ping_bell(round, data, &mut out, mine)
+                    }
+                    _ => ping.ping(round, data, &mut out, wait == RawWait::Futex),
+                }
             }),
             // A sleeping pong side needs no pause: it sleeps between pings anyway.
-            pause: (!sleeping).then(|| Box::new(move || pause.pause()) as Box<dyn FnMut()>),
+            pause: (wait == RawWait::Spin)
+                .then(|| Box::new(move || pause.pause()) as Box<dyn FnMut()>),
         },
     };
-    Ok((entry, segment, child))
+    let stop: Box<dyn FnOnce()> = match bells {
+        Some((mine, _)) => Box::new(move || stop.stop_bell(mine)),
+        None => Box::new(move || stop.stop()),
+    };
+    Ok(RawFloor {
+        entry,
+        stop,
+        _child: child,
+    })
 }
 
 /// Runs the matrix `config` describes, advancing `progress` by one per row.
@@ -575,14 +620,21 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
         runner.group("in-process", &mut entries)?;
     }
     if config.has(TransportName::Shm) {
-        let (spin, spin_segment, _spinner) = raw_floor(false)?;
-        let (futex, futex_segment, _sleeper) = raw_floor(true)?;
+        let floors = [RawWait::Spin, RawWait::Futex, RawWait::Eventfd]
+            .into_iter()
+            .map(raw_floor)
+            .collect::<Result<Vec<_>, _>>()?;
         let _server = ChildServer::spawn("courier-shm", &dir)?;
         let _peer = config
             .peers
             .then(|| ChildServer::spawn("tarpc-unix", &dir))
             .transpose()?;
-        let mut entries = vec![spin, futex];
+        let mut entries = Vec::new();
+        let mut stops = Vec::new();
+        for floor in floors {
+            entries.push(floor.entry);
+            stops.push((floor.stop, floor._child));
+        }
         for &codec in &codecs {
             for mode in ShmMode::ALL {
                 let subject = if mode == ShmMode::Poll {
@@ -594,7 +646,11 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
                     }
                 } else {
                     let path = scratch.path(&mode.socket());
-                    Subject::Async(runner.rt.block_on(targets::courier_shm(codec, path, mode))?)
+                    Subject::Async(
+                        runner
+                            .rt
+                            .block_on(targets::courier_shm(codec, path, mode))?,
+                    )
                 };
                 entries.push(Entry::courier_shm(codec, mode, subject));
             }
@@ -604,8 +660,9 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
             entries.push(Entry::other("tarpc bincode/unix", RowKind::Peer, target));
         }
         let outcome = runner.group("shared memory", &mut entries);
-        spin_segment.stop();
-        futex_segment.stop();
+        for (stop, _child) in stops {
+            stop();
+        }
         outcome?;
     }
     if config.has(TransportName::Quic) {

@@ -143,6 +143,16 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
             segment.pong(false);
             Ok(())
         }
+        "raw-eventfd" => {
+            let mut fds = arg.split(',').map(str::parse::<i32>);
+            let mut next = || fds.next().ok_or("raw-eventfd: three descriptors expected");
+            let (fd, mine, theirs) = (next()??, next()??, next()??);
+            // SAFETY: as for "raw-spin"; the two eventfds were left open across exec too.
+            let segment = unsafe { SpinSegment::map(fd, MAX_PAYLOAD)? };
+            ready("")?;
+            segment.pong_bell(crate::spin::Bells { mine, theirs });
+            Ok(())
+        }
         "raw-futex" => {
             let fd: i32 = arg.parse()?;
             // SAFETY: as for "raw-spin".

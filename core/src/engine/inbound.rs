@@ -251,10 +251,7 @@ impl Shared {
                 return None;
             }
         }
-        let place = self
-            .served
-            .is_some()
-            .then(|| Reservation(Arc::clone(self)));
+        let place = self.served.is_some().then(|| Reservation(Arc::clone(self)));
         if len <= SMALL_FRAME {
             return Some(Room {
                 _bytes: None,
@@ -281,7 +278,8 @@ impl Shared {
     /// peer). A frame larger than the limit is not a call that will run: it is refused
     /// without waiting.
     pub(crate) fn waits_for_room(&self, frame: &[u8]) -> bool {
-        frame.get(1) == Some(&(FrameKind::OneWay as u8)) && frame.len() <= self.limits.max_frame_size
+        frame.get(1) == Some(&(FrameKind::OneWay as u8))
+            && frame.len() <= self.limits.max_frame_size
     }
 
     /// How many of the peer's calls run here now.

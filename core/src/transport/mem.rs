@@ -235,7 +235,11 @@ impl LinkRx for Rx {
     }
 }
 
-fn half(name: &Option<String>, out: Arc<Direction>, inbound: (Arc<Direction>, mpsc::Receiver<Bytes>)) -> Link {
+fn half(
+    name: &Option<String>,
+    out: Arc<Direction>,
+    inbound: (Arc<Direction>, mpsc::Receiver<Bytes>),
+) -> Link {
     Link {
         tx: Box::new(Tx(out)),
         rx: Box::new(Rx {
