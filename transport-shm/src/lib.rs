@@ -4,6 +4,11 @@
 //! every frame through rings in an anonymous shared segment ([`ring`]), which each side treats
 //! as hostile memory. Linux only.
 //!
+//! As in LRPC, a call runs to completion on the server's task that reads it when its handler
+//! does not wait, and a caller reads its own reply from the ring while its call is out.
+//! [`ShmOptions::wait`] chooses how each end waits for frames ([`Wait`]): the trade between
+//! latency and CPU, with each mode's cost measured in `benches/RESULTS.md`.
+//!
 //! ```
 //! # use courier_shm::ring::{Consumer, Producer, HEADER};
 //! #[repr(C, align(64))]

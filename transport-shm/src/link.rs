@@ -18,9 +18,17 @@
 //! segment at any time, so bytes checked once (a string found to be UTF-8, a length found to
 //! fit) could change before they are used.
 //!
-//! Receiving spins briefly when its ring is empty, then sets its `sleeping` flag and waits on
-//! its doorbell; a sender rings the doorbell only when that flag is set. A sender that finds the
-//! ring full backs off until the receiver frees room.
+//! Each end has a receiving task. Until the handshake is done it queues frames for the
+//! engine's `recv`; after, it hands each frame straight to the engine, which runs a call's
+//! handler right there when it completes on its first poll and writes the reply into the other
+//! ring from there (LRPC's run to completion: no queue, no hop, no task woken). A caller
+//! waiting for its reply reads the ring itself meanwhile (see `reader.rs`), so its reply
+//! reaches it on its own task too; the receiving task sleeps while callers read.
+//!
+//! How each reader waits when its ring is empty is the end's [`Wait`]: polling, spinning for a
+//! while then sleeping, or sleeping at once. A sleeping reader sets its ring's `sleeping` flag
+//! and waits on its doorbell; a sender rings the doorbell only when that flag is set. A sender
+//! that finds the ring full backs off until the receiver frees room.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -41,7 +49,7 @@ use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 
-use crate::reader::{Drained, Look, Reading, Stall};
+use crate::reader::{Drained, Look, Reading, Stall, LOOK_ROUND};
 use crate::ring::{Consumer, Producer, Reservation, HEADER};
 use crate::sys::{self, Mapping};
 
@@ -719,6 +727,32 @@ async fn read_once(reading: &Reading, inbox: &mut Inbox) -> Result<bool, Stop> {
     }
 }
 
+/// Looks at the ring for up to [`LOOK_ROUND`] without going back to the runtime, delivering
+/// what comes; stops early when something needs the receiving task's attention. True if it
+/// delivered frames.
+fn look_a_while(reading: &Reading, inbox: &Inbox) -> bool {
+    let Some(sink) = &inbox.sink else {
+        return false;
+    };
+    let end = &reading.end;
+    let round_ends = std::time::Instant::now() + LOOK_ROUND;
+    loop {
+        match reading.lock().drain(end, sink, None) {
+            Drained::Empty { any: false, .. } => {}
+            Drained::Empty { any: true, .. } => return true,
+            // Something the task handles.
+            _ => return false,
+        }
+        if reading.callers_spinning()
+            || end.closing.load(Ordering::Acquire)
+            || std::time::Instant::now() >= round_ends
+        {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// Takes frames out of the receiving ring until the peer goes away or breaks the rules,
 /// waiting as `wait` says when the ring is empty, and sleeping while callers read it.
 async fn receive(reading: Arc<Reading>, bell: AsyncFd<OwnedFd>, mut inbox: Inbox, wait: Wait) {
@@ -757,8 +791,12 @@ async fn receive(reading: Arc<Reading>, bell: AsyncFd<OwnedFd>, mut inbox: Inbox
             looks = looks.wrapping_add(1);
             // A reader that never sleeps never waits on the socket either: look at it now and
             // then, without waiting, to learn that the peer has gone.
-            if wait == Wait::Poll && looks % 256 == 0 && peer_gone_now(&end.socket) {
+            if wait == Wait::Poll && looks % 16 == 0 && peer_gone_now(&end.socket) {
                 break 'outer "the peer closed the connection";
+            }
+            if look_a_while(&reading, &inbox) {
+                // Frames came: the spell of looking starts over.
+                idle_since = None;
             }
             tokio::task::yield_now().await;
         }

@@ -135,6 +135,14 @@ impl State {
 /// Frames delivered in one go at most.
 const BATCH: usize = 64;
 
+/// How long a reader looks at the ring within one turn on the runtime before it yields: long
+/// enough that a reply a few microseconds away costs no round through the scheduler, short
+/// enough that the other tasks of its thread wait no longer than a few microseconds more.
+pub(crate) const LOOK_ROUND: Duration = Duration::from_micros(10);
+
+/// How many callers look at the ring at once at most; see [`OwnReply`].
+const MAX_LOOKERS: usize = 2;
+
 /// Whether `frame` is the reply (or error) that ends call `id`.
 fn answers(frame: &[u8], id: u64) -> bool {
     let kind = frame.get(1).copied();
@@ -270,26 +278,32 @@ impl std::future::Future for OwnReply {
             this.stop();
             return Poll::Ready(());
         }
-        match reading.state.try_lock() {
-            Ok(mut state) => {
-                if state.failed.is_none() {
+        // Look again and again for a short while before going back to the runtime: a round
+        // through its scheduler costs more than a look, and the reply is usually near.
+        let round_ends = now + LOOK_ROUND;
+        let mut now = now;
+        loop {
+            match reading.state.try_lock() {
+                Ok(mut state) => {
+                    if state.failed.is_some() {
+                        break;
+                    }
                     if !this.cleared {
                         // Looking now: no need for the doorbell.
                         this.cleared = true;
                         state.consumer.set_sleeping(false);
                     }
                     match state.drain(&reading.end, sink, Some(this.call)) {
-                        Drained::Empty { mine: true, .. } => {
+                        Drained::Empty { mine: true, .. } | Drained::Closed => {
                             drop(state);
                             this.stop();
                             return Poll::Ready(());
                         }
                         Drained::Empty { mine: false, .. } => {}
-                        Drained::Held => reading.wake.notify_one(),
-                        Drained::Closed => {
+                        Drained::Held => {
                             drop(state);
-                            this.stop();
-                            return Poll::Ready(());
+                            reading.wake.notify_one();
+                            break;
                         }
                         Drained::Failed(reason) => {
                             state.failed = Some(reason);
@@ -300,17 +314,36 @@ impl std::future::Future for OwnReply {
                         }
                     }
                 }
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => {
+                    this.stop();
+                    return Poll::Ready(());
+                }
             }
-            Err(TryLockError::WouldBlock) => {}
-            Err(TryLockError::Poisoned(_)) => {
-                this.stop();
-                return Poll::Ready(());
+            now = Instant::now();
+            // Only a lone caller keeps its thread: with others waiting too, the runtime's
+            // turn goes round them (and to whatever else must run for their replies to come).
+            if now >= round_ends
+                || this
+                    .budget
+                    .is_some_and(|b| now.duration_since(started) >= b)
+                || reading.spinning.load(Ordering::Relaxed) > 1
+            {
+                break;
             }
+            std::hint::spin_loop();
         }
         if this
             .budget
             .is_some_and(|b| now.duration_since(started) >= b)
         {
+            this.stop();
+            return Poll::Ready(());
+        }
+        // A crowd of callers looking in turns would only take the runtime's time from the
+        // work their replies wait for: past a few, the others leave it to those who look (and
+        // to the reading task), which deliver their replies too.
+        if reading.spinning.load(Ordering::Relaxed) > MAX_LOOKERS {
             this.stop();
             return Poll::Ready(());
         }
