@@ -15,7 +15,7 @@ use std::sync::Arc;
 use courier::{Client, Limits, Server};
 use courier_benches::in_task;
 use courier_benches::quic::{EchoClient, EchoServer, Echoer};
-use courier_benches::spin::SpinSegment;
+use courier_benches::spin::{SpinSegment, Waiting};
 use courier_cbor::Cbor;
 use courier_shm::{ShmConnector, ShmListener, ShmOptions, Wait};
 use criterion::{Criterion, Throughput};
@@ -36,7 +36,11 @@ fn child(role: &str) {
                 .expect("fd");
             // SAFETY: the parent created this memfd with capacity 0 and left it open across exec.
             let segment = unsafe { SpinSegment::map(fd, 0) }.expect("map");
-            segment.pong(role == "futex");
+            segment.pong(if role == "futex" {
+                Waiting::Futex
+            } else {
+                Waiting::Spin
+            });
         }
         server => {
             let wait = server.trim_start_matches("server-").to_owned();
@@ -82,16 +86,21 @@ fn raw_floors(c: &mut Criterion) {
             if sleeping { "futex" } else { "spin" },
             &[("COURIER_BENCH_FD", fd.to_string())],
         );
+        let how = if sleeping {
+            Waiting::Futex
+        } else {
+            Waiting::Spin
+        };
         let mut n = 0u32;
         let mut out = Vec::new();
         c.bench_function(&format!("shm/null_round_trip/{name}"), |b| {
             b.iter(|| {
                 n = n.wrapping_add(1) % (u32::MAX - 2);
-                segment.ping(n + 1, &[], &mut out, sleeping);
+                segment.ping(n + 1, &[], &mut out, how);
             })
         });
         // Tell the child to stop; it answers nothing to this one.
-        segment.stop();
+        segment.stop(how);
         let _ = child.wait();
         let _ = child.kill();
     }

@@ -106,28 +106,25 @@ impl SpinSegment {
     }
 
     /// The ping side: sends round `n` (from 1 to `u32::MAX - 2`) with `payload` and waits for
-    /// the echo, copied into `out`. Returns the echoed length.
-    pub fn ping(&self, n: u32, payload: &[u8], out: &mut Vec<u8>, sleeping: bool) -> usize {
+    /// the echo, copied into `out`, as `how` says. Returns the echoed length.
+    pub fn ping(&self, n: u32, payload: &[u8], out: &mut Vec<u8>, how: Waiting) -> usize {
         let len = payload.len().min(self.capacity);
         // SAFETY: the request area is ours until we publish `n`; `len` fits in it.
         unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.area(false), len) };
         self.length().store(len, Ordering::Relaxed);
         let (ping, pong) = (self.word(0), self.word(1));
         ping.store(n, Ordering::Release);
-        if sleeping || self.paused.replace(false) {
+        // A pong side told to pause sleeps on the futex, whatever the mode.
+        if self.paused.replace(false) {
             futex_wake(ping);
         }
+        how.wake(ping);
         loop {
             let v = pong.load(Ordering::Acquire);
             if v == n {
                 break;
             }
-            if sleeping {
-                // Sleep only while the word still holds what we just saw.
-                futex_wait(pong, v);
-            } else {
-                std::hint::spin_loop();
-            }
+            how.wait(pong, v);
         }
         out.clear();
         out.reserve(len);
@@ -140,8 +137,9 @@ impl SpinSegment {
         len
     }
 
-    /// The pong side: echoes every ping until told to stop with [`SpinSegment::stop`].
-    pub fn pong(&self, sleeping: bool) {
+    /// The pong side: echoes every ping, waiting as `how` says, until told to stop with
+    /// [`SpinSegment::stop`].
+    pub fn pong(&self, how: Waiting) {
         let (ping, pong) = (self.word(0), self.word(1));
         let mut seen = 0;
         loop {
@@ -150,11 +148,7 @@ impl SpinSegment {
                 if v != seen {
                     break v;
                 }
-                if sleeping {
-                    futex_wait(ping, seen);
-                } else {
-                    std::hint::spin_loop();
-                }
+                how.wait(ping, seen);
             };
             if v == STOP {
                 return;
@@ -172,59 +166,7 @@ impl SpinSegment {
             // pong before touching either area again; both areas hold `capacity` bytes.
             unsafe { std::ptr::copy_nonoverlapping(self.area(false), self.area(true), len) };
             pong.store(v, Ordering::Release);
-            if sleeping {
-                futex_wake(pong);
-            }
-        }
-    }
-
-    /// [`SpinSegment::ping`] with eventfd doorbells instead of futexes: rings `theirs` after
-    /// publishing the round and blocks reading `mine` until the echo has rung it. The wake-up
-    /// a tokio task sleeping on a doorbell gets (through epoll) costs at least this.
-    pub fn ping_bell(&self, n: u32, payload: &[u8], out: &mut Vec<u8>, bells: Bells) -> usize {
-        let len = payload.len().min(self.capacity);
-        // SAFETY: as in `ping`.
-        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), self.area(false), len) };
-        self.length().store(len, Ordering::Relaxed);
-        self.word(0).store(n, Ordering::Release);
-        ring(bells.theirs);
-        while self.word(1).load(Ordering::Acquire) != n {
-            wait_bell(bells.mine);
-        }
-        out.clear();
-        out.reserve(len);
-        // SAFETY: as in `ping`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.area(true), out.as_mut_ptr(), len);
-            out.set_len(len);
-        }
-        len
-    }
-
-    /// The pong side of [`SpinSegment::ping_bell`]: echoes every ping until stopped.
-    pub fn pong_bell(&self, bells: Bells) {
-        let (ping, pong) = (self.word(0), self.word(1));
-        let mut seen = 0;
-        loop {
-            let v = loop {
-                let v = ping.load(Ordering::Acquire);
-                if v != seen {
-                    break v;
-                }
-                wait_bell(bells.mine);
-            };
-            if v == STOP {
-                return;
-            }
-            seen = v;
-            if v == PAUSE {
-                continue;
-            }
-            let len = self.length().load(Ordering::Relaxed).min(self.capacity);
-            // SAFETY: as in `pong`.
-            unsafe { std::ptr::copy_nonoverlapping(self.area(false), self.area(true), len) };
-            pong.store(v, Ordering::Release);
-            ring(bells.theirs);
+            how.wake(pong);
         }
     }
 
@@ -235,16 +177,12 @@ impl SpinSegment {
         self.paused.set(true);
     }
 
-    /// Tells the pong side to return.
-    pub fn stop(&self) {
-        self.word(0).store(STOP, Ordering::Release);
-        futex_wake(self.word(0));
-    }
-
-    /// Tells the pong side of [`SpinSegment::ping_bell`] to return.
-    pub fn stop_bell(&self, bells: Bells) {
-        self.word(0).store(STOP, Ordering::Release);
-        ring(bells.theirs);
+    /// Tells the pong side, waiting as `how` says, to return.
+    pub fn stop(&self, how: Waiting) {
+        let ping = self.word(0);
+        ping.store(STOP, Ordering::Release);
+        futex_wake(ping);
+        how.wake(ping);
     }
 }
 
@@ -255,9 +193,41 @@ impl Drop for SpinSegment {
     }
 }
 
-/// The two eventfds of one side of [`SpinSegment::ping_bell`]: the one it waits on and the
+/// How the two sides of the ping-pong wait for each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Busy-spinning on the shared words.
+    Spin,
+    /// Sleeping on a futex on the shared word.
+    Futex,
+    /// Sleeping on an eventfd each, rung by the other side: the doorbell a parked shared-memory
+    /// link end waits on (through epoll, which adds to it).
+    Bells(Bells),
+}
+
+impl Waiting {
+    /// Waits (once: the caller looks again) while `word` holds `seen`.
+    fn wait(self, word: &AtomicU32, seen: u32) {
+        match self {
+            Waiting::Spin => std::hint::spin_loop(),
+            Waiting::Futex => futex_wait(word, seen),
+            Waiting::Bells(bells) => wait_bell(bells.mine),
+        }
+    }
+
+    /// Wakes the other side after a store to `word`.
+    fn wake(self, word: &AtomicU32) {
+        match self {
+            Waiting::Spin => {}
+            Waiting::Futex => futex_wake(word),
+            Waiting::Bells(bells) => ring(bells.theirs),
+        }
+    }
+}
+
+/// The two eventfds of one side of a [`Waiting::Bells`] ping-pong: the one it waits on and the
 /// one it rings. Made by [`Bells::pair`] without close-on-exec, so a child inherits them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bells {
     /// Rung by the other side.
     pub mine: i32,

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::spin::{Bells, SpinSegment};
+use crate::spin::{Bells, SpinSegment, Waiting};
 use measure::{Budget, Sample, SyncOp, Tally, Target};
 use targets::{ChildServer, Scratch, MAX_PAYLOAD};
 
@@ -524,42 +524,30 @@ fn memcpy_floor() -> Entry {
     }
 }
 
-/// How a raw floor's two sides wait for each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RawWait {
-    /// Busy-spinning on the shared words (the child sleeps between its turns).
-    Spin,
-    /// Sleeping on a futex in the shared page.
-    Futex,
-    /// Sleeping on an eventfd each, rung by the other side: the doorbell a shared-memory link
-    /// parks on (through epoll, which adds to it).
-    Eventfd,
-}
-
-/// A raw floor's row, its segment and its child; `stop` ends the child.
+/// A raw floor's row and its child; `stop` ends the child.
 struct RawFloor {
     entry: Entry,
     stop: Box<dyn FnOnce()>,
     _child: ChildServer,
 }
 
-/// The raw ping-pong with a child process, waiting as `wait` says.
-fn raw_floor(wait: RawWait) -> Result<RawFloor, Error> {
+/// The raw ping-pong with a child process, both sides waiting as `spinning`, `futex` or
+/// `eventfd` says.
+fn raw_floor(wait: &str) -> Result<RawFloor, Error> {
     let (segment, fd) = SpinSegment::create(MAX_PAYLOAD)?;
-    let (name, role) = match wait {
-        RawWait::Spin => (RAW_SPIN, "raw-spin"),
-        RawWait::Futex => (RAW_FUTEX, "raw-futex"),
-        RawWait::Eventfd => (RAW_EVENTFD, "raw-eventfd"),
+    let (name, how, child_how) = match wait {
+        "futex" => (RAW_FUTEX, Waiting::Futex, Waiting::Futex),
+        "eventfd" => {
+            let (mine, theirs) = Bells::pair()?;
+            (RAW_EVENTFD, Waiting::Bells(mine), Waiting::Bells(theirs))
+        }
+        _ => (RAW_SPIN, Waiting::Spin, Waiting::Spin),
     };
-    let bells = match wait {
-        RawWait::Eventfd => Some(Bells::pair()?),
-        _ => None,
+    let arg = match child_how {
+        Waiting::Bells(bells) => format!("{fd},{},{}", bells.mine, bells.theirs),
+        _ => fd.to_string(),
     };
-    let arg = match bells {
-        Some((_, theirs)) => format!("{fd},{},{}", theirs.mine, theirs.theirs),
-        None => fd.to_string(),
-    };
-    let child = ChildServer::spawn(role, &arg);
+    let child = ChildServer::spawn(&format!("raw-{wait}"), &arg);
     // SAFETY: closes our copy of the descriptor; the mapping and the child's copy remain.
     unsafe { libc::close(fd) };
     let child = child?;
@@ -575,25 +563,16 @@ fn raw_floor(wait: RawWait) -> Result<RawFloor, Error> {
             op: Box::new(move |data: &[u8]| {
                 // Rounds run from 1 to u32::MAX - 2; the values above have meanings of their own.
                 round = round % (u32::MAX - 2) + 1;
-                match (wait, bells) {
-                    (RawWait::Eventfd, Some((mine, _))) => {
-                        ping.ping_bell(round, data, &mut out, mine)
-                    }
-                    _ => ping.ping(round, data, &mut out, wait == RawWait::Futex),
-                }
+                ping.ping(round, data, &mut out, how)
             }),
             // A sleeping pong side needs no pause: it sleeps between pings anyway.
-            pause: (wait == RawWait::Spin)
+            pause: (how == Waiting::Spin)
                 .then(|| Box::new(move || pause.pause()) as Box<dyn FnMut()>),
         },
     };
-    let stop: Box<dyn FnOnce()> = match bells {
-        Some((mine, _)) => Box::new(move || stop.stop_bell(mine)),
-        None => Box::new(move || stop.stop()),
-    };
     Ok(RawFloor {
         entry,
-        stop,
+        stop: Box::new(move || stop.stop(how)),
         _child: child,
     })
 }
@@ -620,7 +599,7 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
         runner.group("in-process", &mut entries)?;
     }
     if config.has(TransportName::Shm) {
-        let floors = [RawWait::Spin, RawWait::Futex, RawWait::Eventfd]
+        let floors = ["spin", "futex", "eventfd"]
             .into_iter()
             .map(raw_floor)
             .collect::<Result<Vec<_>, _>>()?;

@@ -24,7 +24,7 @@ use tarpc::tokio_serde::formats::Bincode;
 use super::measure::Target;
 use super::{CodecName, Error, ShmMode};
 use crate::quic::{self, EchoClient, EchoServer, Echoer};
-use crate::spin::SpinSegment;
+use crate::spin::{Bells, SpinSegment, Waiting};
 
 /// The environment variable that starts this program as a child server.
 pub(crate) const ROLE: &str = "COURIER_MATRIX_ROLE";
@@ -134,31 +134,25 @@ pub(crate) fn child_role() -> Option<Result<(), Error>> {
 fn serve(role: &str, arg: &str) -> Result<(), Error> {
     let dir = Path::new(arg);
     match role {
-        "raw-spin" => {
-            let fd: i32 = arg.parse()?;
-            // SAFETY: the parent created this memfd with `SpinSegment::create(MAX_PAYLOAD)` and
-            // left it open across exec.
-            let segment = unsafe { SpinSegment::map(fd, MAX_PAYLOAD)? };
-            ready("")?;
-            segment.pong(false);
-            Ok(())
-        }
-        "raw-eventfd" => {
+        "raw-spin" | "raw-futex" | "raw-eventfd" => {
             let mut fds = arg.split(',').map(str::parse::<i32>);
-            let mut next = || fds.next().ok_or("raw-eventfd: three descriptors expected");
-            let (fd, mine, theirs) = (next()??, next()??, next()??);
-            // SAFETY: as for "raw-spin"; the two eventfds were left open across exec too.
+            let fd = fds.next().ok_or("no descriptor")??;
+            let how = match role {
+                "raw-futex" => Waiting::Futex,
+                "raw-eventfd" => {
+                    let mut next = || fds.next().ok_or("raw-eventfd: two eventfds expected");
+                    Waiting::Bells(Bells {
+                        mine: next()??,
+                        theirs: next()??,
+                    })
+                }
+                _ => Waiting::Spin,
+            };
+            // SAFETY: the parent created this memfd with `SpinSegment::create(MAX_PAYLOAD)` and
+            // left it (and the eventfds, if any) open across exec.
             let segment = unsafe { SpinSegment::map(fd, MAX_PAYLOAD)? };
             ready("")?;
-            segment.pong_bell(crate::spin::Bells { mine, theirs });
-            Ok(())
-        }
-        "raw-futex" => {
-            let fd: i32 = arg.parse()?;
-            // SAFETY: as for "raw-spin".
-            let segment = unsafe { SpinSegment::map(fd, MAX_PAYLOAD)? };
-            ready("")?;
-            segment.pong(true);
+            segment.pong(how);
             Ok(())
         }
         "courier-shm" => crate::runtime()?.block_on(async {
