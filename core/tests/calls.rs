@@ -487,3 +487,47 @@ async fn an_in_process_call_runs_on_its_callers_thread_inside_the_servers_runtim
     })
     .await
 }
+
+/// A service that calls itself, in process, `n` levels deep.
+#[courier::service]
+pub trait Recursive {
+    /// Calls `down(n - 1)` through the client it holds, down to 0; returns the depth reached.
+    async fn down(&self, n: u32) -> u32;
+}
+
+struct Recurse(std::sync::Arc<std::sync::OnceLock<RecursiveClient<Cbor>>>);
+
+impl Recursive for Recurse {
+    async fn down(&self, n: u32) -> u32 {
+        if n == 0 {
+            return 0;
+        }
+        let Some(client) = self.0.get() else {
+            return 0;
+        };
+        match client.down(n - 1).await {
+            Ok(depth) => depth + 1,
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Handlers that call in process run on their caller's thread, each one frame deeper: a chain
+/// of calls through services a thousand deep must not overflow the stack (past a few levels
+/// the handlers go to tasks of their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_nested_in_process_calls_do_not_overflow_the_stack() {
+    within(async {
+        let slot = std::sync::Arc::new(std::sync::OnceLock::new());
+        let server = Server::builder(Cbor::default())
+            .service(RecursiveServer::new(Recurse(slot.clone())))
+            .build();
+        let client = RecursiveClient::new(connect(&server).await);
+        let _ = slot.set(client.clone());
+        let depth = tokio::spawn(async move { client.down(1000).await })
+            .await
+            .unwrap();
+        assert_eq!(depth.unwrap(), 1000);
+    })
+    .await
+}

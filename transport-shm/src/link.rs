@@ -57,7 +57,7 @@ use crate::sys::{self, Mapping};
 const QUEUE_DEPTH: usize = 256;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -141,18 +141,21 @@ impl ShmOptions {
 /// CPU that a shared-memory link makes (the LRPC notes' "domain caching" trades an idle
 /// processor for a context switch in the same way).
 ///
-/// The reader is a task on the runtime; "spinning" means looking at the ring again and again,
-/// yielding to the runtime's other tasks in between, so a spinning reader delays no task of
-/// its own process, but it keeps a core busy. A sleeping reader waits on its doorbell (an
-/// eventfd), and the peer rings it, a system call, for the next frame.
+/// The readers are the link's receiving task and, while their calls are out, the callers
+/// themselves. "Spinning" means looking at the ring again and again in turns of up to 10 µs,
+/// yielding to the runtime's other tasks between turns: a spinning reader delays the other
+/// tasks of its thread by at most a turn, but it keeps a core busy. A sleeping reader waits on
+/// its doorbell (an eventfd, through the runtime's epoll), and the peer rings it, a system
+/// call, for the next frame.
 ///
 /// | mode | latency | CPU while idle | system calls per frame |
 /// |---|---|---|---|
 /// | [`Wait::Poll`] | lowest: a frame is seen within a look | one core per link end, always | none |
 /// | [`Wait::SpinThenPark`] | as `Poll` while busy; a wake-up after an idle spell | one core per busy end, for the spell after each frame | none while busy, 1–2 after a sleep |
-/// | [`Wait::Park`] | a wake-up per frame (futex and scheduler) | none | 1–2 (the ring and the wake-up) |
+/// | [`Wait::Park`] | a wake-up per frame (eventfd, epoll, the scheduler) | none | 2–3 (the ring, the wake-up, the drain) |
 ///
-/// `benches/RESULTS.md` has each mode's null call beside the raw spin and futex floors.
+/// `benches/RESULTS.md` has each mode's null call beside the raw spin, futex and eventfd
+/// ping-pongs, and why a parked link costs what a sleeping CPU costs to wake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Wait {

@@ -170,9 +170,7 @@ impl Reading {
 
     /// Locks the state (a holder only ever looks and delivers, briefly).
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::link::lock(&self.state)
     }
 
     /// From now on frames go to `sink`, and callers may read.

@@ -52,6 +52,9 @@ use crate::wire::{ErrorPayload, FrameKind, Header, HEADER_LEN};
 use inbound::{read_loop, RunningHandler};
 use outbound::PendingCall;
 
+/// How many handlers may run one inside another on one thread (see [`Shared::run_here`]).
+const MAX_INLINE_DEPTH: u32 = 16;
+
 /// Longest error message put on the wire; the rest is cut so error frames stay small.
 const MAX_ERROR_MESSAGE: usize = 1024;
 
@@ -306,9 +309,26 @@ impl Shared {
     /// "Here" may be another runtime's thread (an in-process caller's): the handler runs
     /// inside this connection's runtime all the same, so what it spawns, and the timers it
     /// sets, belong to the server's runtime and end with it.
+    ///
+    /// A handler run here that calls in process runs the next handler here too, one stack
+    /// frame deeper; past [`MAX_INLINE_DEPTH`] such handlers go to tasks of their own, so that
+    /// calls that recurse through services cannot overflow the thread's stack.
     pub(crate) fn run_here(&self, mut work: Work) {
-        let _inside = self.runtime.enter();
-        if futures::FutureExt::now_or_never(&mut work).is_none() {
+        thread_local! {
+            static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        }
+        let depth = DEPTH.with(|d| d.get());
+        if depth >= MAX_INLINE_DEPTH {
+            self.runtime.spawn(work);
+            return;
+        }
+        DEPTH.with(|d| d.set(depth + 1));
+        let finished = {
+            let _inside = self.runtime.enter();
+            futures::FutureExt::now_or_never(&mut work).is_some()
+        };
+        DEPTH.with(|d| d.set(depth));
+        if !finished {
             self.runtime.spawn(work);
         }
     }
