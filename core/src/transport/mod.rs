@@ -265,6 +265,9 @@ impl FrameSink {
     /// for room among the handlers (it cannot be refused with an answer): that is the
     /// back-pressure on its sender. Fails with [`TransportError::Closed`] once the connection
     /// has closed.
+    ///
+    /// LRPC's trade: a handler that computes for long without ever waiting holds this task
+    /// (and its thread) as long; one that waits goes to a task of its own at its first wait.
     pub async fn push(&self, frame: Bytes) -> Result<(), TransportError> {
         match self.try_push(frame) {
             TrySend::Sent | TrySend::SentReading(_) => Ok(()),
