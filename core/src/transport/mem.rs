@@ -1,6 +1,8 @@
-//! The in-process transport: services and clients within one process, over bounded channels.
+//! The in-process transport: services and clients within one process.
 //!
-//! Frames move as [`Bytes`] without being copied. A listener is bound to a name in a
+//! Frames move as [`Bytes`] without being copied: through bounded channels until the handshake
+//! is done, then handed by the sender straight to the receiving engine, which runs a call whose
+//! handler does not wait right there, on the caller's thread (LRPC's run to completion). A listener is bound to a name in a
 //! process-wide table; [`connect`] (or a [`Dialer`]) reaches it by that name. [`pair`] makes
 //! one link of each end without a name.
 //!

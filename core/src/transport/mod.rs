@@ -13,8 +13,10 @@
 //!
 //! How the transports implement this:
 //!
-//! - **In-process** ([`mem`]): the buffer is a `BytesMut`; `send` freezes it and moves it through
-//!   a bounded channel, so the receiver decodes the very bytes the sender wrote.
+//! - **In-process** ([`mem`]): the buffer is a `BytesMut`; `send` freezes it and, once the
+//!   handshake is done, hands it to the receiving engine on the sender's own task
+//!   ([`FrameSink::push`]; before, through a bounded channel), so the receiver decodes the very
+//!   bytes the sender wrote, and a handler that does not wait runs on its caller's thread.
 //! - **QUIC**: the buffer is a `BytesMut`; `send` writes it to the call's stream (a new
 //!   bidirectional stream for a call, the call's stream for its reply, a unidirectional stream
 //!   for a one-way call), which quinn sends without another copy. `recv` reads whole frames off
