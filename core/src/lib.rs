@@ -121,6 +121,7 @@ pub mod callback;
 mod client;
 pub mod codec;
 mod context;
+mod deadline;
 pub mod directory;
 pub mod dispatch;
 mod engine;

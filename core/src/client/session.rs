@@ -746,8 +746,10 @@ impl SessionCall {
         let deadline = self.deadline;
         let mut reply = self.reply.take().ok_or_else(client_closed)?;
         let received = match deadline {
+            // The timer is made only if the reply is not there at the first look (in process it
+            // usually is).
             Some(d) => self
-                .drive(tokio::time::timeout_at(d, &mut reply))
+                .drive(crate::deadline::within(d, &mut reply))
                 .await
                 .map_err(|_| RpcError::DeadlineExceeded)?,
             None => self.drive(&mut reply).await,

@@ -619,9 +619,8 @@ async fn run_handler(
     }
     let guarded = AssertUnwindSafe(future).catch_unwind();
     let outcome = match deadline {
-        // Not boxed: a deadline is common, and the timer costs nothing unless the handler
-        // waits (the handler is polled first).
-        Some(d) => tokio::time::timeout_at(d, guarded)
+        // The timer is made only if the handler waits: most complete on their first poll.
+        Some(d) => crate::deadline::within(d, guarded)
             .await
             .unwrap_or(Ok(Err(RpcError::DeadlineExceeded))),
         None => guarded.await,

@@ -169,7 +169,7 @@ impl CallSlot {
         let reply = &mut self.reply;
         let reader = &mut self.reader;
         let received = match self.deadline {
-            Some(d) => driven(reader, tokio::time::timeout_at(d, reply))
+            Some(d) => driven(reader, crate::deadline::within(d, reply))
                 .await
                 .map_err(|_| RpcError::DeadlineExceeded)?,
             None => driven(reader, reply).await,
