@@ -371,13 +371,7 @@ impl Shared {
         let entry = Deregister(Arc::clone(self), header.call_id);
         let run = traced(
             span,
-            run_handler(
-                Arc::clone(self),
-                header,
-                future,
-                deadline,
-                Hold::Link { _entry: entry },
-            ),
+            run_handler(header, future, deadline, Hold::Link { entry }),
         );
         let (work, abort) = futures::future::abortable(run);
         // Look again as the entry goes in: other calls may have filled the table meanwhile.
@@ -434,8 +428,7 @@ impl Shared {
             }
         };
         let mut place = Place {
-            shared: Arc::clone(self),
-            _reservation: reservation,
+            reservation,
             _room: room,
             counted: false,
         };
@@ -486,13 +479,7 @@ impl Shared {
         }
         let run = traced(
             span,
-            run_handler(
-                Arc::clone(self),
-                header,
-                future,
-                deadline,
-                Hold::Session { _place: place },
-            ),
+            run_handler(header, future, deadline, Hold::Session { place }),
         );
         let work = Abortable::new(run, registration);
         Some(Box::pin(async move {
@@ -535,8 +522,9 @@ impl Shared {
 /// A served handler's place among its link's handlers, and its call bytes; freed when the
 /// handler ends, however it ends.
 struct Place {
-    shared: Arc<Shared>,
-    _reservation: Reservation,
+    /// Its place among the link's handlers, given back (after this drops) when it ends; it
+    /// holds the link too.
+    reservation: Reservation,
     _room: Room,
     /// Whether the server counts it among its running handlers (it began a call, rather than
     /// attaching a copy): see [`Served::begin`](super::Served::begin).
@@ -546,7 +534,7 @@ struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         if self.counted {
-            if let Some(served) = &self.shared.served {
+            if let Some(served) = &self.reservation.0.served {
                 served.lifecycle.handler_ended();
             }
         }
@@ -568,9 +556,19 @@ impl Drop for Deregister {
 /// What a running handler holds on to until it ends.
 enum Hold {
     /// An entry in its link's handler table (a client serving its server's calls back).
-    Link { _entry: Deregister },
+    Link { entry: Deregister },
     /// Its place on a server's link; the entry is in the client's session.
-    Session { _place: Place },
+    Session { place: Place },
+}
+
+impl Hold {
+    /// The link the handler runs on (each hold keeps it alive).
+    fn link(&self) -> &Arc<Shared> {
+        match self {
+            Hold::Link { entry } => &entry.0,
+            Hold::Session { place } => &place.reservation.0,
+        }
+    }
 }
 
 /// `run` inside `span`, which records its outcome and duration; `run` itself, with no
@@ -594,15 +592,15 @@ fn traced(
 /// Runs one handler: ack if asked, apply the deadline, catch a panic, send the outcome.
 /// Returns how it ended, for its span.
 async fn run_handler(
-    shared: Arc<Shared>,
     header: Header,
     future: HandlerFuture,
     deadline: Option<Instant>,
     hold: Hold,
 ) -> &'static str {
     let served = matches!(hold, Hold::Session { .. });
-    // Released when this future ends or is dropped, however that happens.
-    let _hold = hold;
+    // Released when this future ends or is dropped, however that happens; it also holds the
+    // link, so the handler needs no handle of its own.
+    let shared = hold.link();
 
     if header.flags.contains(Flags::ACK) {
         let ack = Header::new(
@@ -655,7 +653,7 @@ async fn run_handler(
         }
         let keep = !header.flags.contains(Flags::IDEMPOTENT);
         let waiters = session.finish(header.call_id, &frame, keep);
-        super::Served::deliver(waiters, &shared, header.call_id, frame).await;
+        super::Served::deliver(waiters, shared, header.call_id, frame).await;
         return label;
     }
     let result = match outcome {
