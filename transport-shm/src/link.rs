@@ -49,7 +49,7 @@ use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 
-use crate::reader::{Drained, Look, Reading, Stall, LOOK_ROUND};
+use crate::reader::{Drained, Held, Look, Reading, Stall, LOOK_ROUND};
 use crate::ring::{Consumer, Producer, Reservation, HEADER};
 use crate::sys::{self, Mapping};
 
@@ -693,14 +693,12 @@ async fn read_once(reading: &Reading, inbox: &mut Inbox) -> Result<bool, Stop> {
         if let Some(reason) = state.failed {
             return Err(reason);
         }
-        let held = state.held.take();
-        state.delivering = held.is_some();
-        held
+        state.held.take()
     };
     if let Some(frame) = held {
-        // Nobody reads past it meanwhile (`delivering`).
+        // Nobody reads past it meanwhile (`Held::Delivering`).
         let delivered = inbox.deliver(frame).await;
-        reading.lock().delivering = false;
+        reading.lock().held = Held::Nothing;
         delivered.map_err(|()| "the connection closed")?;
         return Ok(true);
     }
@@ -876,15 +874,7 @@ fn peer_gone_now(socket: &UnixStream) -> bool {
 /// Waits until the socket is readable; true if that is the end of the stream (the peer is
 /// gone). The socket carries nothing after the set-up, so any byte is also the end.
 async fn peer_gone(socket: &UnixStream) -> bool {
-    if socket.readable().await.is_err() {
-        return true;
-    }
-    let mut byte = [0u8; 1];
-    match socket.try_read(&mut byte) {
-        Ok(_) => true,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
-    }
+    socket.readable().await.is_err() || peer_gone_now(socket)
 }
 
 fn segment_len(capacity: usize) -> usize {

@@ -55,11 +55,37 @@ pub(crate) struct State {
     pub(crate) stall: Stall,
     /// A frame read but not delivered yet, which only the reading task may deliver (it waits
     /// for room); nothing more is read until it has.
-    pub(crate) held: Option<Bytes>,
-    /// The held frame is being delivered by the reading task, outside the lock.
-    pub(crate) delivering: bool,
+    pub(crate) held: Held,
     /// Why reading must stop, if a caller found out.
     pub(crate) failed: Option<&'static str>,
+}
+
+/// A frame that stops the reading until the reading task has delivered it.
+#[derive(Debug, Default)]
+pub(crate) enum Held {
+    /// None: reading goes on.
+    #[default]
+    Nothing,
+    /// Read, waiting for the reading task.
+    Frame(Bytes),
+    /// Being delivered by the reading task, outside the lock.
+    Delivering,
+}
+
+impl Held {
+    /// The held frame, to deliver; from then on it is being delivered.
+    pub(crate) fn take(&mut self) -> Option<Bytes> {
+        match std::mem::replace(self, Held::Nothing) {
+            Held::Frame(frame) => {
+                *self = Held::Delivering;
+                Some(frame)
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
 }
 
 /// One look at the ring.
@@ -109,7 +135,7 @@ impl State {
     pub(crate) fn drain(&mut self, end: &End, sink: &FrameSink, reply_to: Option<u64>) -> Drained {
         let (mut any, mut mine) = (false, false);
         for _ in 0..BATCH {
-            if self.held.is_some() || self.delivering {
+            if !matches!(self.held, Held::Nothing) {
                 return Drained::Held;
             }
             let frame = match self.look(end) {
@@ -122,7 +148,7 @@ impl State {
             match sink.try_push(frame) {
                 TrySend::Sent => {}
                 TrySend::Wait(frame) => {
-                    self.held = Some(frame);
+                    self.held = Held::Frame(frame);
                     return Drained::Held;
                 }
                 _ => return Drained::Closed,
@@ -156,8 +182,7 @@ impl Reading {
             state: Mutex::new(State {
                 consumer,
                 stall,
-                held: None,
-                delivering: false,
+                held: Held::Nothing,
                 failed: None,
             }),
             spinning: AtomicUsize::new(0),

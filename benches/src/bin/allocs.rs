@@ -11,7 +11,8 @@
 //!
 //! It also prints the time per call (on stderr), and with `ALLOCS_CONCURRENT=1` the time per
 //! call with 64 callers at once: a quick A/B of two builds of the engine, beside the matrix.
-//! `ALLOCS_WAIT=poll|spin|park` sets how both ends of the shared-memory link wait.
+//! `ALLOCS_WAIT=poll|spin|park` sets how both ends of the shared-memory link wait, and
+//! `ALLOCS_WORKERS=n` each process's worker threads (default 2).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -221,26 +221,21 @@ impl Shared {
     /// on a client's link only the reader waits, so the place is still free when it inserts
     /// the call.
     pub(super) async fn wait_room(self: &Arc<Self>, len: usize) -> Option<Room> {
-        loop {
+        let place = loop {
             let freed = self.slot_freed.notified();
             let mut freed = std::pin::pin!(freed);
             freed.as_mut().enable();
             // SeqCst against the load in `free_place` and `Deregister`, which follow the
             // release: either this sees the free place, or that sees this waiter.
             self.slot_waiting.fetch_add(1, Ordering::SeqCst);
-            let free = if self.served.is_some() {
-                let max = self.limits.max_handlers;
-                self.served_running
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                        (n < max).then_some(n + 1)
-                    })
-                    .is_ok()
+            let found = if self.served.is_some() {
+                self.try_reserve().map(Some)
             } else {
-                self.running() < self.limits.max_handlers
+                (self.running() < self.limits.max_handlers).then_some(None)
             };
-            if free {
+            if let Some(place) = found {
                 self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
-                break;
+                break place;
             }
             let closed = tokio::select! {
                 () = freed => false,
@@ -250,8 +245,7 @@ impl Shared {
             if closed {
                 return None;
             }
-        }
-        let place = self.served.is_some().then(|| Reservation(Arc::clone(self)));
+        };
         if len <= SMALL_FRAME {
             return Some(Room {
                 _bytes: None,
@@ -410,22 +404,13 @@ impl Shared {
         let mut room = room;
         // A place among the link's handlers: the one the deliverer waited for, else one taken
         // at once (frames may be delivered from many tasks at a time).
-        let reservation = match room.place.take() {
-            Some(reservation) => reservation,
-            None => {
-                let taken = self.served_running.fetch_add(1, Ordering::SeqCst);
-                let reservation = Reservation(Arc::clone(self));
-                if taken >= self.limits.max_handlers {
-                    drop(reservation);
-                    let e = RpcError::Overloaded(format!(
-                        "{} calls already running on this connection",
-                        self.limits.max_handlers
-                    ));
-                    self.refuse(&header, e);
-                    return None;
-                }
-                reservation
-            }
+        let Some(reservation) = room.place.take().or_else(|| self.try_reserve()) else {
+            let e = RpcError::Overloaded(format!(
+                "{} calls already running on this connection",
+                self.limits.max_handlers
+            ));
+            self.refuse(&header, e);
+            return None;
         };
         let mut place = Place {
             reservation,
@@ -508,6 +493,17 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// A place among a server link's handlers, if one is free now.
+    fn try_reserve(self: &Arc<Self>) -> Option<Reservation> {
+        let max = self.limits.max_handlers;
+        self.served_running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Reservation(Arc::clone(self)))
     }
 
     /// A handler of a server's client ended (or was refused): its place is free.

@@ -317,17 +317,24 @@ impl Shared {
         thread_local! {
             static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
         }
+        /// One level of [`DEPTH`], given back however the poll ends.
+        struct Level(u32);
+        impl Drop for Level {
+            fn drop(&mut self) {
+                DEPTH.with(|d| d.set(self.0));
+            }
+        }
         let depth = DEPTH.with(|d| d.get());
         if depth >= MAX_INLINE_DEPTH {
             self.runtime.spawn(work);
             return;
         }
-        DEPTH.with(|d| d.set(depth + 1));
         let finished = {
+            DEPTH.with(|d| d.set(depth + 1));
+            let _level = Level(depth);
             let _inside = self.runtime.enter();
             futures::FutureExt::now_or_never(&mut work).is_some()
         };
-        DEPTH.with(|d| d.set(depth));
         if !finished {
             self.runtime.spawn(work);
         }

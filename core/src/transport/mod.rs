@@ -83,7 +83,8 @@ pub fn take_heap_buffer(
     })
 }
 
-/// What [`LinkTx::try_send_shared`] did with a frame.
+/// What [`LinkTx::try_send_shared`] (or [`FrameSink::try_push`], which never answers
+/// [`TrySend::SentReading`]) did with a frame.
 #[non_exhaustive]
 pub enum TrySend {
     /// The transport took it.
