@@ -123,6 +123,10 @@ struct Remote<T> {
     close: Box<dyn Fn(u64) + Send + Sync>,
     /// One value at a time, so that they arrive in the order `call` was called.
     order: tokio::sync::Mutex<()>,
+    /// The connection's pending deliveries (`Limits::max_callback_deliveries`).
+    pending: Arc<crate::budget::Budget>,
+    /// How long one delivery may take, its wait for its turn included.
+    timeout: std::time::Duration,
 }
 
 impl<T> Drop for Remote<T> {
@@ -132,10 +136,23 @@ impl<T> Drop for Remote<T> {
 }
 
 impl<T> Remote<T> {
-    /// Sends `value` back to the caller, after the values of earlier calls.
+    /// Sends `value` back to the caller, after the values of earlier calls: counted among the
+    /// connection's pending deliveries (refused past their limit) and bounded in time.
     async fn send(&self, value: T) -> Result<(), RpcError> {
-        let _turn = self.order.lock().await;
-        (self.send)(self.id, value).await
+        let _pending = self.pending.try_take(1).ok_or_else(|| {
+            RpcError::Overloaded(
+                "too many callback deliveries are pending on this connection \
+                 (Limits::max_callback_deliveries): the caller is not taking them"
+                    .to_owned(),
+            )
+        })?;
+        let delivery = async {
+            let _turn = self.order.lock().await;
+            (self.send)(self.id, value).await
+        };
+        tokio::time::timeout(self.timeout, delivery)
+            .await
+            .map_err(|_| RpcError::DeadlineExceeded)?
     }
 }
 
@@ -236,13 +253,16 @@ where
     pub fn __remote<C: Codec>(context: &Context, codec: &C, id: u64) -> Result<Self, RpcError> {
         let client = context.client(codec.clone())?;
         let sender = client.clone();
+        let (pending, timeout) = context.callback_limits();
+        let options = CallOptions::new().timeout(timeout);
         let send = move |id: u64, value: T| -> BoxFuture<'static, Result<(), RpcError>> {
             let client = sender.clone();
+            let options = options.clone();
             Box::pin(async move {
                 let mut bytes = Vec::new();
                 client.codec().encode(&value, &mut bytes)?;
                 client
-                    .call::<_, ()>(&DELIVER, (id, ByteBuf::from(bytes)), &CallOptions::new())
+                    .call::<_, ()>(&DELIVER, (id, ByteBuf::from(bytes)), &options)
                     .await
             })
         };
@@ -260,6 +280,8 @@ where
                 send: Box::new(send),
                 close: Box::new(close),
                 order: tokio::sync::Mutex::new(()),
+                pending,
+                timeout,
             })),
         })
     }

@@ -114,6 +114,16 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The connection's budget of pending callback deliveries, and how long one may take.
+    pub(crate) fn callback_limits(&self) -> (Arc<crate::budget::Budget>, std::time::Duration) {
+        (
+            Arc::clone(&self.shared.callback_deliveries),
+            self.shared.limits().callback_timeout,
+        )
+    }
+}
+
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")

@@ -21,10 +21,13 @@ pub enum RpcError {
     /// if that is acceptable.
     #[error("connection lost before the reply arrived: {0}")]
     ConnectionLost(String),
-    /// The client reconnected to a *different* server instance (the server restarted) while
-    /// this at-most-once call was in flight: the old instance may or may not have run the
-    /// method, and its reply cache went with it, so the call cannot be safely re-sent. The
-    /// outcome is unknown; check the service's state before retrying.
+    /// This at-most-once call may or may not have run, and the server cannot tell: the client
+    /// reconnected while it was in flight and found that the server no longer holds its
+    /// session (the server restarted, or forgot the session: its linger passed, it was
+    /// evicted to make room, or the client's last sibling said goodbye), or the server refused
+    /// a copy of it that it will not run (the error frame codes Released, Cancelled,
+    /// Superseded, Aborted). The call is never run a second time; check the service's state
+    /// before retrying.
     #[error("the outcome is unknown: the method may or may not have run ({0})")]
     OutcomeUnknown(String),
     /// The server no longer remembers this at-most-once call: its reply was evicted from the
@@ -227,6 +230,13 @@ impl RpcError {
             Some(ErrorCode::ReplyEvicted) => RpcError::ReplyEvicted(message),
             Some(ErrorCode::Unavailable) => RpcError::Unavailable(message),
             Some(ErrorCode::Closed) => RpcError::Closed(message),
+            // The server did not run the call now, and cannot say whether it ran before.
+            Some(
+                code @ (ErrorCode::Released
+                | ErrorCode::Cancelled
+                | ErrorCode::Superseded
+                | ErrorCode::Aborted),
+            ) => RpcError::OutcomeUnknown(format!("{code:?}: {message}")),
             Some(ErrorCode::TooLarge) => match too_large {
                 Some((size, limit)) => RpcError::FrameTooLarge {
                     size: usize::try_from(size).unwrap_or(usize::MAX),
@@ -335,6 +345,13 @@ pub enum HandshakeError {
     /// incarnation (or shares its [`Identity`](crate::Identity) with a newer process).
     #[error("the server knows a newer epoch of this client id; this client is stale")]
     StaleEpoch,
+    /// The client's epoch is more than a day ahead of the server's clock: the server refuses
+    /// it, so that no hello can lock a client id out for good. Check the client's clock, or
+    /// the epoch in its identity file.
+    #[error(
+        "the server refused the client's epoch: it is more than a day ahead of the server's clock"
+    )]
+    EpochOutOfRange,
 }
 
 /// A cause kept beside a [`TransportError`]'s description: the library error it came from.

@@ -183,6 +183,8 @@ pub struct Limits {
     pub(crate) max_sessions: usize,
     pub(crate) max_metadata_entries: usize,
     pub(crate) max_metadata_bytes: usize,
+    pub(crate) max_callback_deliveries: usize,
+    pub(crate) callback_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -202,6 +204,8 @@ impl Default for Limits {
             max_sessions: 4096,
             max_metadata_entries: 64,
             max_metadata_bytes: 16 << 10,
+            max_callback_deliveries: 1024,
+            callback_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -307,6 +311,26 @@ impl Limits {
     /// session at once. Server only.
     pub fn session_linger(mut self, linger: Duration) -> Self {
         self.session_linger = linger;
+        self
+    }
+
+    /// How many [`Callback::call`](crate::Callback::call) deliveries may be pending on one
+    /// connection at once (sent, or waiting for their turn), across all its callbacks.
+    /// Default: 1024. A delivery past it fails at once with
+    /// [`RpcError::Overloaded`](crate::RpcError::Overloaded), so a caller that passes callbacks and never takes their
+    /// values cannot make the handler's side hold unbounded work. The side that calls back
+    /// (usually the server) applies it.
+    pub fn max_callback_deliveries(mut self, deliveries: usize) -> Self {
+        self.max_callback_deliveries = deliveries.max(1);
+        self
+    }
+
+    /// How long one [`Callback::call`](crate::Callback::call) delivery may take, its wait for
+    /// its turn included, before it fails with
+    /// [`RpcError::DeadlineExceeded`](crate::RpcError::DeadlineExceeded). Default: 30 s. The side that calls back applies
+    /// it; the caller's handler of the delivery gets the same deadline.
+    pub fn callback_timeout(mut self, timeout: Duration) -> Self {
+        self.callback_timeout = timeout;
         self
     }
 

@@ -20,7 +20,7 @@ use crate::session::replies::{CacheLimits, Sessions};
 use crate::shutdown::{Lifecycle, ShutdownReport};
 use crate::sync::lock;
 use crate::transport::{Link, Listener};
-use crate::wire::Hello;
+use crate::wire::{Hello, WelcomeStatus};
 
 /// Serves registered services over links; cheap to clone.
 ///
@@ -108,7 +108,7 @@ impl<K: CodecSet> Server<K> {
                     };
                     let server = self.clone();
                     tokio::spawn(async move {
-                        let _ = server.handshake(&mut link, true, |_| Some(())).await;
+                        let _ = server.handshake(&mut link, true, |_| Ok(((), 0))).await;
                         link.tx.close();
                         drop(refusal);
                     });
@@ -213,12 +213,23 @@ impl<K: CodecSet> Server<K> {
         tracing::info!(running, ?grace, "shutting down");
         let finish = async move {
             let _ = tokio::time::timeout(grace, inner.lifecycle.idle()).await;
-            let aborts = lock(&inner.sessions).abort_running(std::time::Instant::now());
-            let cancelled = aborts.len();
-            for abort in aborts {
-                abort.abort();
+            let now = std::time::Instant::now();
+            let ended = lock(&inner.sessions).abort_running(now, aborted_frame);
+            let cancelled = ended.len();
+            // Whoever waits for an aborted call is told before the connections close (and a
+            // copy that comes later gets the same answer): no caller waits for an outcome that
+            // will not come.
+            let mut telling = Vec::new();
+            for ended in ended {
+                ended.abort.abort();
+                for link in ended.waiters.into_iter().filter_map(|w| w.open()) {
+                    let frame = ended.frame.clone();
+                    telling.push(async move { link.send_shared(frame).await });
+                }
             }
-            inner.lifecycle.close_all("the server shut down");
+            let told = futures::future::join_all(telling);
+            let _ = tokio::time::timeout(crate::engine::LAST_WORDS, told).await;
+            inner.lifecycle.close_all().await;
             tracing::info!(running, cancelled, "shut down");
             ShutdownReport { running, cancelled }
         };
@@ -238,6 +249,12 @@ impl<K: CodecSet> Server<K> {
                 Err(_) => Box::pin(finish),
             };
         done
+    }
+
+    /// How many client connections are open now, across every listener (a connection counts
+    /// from its accepted handshake until it closes).
+    pub fn connections(&self) -> usize {
+        self.inner.lifecycle.open_links()
     }
 
     /// How many handlers are running now, across every connection.
@@ -265,7 +282,7 @@ impl<K: CodecSet> Server<K> {
         &self,
         link: &mut Link,
         busy: bool,
-        admit: impl FnOnce(&Hello) -> Option<T>,
+        admit: impl FnOnce(&Hello) -> Result<(T, u128), WelcomeStatus>,
     ) -> Result<(usize, T), RpcError> {
         let names = self.inner.registry.codecs().names();
         let timeout = self.inner.limits.handshake_timeout;
@@ -289,7 +306,11 @@ impl<K: CodecSet> Server<K> {
         let lifecycle = &self.inner.lifecycle;
         let linger = self.inner.limits.session_linger;
         let peer = link.peer.clone();
+        let instance = self.inner.instance;
         let admit = |hello: &Hello| {
+            if !crate::engine::served::epoch_in_range(hello.epoch) {
+                return Err(WelcomeStatus::EpochOutOfRange);
+            }
             let served = Served::join(
                 sessions,
                 lifecycle,
@@ -297,8 +318,10 @@ impl<K: CodecSet> Server<K> {
                 &peer,
                 hello.epoch,
                 linger,
-            )?;
-            Some((served, hello.client_id, hello.epoch))
+            )
+            .ok_or(WelcomeStatus::StaleEpoch)?;
+            let id = served.welcome_id(instance);
+            Ok(((served, hello.client_id, hello.epoch), id))
         };
         let (codec_index, (served, client_id, epoch)) =
             match self.handshake(&mut link, false, admit).await {
@@ -337,6 +360,21 @@ impl<K: CodecSet> Server<K> {
         }
         Ok(())
     }
+}
+
+/// The answer to a call whose handler a shutdown's grace cut short.
+fn aborted_frame(call: u64, called: crate::session::replies::Called) -> bytes::Bytes {
+    let header = crate::wire::Header::new(
+        crate::wire::FrameKind::Error,
+        call,
+        crate::ids::InterfaceId::new(called.interface),
+        crate::ids::MethodId::new(called.method),
+    );
+    let payload = crate::wire::ErrorPayload::new(
+        crate::wire::ErrorCode::Aborted,
+        "the server shut down before the handler finished: it may have partly run",
+    );
+    crate::engine::error_frame(&header, payload)
 }
 
 /// Who counts as one peer for [`Limits::max_connections_per_peer`]: the network address

@@ -108,16 +108,26 @@ impl Lifecycle {
         true
     }
 
-    /// Closes every connection of the server, and any that completes its handshake later.
-    pub(crate) fn close_all(&self, reason: &str) {
+    /// How many of the server's connections are open now.
+    pub(crate) fn open_links(&self) -> usize {
+        lock(&self.links)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|l| !l.is_closed())
+            .count()
+    }
+
+    /// Closes every connection of the server with a goodbye (the client then knows the
+    /// server ended its session rather than lost the link), and any connection that
+    /// completes its handshake later without one.
+    pub(crate) async fn close_all(&self) {
         let links = {
             let mut links = lock(&self.links);
             self.closed.store(true, Ordering::SeqCst);
             std::mem::take(&mut *links)
         };
-        for link in links.iter().filter_map(Weak::upgrade) {
-            link.close(reason.to_owned());
-        }
+        let links: Vec<_> = links.iter().filter_map(Weak::upgrade).collect();
+        futures::future::join_all(links.iter().map(|l| l.say_goodbye())).await;
     }
 }
 

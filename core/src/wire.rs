@@ -128,6 +128,20 @@ impl FrameKind {
     }
 }
 
+/// The goodbye: a [`FrameKind::Release`] frame with call id `u64::MAX` (interface and method 0,
+/// no payload). From a client it ends the client's session at once (PROTOCOL.md §3.1); from
+/// a server it says the server ended the session (it shuts down) and will answer nothing more
+/// on the connection.
+pub fn goodbye() -> Bytes {
+    let header = Header::new(
+        FrameKind::Release,
+        u64::MAX,
+        InterfaceId::new(0),
+        MethodId::new(0),
+    );
+    Bytes::copy_from_slice(&header.to_bytes())
+}
+
 /// Header flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Flags(u16);
@@ -369,6 +383,19 @@ pub enum ErrorCode {
     Unavailable = 12,
     /// The receiver of a callback is gone: the caller stopped listening.
     Closed = 13,
+    /// A copy of an at-most-once call below the client's watermark (a Release said the client
+    /// holds its outcome): not run again; the call ran at most once before.
+    Released = 14,
+    /// A copy of a call that was cancelled before it finished: not run again; the call may
+    /// have partly run.
+    Cancelled = 15,
+    /// The call came on a connection of a client epoch that a newer one replaced (the client
+    /// restarted, or someone holding its id said hello with a newer epoch): not run. The
+    /// connection closes after this error.
+    Superseded = 16,
+    /// The server dropped the handler before it finished (its shutdown's grace passed): the
+    /// call may have partly run. Copies get the same answer and do not run.
+    Aborted = 17,
 }
 
 impl ErrorCode {
@@ -389,6 +416,10 @@ impl ErrorCode {
             11 => ReplyEvicted,
             12 => Unavailable,
             13 => Closed,
+            14 => Released,
+            15 => Cancelled,
+            16 => Superseded,
+            17 => Aborted,
             _ => return None,
         })
     }
@@ -436,6 +467,17 @@ pub struct ErrorPayload {
 }
 
 impl ErrorPayload {
+    /// A payload with `code` and `message` (for any code but [`ErrorCode::TooLarge`], which
+    /// carries sizes too).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorPayload {
+        ErrorPayload {
+            code: Some(code),
+            raw: code as u16,
+            too_large: None,
+            message: message.into(),
+        }
+    }
+
     /// Writes the payload.
     pub fn encode<B: BufMut + ?Sized>(&self, out: &mut B) {
         out.put_u16(self.raw);
@@ -561,6 +603,10 @@ pub enum WelcomeStatus {
     /// The server already serves this client id with a newer epoch: the hello comes from an
     /// older incarnation of the client. The server closes the link after this welcome.
     StaleEpoch = 4,
+    /// The hello's epoch is more than a day ahead of the server's clock (epochs are start
+    /// times in µs, or small counts): refused, so that no hello can lock a client id out for
+    /// good. The server closes the link after this welcome.
+    EpochOutOfRange = 5,
 }
 
 /// The server's answer to a [`Hello`].
@@ -572,8 +618,11 @@ pub struct Welcome {
     pub status: WelcomeStatus,
     /// The codecs the server offers, comma-separated.
     pub codecs: String,
-    /// Random per server start: a client that reconnects and finds another instance knows the
-    /// server restarted and lost its reply cache.
+    /// The client's session on the server: the server's instance id (random per server
+    /// start) with the session's number mixed in. The same on every connection of one session;
+    /// another value when the server restarted or no longer holds the client's session, so a
+    /// client that reconnects and finds another value knows the server lost its at-most-once
+    /// calls in flight (and their cached outcomes). Refusals carry the bare instance id.
     pub instance: u128,
 }
 
@@ -603,6 +652,7 @@ impl Welcome {
             2 => WelcomeStatus::CodecUnsupported,
             3 => WelcomeStatus::Busy,
             4 => WelcomeStatus::StaleEpoch,
+            5 => WelcomeStatus::EpochOutOfRange,
             _ => return Err(bad("unknown welcome status")),
         };
         let m = b[7] as usize;

@@ -83,8 +83,9 @@ async fn exchange<C: Codec>(codec: C, epoch: u64) -> [Bytes; 5] {
     let tail = welcome.len() - 16;
     assert_eq!(
         welcome[tail..],
-        instance.to_be_bytes(),
-        "the welcome ends with the instance id"
+        (instance ^ 1).to_be_bytes(),
+        "the welcome ends with the client's session id: the instance id, the session's number \
+         (the server's first: 1) mixed in"
     );
     welcome[tail..].copy_from_slice(&EXAMPLE_INSTANCE.to_be_bytes());
     [hello, welcome.into(), request, reply, with_metadata]

@@ -244,12 +244,14 @@ pub struct QuicListener {
 impl QuicListener {
     /// Binds a UDP socket at `addr` and accepts connections with `tls`.
     ///
-    /// The stateless-reset key is derived from `tls`'s private key, so a server restarted
-    /// with the same identity on the same address resets its predecessor's connections at
-    /// their next packet: their calls fail at once with `ConnectionLost` instead of waiting
-    /// for the idle timeout.
+    /// The stateless-reset key and the connection-id generator's key are derived from `tls`'s
+    /// private key, so a server restarted with the same identity on the same address
+    /// recognizes its predecessor's connection ids and resets those connections at their next
+    /// packet (a keep-alive, at the latest): their clients reconnect at once instead of
+    /// waiting for the idle timeout.
     pub fn bind(addr: SocketAddr, tls: ServerTls, options: QuicOptions) -> Result<Self, Error> {
         let reset_key = tls.reset_key();
+        let cid_key = tls.connection_id_key();
         let crypto =
             QuicServerConfig::try_from(tls.build()?).map_err(|e| Error::Config(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -257,12 +259,11 @@ impl QuicListener {
         let socket = std::net::UdpSocket::bind(addr)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::Config("a QUIC listener needs a tokio runtime".to_owned()))?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::new(Arc::new(reset_key)),
-            Some(config),
-            socket,
-            runtime,
-        )?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)?;
         let ceiling = Arc::new(Semaphore::new(
             options
                 .receive_ceiling

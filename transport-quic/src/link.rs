@@ -52,6 +52,24 @@ const QUEUE_DEPTH: usize = 256;
 const MAX_HANDSHAKE: usize = 1024;
 /// Stream error code for a frame refused as too large.
 const REFUSED: VarInt = VarInt::from_u32(2);
+/// Connection close code for a goodbye (PROTOCOL.md §7.5): the close carries the goodbye, so
+/// that it cannot be lost to the close, as a frame on a stream would be.
+const GOODBYE: VarInt = VarInt::from_u32(1);
+
+/// Why a connection ended, as the engine hears it; a peer's close with [`GOODBYE`] is also
+/// handed to the engine as the goodbye frame, before the end.
+fn close_reason(reason: &quinn::ConnectionError) -> (String, bool) {
+    match reason {
+        quinn::ConnectionError::LocallyClosed => ("closed by this side".to_owned(), false),
+        quinn::ConnectionError::ApplicationClosed(close) if close.error_code == GOODBYE => {
+            ("the peer said goodbye".to_owned(), true)
+        }
+        quinn::ConnectionError::ApplicationClosed(_) => {
+            ("the peer closed the connection".to_owned(), false)
+        }
+        other => (format!("QUIC connection lost: {other}"), false),
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -116,6 +134,15 @@ fn closed(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
 const HANDSHAKE_LINGER: Duration = Duration::from_secs(2);
 
 impl State {
+    /// Closes the connection with a goodbye (see [`GOODBYE`]), at once.
+    fn goodbye(&self) {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        lock(&self.handshake_delivered).take();
+        self.conn.close(GOODBYE, b"goodbye");
+    }
+
     /// Closes the connection: at once, or, right after this side sent a Welcome, once the client
     /// has closed (it does as soon as it reads a refusal) or the linger has passed.
     fn close(&self) {
@@ -176,6 +203,7 @@ pub(crate) fn link(
     Link {
         tx: Box::new(Tx(Arc::clone(&state))),
         rx: Box::new(Rx {
+            said_goodbye: false,
             frames: rx,
             conn,
             max_frame,
@@ -795,6 +823,11 @@ impl LinkTx for Tx {
         self.0.close();
     }
 
+    fn goodbye(&self, _goodbye: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
+        self.0.goodbye();
+        Box::pin(async { Ok(()) })
+    }
+
     fn send_shared(&self, frame: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
         let route = self.route(&frame);
         self.send_other(route, frame)
@@ -833,6 +866,8 @@ impl LinkTx for Tx {
 
 struct Rx {
     frames: mpsc::Receiver<Bytes>,
+    /// Whether `recv` has handed over the peer's goodbye already.
+    said_goodbye: bool,
     conn: Connection,
     max_frame: usize,
     state: Arc<State>,
@@ -853,6 +888,13 @@ impl LinkRx for Rx {
                 biased;
                 frame = self.frames.recv() => Ok(frame),
                 reason = self.conn.closed() => match reason {
+                    quinn::ConnectionError::ApplicationClosed(close)
+                        if close.error_code == GOODBYE && !self.said_goodbye =>
+                    {
+                        // Once: the goodbye, then the end.
+                        self.said_goodbye = true;
+                        Ok(Some(courier::wire::goodbye()))
+                    }
                     quinn::ConnectionError::LocallyClosed
                     | quinn::ConnectionError::ApplicationClosed(_) => Ok(None),
                     other => Err(TransportError::Other(format!("QUIC connection lost: {other}"))),
@@ -883,13 +925,12 @@ impl LinkRx for Rx {
             }
         });
         tokio::spawn(async move {
-            let reason = match conn.closed().await {
-                quinn::ConnectionError::LocallyClosed => "closed by this side".to_owned(),
-                quinn::ConnectionError::ApplicationClosed(_) => {
-                    "the peer closed the connection".to_owned()
+            let (reason, goodbye) = close_reason(&conn.closed().await);
+            if goodbye {
+                if let Some(work) = sink.deliver(courier::wire::goodbye()) {
+                    work.await;
                 }
-                other => format!("QUIC connection lost: {other}"),
-            };
+            }
             sink.close(reason);
         });
         true

@@ -190,6 +190,22 @@ impl ServerTls {
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ctx.finish().as_ref())
     }
 
+    /// The key of the connection-id generator, derived from the private key as the reset key
+    /// is (under another label): a restarted server with the same identity recognizes the
+    /// connection ids its previous process issued, which it must, to answer their packets
+    /// with a stateless reset rather than drop them as invalid. With a random key per
+    /// process (quinn's default) those packets are dropped and the old connections wait for
+    /// their idle timeout.
+    pub(crate) fn connection_id_key(&self) -> u64 {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"courier/1 connection id key\0");
+        ctx.update(self.key.secret_der());
+        let digest = ctx.finish();
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest.as_ref()[..8]);
+        u64::from_le_bytes(key)
+    }
+
     pub(crate) fn build(self) -> Result<rustls::ServerConfig, Error> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])

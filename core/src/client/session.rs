@@ -65,6 +65,21 @@ impl Lineage {
         sessions.push(Arc::downgrade(session));
     }
 
+    /// Whether `leaving` (already marked closed) says goodbye: see
+    /// [`says_goodbye`](crate::session::calls::says_goodbye). Under the lineage's lock, so that
+    /// of siblings that close at once, the last to look says it.
+    fn says_goodbye(&self, leaving: &ClientSession) -> bool {
+        let sessions = lock(&self.sessions);
+        let mine = lock(&leaving.state).session_id;
+        let siblings = sessions
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| !std::ptr::eq(&**s, leaving) && !s.closed.load(Ordering::Acquire))
+            .map(|s| lock(&s.state).session_id)
+            .collect::<Vec<_>>();
+        crate::session::calls::says_goodbye(mine, siblings)
+    }
+
     /// Every call id below this has its outcome at its caller (or was given up): the lowest
     /// call in flight in any session, or the next id if none is. Ids are taken under a
     /// session's lock together with their entry, and the sequence is read before the tables,
@@ -98,6 +113,11 @@ struct State {
     /// Why the last reconnecting gave up; calls fail with it until a new attempt starts.
     failure: Option<String>,
     peer: Peer,
+    /// The session the latest Welcome named (see [`Welcome::instance`]), kept while the link
+    /// is down: siblings on the same session leave it to the last of them to say goodbye.
+    ///
+    /// [`Welcome::instance`]: crate::wire::Welcome::instance
+    session_id: Option<u128>,
 }
 
 /// What a session is made with.
@@ -160,6 +180,7 @@ impl ClientSession {
                 reconnecting: false,
                 failure: None,
                 peer,
+                session_id: None,
             }),
             changed: Notify::new(),
             closed: AtomicBool::new(false),
@@ -306,6 +327,7 @@ impl ClientSession {
                 return Err(client_closed());
             }
             state.link = Some(Arc::clone(&shared));
+            state.session_id = Some(instance);
             state.peer = peer;
             state.reconnecting = false;
             state.failure = None;
@@ -335,9 +357,11 @@ impl ClientSession {
     ) {
         for waiter in relink.unknown {
             let _ = waiter.reply.send(Err(RpcError::OutcomeUnknown(format!(
-                "the call was in flight when its link was lost, and another server instance \
-                 ({instance:032x}) answered the reconnect: the one that had the call restarted \
-                 or was left, so whether it ran is unknown"
+                "the call was in flight when its link was lost, and the server that answered \
+                 the reconnect does not hold the session the call was sent to (it restarted, \
+                 was left for another instance, or forgot the session: its linger passed, it \
+                 was evicted, or a goodbye ended it; session {instance:032x} now), so whether \
+                 it ran is unknown"
             ))));
         }
         for (_, frame) in relink.resend {
@@ -605,8 +629,15 @@ impl ClientSession {
             let _ = w.reply.send(Err(client_closed()));
         }
         self.changed.notify_waiters();
-        if let Some(link) = link {
-            link.goodbye();
+        // Said only by the last client of this identity on the server's session: a sibling's
+        // goodbye would end the session under a client whose link is down, and its calls in
+        // flight with it.
+        if self.lineage.says_goodbye(self) {
+            if let Some(link) = link {
+                link.goodbye();
+            }
+        } else if let Some(link) = link {
+            link.shutdown();
         }
     }
 }
@@ -652,8 +683,11 @@ async fn reconnect(session: Weak<ClientSession>, reason: String) {
                 tracing::debug!(attempt, "reconnected");
                 return;
             }
-            Ok(Err(RpcError::Handshake(HandshakeError::StaleEpoch))) => {
-                last = HandshakeError::StaleEpoch.to_string();
+            Ok(Err(RpcError::Handshake(
+                e @ (HandshakeError::StaleEpoch | HandshakeError::EpochOutOfRange),
+            ))) => {
+                // Final: the same identity will be refused again.
+                last = e.to_string();
                 break;
             }
             Ok(Err(e)) => last = e.to_string(),
@@ -891,6 +925,17 @@ impl SessionHooks for ClientSession {
             return;
         }
         self.start_reconnecting(&mut state, reason.to_owned());
+    }
+
+    fn server_goodbye(&self, generation: u64) {
+        let failed = lock(&self.state).table.session_ended(generation);
+        for w in failed {
+            let _ = w.reply.send(Err(RpcError::OutcomeUnknown(
+                "the server ended the session (it shut down) while the call was in flight: \
+                 it may have run"
+                    .to_owned(),
+            )));
+        }
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {

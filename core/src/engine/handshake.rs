@@ -41,14 +41,17 @@ pub(crate) async fn client_handshake(
         .into()),
         WelcomeStatus::Busy => Err(HandshakeError::Busy.into()),
         WelcomeStatus::StaleEpoch => Err(HandshakeError::StaleEpoch.into()),
+        WelcomeStatus::EpochOutOfRange => Err(HandshakeError::EpochOutOfRange.into()),
     }
 }
 
 /// Server side of the handshake: read the hello, pick the codec, let `admit` decide on the
-/// client's identity, answer with `instance`. Returns the index of the codec in `codecs` and
-/// what `admit` returned. With `busy`, the hello is answered with [`WelcomeStatus::Busy`] and the
-/// handshake fails with [`HandshakeError::Busy`]; if `admit` returns `None`, with
-/// [`WelcomeStatus::StaleEpoch`] and [`HandshakeError::StaleEpoch`].
+/// client's identity. Returns the index of the codec in `codecs` and what `admit` returned.
+/// An accepted welcome names the id `admit` gave (the client's session on this server); a
+/// refusal names `instance`. With `busy`, the hello is answered with [`WelcomeStatus::Busy`]
+/// and the handshake fails with [`HandshakeError::Busy`]; if `admit` refuses with
+/// [`WelcomeStatus::StaleEpoch`] or [`WelcomeStatus::EpochOutOfRange`], the welcome says so and
+/// the handshake fails with the matching [`HandshakeError`].
 ///
 /// The caller closes the link when this fails.
 pub(crate) async fn server_handshake<T>(
@@ -57,7 +60,7 @@ pub(crate) async fn server_handshake<T>(
     timeout: Duration,
     busy: bool,
     instance: u128,
-    admit: impl FnOnce(&Hello) -> Option<T>,
+    admit: impl FnOnce(&Hello) -> Result<(T, u128), WelcomeStatus>,
 ) -> Result<(usize, T), RpcError> {
     let first = tokio::time::timeout(timeout, link.rx.recv())
         .await
@@ -95,11 +98,22 @@ pub(crate) async fn server_handshake<T>(
         }
         .into());
     };
-    let Some(admitted) = admit(&hello) else {
-        send_raw(&*link.tx, &answer(WelcomeStatus::StaleEpoch).encode()).await?;
-        return Err(HandshakeError::StaleEpoch.into());
+    let (admitted, session) = match admit(&hello) {
+        Ok(admitted) => admitted,
+        Err(status) => {
+            send_raw(&*link.tx, &answer(status).encode()).await?;
+            return Err(match status {
+                WelcomeStatus::EpochOutOfRange => HandshakeError::EpochOutOfRange,
+                _ => HandshakeError::StaleEpoch,
+            }
+            .into());
+        }
     };
-    send_raw(&*link.tx, &answer(WelcomeStatus::Accepted).encode()).await?;
+    let welcome = Welcome {
+        instance: session,
+        ..answer(WelcomeStatus::Accepted)
+    };
+    send_raw(&*link.tx, &welcome.encode()).await?;
     Ok((index, admitted))
 }
 

@@ -21,7 +21,9 @@ use crate::metadata::Metadata;
 use crate::session::replies::Begin;
 use crate::trace;
 use crate::transport::LinkRx;
-use crate::wire::{ErrorPayload, Flags, FrameError, FrameKind, FrameProblem, Header, HEADER_LEN};
+use crate::wire::{
+    ErrorCode, ErrorPayload, Flags, FrameError, FrameKind, FrameProblem, Header, HEADER_LEN,
+};
 
 pub(super) struct RunningHandler {
     pub(super) abort: AbortHandle,
@@ -141,12 +143,16 @@ impl Shared {
                     h.abort.abort();
                 }
                 if let Some(served) = &self.served {
-                    served.cancel(header.call_id);
+                    served.cancel(header.call_id, self);
                 }
             }
             FrameKind::Release => {
                 if let Some(served) = &self.served {
                     served.release(header.call_id);
+                } else if header.call_id == u64::MAX {
+                    if let Some(session) = self.client_session() {
+                        session.server_goodbye(self.generation());
+                    }
                 }
             }
         }
@@ -434,29 +440,70 @@ impl Shared {
             }
             place.counted = true;
         } else {
-            match session.begin(header.call_id, abort, self) {
-                Begin::Run => place.counted = true,
-                Begin::Attached | Begin::Stale | Begin::Cached(None) => return None,
-                Begin::Cached(Some(outcome)) => {
+            let refusal = match session.begin(&header, abort, self) {
+                Begin::Run => None,
+                Begin::Attached => return None,
+                Begin::Cached(outcome) => {
                     self.send_aside(outcome);
                     return None;
                 }
-                Begin::Unavailable => {
-                    let e = RpcError::Unavailable(
-                        "the server is shutting down; the call did not run".to_owned(),
+                Begin::Unavailable => Some(RpcError::Unavailable(
+                    "the server is shutting down; the call did not run".to_owned(),
+                )),
+                Begin::Forgotten => Some(RpcError::ReplyEvicted(format!(
+                    "call {} is no longer in the server's reply cache",
+                    header.call_id
+                ))),
+                Begin::Mismatch(called) => Some(RpcError::Protocol(format!(
+                    "call id {} was used for interface {:#010x} method {:#010x}: a copy must \
+                     call the same method",
+                    header.call_id, called.interface, called.method
+                ))),
+                Begin::Released => {
+                    let message = format!(
+                        "call {} is below the client's watermark (a release said the client \
+                         holds its outcome); it does not run again",
+                        header.call_id
                     );
-                    self.refuse(&header, e);
+                    self.notify_peer(
+                        header.call_id,
+                        header.interface,
+                        header.method,
+                        ErrorPayload::new(ErrorCode::Released, message),
+                    );
+                    return None;
+                }
+                Begin::Cancelled => {
+                    let message = format!(
+                        "call {} was cancelled before it finished; it does not run again",
+                        header.call_id
+                    );
+                    self.notify_peer(
+                        header.call_id,
+                        header.interface,
+                        header.method,
+                        ErrorPayload::new(ErrorCode::Cancelled, message),
+                    );
                     return None;
                 }
                 Begin::Superseded => {
-                    self.close("a newer epoch of this client took over".to_owned());
+                    let message = "a newer epoch of this client took over; this connection \
+                                   closes and the call did not run";
+                    let about = Header::new(
+                        FrameKind::Error,
+                        header.call_id,
+                        header.interface,
+                        header.method,
+                    );
+                    let frame =
+                        self.error_frame(&about, ErrorPayload::new(ErrorCode::Superseded, message));
+                    self.send_then_close(frame, "a newer epoch of this client took over");
                     return None;
                 }
-                Begin::Forgotten => {
-                    let e = RpcError::ReplyEvicted(format!(
-                        "call {} is no longer in the server's reply cache",
-                        header.call_id
-                    ));
+            };
+            match refusal {
+                None => place.counted = true,
+                Some(e) => {
                     self.refuse(&header, e);
                     return None;
                 }
@@ -696,19 +743,24 @@ impl Shared {
 
     /// An error frame for `header`'s call, encoded on the heap.
     pub(crate) fn error_frame(&self, header: &Header, payload: ErrorPayload) -> Bytes {
-        let payload = super::cut_message(payload);
-        let mut head = Header::new(
-            FrameKind::Error,
-            header.call_id,
-            header.interface,
-            header.method,
-        );
-        head.payload_len = u32::try_from(payload.encoded_len()).unwrap_or(u32::MAX);
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + payload.encoded_len());
-        head.encode(&mut buf);
-        payload.encode(&mut buf);
-        buf.freeze()
+        error_frame(header, payload)
     }
+}
+
+/// An error frame for `header`'s call (its id, interface and method), encoded on the heap.
+pub(crate) fn error_frame(header: &Header, payload: ErrorPayload) -> Bytes {
+    let payload = super::cut_message(payload);
+    let mut head = Header::new(
+        FrameKind::Error,
+        header.call_id,
+        header.interface,
+        header.method,
+    );
+    head.payload_len = u32::try_from(payload.encoded_len()).unwrap_or(u32::MAX);
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + payload.encoded_len());
+    head.encode(&mut buf);
+    payload.encode(&mut buf);
+    buf.freeze()
 }
 
 pub(super) async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {

@@ -37,6 +37,7 @@ mod inbound;
 mod outbound;
 pub(crate) mod served;
 
+pub(crate) use inbound::error_frame;
 pub(crate) use outbound::{driven, CallSlot};
 pub(crate) use served::Served;
 
@@ -54,6 +55,10 @@ use outbound::PendingCall;
 
 /// How many handlers may run one inside another on one thread (see [`Shared::run_here`]).
 const MAX_INLINE_DEPTH: u32 = 16;
+
+/// How long a last frame before a close (a goodbye, a refusal before closing) may take to
+/// send: a peer that does not read must not hold the close up.
+pub(crate) const LAST_WORDS: Duration = Duration::from_secs(1);
 
 /// Longest error message put on the wire; the rest is cut so error frames stay small.
 const MAX_ERROR_MESSAGE: usize = 1024;
@@ -88,6 +93,8 @@ pub(crate) struct Shared {
     /// The same, for all the connections of a server (`max_server_call_bytes`).
     server_call_bytes: Option<Arc<Budget>>,
     in_flight: Arc<Budget>,
+    /// Callback deliveries pending on this connection (`Limits::max_callback_deliveries`).
+    pub(crate) callback_deliveries: Arc<Budget>,
     /// Bounds the tasks that only send a frame back ([`Shared::send_aside`]: errors for refused
     /// or malformed frames, cached outcomes for copies).
     notices: Arc<Semaphore>,
@@ -158,6 +165,8 @@ pub(crate) trait SessionHooks: Send + Sync + 'static {
     fn on_ack(&self, call_id: u64);
     /// The link of `generation` closed.
     fn link_closed(&self, generation: u64, reason: &str);
+    /// The server said goodbye on the link of `generation`: it ended the session.
+    fn server_goodbye(&self, generation: u64);
     /// Whether call `call_id` of the session still waits for its outcome.
     fn awaits(&self, call_id: u64) -> bool;
     /// The session itself, for code that knows its type (a handler calling back its server).
@@ -275,6 +284,7 @@ impl Shared {
             call_bytes: Budget::new(limits.call_bytes_budget()),
             server_call_bytes,
             in_flight: Budget::new(limits.max_in_flight),
+            callback_deliveries: Budget::new(limits.max_callback_deliveries),
             notices: Arc::new(Semaphore::new(limits.max_handlers)),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(String::new()),
@@ -423,17 +433,21 @@ impl Shared {
         self.generation() == generation
     }
 
-    /// Tells the server the client's session is over (a release of every call id), then
-    /// closes. Best effort: a server that misses it keeps the session for its linger.
+    /// Says goodbye (a release of every call id, [`wire::goodbye`](crate::wire::goodbye)),
+    /// then closes: from a client, its session is over; from a server, it shuts down. Bounded
+    /// in time: a peer that misses it keeps the session for its linger (server) or treats the
+    /// close as a lost link (client).
+    pub(crate) async fn say_goodbye(&self) {
+        let bye = self.tx.goodbye(crate::wire::goodbye());
+        let _ = tokio::time::timeout(LAST_WORDS, bye).await;
+        self.shutdown();
+    }
+
+    /// [`Shared::say_goodbye`] from a task of its own.
     pub(crate) fn goodbye(self: &Arc<Self>) {
         let shared = Arc::clone(self);
-        self.runtime.spawn(async move {
-            let zero = (InterfaceId::new(0), MethodId::new(0));
-            let header = Header::new(FrameKind::Release, u64::MAX, zero.0, zero.1);
-            let bye = shared.send_frame(header, 0, |_| Ok(()));
-            let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
-            shared.shutdown();
-        });
+        self.runtime
+            .spawn(async move { shared.say_goodbye().await });
     }
 
     /// This link's generation in its client session (0 on a server).
@@ -572,6 +586,17 @@ impl Shared {
                 () = shared.closed() => {}
             }
             drop(permit);
+        });
+    }
+
+    /// Sends `frame` (bounded in time), then closes the connection with `reason`: a last
+    /// answer that must not be lost to the close.
+    pub(crate) fn send_then_close(self: &Arc<Self>, frame: Bytes, reason: &str) {
+        let shared = Arc::clone(self);
+        let reason = reason.to_owned();
+        self.runtime.spawn(async move {
+            let _ = tokio::time::timeout(LAST_WORDS, shared.send_shared(frame)).await;
+            shared.close(reason);
         });
     }
 

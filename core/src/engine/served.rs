@@ -11,8 +11,9 @@ use tokio::runtime::Handle;
 
 use super::{lock, Shared};
 use crate::peer::Peer;
-use crate::session::replies::{Begin, Hello, SessionRef, Sessions, Waiters};
+use crate::session::replies::{Begin, Called, Hello, SessionRef, Sessions, Waiters};
 use crate::shutdown::Lifecycle;
+use crate::wire::{ErrorCode, ErrorPayload, FrameKind, Header};
 
 /// Every client's session on one server, shared by its links.
 pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, LinkRef>>>;
@@ -20,6 +21,13 @@ pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, LinkRef>>>;
 /// A link waiting for a call's outcome, compared by identity so that it waits once.
 #[derive(Debug)]
 pub(crate) struct LinkRef(Weak<Shared>);
+
+impl LinkRef {
+    /// The link, if it is still open.
+    pub(crate) fn open(&self) -> Option<Arc<Shared>> {
+        self.0.upgrade().filter(|l| !l.is_closed())
+    }
+}
 
 impl PartialEq for LinkRef {
     fn eq(&self, other: &LinkRef) -> bool {
@@ -52,7 +60,8 @@ impl Drop for Served {
 
 impl Served {
     /// Joins (or starts, or replaces) `client`'s session for a link whose hello said `epoch`.
-    /// `None` if the epoch is older than the one the server knows: refuse the link.
+    /// `None` if the epoch is older than the one the server knows: refuse the link. (An epoch
+    /// too far ahead is refused before this: see [`epoch_in_range`].)
     pub(crate) fn join(
         sessions: &ServerSessions,
         lifecycle: &Arc<Lifecycle>,
@@ -95,6 +104,15 @@ impl Served {
         })
     }
 
+    /// The id the Welcome names for this link: the server's `instance` id with the session's
+    /// number mixed in. The same on every link of one session; another value once the server
+    /// has forgotten the session (linger, eviction, goodbye, a newer epoch) or restarted, so
+    /// that a client that reconnects knows whether its at-most-once calls in flight may be
+    /// sent again.
+    pub(crate) fn welcome_id(&self, instance: u128) -> u128 {
+        instance ^ u128::from(self.at.number())
+    }
+
     /// Takes this link off the client's links, once; true if the client has none left.
     fn leave(&self) -> bool {
         if !self.joined.swap(false, Ordering::AcqRel) {
@@ -107,9 +125,14 @@ impl Served {
     /// A call arrived on `link`; see [`Sessions::begin`]. A call to run is counted among the
     /// server's running handlers under the sessions' lock, so that a shutdown, which stops
     /// new calls under the same lock, counts every handler it must wait for.
-    pub(crate) fn begin(&self, call: u64, abort: AbortHandle, link: &Arc<Shared>) -> Begin {
+    pub(crate) fn begin(&self, header: &Header, abort: AbortHandle, link: &Arc<Shared>) -> Begin {
+        let called = Called {
+            interface: header.interface.get(),
+            method: header.method.get(),
+        };
         let mut sessions = lock(&self.sessions);
-        let begin = sessions.begin(self.at, call, abort, LinkRef(Arc::downgrade(link)));
+        let waiter = LinkRef(Arc::downgrade(link));
+        let begin = sessions.begin(self.at, header.call_id, called, abort, waiter);
         if matches!(begin, Begin::Run) {
             self.lifecycle.handler_started();
         }
@@ -152,12 +175,30 @@ impl Served {
         }
     }
 
-    /// The client cancelled a call: abort its handler, wherever it runs.
-    pub(crate) fn cancel(&self, call: u64) {
+    /// The client cancelled a call on `link`: abort its handler, wherever it runs, and tell
+    /// the other links that wait for it (copies attached there) that no outcome will come.
+    pub(crate) fn cancel(&self, call: u64, link: &Arc<Shared>) {
         let now = std::time::Instant::now();
-        let abort = lock(&self.sessions).cancel(self.at, call, now);
-        if let Some(abort) = abort {
-            abort.abort();
+        let cancelled = lock(&self.sessions).cancel(self.at, call, now);
+        let Some((abort, waiters, called)) = cancelled else {
+            return;
+        };
+        abort.abort();
+        let header = Header::new(
+            FrameKind::Error,
+            call,
+            crate::ids::InterfaceId::new(called.interface),
+            crate::ids::MethodId::new(called.method),
+        );
+        let payload = ErrorPayload::new(
+            ErrorCode::Cancelled,
+            format!("call {call} was cancelled by its client; it does not run again"),
+        );
+        let frame = link.error_frame(&header, payload);
+        for other in waiters.into_iter().filter_map(|w| w.0.upgrade()) {
+            if !Arc::ptr_eq(&other, link) && !other.is_closed() {
+                other.send_aside(frame.clone());
+            }
         }
     }
 
@@ -206,6 +247,22 @@ impl Served {
             }
         });
     }
+}
+
+/// How far ahead of this server's clock an epoch may be: a day. Courier's clients take the
+/// start time in µs as their epoch, or count up by one per start from a file; either stays
+/// far below this. Without the bound, a peer that knows a client id (without mutual TLS it is
+/// a bearer credential) could say hello with epoch `u64::MAX` and lock that client out for
+/// the server's life; with it, the lock-out lasts at most a day past the forger's hello.
+pub(crate) const EPOCH_LEAD: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Whether `epoch` is at most [`EPOCH_LEAD`] ahead of the wall clock (in µs since 1970).
+pub(crate) fn epoch_in_range(epoch: u64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let bound = (now + EPOCH_LEAD).as_micros();
+    u128::from(epoch) <= bound
 }
 
 /// A digest of what the transport authenticated about the peer (see

@@ -321,6 +321,29 @@ impl<W> CallTable<W> {
         Some((link, call.frame.clone()))
     }
 
+    /// The server said goodbye on the current link: it ended the client's session (it shuts
+    /// down) and will not answer there again. The at-most-once calls sent to that session may
+    /// have run (a handler cut short by the shutdown), so their outcome is unknown now, as if
+    /// a reconnect had found another session; the rest wait for the next link.
+    pub(crate) fn session_ended(&mut self, generation: u64) -> Vec<W> {
+        let Some(link) = self.link.filter(|l| l.generation == generation) else {
+            return Vec::new();
+        };
+        let mut lost: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                c.semantics == Semantics::AtMostOnce && c.sent_to == Some(link.instance)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        lost.sort_unstable();
+        lost.iter()
+            .filter_map(|id| self.calls.remove(id))
+            .map(|c| c.waiter)
+            .collect()
+    }
+
     /// Every call's waiter, the table emptied: the session gave up reconnecting.
     pub(crate) fn fail_all(&mut self) -> Vec<W> {
         let mut calls: Vec<(u64, Outstanding<W>)> = self.calls.drain().collect();
@@ -333,6 +356,18 @@ impl<W> CallTable<W> {
     pub(crate) fn len(&self) -> usize {
         self.calls.len()
     }
+}
+
+/// Whether a client that closes says goodbye (ending its session on the server at once):
+/// only if none of its *siblings* (other clients of this process with the same identity) is
+/// still open on the same server session (`session`, the id its last Welcome named; `None`
+/// if it never had a link). A sibling's goodbye must not end a session another client still
+/// uses, even while that client's link is down: the server would forget its calls in flight.
+pub(crate) fn says_goodbye(
+    session: Option<u128>,
+    siblings: impl IntoIterator<Item = Option<u128>>,
+) -> bool {
+    session.is_some() && !siblings.into_iter().any(|s| s == session)
 }
 
 #[cfg(test)]
@@ -535,6 +570,27 @@ mod tests {
         let last = 10 + u64::from(RELEASE_EVERY);
         assert_eq!(t.complete(last, RELEASE_BYTES), Some(()));
         assert!(t.release_due());
+    }
+
+    #[test]
+    fn a_server_goodbye_fails_the_at_most_once_calls_it_had_and_keeps_the_rest() {
+        let now = Instant::now();
+        let mut t = CallTable::default();
+        t.link_up(link(1, A), None, now);
+        t.insert(1, frame(1), Semantics::AtMostOnce, None, now, "sent");
+        t.insert(2, frame(2), Semantics::AtLeastOnce, None, now, "idempotent");
+        assert!(t.session_ended(7).is_empty(), "another link's goodbye");
+        assert_eq!(t.session_ended(1), vec!["sent"]);
+        t.link_down(1);
+        assert_eq!(t.link_up(link(2, B), None, now).resend, vec![(2, frame(2))]);
+    }
+
+    #[test]
+    fn only_the_last_sibling_on_a_session_says_goodbye() {
+        assert!(says_goodbye(Some(A), []));
+        assert!(says_goodbye(Some(A), [Some(B), None]));
+        assert!(!says_goodbye(Some(A), [Some(B), Some(A)]));
+        assert!(!says_goodbye(None, []), "never connected: nothing to end");
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! Epochs: a hello with a newer epoch for a known client id ends the old session (its handlers
 //! are aborted, its cache dropped); a hello with an older epoch is refused.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -52,6 +52,15 @@ pub(crate) enum Hello<A> {
     Stale,
 }
 
+/// Which call a call frame is, besides its id: a copy must name the same interface and method
+/// as the call it copies, or it is no copy (a client that reuses an id, or a peer probing the
+/// cache) and is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Called {
+    pub(crate) interface: u32,
+    pub(crate) method: u32,
+}
+
 /// What to do with a call frame.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Begin {
@@ -59,18 +68,33 @@ pub(crate) enum Begin {
     Run,
     /// A copy of a call still running: its outcome goes to this waiter too when it finishes.
     Attached,
-    /// A copy of a finished call: answer with this frame (`None`: the call was cancelled or
-    /// was one-way, nothing to answer).
-    Cached(Option<Bytes>),
-    /// A copy of a call the client already has the outcome of: ignore it.
-    Stale,
+    /// A copy of a finished call: answer with this frame.
+    Cached(Bytes),
+    /// A copy of a call that was cancelled before it finished: refuse it with `Cancelled`
+    /// (it may have partly run; it does not run again).
+    Cancelled,
+    /// A copy of a call below the client's watermark: the client said it holds its outcome.
+    /// Refuse it with `Released`; it does not run again.
+    Released,
+    /// The same call id as a call of another interface or method: refuse it with `Protocol`.
+    Mismatch(Called),
     /// A copy of a call the cache no longer remembers: refuse it with `ReplyEvicted`.
     Forgotten,
-    /// The link belongs to an epoch a newer one replaced: close it.
+    /// The link belongs to a session that ended (a newer epoch replaced it): refuse the call
+    /// with `Superseded`, then close the link.
     Superseded,
     /// A call not seen before, while the server is shutting down: refuse it with
     /// `Unavailable` (it did not run, so the client may send it elsewhere).
     Unavailable,
+}
+
+/// A running call ended by the server (its shutdown's grace passed): its handler, to abort,
+/// who waits for it, and the frame to tell them.
+#[derive(Debug)]
+pub(crate) struct Ended<A, W> {
+    pub(crate) abort: A,
+    pub(crate) waiters: Waiters<W>,
+    pub(crate) frame: Bytes,
 }
 
 /// Where a cached outcome is, in storing order.
@@ -89,8 +113,24 @@ fn cost(frame: &Option<Bytes>) -> usize {
 
 #[derive(Debug)]
 enum Slot<A, W> {
-    Running { abort: A, waiters: Waiters<W> },
-    Done { frame: Option<Bytes>, seq: u64 },
+    Running {
+        abort: A,
+        waiters: Waiters<W>,
+        called: Called,
+    },
+    Done {
+        frame: Option<Bytes>,
+        seq: u64,
+        called: Called,
+    },
+}
+
+impl<A, W> Slot<A, W> {
+    fn called(&self) -> Called {
+        match self {
+            Slot::Running { called, .. } | Slot::Done { called, .. } => *called,
+        }
+    }
 }
 
 /// Who waits for a running call: nearly always one link, which needs no allocation; each
@@ -144,7 +184,9 @@ struct Session<A, W> {
     /// Beyond the bound on those ids, the highest one dropped: a call at or below it that is
     /// not known is refused, since it may be a copy of one.
     forgotten: Option<u64>,
-    calls: HashMap<u64, Slot<A, W>>,
+    /// In call-id order, so that a release trims from the front in time proportional to what
+    /// it releases.
+    calls: BTreeMap<u64, Slot<A, W>>,
     /// Links of this client open now.
     links: usize,
     /// Since when no link is open.
@@ -161,7 +203,7 @@ impl<A, W> Session<A, W> {
             floor: 0,
             evicted: BTreeSet::new(),
             forgotten: None,
-            calls: HashMap::new(),
+            calls: BTreeMap::new(),
             links: 0,
             detached: None,
             one_way: HashSet::new(),
@@ -178,6 +220,16 @@ impl<A, W> Session<A, W> {
 pub(crate) struct SessionRef {
     slot: usize,
     generation: u64,
+}
+
+impl SessionRef {
+    /// The session's number: new for every session the server starts (counted from 1), the
+    /// same for every link of one session. A link's Welcome tells the client this number
+    /// (mixed into the server's instance id), so a client that reconnects can tell the session
+    /// it left from a new one.
+    pub(crate) fn number(&self) -> u64 {
+        self.generation
+    }
 }
 
 #[derive(Debug)]
@@ -259,9 +311,15 @@ impl<A, W: PartialEq> Sessions<A, W> {
         self.accepting = false;
     }
 
-    /// The abort handles of every call still running, in every session; the calls are then
-    /// counted as cancelled (their copies get no outcome).
-    pub(crate) fn abort_running(&mut self, now: Instant) -> Vec<A> {
+    /// Every call still running, in every session, ended as aborted: its abort handle, who
+    /// waits for it, and the frame that tells them (made by `outcome` from the call's id and
+    /// what it called). The frame is also cached as the call's outcome, so that a copy that
+    /// comes later gets the same answer and does not run.
+    pub(crate) fn abort_running(
+        &mut self,
+        now: Instant,
+        outcome: impl Fn(u64, Called) -> Bytes,
+    ) -> Vec<Ended<A, W>> {
         let mut running = Vec::new();
         for (slot, place) in self.places.iter().enumerate() {
             if let Some(session) = &place.session {
@@ -276,7 +334,16 @@ impl<A, W: PartialEq> Sessions<A, W> {
         }
         running
             .into_iter()
-            .filter_map(|(at, call)| self.cancel(at, call, now))
+            .filter_map(|(at, call)| {
+                let called = self.get(at)?.calls.get(&call)?.called();
+                let frame = outcome(call, called);
+                self.end_call(at, call, Some(frame.clone()), now)
+                    .map(|(abort, waiters, _)| Ended {
+                        abort,
+                        waiters,
+                        frame,
+                    })
+            })
             .collect()
     }
 
@@ -412,18 +479,24 @@ impl<A, W: PartialEq> Sessions<A, W> {
         let kept = session.evicted.split_off(&watermark);
         self.tombstones -= session.evicted.len();
         session.evicted = kept;
-        let (bytes, live) = (&mut self.bytes, &mut self.live);
+        // The ids below the watermark come off the front of the ordered map: the work is in
+        // proportion to what is released, not to what the session holds.
+        let above = session.calls.split_off(&watermark);
+        let below = std::mem::replace(&mut session.calls, above);
         let mut frames = Vec::new();
-        session.calls.retain(|id, slot| match slot {
-            Slot::Done { frame, .. } if *id < watermark => {
-                *bytes -= cost(frame);
-                *live -= 1;
-                frames.extend(frame.take());
-                false
+        for (id, slot) in below {
+            match slot {
+                Slot::Done { frame, .. } => {
+                    self.bytes -= cost(&frame);
+                    self.live -= 1;
+                    frames.extend(frame);
+                }
+                // A call the client gave up on that still runs ends as it would have.
+                running @ Slot::Running { .. } => {
+                    session.calls.insert(id, running);
+                }
             }
-            // A call the client gave up on that still runs ends as it would have.
-            _ => true,
-        });
+        }
         self.compact();
         frames
     }
@@ -453,24 +526,35 @@ impl<A, W: PartialEq> Sessions<A, W> {
 
     /// A call frame arrived: what to do with it. For [`Begin::Run`], `abort` is kept to stop
     /// the handler and `waiter` will get its outcome; for [`Begin::Attached`], `waiter` will.
-    pub(crate) fn begin(&mut self, at: SessionRef, call: u64, abort: A, waiter: W) -> Begin {
+    pub(crate) fn begin(
+        &mut self,
+        at: SessionRef,
+        call: u64,
+        called: Called,
+        abort: A,
+        waiter: W,
+    ) -> Begin {
         let accepting = self.accepting;
         let Some(session) = self.get(at) else {
             // A link whose session ended (a newer epoch took over): nothing runs for it.
             return Begin::Superseded;
         };
         if call < session.floor {
-            return Begin::Stale;
+            return Begin::Released;
         }
         let forgotten =
             session.evicted.contains(&call) || session.forgotten.is_some_and(|f| call <= f);
         match session.calls.entry(call) {
+            Entry::Occupied(e) if e.get().called() != called => Begin::Mismatch(e.get().called()),
             Entry::Occupied(mut e) => match e.get_mut() {
                 Slot::Running { waiters, .. } => {
                     waiters.add(waiter);
                     Begin::Attached
                 }
-                Slot::Done { frame, .. } => Begin::Cached(frame.clone()),
+                Slot::Done {
+                    frame: Some(frame), ..
+                } => Begin::Cached(frame.clone()),
+                Slot::Done { frame: None, .. } => Begin::Cancelled,
             },
             Entry::Vacant(_) if forgotten => Begin::Forgotten,
             Entry::Vacant(_) if !accepting => Begin::Unavailable,
@@ -478,6 +562,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
                 e.insert(Slot::Running {
                     abort,
                     waiters: Waiters::one(waiter),
+                    called,
                 });
                 Begin::Run
             }
@@ -516,7 +601,8 @@ impl<A, W: PartialEq> Sessions<A, W> {
             });
             self.bytes += cost(&frame);
             self.live += 1;
-            std::mem::replace(entry.get_mut(), Slot::Done { frame, seq })
+            let called = entry.get().called();
+            std::mem::replace(entry.get_mut(), Slot::Done { frame, seq, called })
         } else {
             entry.remove()
         };
@@ -527,8 +613,27 @@ impl<A, W: PartialEq> Sessions<A, W> {
         }
     }
 
-    /// The client cancelled a call: its handler, to abort. A copy that comes later is ignored.
-    pub(crate) fn cancel(&mut self, at: SessionRef, call: u64, now: Instant) -> Option<A> {
+    /// The client cancelled a call: its handler, to abort, and the links that attached copies
+    /// of it, which must be told (with `Cancelled`) since no outcome will come. A copy that
+    /// comes later is refused the same way and does not run.
+    pub(crate) fn cancel(
+        &mut self,
+        at: SessionRef,
+        call: u64,
+        now: Instant,
+    ) -> Option<(A, Waiters<W>, Called)> {
+        self.end_call(at, call, None, now)
+    }
+
+    /// Ends a running call with `frame` as its kept outcome (`None`: cancelled): its abort
+    /// handle, its waiters and what it called.
+    fn end_call(
+        &mut self,
+        at: SessionRef,
+        call: u64,
+        frame: Option<Bytes>,
+        now: Instant,
+    ) -> Option<(A, Waiters<W>, Called)> {
         let session = session_at(&mut self.places, at)?;
         let Entry::Occupied(mut entry) = session.calls.entry(call) else {
             return None;
@@ -538,18 +643,20 @@ impl<A, W: PartialEq> Sessions<A, W> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let old = std::mem::replace(entry.get_mut(), Slot::Done { frame: None, seq });
+        let called = entry.get().called();
+        let bytes = cost(&frame);
+        let old = std::mem::replace(entry.get_mut(), Slot::Done { frame, seq, called });
         self.order.push_back(Kept {
             at,
             call,
             seq,
             when: now,
         });
-        self.bytes += ENTRY_OVERHEAD;
+        self.bytes += bytes;
         self.live += 1;
         self.tidy(now);
         match old {
-            Slot::Running { abort, .. } => Some(abort),
+            Slot::Running { abort, waiters, .. } => Some((abort, waiters, called)),
             Slot::Done { .. } => None,
         }
     }
@@ -667,8 +774,18 @@ mod tests {
         }
     }
 
+    /// What every test call calls, unless it says otherwise.
+    const CALL: Called = Called {
+        interface: 1,
+        method: 1,
+    };
+
+    fn bytes(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
     fn reply(n: usize) -> Option<Bytes> {
-        Some(Bytes::from(vec![0u8; n]))
+        Some(bytes(n))
     }
 
     fn waiting<W>(w: Waiters<W>) -> Vec<W> {
@@ -682,17 +799,20 @@ mod tests {
         let (hello, at) = s.hello(C, 1);
         assert_eq!(hello, Hello::Accepted(Vec::new()));
         let at = at.unwrap();
-        assert_eq!(s.begin(at, 5, "abort 5", "link 1"), Begin::Run);
-        assert_eq!(s.begin(at, 5, "unused", "link 2"), Begin::Attached);
+        assert_eq!(s.begin(at, 5, CALL, "abort 5", "link 1"), Begin::Run);
+        assert_eq!(s.begin(at, 5, CALL, "unused", "link 2"), Begin::Attached);
         // More copies over links already waiting add no waiter.
-        assert_eq!(s.begin(at, 5, "unused", "link 2"), Begin::Attached);
-        assert_eq!(s.begin(at, 5, "unused", "link 1"), Begin::Attached);
+        assert_eq!(s.begin(at, 5, CALL, "unused", "link 2"), Begin::Attached);
+        assert_eq!(s.begin(at, 5, CALL, "unused", "link 1"), Begin::Attached);
         let out = reply(10);
         assert_eq!(
             waiting(s.finish(at, 5, out.clone(), true, now)),
             vec!["link 1", "link 2"]
         );
-        assert_eq!(s.begin(at, 5, "unused", "link 3"), Begin::Cached(out));
+        assert_eq!(
+            s.begin(at, 5, CALL, "unused", "link 3"),
+            Begin::Cached(out.unwrap())
+        );
         assert_eq!(s.cached_bytes(), 10 + ENTRY_OVERHEAD);
     }
 
@@ -702,21 +822,95 @@ mod tests {
         let mut s = sessions(1 << 20);
         let at = join(&mut s, C, 1);
         let other = join(&mut s, D, 1);
-        assert_eq!(s.begin(at, 1, "abort 1", "w"), Begin::Run);
-        assert_eq!(s.begin(at, 2, "abort 2", "w"), Begin::Run);
-        assert_eq!(s.begin(other, 7, "abort 7", "w"), Begin::Run);
+        assert_eq!(s.begin(at, 1, CALL, "abort 1", "w"), Begin::Run);
+        assert_eq!(s.begin(at, 2, CALL, "abort 2", "w"), Begin::Run);
+        assert_eq!(s.begin(other, 7, CALL, "abort 7", "w"), Begin::Run);
         s.finish(at, 2, reply(3), true, now);
         s.stop_accepting();
         // New calls and new one-way calls are refused; copies are answered as before.
-        assert_eq!(s.begin(at, 3, "a", "w"), Begin::Unavailable);
+        assert_eq!(s.begin(at, 3, CALL, "a", "w"), Begin::Unavailable);
         assert!(!s.one_way(at, 4));
-        assert_eq!(s.begin(at, 1, "unused", "w2"), Begin::Attached);
-        assert_eq!(s.begin(at, 2, "unused", "w"), Begin::Cached(reply(3)));
-        // What still runs, in every session, is aborted once.
-        let mut aborted = s.abort_running(now);
+        assert_eq!(s.begin(at, 1, CALL, "unused", "w2"), Begin::Attached);
+        assert_eq!(s.begin(at, 2, CALL, "unused", "w"), Begin::Cached(bytes(3)));
+        // What still runs, in every session, is aborted once, and whoever waits for it is
+        // told; a copy that comes later gets the same answer and does not run.
+        let aborted_frame = |call: u64, _: Called| Bytes::from(call.to_be_bytes().to_vec());
+        let mut aborted: Vec<_> = s
+            .abort_running(now, aborted_frame)
+            .into_iter()
+            .map(|e| (e.abort, waiting(e.waiters), e.frame))
+            .collect();
         aborted.sort_unstable();
-        assert_eq!(aborted, vec!["abort 1", "abort 7"]);
-        assert!(s.abort_running(now).is_empty());
+        assert_eq!(
+            aborted,
+            vec![
+                ("abort 1", vec!["w", "w2"], aborted_frame(1, CALL)),
+                ("abort 7", vec!["w"], aborted_frame(7, CALL)),
+            ]
+        );
+        assert!(s.abort_running(now, aborted_frame).is_empty());
+        assert_eq!(
+            s.begin(at, 1, CALL, "a", "w3"),
+            Begin::Cached(aborted_frame(1, CALL))
+        );
+    }
+
+    #[test]
+    fn a_copy_must_call_what_the_call_called() {
+        let now = Instant::now();
+        let mut s = sessions(1 << 20);
+        let at = join(&mut s, C, 1);
+        let other = Called {
+            interface: 1,
+            method: 2,
+        };
+        assert_eq!(s.begin(at, 1, CALL, "a", "w"), Begin::Run);
+        assert_eq!(s.begin(at, 1, other, "a", "w"), Begin::Mismatch(CALL));
+        s.finish(at, 1, reply(3), true, now);
+        assert_eq!(s.begin(at, 1, other, "a", "w"), Begin::Mismatch(CALL));
+        assert_eq!(s.begin(at, 1, CALL, "a", "w"), Begin::Cached(bytes(3)));
+    }
+
+    #[test]
+    fn a_session_keeps_its_number_across_links_and_a_new_one_gets_another() {
+        let now = Instant::now();
+        let mut s = sessions(1 << 20);
+        let first = join(&mut s, C, 1);
+        assert_eq!(join(&mut s, C, 1).number(), first.number());
+        s.link_closed(first, now);
+        s.link_closed(first, now);
+        s.expire(first, Duration::ZERO, now);
+        let again = join(&mut s, C, 1);
+        assert_ne!(
+            again.number(),
+            first.number(),
+            "the server forgot the first"
+        );
+    }
+
+    #[test]
+    fn a_release_costs_what_it_releases() {
+        let now = Instant::now();
+        let mut s = sessions(1 << 30);
+        let at = join(&mut s, C, 1);
+        // A call the client gave up on that still runs, then many finished ones.
+        s.begin(at, 1, CALL, "still running", "w");
+        for id in 2..=50_000 {
+            s.begin(at, id, CALL, "a", "w");
+            s.finish(at, id, reply(1), true, now);
+        }
+        // Releasing one at a time, each release touches the front only: 50,000 of them stay
+        // fast (a scan of the session each time would be 2.5 billion steps).
+        for watermark in 3..=50_000 {
+            assert_eq!(s.release(at, watermark).len(), 1);
+        }
+        assert_eq!(s.live, 1);
+        assert_eq!(s.begin(at, 1, CALL, "a", "copy"), Begin::Released);
+        assert_eq!(
+            waiting(s.finish(at, 1, reply(1), true, now)),
+            vec!["w"],
+            "the running call below the watermark still ends as it would have"
+        );
     }
 
     #[test]
@@ -724,9 +918,9 @@ mod tests {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
         let at = join(&mut s, C, 1);
-        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Run);
+        assert_eq!(s.begin(at, 1, CALL, "a", "w"), Begin::Run);
         assert_eq!(waiting(s.finish(at, 1, reply(3), false, now)), vec!["w"]);
-        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Run, "runs again");
+        assert_eq!(s.begin(at, 1, CALL, "a", "w"), Begin::Run, "runs again");
         assert_eq!(s.cached_bytes(), 0);
     }
 
@@ -736,17 +930,17 @@ mod tests {
         let mut s = sessions(1 << 20);
         let at = join(&mut s, C, 1);
         for id in 1..=4 {
-            s.begin(at, id, "a", "w");
+            s.begin(at, id, CALL, "a", "w");
             s.finish(at, id, reply(100), true, now);
         }
         assert_eq!(s.cached_bytes(), 4 * (100 + ENTRY_OVERHEAD));
         s.release(at, 3);
         assert_eq!(s.cached_bytes(), 2 * (100 + ENTRY_OVERHEAD));
-        assert_eq!(s.begin(at, 2, "a", "w"), Begin::Stale);
-        assert_eq!(s.begin(at, 3, "a", "w"), Begin::Cached(reply(100)));
+        assert_eq!(s.begin(at, 2, CALL, "a", "w"), Begin::Released);
+        assert_eq!(s.begin(at, 3, CALL, "a", "w"), Begin::Cached(bytes(100)));
         // A watermark that goes back is ignored.
         s.release(at, 1);
-        assert_eq!(s.begin(at, 2, "a", "w"), Begin::Stale);
+        assert_eq!(s.begin(at, 2, CALL, "a", "w"), Begin::Released);
     }
 
     #[test]
@@ -756,13 +950,16 @@ mod tests {
         let mut s = sessions(10 * per);
         let at = join(&mut s, C, 1);
         for id in 1..=100_000 {
-            assert_eq!(s.begin(at, id, "a", "w"), Begin::Run);
+            assert_eq!(s.begin(at, id, CALL, "a", "w"), Begin::Run);
             s.finish(at, id, reply(1000), true, now);
             assert!(s.cached_bytes() <= 10 * per);
         }
-        assert_eq!(s.begin(at, 50, "a", "w"), Begin::Forgotten);
-        assert_eq!(s.begin(at, 100_000, "a", "w"), Begin::Cached(reply(1000)));
-        assert_eq!(s.begin(at, 100_001, "a", "w"), Begin::Run);
+        assert_eq!(s.begin(at, 50, CALL, "a", "w"), Begin::Forgotten);
+        assert_eq!(
+            s.begin(at, 100_000, CALL, "a", "w"),
+            Begin::Cached(bytes(1000))
+        );
+        assert_eq!(s.begin(at, 100_001, CALL, "a", "w"), Begin::Run);
     }
 
     #[test]
@@ -773,16 +970,16 @@ mod tests {
         let at = join(&mut s, C, 1);
         // Calls 2..=10 finish (most evicted) before call 1, sent first, arrives.
         for id in 2..=10 {
-            s.begin(at, id, "a", "w");
+            s.begin(at, id, CALL, "a", "w");
             s.finish(at, id, reply(100), true, now);
         }
         assert_eq!(
-            s.begin(at, 3, "a", "w"),
+            s.begin(at, 3, CALL, "a", "w"),
             Begin::Forgotten,
             "a copy of an evicted call"
         );
         assert_eq!(
-            s.begin(at, 1, "a", "w"),
+            s.begin(at, 1, CALL, "a", "w"),
             Begin::Run,
             "a late call is no copy"
         );
@@ -797,10 +994,10 @@ mod tests {
         let mut s = sessions(1 << 30);
         let at = join(&mut s, C, 1);
         // One outcome held for good (the watermark cannot pass call 1) and 100,000 released.
-        s.begin(at, 1, "a", "w");
+        s.begin(at, 1, CALL, "a", "w");
         s.finish(at, 1, reply(10), true, now);
         for id in 2..=100_000 {
-            s.begin(at, id, "a", "w");
+            s.begin(at, id, CALL, "a", "w");
             s.finish(at, id, reply(10), true, now);
             if id % 64 == 0 {
                 s.release(at, id - 1);
@@ -820,11 +1017,11 @@ mod tests {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
         let at = join(&mut s, C, 1);
-        s.begin(at, 1, "a", "w");
+        s.begin(at, 1, CALL, "a", "w");
         s.finish(at, 1, reply(1), true, now);
-        s.begin(at, 2, "a", "w");
+        s.begin(at, 2, CALL, "a", "w");
         s.finish(at, 2, reply(1), true, now + Duration::from_secs(61));
-        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Forgotten);
+        assert_eq!(s.begin(at, 1, CALL, "a", "w"), Begin::Forgotten);
         assert_eq!(s.cached_bytes(), 1 + ENTRY_OVERHEAD);
     }
 
@@ -833,8 +1030,8 @@ mod tests {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
         let old = join(&mut s, C, 1);
-        s.begin(old, 1, "abort old 1", "w");
-        s.begin(old, 2, "abort old 2", "w");
+        s.begin(old, 1, CALL, "abort old 1", "w");
+        s.begin(old, 2, CALL, "abort old 2", "w");
         s.finish(old, 2, reply(5), true, now);
         let (Hello::Reincarnated(aborts), Some(new)) = s.hello(C, 2) else {
             panic!("a newer epoch must replace the session");
@@ -843,8 +1040,8 @@ mod tests {
         assert_eq!(s.cached_bytes(), 0, "the old epoch's cache is dropped");
         assert_eq!(s.hello(C, 1), (Hello::Stale, None));
         // The old epoch's links find no session; the new epoch starts afresh.
-        assert_eq!(s.begin(old, 3, "a", "w"), Begin::Superseded);
-        assert_eq!(s.begin(new, 2, "a", "w"), Begin::Run);
+        assert_eq!(s.begin(old, 3, CALL, "a", "w"), Begin::Superseded);
+        assert_eq!(s.begin(new, 2, CALL, "a", "w"), Begin::Run);
         assert_eq!(
             waiting(s.finish(old, 1, reply(1), true, now)),
             Vec::<&str>::new()
@@ -863,7 +1060,7 @@ mod tests {
             at,
             "a second link joins the same session"
         );
-        s.begin(at, 1, "abort 1", "w");
+        s.begin(at, 1, CALL, "abort 1", "w");
         assert!(!s.link_closed(at, now));
         assert!(s.link_closed(at, now));
         assert!(s.expire(at, linger, now).is_empty(), "too early");
@@ -878,7 +1075,7 @@ mod tests {
         // The place is used again by the next session; the old handle finds nothing there.
         let next = join(&mut s, (8, 0), 1);
         assert_ne!(next, at);
-        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Superseded);
+        assert_eq!(s.begin(at, 1, CALL, "a", "w"), Begin::Superseded);
     }
 
     #[test]
@@ -889,7 +1086,7 @@ mod tests {
         for client in 1..=3u128 {
             let here = join(&mut s, (client, 0), 1);
             let abort = ["", "abort 1", "abort 2", "abort 3"][client as usize];
-            s.begin(here, 1, abort, "w");
+            s.begin(here, 1, CALL, abort, "w");
             at.push(here);
         }
         s.link_closed(at[1], now);
@@ -900,7 +1097,7 @@ mod tests {
         assert_eq!(s.hello((6, 0), 1).0, Hello::Accepted(Vec::new()));
         // The same client id from another authenticated peer is another session.
         let other = join(&mut s, (6, 99), 1);
-        assert_eq!(s.begin(other, 1, "a", "w"), Begin::Run);
+        assert_eq!(s.begin(other, 1, CALL, "a", "w"), Begin::Run);
         assert_eq!(s.len(), 5);
     }
 
@@ -928,14 +1125,20 @@ mod tests {
         let now = Instant::now();
         let mut s = sessions(1 << 20);
         let at = join(&mut s, C, 1);
-        s.begin(at, 1, "abort 1", "w");
-        assert_eq!(s.cancel(at, 1, now), Some("abort 1"));
-        assert_eq!(s.begin(at, 1, "a", "w"), Begin::Cached(None));
+        s.begin(at, 1, CALL, "abort 1", "w");
+        s.begin(at, 1, CALL, "unused", "copy");
+        let (abort, waiters, called) = s.cancel(at, 1, now).expect("it runs");
+        assert_eq!(
+            (abort, waiting(waiters), called),
+            ("abort 1", vec!["w", "copy"], CALL)
+        );
+        assert!(s.cancel(at, 1, now).is_none(), "cancelled once");
+        assert_eq!(s.begin(at, 1, CALL, "a", "w"), Begin::Cancelled);
         assert!(
             waiting(s.finish(at, 1, reply(1), true, now)).is_empty(),
             "the aborted handler's end"
         );
-        s.begin(at, 2, "abort 2", "w");
+        s.begin(at, 2, CALL, "abort 2", "w");
         // Goodbye: the link leaves and the session ends without lingering.
         assert!(s.link_closed(at, now));
         assert_eq!(s.expire(at, Duration::ZERO, now), vec!["abort 2"]);

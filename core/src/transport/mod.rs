@@ -135,6 +135,20 @@ pub trait LinkTx: Send + Sync + fmt::Debug + 'static {
     /// Closes the sending direction: the peer's `recv` ends after what was sent.
     fn close(&self);
 
+    /// Ends the link with a goodbye ([`wire::goodbye`](crate::wire::goodbye), a Release of
+    /// every call id): the peer's engine must get `goodbye` before it sees the link end. The
+    /// default sends it as any frame, then closes, which suits transports that deliver what
+    /// was sent before a close. A transport whose close may discard frames still in flight
+    /// carries the goodbye in the close itself (QUIC: application close code 1, which the
+    /// receiving side turns back into the goodbye frame, PROTOCOL.md §7.5).
+    fn goodbye(&self, goodbye: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let sent = self.send_shared(goodbye).await;
+            self.close();
+            sent
+        })
+    }
+
     /// Sends a whole frame that the engine keeps too (a call it may send again, an outcome it
     /// caches), like [`LinkTx::send`]. The default copies it into a [`LinkTx::buffer`];
     /// transports whose frames live on the heap send the bytes themselves, without a copy.
