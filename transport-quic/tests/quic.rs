@@ -489,7 +489,12 @@ async fn child_server_process() {
     let tls = ServerTls::from_pem_files(cert, key).unwrap();
     let port: u16 = std::env::var("CHILD_PORT").map_or(0, |p| p.parse().unwrap());
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = QuicListener::bind(addr, tls, QuicOptions::default()).unwrap();
+    // A long idle timeout where a test asks for one: a restart must then show by a reset.
+    let options = match std::env::var("CHILD_IDLE_SECS") {
+        Ok(secs) => QuicOptions::default().idle_timeout(Duration::from_secs(secs.parse().unwrap())),
+        Err(_) => QuicOptions::default(),
+    };
+    let listener = QuicListener::bind(addr, tls, options).unwrap();
     println!("PORT {}", listener.local_addr().unwrap().port());
     let (impl_, mut probes) = lab();
     if std::env::var_os("CHILD_OPEN_GATE").is_some() {
@@ -533,6 +538,7 @@ impl ChildServer {
             .env("CHILD_CERT", &cert_path)
             .env("CHILD_KEY", &key_path)
             .env("CHILD_PORT", port.to_string())
+            .env("CHILD_IDLE_SECS", "600")
             .env(
                 if open_gate {
                     "CHILD_OPEN_GATE"
@@ -584,7 +590,9 @@ impl Drop for ChildServer {
 }
 
 /// A server process restarted on the same address: the client learns of it at once (the new
-/// server, with the same identity, resets its predecessor's connection) and reconnects. The
+/// server, with the same identity, recognizes its predecessor's connection ids and resets the
+/// connection at the client's next keep-alive) and reconnects. Both sides' idle timeout is ten
+/// minutes, far past the test's bound: without the reset the test would time out. The
 /// idempotent call in flight is sent again and succeeds on the new server; the at-most-once
 /// call in flight fails with `OutcomeUnknown` (the old server may have run it); a call made
 /// afterwards succeeds.
@@ -594,7 +602,7 @@ async fn a_server_restart_resends_idempotent_calls_and_fails_the_others_as_unkno
         let cert = DevCert::localhost().unwrap();
         let mut first = ChildServer::start(&cert, "restart-1", 0, false).await;
         let options = QuicOptions::default()
-            .idle_timeout(Duration::from_secs(120))
+            .idle_timeout(Duration::from_secs(600))
             .keep_alive(Some(Duration::from_millis(200)));
         let connector = QuicConnector::new(
             SocketAddr::from(([127, 0, 0, 1], first.port)),
