@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
-use courier::testing::unique_name;
 use courier::transport::{mem, Connector, Link};
 use courier::wire::{
     ErrorCode, ErrorPayload, FrameKind, Header, Hello, Welcome, WelcomeStatus, HEADER_LEN,
@@ -107,7 +106,12 @@ impl Desk for Clerk {
 }
 
 fn serve(limits: Limits) -> (String, Arc<Books>, Server<Cbor>) {
-    let name = unique_name("edges");
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "edges-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     let listener = mem::Listener::bind(name.clone()).unwrap();
     let books = Arc::new(Books::default());
     let server = Server::builder(Cbor::default())

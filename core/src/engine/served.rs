@@ -110,7 +110,7 @@ impl Served {
     /// that a client that reconnects knows whether its at-most-once calls in flight may be
     /// sent again.
     pub(crate) fn welcome_id(&self, instance: u128) -> u128 {
-        instance ^ u128::from(self.at.number())
+        crate::session::replies::welcome_id(instance, self.at)
     }
 
     /// Takes this link off the client's links, once; true if the client has none left.

@@ -16,3 +16,6 @@
 
 pub(crate) mod calls;
 pub(crate) mod replies;
+
+#[cfg(test)]
+mod model;

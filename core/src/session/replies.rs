@@ -232,6 +232,13 @@ impl SessionRef {
     }
 }
 
+/// The session id a Welcome names for a link of the session at `at` on the server whose
+/// instance id is `instance`: the same on every link of one session, another value for each
+/// new session and each server start (PROTOCOL.md §2).
+pub(crate) fn welcome_id(instance: u128, at: SessionRef) -> u128 {
+    instance ^ u128::from(at.number())
+}
+
 #[derive(Debug)]
 struct Place<A, W> {
     generation: u64,
@@ -740,6 +747,12 @@ impl<A, W: PartialEq> Sessions<A, W> {
             }
         }
         aborts
+    }
+
+    /// Whether the session at `at` is still there with no link open.
+    #[cfg(test)]
+    pub(crate) fn is_detached(&mut self, at: SessionRef) -> bool {
+        self.get(at).is_some_and(|s| s.links == 0)
     }
 
     /// How many sessions there are.
