@@ -307,7 +307,10 @@ impl Limits {
 
     /// How long a server keeps a client's session (its running calls and cached outcomes) after
     /// the client's last link closed without a goodbye, waiting for it to reconnect. Default:
-    /// 30 s. After it, the client's handlers are dropped. A client that closes cleanly ends its
+    /// 30 s. After it, the client's handlers are dropped, and a client that comes back is
+    /// told (its Welcome names a new session): its at-most-once calls in flight fail with
+    /// [`RpcError::OutcomeUnknown`](crate::RpcError::OutcomeUnknown) rather than run again. A
+    /// client that closes cleanly (the last one of its identity in its process) ends its
     /// session at once. Server only.
     pub fn session_linger(mut self, linger: Duration) -> Self {
         self.session_linger = linger;
