@@ -288,6 +288,9 @@ pub(crate) struct Sessions<A, W> {
     tombstones: usize,
     /// Whether new calls may start: false once the server is shutting down.
     accepting: bool,
+    /// Entries the releases looked at, so that a test can hold them to what they released.
+    #[cfg(test)]
+    release_steps: usize,
 }
 
 /// Bytes of the cache's bound that one remembered evicted id stands for: the ids kept are
@@ -308,6 +311,8 @@ impl<A, W: PartialEq> Sessions<A, W> {
             bytes: 0,
             tombstones: 0,
             accepting: true,
+            #[cfg(test)]
+            release_steps: 0,
         }
     }
 
@@ -491,6 +496,10 @@ impl<A, W: PartialEq> Sessions<A, W> {
         let above = session.calls.split_off(&watermark);
         let below = std::mem::replace(&mut session.calls, above);
         let mut frames = Vec::new();
+        #[cfg(test)]
+        {
+            self.release_steps += below.len();
+        }
         for (id, slot) in below {
             match slot {
                 Slot::Done { frame, .. } => {
@@ -917,6 +926,9 @@ mod tests {
         for watermark in 3..=50_000 {
             assert_eq!(s.release(at, watermark).len(), 1);
         }
+        // Each release looked at the call it released and at the one still running below
+        // the watermark, never at the rest of the session.
+        assert!(s.release_steps <= 2 * 50_000, "{} steps", s.release_steps);
         assert_eq!(s.live, 1);
         assert_eq!(s.begin(at, 1, CALL, "a", "copy"), Begin::Released);
         assert_eq!(
