@@ -112,9 +112,7 @@ impl Context {
             None => Client::over_link(Arc::clone(&self.shared), codec),
         })
     }
-}
 
-impl Context {
     /// The connection's budget of pending callback deliveries, and how long one may take.
     pub(crate) fn callback_limits(&self) -> (Arc<crate::budget::Budget>, std::time::Duration) {
         (

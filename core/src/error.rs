@@ -349,7 +349,8 @@ pub enum HandshakeError {
     /// it, so that no hello can lock a client id out for good. Check the client's clock, or
     /// the epoch in its identity file.
     #[error(
-        "the server refused the client's epoch: it is more than a day ahead of the server's clock"
+        "the server refused the client's epoch: it is more than a day ahead of the server's \
+         clock (check the client's clock, or the epoch in its identity file)"
     )]
     EpochOutOfRange,
 }

@@ -364,17 +364,12 @@ impl<K: CodecSet> Server<K> {
 
 /// The answer to a call whose handler a shutdown's grace cut short.
 fn aborted_frame(call: u64, called: crate::session::replies::Called) -> bytes::Bytes {
-    let header = crate::wire::Header::new(
-        crate::wire::FrameKind::Error,
+    crate::engine::served::refusal_frame(
         call,
-        crate::ids::InterfaceId::new(called.interface),
-        crate::ids::MethodId::new(called.method),
-    );
-    let payload = crate::wire::ErrorPayload::new(
+        called,
         crate::wire::ErrorCode::Aborted,
         "the server shut down before the handler finished: it may have partly run",
-    );
-    crate::engine::error_frame(&header, payload)
+    )
 }
 
 /// Who counts as one peer for [`Limits::max_connections_per_peer`]: the network address

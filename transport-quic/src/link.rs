@@ -887,18 +887,19 @@ impl LinkRx for Rx {
             tokio::select! {
                 biased;
                 frame = self.frames.recv() => Ok(frame),
-                reason = self.conn.closed() => match reason {
-                    quinn::ConnectionError::ApplicationClosed(close)
-                        if close.error_code == GOODBYE && !self.said_goodbye =>
-                    {
+                reason = self.conn.closed() => {
+                    let (why, goodbye) = close_reason(&reason);
+                    if goodbye && !self.said_goodbye {
                         // Once: the goodbye, then the end.
                         self.said_goodbye = true;
-                        Ok(Some(courier::wire::goodbye()))
+                        return Ok(Some(courier::wire::goodbye()));
                     }
-                    quinn::ConnectionError::LocallyClosed
-                    | quinn::ConnectionError::ApplicationClosed(_) => Ok(None),
-                    other => Err(TransportError::Other(format!("QUIC connection lost: {other}"))),
-                },
+                    match reason {
+                        quinn::ConnectionError::LocallyClosed
+                        | quinn::ConnectionError::ApplicationClosed(_) => Ok(None),
+                        _ => Err(TransportError::Other(why)),
+                    }
+                }
             }
         })
     }

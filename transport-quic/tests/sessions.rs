@@ -180,6 +180,31 @@ async fn patient(setup: &Setup, connector: &QuicConnector, identity: Identity) -
     edge
 }
 
+/// Waits until the server has `n` connections open (it learns of a cut path at its idle
+/// timeout, a second here).
+async fn until_connections(server: &Server<Cbor>, n: usize) {
+    while server.connections() != n {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Heals the path and lets handlers finish: `call`, whose session the server forgot while
+/// the path was cut, must fail as "outcome unknown" having run once.
+async fn heal_and_expect_unknown(
+    relay: &Relay,
+    books: &Books,
+    call: tokio::task::JoinHandle<Result<u64, RpcError>>,
+) {
+    relay.restore();
+    books.gate.add_permits(1000);
+    let outcome = call.await.unwrap();
+    assert!(
+        matches!(outcome, Err(RpcError::OutcomeUnknown(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(books.runs(1), 1, "the method ran once");
+}
+
 /// A call in flight on a link that stays down past the server's linger: the server forgets
 /// the session (dropping the handler); the client comes back, learns from the Welcome that its
 /// session is gone, and fails the call as "outcome unknown" instead of sending it again.
@@ -201,14 +226,7 @@ async fn a_call_outliving_its_session_fails_as_unknown_and_does_not_run_twice() 
                 b.dropped.load(Ordering::SeqCst) == 1
             })
             .await;
-        relay.restore();
-        books.gate.add_permits(1000);
-        let outcome = call.await.unwrap();
-        assert!(
-            matches!(outcome, Err(RpcError::OutcomeUnknown(_))),
-            "{outcome:?}"
-        );
-        assert_eq!(books.runs(1), 1, "the method ran once");
+        heal_and_expect_unknown(&relay, books, call).await;
         assert_eq!(edge.echo(2).await, Ok(2), "the client goes on");
     })
     .await
@@ -253,13 +271,7 @@ async fn an_evicted_session_fails_its_call_as_unknown_and_does_not_run_it_twice(
         let books = &setup.books;
         books.until("the call runs", |b| b.runs(1) == 1).await;
         relay.cut();
-        let server = setup.server.clone();
-        let lost = async move {
-            while server.connections() > 0 {
-                tokio::task::yield_now().await;
-            }
-        };
-        lost.await;
+        until_connections(&setup.server, 0).await;
         // The victim plus one hung-up session fill the bound; the next hello evicts the victim.
         hello_and_hang_up(&setup).await;
         hello_and_hang_up(&setup).await;
@@ -268,14 +280,7 @@ async fn an_evicted_session_fails_its_call_as_unknown_and_does_not_run_it_twice(
                 b.dropped.load(Ordering::SeqCst) == 1
             })
             .await;
-        relay.restore();
-        books.gate.add_permits(1000);
-        let outcome = call.await.unwrap();
-        assert!(
-            matches!(outcome, Err(RpcError::OutcomeUnknown(_))),
-            "{outcome:?}"
-        );
-        assert_eq!(books.runs(1), 1, "the method ran once");
+        heal_and_expect_unknown(&relay, books, call).await;
     })
     .await
 }
@@ -298,17 +303,9 @@ async fn a_siblings_goodbye_does_not_end_a_shared_session() {
         let books = &setup.books;
         books.until("B's call runs", |b| b.runs(1) == 1).await;
         relay.cut();
-        let connections = |n: usize| {
-            let server = setup.server.clone();
-            async move {
-                while server.connections() != n {
-                    tokio::task::yield_now().await;
-                }
-            }
-        };
-        connections(1).await;
+        until_connections(&setup.server, 1).await;
         drop(a);
-        connections(0).await;
+        until_connections(&setup.server, 0).await;
         relay.restore();
         books.gate.add_permits(1000);
         assert_eq!(call.await.unwrap(), Ok(1), "the session was still there");

@@ -632,12 +632,12 @@ impl ClientSession {
         // Said only by the last client of this identity on the server's session: a sibling's
         // goodbye would end the session under a client whose link is down, and its calls in
         // flight with it.
-        if self.lineage.says_goodbye(self) {
-            if let Some(link) = link {
+        if let Some(link) = link {
+            if self.lineage.says_goodbye(self) {
                 link.goodbye();
+            } else {
+                link.shutdown();
             }
-        } else if let Some(link) = link {
-            link.shutdown();
         }
     }
 }

@@ -440,73 +440,62 @@ impl Shared {
             }
             place.counted = true;
         } else {
+            let call = header.call_id;
             let refusal = match session.begin(&header, abort, self) {
-                Begin::Run => None,
+                Begin::Run => {
+                    place.counted = true;
+                    None
+                }
                 Begin::Attached => return None,
                 Begin::Cached(outcome) => {
                     self.send_aside(outcome);
                     return None;
                 }
-                Begin::Unavailable => Some(RpcError::Unavailable(
-                    "the server is shutting down; the call did not run".to_owned(),
+                Begin::Unavailable => Some(
+                    RpcError::Unavailable(
+                        "the server is shutting down; the call did not run".to_owned(),
+                    )
+                    .to_payload(),
+                ),
+                Begin::Forgotten => Some(
+                    RpcError::ReplyEvicted(format!(
+                        "call {call} is no longer in the server's reply cache"
+                    ))
+                    .to_payload(),
+                ),
+                Begin::Mismatch(called) => Some(
+                    RpcError::Protocol(format!(
+                        "call id {call} was used for interface {:#010x} method {:#010x}: a \
+                         copy must call the same method",
+                        called.interface, called.method
+                    ))
+                    .to_payload(),
+                ),
+                Begin::Released => Some(ErrorPayload::new(
+                    ErrorCode::Released,
+                    format!(
+                        "call {call} is below the client's watermark (a release said the \
+                         client holds its outcome); it does not run again"
+                    ),
                 )),
-                Begin::Forgotten => Some(RpcError::ReplyEvicted(format!(
-                    "call {} is no longer in the server's reply cache",
-                    header.call_id
-                ))),
-                Begin::Mismatch(called) => Some(RpcError::Protocol(format!(
-                    "call id {} was used for interface {:#010x} method {:#010x}: a copy must \
-                     call the same method",
-                    header.call_id, called.interface, called.method
-                ))),
-                Begin::Released => {
-                    let message = format!(
-                        "call {} is below the client's watermark (a release said the client \
-                         holds its outcome); it does not run again",
-                        header.call_id
-                    );
-                    self.notify_peer(
-                        header.call_id,
-                        header.interface,
-                        header.method,
-                        ErrorPayload::new(ErrorCode::Released, message),
-                    );
-                    return None;
-                }
-                Begin::Cancelled => {
-                    let message = format!(
-                        "call {} was cancelled before it finished; it does not run again",
-                        header.call_id
-                    );
-                    self.notify_peer(
-                        header.call_id,
-                        header.interface,
-                        header.method,
-                        ErrorPayload::new(ErrorCode::Cancelled, message),
-                    );
-                    return None;
-                }
+                Begin::Cancelled => Some(ErrorPayload::new(
+                    ErrorCode::Cancelled,
+                    format!("call {call} was cancelled before it finished; it does not run again"),
+                )),
                 Begin::Superseded => {
-                    let message = "a newer epoch of this client took over; this connection \
-                                   closes and the call did not run";
-                    let about = Header::new(
-                        FrameKind::Error,
-                        header.call_id,
-                        header.interface,
-                        header.method,
+                    let payload = ErrorPayload::new(
+                        ErrorCode::Superseded,
+                        "a newer epoch of this client took over; this connection closes and \
+                         the call did not run",
                     );
-                    let frame =
-                        self.error_frame(&about, ErrorPayload::new(ErrorCode::Superseded, message));
+                    let frame = self.error_frame(&header, payload);
                     self.send_then_close(frame, "a newer epoch of this client took over");
                     return None;
                 }
             };
-            match refusal {
-                None => place.counted = true,
-                Some(e) => {
-                    self.refuse(&header, e);
-                    return None;
-                }
+            if let Some(payload) = refusal {
+                self.notify_peer(call, header.interface, header.method, payload);
+                return None;
             }
         }
         let run = traced(

@@ -184,19 +184,10 @@ impl Served {
             return;
         };
         abort.abort();
-        let header = Header::new(
-            FrameKind::Error,
-            call,
-            crate::ids::InterfaceId::new(called.interface),
-            crate::ids::MethodId::new(called.method),
-        );
-        let payload = ErrorPayload::new(
-            ErrorCode::Cancelled,
-            format!("call {call} was cancelled by its client; it does not run again"),
-        );
-        let frame = link.error_frame(&header, payload);
-        for other in waiters.into_iter().filter_map(|w| w.0.upgrade()) {
-            if !Arc::ptr_eq(&other, link) && !other.is_closed() {
+        let message = format!("call {call} was cancelled by its client; it does not run again");
+        let frame = refusal_frame(call, called, ErrorCode::Cancelled, message);
+        for other in waiters.into_iter().filter_map(|w| w.open()) {
+            if !Arc::ptr_eq(&other, link) {
                 other.send_aside(frame.clone());
             }
         }
@@ -247,6 +238,23 @@ impl Served {
             }
         });
     }
+}
+
+/// An Error frame with `code` for call `call` of a session, which `called` names: how the
+/// server answers the waiters of a call it ended (cancelled, or aborted by a shutdown).
+pub(crate) fn refusal_frame(
+    call: u64,
+    called: Called,
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> bytes::Bytes {
+    let header = Header::new(
+        FrameKind::Error,
+        call,
+        crate::ids::InterfaceId::new(called.interface),
+        crate::ids::MethodId::new(called.method),
+    );
+    super::error_frame(&header, ErrorPayload::new(code, message))
 }
 
 /// How far ahead of this server's clock an epoch may be: a day. Courier's clients take the

@@ -10,8 +10,9 @@
 //! Epochs: a hello with a newer epoch for a known client id ends the old session (its handlers
 //! are aborted, its cache dropped); a hello with an older epoch is refused.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -184,9 +185,13 @@ struct Session<A, W> {
     /// Beyond the bound on those ids, the highest one dropped: a call at or below it that is
     /// not known is refused, since it may be a copy of one.
     forgotten: Option<u64>,
-    /// In call-id order, so that a release trims from the front in time proportional to what
-    /// it releases.
-    calls: BTreeMap<u64, Slot<A, W>>,
+    calls: HashMap<u64, Slot<A, W>>,
+    /// The ids of `calls`, lowest first, so that a release finds what it releases in time
+    /// proportional to that, not to what the session holds. Ids whose entry went another way
+    /// (an idempotent call's, an evicted outcome's) stay until a release or a compaction
+    /// passes them; a heap on a vector keeps its room, so the per-call path allocates nothing
+    /// (an ordered map would allocate and free its nodes as calls come and go).
+    ids: BinaryHeap<Reverse<u64>>,
     /// Links of this client open now.
     links: usize,
     /// Since when no link is open.
@@ -203,7 +208,8 @@ impl<A, W> Session<A, W> {
             floor: 0,
             evicted: BTreeSet::new(),
             forgotten: None,
-            calls: BTreeMap::new(),
+            calls: HashMap::new(),
+            ids: BinaryHeap::new(),
             links: 0,
             detached: None,
             one_way: HashSet::new(),
@@ -491,28 +497,33 @@ impl<A, W: PartialEq> Sessions<A, W> {
         let kept = session.evicted.split_off(&watermark);
         self.tombstones -= session.evicted.len();
         session.evicted = kept;
-        // The ids below the watermark come off the front of the ordered map: the work is in
-        // proportion to what is released, not to what the session holds.
-        let above = session.calls.split_off(&watermark);
-        let below = std::mem::replace(&mut session.calls, above);
+        // The ids below the watermark come off the top of the heap: the work is in proportion
+        // to what is released, not to what the session holds.
         let mut frames = Vec::new();
-        #[cfg(test)]
-        {
-            self.release_steps += below.len();
-        }
-        for (id, slot) in below {
-            match slot {
-                Slot::Done { frame, .. } => {
-                    self.bytes -= cost(&frame);
-                    self.live -= 1;
-                    frames.extend(frame);
+        let mut still_running = Vec::new();
+        while let Some(&Reverse(id)) = session.ids.peek() {
+            if id >= watermark {
+                break;
+            }
+            session.ids.pop();
+            #[cfg(test)]
+            {
+                self.release_steps += 1;
+            }
+            match session.calls.entry(id) {
+                Entry::Occupied(e) if matches!(e.get(), Slot::Done { .. }) => {
+                    if let Slot::Done { frame, .. } = e.remove() {
+                        self.bytes -= cost(&frame);
+                        self.live -= 1;
+                        frames.extend(frame);
+                    }
                 }
                 // A call the client gave up on that still runs ends as it would have.
-                running @ Slot::Running { .. } => {
-                    session.calls.insert(id, running);
-                }
+                Entry::Occupied(_) => still_running.push(Reverse(id)),
+                Entry::Vacant(_) => {}
             }
         }
+        session.ids.extend(still_running);
         self.compact();
         frames
     }
@@ -580,6 +591,13 @@ impl<A, W: PartialEq> Sessions<A, W> {
                     waiters: Waiters::one(waiter),
                     called,
                 });
+                session.ids.push(Reverse(call));
+                // Ids whose entries went another way are dropped once they outnumber the
+                // entries, so the heap stays within twice the session's calls (plus 1,024).
+                if session.ids.len() > 2 * session.calls.len() + 1024 {
+                    let calls = &session.calls;
+                    session.ids.retain(|Reverse(id)| calls.contains_key(id));
+                }
                 Begin::Run
             }
         }
@@ -921,7 +939,7 @@ mod tests {
             s.begin(at, id, CALL, "a", "w");
             s.finish(at, id, reply(1), true, now);
         }
-        // Releasing one at a time, each release touches the front only: 50,000 of them stay
+        // Releasing one at a time, each release takes only the lowest ids: 50,000 of them stay
         // fast (a scan of the session each time would be 2.5 billion steps).
         for watermark in 3..=50_000 {
             assert_eq!(s.release(at, watermark).len(), 1);
@@ -936,6 +954,21 @@ mod tests {
             vec!["w"],
             "the running call below the watermark still ends as it would have"
         );
+    }
+
+    #[test]
+    fn ids_of_calls_that_went_another_way_do_not_pile_up() {
+        let now = Instant::now();
+        let mut s = sessions(1 << 20);
+        let at = join(&mut s, C, 1);
+        // Idempotent calls leave no entry, and this client never releases.
+        for id in 1..=100_000 {
+            assert_eq!(s.begin(at, id, CALL, "a", "w"), Begin::Run);
+            s.finish(at, id, reply(1), false, now);
+            let session = s.get(at).expect("the session");
+            // Within the bound that the next call's arrival enforces.
+            assert!(session.ids.len() <= 2 * (session.calls.len() + 1) + 1024);
+        }
     }
 
     #[test]
