@@ -169,7 +169,7 @@ impl ClientSession {
         let lineage = Lineage::of(config.identity);
         let peer = link.peer.clone();
         let session = Arc::new_cyclic(|me| ClientSession {
-            in_flight: crate::budget::Budget::new(config.limits.max_in_flight),
+            in_flight: crate::budget::Budget::places(config.limits.max_in_flight),
             config,
             lineage: Arc::clone(&lineage),
             runtime: Handle::current(),

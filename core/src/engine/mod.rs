@@ -283,7 +283,7 @@ impl Shared {
             slot_freed: Notify::new(),
             call_bytes: Budget::new(limits.call_bytes_budget()),
             server_call_bytes,
-            in_flight: Budget::new(limits.max_in_flight),
+            in_flight: Budget::places(limits.max_in_flight),
             callback_deliveries: Budget::new(limits.max_callback_deliveries),
             notices: Arc::new(Semaphore::new(limits.max_handlers)),
             closed: AtomicBool::new(false),
