@@ -31,11 +31,13 @@ compile_error!("courier-shm needs Linux: memfd_create, eventfd and SO_PEERCRED")
 mod address;
 mod link;
 mod reader;
+mod report;
 pub mod ring;
 mod sys;
 
 pub use address::ShmTransport;
 pub use link::{ShmConnector, ShmListener, ShmOptions, Wait};
+pub use report::report;
 
 /// Test support: a client that breaks the rules on purpose. Not a public API.
 #[doc(hidden)]

@@ -49,8 +49,8 @@ use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 
-use crate::reader::{Drained, Held, Look, Reading, Stall, LOOK_ROUND};
-use crate::ring::{Consumer, Producer, Reservation, HEADER};
+use crate::reader::{Drained, Held, Look, Phase, Reading, Stall, LOOK_ROUND};
+use crate::ring::{Consumer, Gauge, Producer, Reservation, HEADER};
 use crate::sys::{self, Mapping};
 
 /// Frames queued between the receiving task and the connection before it starts.
@@ -194,6 +194,10 @@ pub(crate) struct End {
     /// Set when this side closes the link: the receiving task stops at its next look, even
     /// one that never waits on the socket (a polling one).
     pub(crate) closing: AtomicBool,
+    /// Read-only views of the sending and the receiving ring, for [`crate::report`].
+    gauges: [Gauge; 2],
+    /// Which end this is: "client" or "server".
+    role: &'static str,
 }
 
 impl std::fmt::Debug for End {
@@ -205,6 +209,21 @@ impl std::fmt::Debug for End {
 }
 
 impl End {
+    /// One line on this end's rings and senders: for [`crate::report`].
+    pub(crate) fn describe(&self) -> String {
+        let [sending, receiving] = &self.gauges;
+        format!(
+            "{} end: sending ring [{}], receiving ring [{}]; producer {}; a sender waits for room {}; closed {}, closing {}",
+            self.role,
+            sending.read(),
+            receiving.read(),
+            if self.producer.try_lock().is_ok() { "free" } else { "held by a sender" },
+            self.wants_room.load(Ordering::SeqCst),
+            self.closed.load(Ordering::Acquire),
+            self.closing.load(Ordering::Acquire),
+        )
+    }
+
     /// Wakes the peer's receiver if it said it sleeps.
     fn wake_peer(&self, producer: &Producer) {
         if producer.consumer_sleeping() {
@@ -697,7 +716,9 @@ async fn read_once(reading: &Reading, inbox: &mut Inbox) -> Result<bool, Stop> {
     };
     if let Some(frame) = held {
         // Nobody reads past it meanwhile (`Held::Delivering`).
+        reading.set_phase(Phase::Delivering);
         let delivered = inbox.deliver(frame).await;
+        reading.set_phase(Phase::Reading);
         reading.lock().held = Held::Nothing;
         delivered.map_err(|()| "the connection closed")?;
         return Ok(true);
@@ -795,7 +816,10 @@ async fn receive(reading: Arc<Reading>, bell: AsyncFd<OwnedFd>, mut inbox: Inbox
             if wait == Wait::Poll && looks % 16 == 0 && peer_gone_now(&end.socket) {
                 break 'outer "the peer closed the connection";
             }
-            if look_a_while(&reading, &inbox) {
+            reading.set_phase(Phase::Spinning);
+            let came = look_a_while(&reading, &inbox);
+            reading.set_phase(Phase::Reading);
+            if came {
                 // Frames came: the spell of looking starts over.
                 idle_since = None;
             }
@@ -819,6 +843,7 @@ async fn receive(reading: Arc<Reading>, bell: AsyncFd<OwnedFd>, mut inbox: Inbox
             Err(reason) => break reason,
         }
         let waiting_for_start = inbox.sink.is_none();
+        reading.set_phase(Phase::Sleeping);
         tokio::select! {
             ready = bell.readable() => {
                 if let Ok(mut guard) = ready {
@@ -846,8 +871,10 @@ async fn receive(reading: Arc<Reading>, bell: AsyncFd<OwnedFd>, mut inbox: Inbox
                 }
             }
         }
+        reading.set_phase(Phase::Reading);
         reading.lock().consumer.set_sleeping(false);
     };
+    reading.set_phase(Phase::Stopped);
     tracing::debug!(reason, "shared-memory receiver stopped");
     end.mark_closed();
     inbox.end(&reading, reason).await;
@@ -921,6 +948,19 @@ fn make_end(
     };
     let producer = producer.map_err(|e| TransportError::Other(e.to_string()))?;
     let consumer = consumer.map_err(|e| TransportError::Other(e.to_string()))?;
+    // SAFETY: as above; gauges only read the control words, and live in `End` beside the
+    // `Arc<Mapping>` that keeps them mapped.
+    let gauges = unsafe {
+        [
+            Gauge::new(ring(produce), capacity),
+            Gauge::new(ring(1 - produce), capacity),
+        ]
+    };
+    let [sending, receiving] = gauges;
+    let gauges = [
+        sending.map_err(|e| TransportError::Other(e.to_string()))?,
+        receiving.map_err(|e| TransportError::Other(e.to_string()))?,
+    ];
     // SAFETY: `my_bell` is an open eventfd that the AsyncFd owns from here on, so it stays open
     // and refers to the same file until the AsyncFd is dropped; OwnedFd::as_raw_fd always
     // returns that same descriptor.
@@ -935,6 +975,8 @@ fn make_end(
         room: Notify::new(),
         closed: AtomicBool::new(false),
         closing: AtomicBool::new(false),
+        gauges,
+        role: if produce == 0 { "client" } else { "server" },
     });
     let (tx, frames) = mpsc::channel(QUEUE_DEPTH);
     let shared = Arc::new(InboxShared::default());
@@ -948,6 +990,7 @@ fn make_end(
         Stall::new(options.frame_timeout),
         Arc::clone(&end),
     );
+    crate::report::register(&reading);
     tokio::spawn(receive(Arc::clone(&reading), bell, inbox, options.wait));
     Ok(Link {
         tx: Box::new(Tx {
@@ -1191,6 +1234,35 @@ mod tests {
             .unwrap()
         };
         (end(a, 0, &bell_a, &bell_b), end(b, 1, &bell_b, &bell_a))
+    }
+
+    #[tokio::test]
+    async fn the_report_shows_each_live_link_with_its_rings_and_readers() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let (a, mut b) = ends(64 * 1024);
+            let frame = vec![7u8; 40];
+            a.tx.send_shared(Bytes::from(frame.clone())).await.unwrap();
+            assert_eq!(b.rx.recv().await.unwrap().unwrap(), frame);
+            let report = crate::report();
+            // Other tests' links may be in the report too; ours have read one 48-byte record.
+            assert!(
+                report.contains("client end: sending ring [head 48 tail 48 (0 unread)"),
+                "{report}"
+            );
+            assert!(
+                report.contains("server end: sending ring [head 0 tail 0"),
+                "{report}"
+            );
+            assert!(report.contains("reading task"), "{report}");
+            let lines = report.lines().count();
+            drop((a, b));
+            // Closed links leave the report once their tasks have let go.
+            while crate::report().lines().count() >= lines {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test]

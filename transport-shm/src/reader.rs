@@ -18,7 +18,7 @@
 
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -46,6 +46,36 @@ pub(crate) struct Reading {
     /// Wakes the reading task: a caller left it a frame, or found the ring broken.
     pub(crate) wake: Notify,
     pub(crate) end: Arc<End>,
+    /// What the reading task is doing, for [`crate::report`].
+    phase: AtomicU8,
+}
+
+/// What a link's reading task is doing; see [`Reading::set_phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Reading and delivering, or about to.
+    Reading = 0,
+    /// Looking at an empty ring, without sleeping.
+    Spinning = 1,
+    /// Waiting for its doorbell (or a caller's nudge, or the peer's end).
+    Sleeping = 2,
+    /// Delivering a frame that waits for room among the handlers.
+    Delivering = 3,
+    /// Stopped: the link is closed.
+    Stopped = 4,
+}
+
+impl Phase {
+    fn name(raw: u8) -> &'static str {
+        match raw {
+            0 => "reading",
+            1 => "spinning",
+            2 => "sleeping",
+            3 => "delivering a held frame",
+            _ => "stopped",
+        }
+    }
 }
 
 /// What the reader holds.
@@ -190,7 +220,38 @@ impl Reading {
             sink: OnceLock::new(),
             wake: Notify::new(),
             end,
+            phase: AtomicU8::new(Phase::Reading as u8),
         })
+    }
+
+    /// Notes what the reading task does now (read only by [`crate::report`]).
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// One line on who reads this ring and how: for [`crate::report`].
+    pub(crate) fn describe(&self) -> String {
+        let state = match self.state.try_lock() {
+            Ok(state) => format!(
+                "free (held frame: {}, failed: {:?}, assembling: {})",
+                match state.held {
+                    Held::Nothing => "none",
+                    Held::Frame(_) => "waiting for the reading task",
+                    Held::Delivering => "being delivered",
+                },
+                state.failed,
+                state.consumer.assembling()
+            ),
+            Err(TryLockError::WouldBlock) => "held by a reader".to_owned(),
+            Err(TryLockError::Poisoned(_)) => "poisoned".to_owned(),
+        };
+        format!(
+            "reading task {}; callers looking {}; open {}; reader state {}",
+            Phase::name(self.phase.load(Ordering::Relaxed)),
+            self.spinning.load(Ordering::SeqCst),
+            self.open.load(Ordering::Acquire),
+            state
+        )
     }
 
     /// Locks the state (a holder only ever looks and delivers, briefly).
@@ -267,8 +328,11 @@ impl OwnReply {
         // Look once more, now that a frame published from here on rings the doorbell.
         if let Some(sink) = reading.sink.get() {
             match state.drain(&reading.end, sink, None) {
-                Drained::Empty { .. } | Drained::Closed => {}
-                Drained::Held => reading.wake.notify_one(),
+                Drained::Empty { any: false, .. } | Drained::Closed => {}
+                // A drain stops after a batch: frames published before the flag was set, past
+                // the batch, would wait for a doorbell that nobody rings. The reading task
+                // takes the rest.
+                Drained::Empty { any: true, .. } | Drained::Held => reading.wake.notify_one(),
                 Drained::Failed(reason) => {
                     state.failed = Some(reason);
                     reading.wake.notify_one();

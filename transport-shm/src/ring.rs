@@ -172,6 +172,68 @@ impl Region {
     }
 }
 
+/// What a ring's control words say now, read without taking part: for a report on a link
+/// that seems stuck ([`Gauge::read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Words {
+    /// Bytes consumed so far.
+    pub head: u64,
+    /// Bytes produced so far.
+    pub tail: u64,
+    /// The consumer's flag: it waits to be woken.
+    pub sleeping: bool,
+    /// The producer's flag: it waits for room.
+    pub waiting: bool,
+}
+
+impl std::fmt::Display for Words {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "head {} tail {} ({} unread) sleeping {} waiting {}",
+            self.head,
+            self.tail,
+            self.tail.wrapping_sub(self.head),
+            self.sleeping,
+            self.waiting
+        )
+    }
+}
+
+/// A read-only view of a ring's control words, for diagnostics: it never writes and never
+/// takes part in the protocol.
+#[derive(Debug)]
+pub struct Gauge {
+    region: Region,
+}
+
+// SAFETY: a gauge only loads the control words, atomically; sharing it between threads shares
+// nothing else.
+unsafe impl Sync for Gauge {}
+
+impl Gauge {
+    /// A gauge on the ring at `base`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Producer::new`], except that any number of gauges may watch one ring.
+    pub unsafe fn new(base: *mut u8, capacity: usize) -> Result<Gauge, Corrupt> {
+        // SAFETY: forwarded to the caller.
+        let region = unsafe { Region::new(base, capacity)? };
+        Ok(Gauge { region })
+    }
+
+    /// The control words now (each read atomically, not all at one instant).
+    pub fn read(&self) -> Words {
+        Words {
+            head: self.region.word(HEAD_AT).load(Ordering::SeqCst),
+            tail: self.region.word(TAIL_AT).load(Ordering::SeqCst),
+            sleeping: self.region.flag().load(Ordering::SeqCst) != 0,
+            waiting: self.region.flag_at(WAITING_AT).load(Ordering::SeqCst) != 0,
+        }
+    }
+}
+
 /// The producing end of a ring.
 #[derive(Debug)]
 pub struct Producer {

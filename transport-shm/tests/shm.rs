@@ -6,6 +6,8 @@ use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use courier::{CallOptions, Client, Context, Limits, RpcError, Server};
@@ -94,6 +96,14 @@ async fn child_server() {
         .service(LabServer::new(LabImpl))
         .limits(big_limits())
         .build();
+    // The parent asks for the report on this process's links when its watchdog fires.
+    std::thread::spawn(|| {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if line == "REPORT" {
+                println!("REPORT\n{}END", courier_shm::report());
+            }
+        }
+    });
     println!("READY");
     let _ = server.serve(listener).await;
 }
@@ -111,6 +121,7 @@ impl ServerProcess {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "child_server", "--ignored", "--nocapture"])
             .env("SHM_TEST_PATH", &path)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -136,6 +147,68 @@ impl ServerProcess {
                 return line;
             }
         }
+    }
+
+    /// Runs `test`, which counts the calls it finishes in `done`. If it takes longer than
+    /// `bound`, fails with what every shared-memory link of both processes is doing and how
+    /// many calls finished in the second that followed: a hang shows none, a crawl a few.
+    async fn watched<F: Future>(
+        &mut self,
+        bound: Duration,
+        done: &AtomicU64,
+        test: F,
+    ) -> F::Output {
+        // The report is taken while the test goes on being polled, so that it shows the stall,
+        // not a test the watchdog stopped.
+        let watchdog = async {
+            tokio::time::sleep(bound).await;
+            let before = done.load(Ordering::SeqCst);
+            let mine = courier_shm::report();
+            let theirs = self.report().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = done.load(Ordering::SeqCst);
+            format!(
+                "{before} calls done, {} more in the next second\nclient process:\n{mine}\
+                 server process:\n{theirs}",
+                after - before
+            )
+        };
+        tokio::select! {
+            output = test => output,
+            report = watchdog => panic!("no end within {bound:?}: {report}"),
+        }
+    }
+
+    /// The server process's report on its links.
+    async fn report(&mut self) -> String {
+        use std::io::Write;
+        let Some(stdin) = self.child.stdin.as_mut() else {
+            return "(no stdin)".into();
+        };
+        if writeln!(stdin, "REPORT")
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
+            return "(the server process is gone)".into();
+        }
+        let mut report = String::new();
+        let collect = async {
+            self.wait_for("REPORT").await;
+            while let Some(line) = self.lines.recv().await {
+                if line == "END" {
+                    break;
+                }
+                report.push_str(&line);
+                report.push('\n');
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), collect)
+            .await
+            .is_err()
+        {
+            report.push_str("(no complete report within 10 s)\n");
+        }
+        report
     }
 
     fn connector(&self) -> ShmConnector {
@@ -205,17 +278,77 @@ fn unsafe_free_uid() -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_calls_across_processes() {
     within(async {
-        let server = ServerProcess::start("many").await;
+        let mut server = ServerProcess::start("many").await;
         let lab = server.lab().await;
-        let calls = (0..10_000u64).map(|i| {
-            let lab = lab.clone();
-            async move { (i, lab.echo(i * 5).await) }
-        });
-        for (i, result) in futures::future::join_all(calls).await {
-            assert_eq!(result.unwrap(), i * 5);
-        }
+        let done = AtomicU64::new(0);
+        // Far above the 0.2–0.3 s this takes, and below `within`, so that a stall ends with
+        // the watchdog's report rather than a bare timeout.
+        let bound = Duration::from_secs(60);
+        server
+            .watched(bound, &done, ten_thousand_calls(&lab, &done))
+            .await;
     })
     .await
+}
+
+/// The stress mode of the test above, which reproduced its rare stall: `SHM_STRESS_ROUNDS`
+/// rounds (default 100) of 10,000 concurrent calls on one connection, while a second party
+/// on the runtime's other threads calls without pause on the same connection, so the
+/// callers' sends contend for the ring. The first round that takes more than 10 s fails
+/// with the report of both processes' links.
+///
+/// `cargo test -p courier-shm --test shm stress -- --ignored`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stress mode: run on purpose"]
+async fn stress_ten_thousand_concurrent_calls() {
+    let rounds: u32 = std::env::var("SHM_STRESS_ROUNDS").map_or(100, |r| r.parse().unwrap());
+    let mut server = ServerProcess::start("stress").await;
+    let lab = server.lab().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let party = tokio::spawn({
+        let (lab, stop) = (lab.clone(), Arc::clone(&stop));
+        async move {
+            let mut calls = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                assert_eq!(lab.echo(calls).await.unwrap(), calls);
+                calls += 1;
+            }
+            calls
+        }
+    });
+    for round in 0..rounds {
+        let done = AtomicU64::new(0);
+        let started = std::time::Instant::now();
+        server
+            .watched(
+                Duration::from_secs(10),
+                &done,
+                ten_thousand_calls(&lab, &done),
+            )
+            .await;
+        println!("round {round}: {:?}", started.elapsed());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let calls = tokio::time::timeout(Duration::from_secs(30), party)
+        .await
+        .expect("the second party ends")
+        .unwrap();
+    assert!(calls > 0, "the second party made no call");
+}
+
+/// Makes 10,000 calls at once on `lab`, counting those that finish in `done`.
+async fn ten_thousand_calls(lab: &LabClient<Cbor>, done: &AtomicU64) {
+    let calls = (0..10_000u64).map(|i| {
+        let lab = lab.clone();
+        async move {
+            let result = lab.echo(i * 5).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            (i, result)
+        }
+    });
+    for (i, result) in futures::future::join_all(calls).await {
+        assert_eq!(result.unwrap(), i * 5);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
