@@ -108,7 +108,18 @@ pub trait Harness: Send + Sync + 'static {
     fn large_payload(&self) -> usize {
         12 << 20
     }
+
+    /// What the transport's links in this process are doing now (positions, flags, who waits
+    /// for whom): printed by a load test's watchdog when the test runs past its bound, so
+    /// that a rare stall leaves evidence. Default: nothing to add.
+    fn report(&self) -> String {
+        String::new()
+    }
 }
+
+/// How long a load test of the suite may run before its watchdog reports and fails it: far
+/// above what any transport takes on a loaded machine, and below [`run`]'s overall timeout.
+pub const LOAD_BOUND: Duration = Duration::from_secs(60);
 
 /// Counts progress that tests wait on without sleeping: workers [`Progress::step`], a test
 /// [`Progress::reached`] a mark (to cut a link at a quarter of the calls, say).
@@ -123,6 +134,11 @@ impl Progress {
     pub fn step(&self) {
         self.done.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+
+    /// How many are done.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
     }
 
     /// Resolves once `mark` are done.
@@ -201,6 +217,7 @@ macro_rules! conformance_tests {
         $crate::__conformance_tests!($harness, $codec;
             every_call_kind,
             ten_thousand_one_way_calls_all_run,
+            ten_thousand_concurrent_calls_all_return,
             payloads_from_empty_to_past_every_buffer,
             a_frame_over_the_limit_fails_that_call_only,
             cancelling_or_timing_out_drops_the_handler,
@@ -500,6 +517,46 @@ impl<H> Env<H> {
 }
 
 impl<H: Harness> Env<H> {
+    /// Runs a load test's `work`, which counts what it finishes in `progress`. Past `bound`
+    /// it fails the test with a report: what was done, how much more in the second that
+    /// followed (none: a hang; a little: a crawl), what the server's handlers did, the
+    /// server's tasks, and what the transport says of its links ([`Harness::report`]). The
+    /// work goes on being polled while the report is taken, so the report shows the stall,
+    /// not a test the watchdog stopped.
+    pub async fn watched<F: Future>(
+        &self,
+        what: &str,
+        bound: Duration,
+        progress: &Progress,
+        work: F,
+    ) -> F::Output {
+        let watchdog = async {
+            tokio::time::sleep(bound).await;
+            let before = progress.done();
+            let links = self.harness.report();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            format!(
+                "{what}: no end within {bound:?}; {before} done, {} more in the next second; \
+                 server handlers started {}, dropped {}, one-way calls counted {}; server \
+                 tasks {}\nthe transport's links:\n{}",
+                progress.done() - before,
+                self.probes.started.load(Ordering::SeqCst),
+                self.probes.dropped.load(Ordering::SeqCst),
+                self.probes.counted.load(Ordering::SeqCst),
+                self.server_tasks(),
+                if links.is_empty() {
+                    "(no report)"
+                } else {
+                    &links
+                },
+            )
+        };
+        tokio::select! {
+            output = work => output,
+            report = watchdog => panic!("{report}"),
+        }
+    }
+
     /// Starts a server for `Conformance` with `limits` on a fresh listener; returns a
     /// connector to it.
     async fn serve<C: Codec>(

@@ -1197,6 +1197,7 @@ impl ShmConnector {
 }
 
 #[cfg(test)]
+#[cfg(not(loom))]
 mod tests {
     use super::*;
 

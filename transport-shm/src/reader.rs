@@ -14,7 +14,11 @@
 //!
 //! The doorbell protocol stays the ring's (see [`Consumer::set_sleeping`]): the peer rings only
 //! when the flag says nobody looks. Spinning callers clear it; the last one to stop sets it
-//! again and looks once more, so a frame published meanwhile is not left unseen.
+//! again and looks once more, so a frame published meanwhile is not left unseen, and wakes
+//! the reading task for what that last look left behind.
+//!
+//! `models.rs` checks this hand-off with loom, step for step as `receive` and
+//! [`OwnReply`] take it: change them together.
 
 use std::os::fd::AsRawFd;
 use std::pin::Pin;

@@ -33,6 +33,11 @@
 //! out of the ring before anyone looks at them, so a peer changing them afterwards changes
 //! nothing.
 
+// Under loom the control words are loom's atomics, placed in the header by
+// [`loom_header`], so that its models run this very code.
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// Bytes before the records.
@@ -40,7 +45,11 @@ pub const HEADER: usize = 192;
 const HEAD_AT: usize = 0;
 const TAIL_AT: usize = 64;
 const SLEEPING_AT: usize = 128;
+#[cfg(not(loom))]
 const WAITING_AT: usize = 132;
+/// Loom's atomics are larger than four bytes: the flag gets a slot of its own.
+#[cfg(loom)]
+const WAITING_AT: usize = 160;
 /// Size of a record's header.
 const RECORD_HEADER: usize = 8;
 /// The record continues in the next one.
@@ -169,6 +178,53 @@ impl Region {
             u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
             u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
         )
+    }
+}
+
+/// Places loom's atomics for the control words in the header at `base`, all zero, for a
+/// loom model; [`loom_header_drop`] drops them.
+///
+/// # Safety
+///
+/// `base` must point to [`HEADER`] writable bytes, aligned to 64, that nothing uses yet.
+#[cfg(loom)]
+pub unsafe fn loom_header(base: *mut u8) {
+    assert!(std::mem::size_of::<AtomicU64>() <= TAIL_AT - HEAD_AT);
+    assert!(std::mem::size_of::<AtomicU32>() <= WAITING_AT - SLEEPING_AT);
+    assert!(WAITING_AT + std::mem::size_of::<AtomicU32>() <= HEADER);
+    assert!(std::mem::align_of::<AtomicU64>() <= 64 && std::mem::align_of::<AtomicU32>() <= 32);
+    // SAFETY: the offsets are within HEADER, aligned for the types (asserted above), and do
+    // not overlap; the caller gives us the bytes.
+    unsafe {
+        base.add(HEAD_AT)
+            .cast::<AtomicU64>()
+            .write(AtomicU64::new(0));
+        base.add(TAIL_AT)
+            .cast::<AtomicU64>()
+            .write(AtomicU64::new(0));
+        base.add(SLEEPING_AT)
+            .cast::<AtomicU32>()
+            .write(AtomicU32::new(0));
+        base.add(WAITING_AT)
+            .cast::<AtomicU32>()
+            .write(AtomicU32::new(0));
+    }
+}
+
+/// Drops what [`loom_header`] placed.
+///
+/// # Safety
+///
+/// `base` must have been given to [`loom_header`], and no end or gauge of its ring may be
+/// used again.
+#[cfg(loom)]
+pub unsafe fn loom_header_drop(base: *mut u8) {
+    // SAFETY: loom_header wrote these values there; nobody uses them any more.
+    unsafe {
+        base.add(HEAD_AT).cast::<AtomicU64>().drop_in_place();
+        base.add(TAIL_AT).cast::<AtomicU64>().drop_in_place();
+        base.add(SLEEPING_AT).cast::<AtomicU32>().drop_in_place();
+        base.add(WAITING_AT).cast::<AtomicU32>().drop_in_place();
     }
 }
 
@@ -555,6 +611,7 @@ impl Consumer {
 }
 
 #[cfg(test)]
+#[cfg(not(loom))]
 mod tests {
     use super::*;
 

@@ -43,6 +43,10 @@ impl Harness for Shm {
     ) -> Result<ShmConnector, TransportError> {
         Ok(ShmConnector::new(path, self.options(frame_limit)))
     }
+
+    fn report(&self) -> String {
+        courier_shm::report()
+    }
 }
 
 mod cbor {

@@ -42,18 +42,55 @@ pub async fn every_call_kind<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
 pub async fn ten_thousand_one_way_calls_all_run<H: Harness, C: Codec>(env: Arc<Env<H>>, codec: C) {
     let connector = env.serve_default(&codec).await;
     let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
-    for _ in 0..10_000 {
-        lab.count().await.expect("one-way call");
-    }
-    env.probes
-        .until("10,000 one-way calls ran", |p| {
-            p.counted.load(Ordering::SeqCst) == 10_000
-        })
+    let sent = Progress::default();
+    let work = async {
+        for _ in 0..10_000 {
+            lab.count().await.expect("one-way call");
+            sent.step();
+        }
+        env.probes
+            .until("10,000 one-way calls ran", |p| {
+                p.counted.load(Ordering::SeqCst) == 10_000
+            })
+            .await;
+    };
+    env.watched("10,000 one-way calls", LOAD_BOUND, &sent, work)
         .await;
     // A call after them still works: none of them broke the connection.
     assert_eq!(lab.echo(1).await, Ok(1));
     // Exactly once: none ran twice.
     assert_eq!(env.probes.counted.load(Ordering::SeqCst), 10_000);
+}
+
+/// 10,000 calls at once on one connection, awaited together on one task (as `join_all` does),
+/// all return their own answers: with the in-flight limit at its default (1,024), most wait
+/// for a place, and each reply must let the next one go without a crowd of wake-ups.
+pub async fn ten_thousand_concurrent_calls_all_return<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let connector = env.serve_default(&codec).await;
+    let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    let done = Progress::default();
+    let calls = (0..10_000u64).map(|i| {
+        let (lab, done) = (lab.clone(), &done);
+        async move {
+            let reply = lab.echo(i * 3).await;
+            done.step();
+            (i, reply)
+        }
+    });
+    let replies = env
+        .watched(
+            "10,000 concurrent calls",
+            LOAD_BOUND,
+            &done,
+            futures::future::join_all(calls),
+        )
+        .await;
+    for (i, reply) in replies {
+        assert_eq!(reply, Ok(i * 3));
+    }
 }
 
 /// Payloads from empty to larger than every internal buffer come back intact.
@@ -344,13 +381,19 @@ pub async fn connection_churn_leaks_nothing<H: Harness, C: Codec>(env: Arc<Env<H
     assert_eq!(lab.echo(0).await, Ok(0));
     drop(lab);
     let (tasks, fds, maps, rss) = (env.server_tasks(), open_fds(), mappings(), resident());
-    for i in 0..200u64 {
-        let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
-        assert_eq!(lab.echo(i).await, Ok(i));
-        if i % 2 == 0 {
-            lab.count().await.expect("one-way call");
+    let connected = Progress::default();
+    let churn = async {
+        for i in 0..200u64 {
+            let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+            assert_eq!(lab.echo(i).await, Ok(i));
+            if i % 2 == 0 {
+                lab.count().await.expect("one-way call");
+            }
+            connected.step();
         }
-    }
+    };
+    env.watched("200 connections", LOAD_BOUND, &connected, churn)
+        .await;
     settles_with_maps(
         &env,
         "after 200 connections came and went",
@@ -543,11 +586,19 @@ pub async fn calls_through_a_link_that_delays_frames_all_complete<H: Harness, C:
     let faults = Faults::new(11).delay(0.3, Duration::from_millis(5));
     let connector = FaultyConnector::new(env.serve_default(&codec).await, faults);
     let lab = client(&codec, &connector, DEFAULT_FRAMES.client).await;
+    let done = Progress::default();
     let calls = (0..100u64).map(|i| {
-        let lab = lab.clone();
-        async move { lab.echo(i).await }
+        let (lab, done) = (lab.clone(), &done);
+        async move {
+            let reply = lab.echo(i).await;
+            done.step();
+            reply
+        }
     });
-    let replies = futures::future::join_all(calls).await;
+    let all = futures::future::join_all(calls);
+    let replies = env
+        .watched("100 calls through delays", LOAD_BOUND, &done, all)
+        .await;
     for (i, reply) in replies.into_iter().enumerate() {
         assert_eq!(reply, Ok(i as u64));
     }
