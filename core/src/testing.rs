@@ -165,6 +165,33 @@ pub fn lost_and_repeated(
     (lost, repeated)
 }
 
+/// Runs `work`, which counts what it finishes in `progress`. Past `bound` it fails the test
+/// (panics) with what was done, how much more in the second that followed (none: a hang; a
+/// little: a crawl), and `report`, which it awaits then. The work goes on being polled
+/// meanwhile, so the report shows the stall, not a test the watchdog stopped.
+pub async fn watchdog<F: Future, R: Future<Output = String>>(
+    what: &str,
+    bound: Duration,
+    progress: &Progress,
+    report: R,
+    work: F,
+) -> F::Output {
+    let watch = async {
+        tokio::time::sleep(bound).await;
+        let before = progress.done();
+        let report = report.await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        format!(
+            "{what}: no end within {bound:?}; {before} done, {} more in the next second; {report}",
+            progress.done() - before
+        )
+    };
+    tokio::select! {
+        output = work => output,
+        report = watch => panic!("{report}"),
+    }
+}
+
 /// A name no other test in this process uses: for socket paths and in-process names.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -517,12 +544,9 @@ impl<H> Env<H> {
 }
 
 impl<H: Harness> Env<H> {
-    /// Runs a load test's `work`, which counts what it finishes in `progress`. Past `bound`
-    /// it fails the test with a report: what was done, how much more in the second that
-    /// followed (none: a hang; a little: a crawl), what the server's handlers did, the
-    /// server's tasks, and what the transport says of its links ([`Harness::report`]). The
-    /// work goes on being polled while the report is taken, so the report shows the stall,
-    /// not a test the watchdog stopped.
+    /// [`watchdog`] for a load test of the suite: its report says what the server's handlers
+    /// did, the server's tasks, and what the transport says of its links
+    /// ([`Harness::report`]).
     pub async fn watched<F: Future>(
         &self,
         what: &str,
@@ -530,16 +554,11 @@ impl<H: Harness> Env<H> {
         progress: &Progress,
         work: F,
     ) -> F::Output {
-        let watchdog = async {
-            tokio::time::sleep(bound).await;
-            let before = progress.done();
+        let report = async {
             let links = self.harness.report();
-            tokio::time::sleep(Duration::from_secs(1)).await;
             format!(
-                "{what}: no end within {bound:?}; {before} done, {} more in the next second; \
-                 server handlers started {}, dropped {}, one-way calls counted {}; server \
+                "server handlers started {}, dropped {}, one-way calls counted {}; server \
                  tasks {}\nthe transport's links:\n{}",
-                progress.done() - before,
                 self.probes.started.load(Ordering::SeqCst),
                 self.probes.dropped.load(Ordering::SeqCst),
                 self.probes.counted.load(Ordering::SeqCst),
@@ -551,10 +570,7 @@ impl<H: Harness> Env<H> {
                 },
             )
         };
-        tokio::select! {
-            output = work => output,
-            report = watchdog => panic!("{report}"),
-        }
+        watchdog(what, bound, progress, report, work).await
     }
 
     /// Starts a server for `Conformance` with `limits` on a fresh listener; returns a

@@ -33,6 +33,8 @@ compile_error!("courier-shm needs Linux: memfd_create, eventfd and SO_PEERCRED")
 #[cfg(not(loom))]
 mod address;
 #[cfg(not(loom))]
+mod end;
+#[cfg(not(loom))]
 mod link;
 #[cfg(all(test, loom))]
 #[allow(clippy::unwrap_used)]

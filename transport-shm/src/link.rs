@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -49,19 +49,13 @@ use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 
+use crate::end::{corrupt, lock, End};
 use crate::reader::{Drained, Held, Look, Phase, Reading, Stall, LOOK_ROUND};
 use crate::ring::{Consumer, Gauge, Producer, Reservation, HEADER};
 use crate::sys::{self, Mapping};
 
 /// Frames queued between the receiving task and the connection before it starts.
 const QUEUE_DEPTH: usize = 256;
-
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Settings of a shared-memory listener or connector. Each has a documented default.
 #[derive(Debug, Clone)]
@@ -176,119 +170,6 @@ impl Default for Wait {
 
 fn io_error(context: &str, e: io::Error) -> TransportError {
     TransportError::io(context, e)
-}
-
-/// One end of a connection's segment.
-pub(crate) struct End {
-    map: Arc<Mapping>,
-    producer: Arc<tokio::sync::Mutex<Producer>>,
-    pub(crate) peer_bell: OwnedFd,
-    socket: Arc<UnixStream>,
-    /// Set by a sender waiting for room in the sending ring; the receiving task, woken by
-    /// the peer when it frees room, passes the news on through `room`.
-    wants_room: AtomicBool,
-    room: Notify,
-    /// Set when the receiving task has stopped (the peer left, or broke the rules): senders
-    /// waiting for room give up instead of waiting for a reader that is gone.
-    closed: AtomicBool,
-    /// Set when this side closes the link: the receiving task stops at its next look, even
-    /// one that never waits on the socket (a polling one).
-    pub(crate) closing: AtomicBool,
-    /// Read-only views of the sending and the receiving ring, for [`crate::report`].
-    gauges: [Gauge; 2],
-    /// Which end this is: "client" or "server".
-    role: &'static str,
-}
-
-impl std::fmt::Debug for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShmLink")
-            .field("segment_bytes", &self.map.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl End {
-    /// One line on this end's rings and senders: for [`crate::report`].
-    pub(crate) fn describe(&self) -> String {
-        let [sending, receiving] = &self.gauges;
-        format!(
-            "{} end: sending ring [{}], receiving ring [{}]; producer {}; a sender waits for room {}; closed {}, closing {}",
-            self.role,
-            sending.read(),
-            receiving.read(),
-            if self.producer.try_lock().is_ok() { "free" } else { "held by a sender" },
-            self.wants_room.load(Ordering::SeqCst),
-            self.closed.load(Ordering::Acquire),
-            self.closing.load(Ordering::Acquire),
-        )
-    }
-
-    /// Wakes the peer's receiver if it said it sleeps.
-    fn wake_peer(&self, producer: &Producer) {
-        if producer.consumer_sleeping() {
-            sys::ring(self.peer_bell.as_raw_fd());
-        }
-    }
-
-    /// Runs `attempt` on the producer until it succeeds, waiting for room in between: a few
-    /// yields first, then a wake-up from the receiving task (which the peer's doorbell
-    /// brings when it frees room), with a short timeout as a backstop so that a lost wake-up
-    /// costs a millisecond, never a hang.
-    async fn until_room<T>(
-        &self,
-        producer: &mut Producer,
-        mut attempt: impl FnMut(&mut Producer) -> Result<Option<T>, crate::ring::Corrupt>,
-    ) -> Result<T, TransportError> {
-        let mut tries = 0u32;
-        let found = loop {
-            if let Some(found) = attempt(producer).map_err(corrupt)? {
-                break found;
-            }
-            if self.closed.load(Ordering::Acquire) {
-                producer.set_waiting(false);
-                return Err(TransportError::Closed);
-            }
-            // Say that we wait, and make sure the consumer is awake to free room.
-            producer.set_waiting(true);
-            self.wake_peer(producer);
-            tries += 1;
-            if tries < 8 {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            self.wants_room.store(true, Ordering::SeqCst);
-            // Look again now that a wake-up cannot be missed.
-            if let Some(found) = attempt(producer).map_err(corrupt)? {
-                break found;
-            }
-            if self.closed.load(Ordering::Acquire) {
-                producer.set_waiting(false);
-                return Err(TransportError::Closed);
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(1), notified).await;
-        };
-        producer.set_waiting(false);
-        Ok(found)
-    }
-
-    /// Called by the receiving task when it stops: senders waiting for room fail now.
-    fn mark_closed(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.wants_room.store(false, Ordering::SeqCst);
-        self.room.notify_waiters();
-    }
-
-    /// Called by the receiving task whenever it runs: a sender waiting for room looks again.
-    pub(crate) fn room_freed(&self) {
-        if self.wants_room.load(Ordering::Relaxed) && self.wants_room.swap(false, Ordering::SeqCst)
-        {
-            self.room.notify_waiters();
-        }
-    }
 }
 
 /// A frame being written straight into the sending ring.
@@ -495,10 +376,6 @@ impl Tx {
             )),
         }
     }
-}
-
-fn corrupt(e: crate::ring::Corrupt) -> TransportError {
-    TransportError::Other(e.to_string())
 }
 
 impl LinkTx for Tx {
@@ -966,18 +843,14 @@ fn make_end(
     // returns that same descriptor.
     let bell = unsafe { AsyncFd::register_with_interest(my_bell, Interest::READABLE) }
         .map_err(|e| io_error("eventfd", e.into()))?;
-    let end = Arc::new(End {
+    let end = Arc::new(End::new(
         map,
-        producer: Arc::new(tokio::sync::Mutex::new(producer)),
+        producer,
         peer_bell,
-        socket: Arc::new(socket),
-        wants_room: AtomicBool::new(false),
-        room: Notify::new(),
-        closed: AtomicBool::new(false),
-        closing: AtomicBool::new(false),
+        socket,
         gauges,
-        role: if produce == 0 { "client" } else { "server" },
-    });
+        if produce == 0 { "client" } else { "server" },
+    ));
     let (tx, frames) = mpsc::channel(QUEUE_DEPTH);
     let shared = Arc::new(InboxShared::default());
     let inbox = Inbox {

@@ -32,7 +32,7 @@ use courier::transport::{FrameSink, TrySend};
 use courier::wire::FrameKind;
 use tokio::sync::Notify;
 
-use crate::link::End;
+use crate::end::End;
 use crate::ring::Consumer;
 use crate::sys;
 
@@ -260,7 +260,7 @@ impl Reading {
 
     /// Locks the state (a holder only ever looks and delivers, briefly).
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        crate::link::lock(&self.state)
+        crate::end::lock(&self.state)
     }
 
     /// From now on frames go to `sink`, and callers may read.

@@ -10,7 +10,7 @@ static LINKS: Mutex<Vec<Weak<Reading>>> = Mutex::new(Vec::new());
 
 /// Adds a new link to the report (and forgets links that have gone).
 pub(crate) fn register(reading: &Arc<Reading>) {
-    let mut links = crate::link::lock(&LINKS);
+    let mut links = crate::end::lock(&LINKS);
     links.retain(|link| link.strong_count() > 0);
     links.push(Arc::downgrade(reading));
 }
@@ -28,7 +28,7 @@ pub(crate) fn register(reading: &Arc<Reading>) {
 /// assert!(courier_shm::report().is_empty());
 /// ```
 pub fn report() -> String {
-    let links: Vec<Arc<Reading>> = crate::link::lock(&LINKS)
+    let links: Vec<Arc<Reading>> = crate::end::lock(&LINKS)
         .iter()
         .filter_map(Weak::upgrade)
         .collect();

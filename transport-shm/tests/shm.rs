@@ -6,10 +6,11 @@ use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier::testing::{watchdog, Progress};
 use courier::{CallOptions, Client, Context, Limits, RpcError, Server};
 use courier_cbor::Cbor;
 use courier_shm::{ShmConnector, ShmListener, ShmOptions};
@@ -149,34 +150,15 @@ impl ServerProcess {
         }
     }
 
-    /// Runs `test`, which counts the calls it finishes in `done`. If it takes longer than
-    /// `bound`, fails with what every shared-memory link of both processes is doing and how
-    /// many calls finished in the second that followed: a hang shows none, a crawl a few.
-    async fn watched<F: Future>(
-        &mut self,
-        bound: Duration,
-        done: &AtomicU64,
-        test: F,
-    ) -> F::Output {
-        // The report is taken while the test goes on being polled, so that it shows the stall,
-        // not a test the watchdog stopped.
-        let watchdog = async {
-            tokio::time::sleep(bound).await;
-            let before = done.load(Ordering::SeqCst);
+    /// Runs `test`, which counts the calls it finishes in `done`; past `bound`, fails with
+    /// what every shared-memory link of both processes is doing ([`watchdog`]).
+    async fn watched<F: Future>(&mut self, bound: Duration, done: &Progress, test: F) -> F::Output {
+        let report = async {
             let mine = courier_shm::report();
             let theirs = self.report().await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let after = done.load(Ordering::SeqCst);
-            format!(
-                "{before} calls done, {} more in the next second\nclient process:\n{mine}\
-                 server process:\n{theirs}",
-                after - before
-            )
+            format!("client process:\n{mine}server process:\n{theirs}")
         };
-        tokio::select! {
-            output = test => output,
-            report = watchdog => panic!("no end within {bound:?}: {report}"),
-        }
+        watchdog("10,000 concurrent calls", bound, done, report, test).await
     }
 
     /// The server process's report on its links.
@@ -280,7 +262,7 @@ async fn ten_thousand_concurrent_calls_across_processes() {
     within(async {
         let mut server = ServerProcess::start("many").await;
         let lab = server.lab().await;
-        let done = AtomicU64::new(0);
+        let done = Progress::default();
         // Far above the 0.2–0.3 s this takes, and below `within`, so that a stall ends with
         // the watchdog's report rather than a bare timeout.
         let bound = Duration::from_secs(60);
@@ -317,7 +299,7 @@ async fn stress_ten_thousand_concurrent_calls() {
         }
     });
     for round in 0..rounds {
-        let done = AtomicU64::new(0);
+        let done = Progress::default();
         let started = std::time::Instant::now();
         server
             .watched(
@@ -337,12 +319,12 @@ async fn stress_ten_thousand_concurrent_calls() {
 }
 
 /// Makes 10,000 calls at once on `lab`, counting those that finish in `done`.
-async fn ten_thousand_calls(lab: &LabClient<Cbor>, done: &AtomicU64) {
+async fn ten_thousand_calls(lab: &LabClient<Cbor>, done: &Progress) {
     let calls = (0..10_000u64).map(|i| {
         let lab = lab.clone();
         async move {
             let result = lab.echo(i * 5).await;
-            done.fetch_add(1, Ordering::SeqCst);
+            done.step();
             (i, result)
         }
     });
