@@ -8,8 +8,9 @@
 //! does giving back touch the `Notify`.
 //!
 //! A budget of *places* ([`Budget::places`], every take is one: calls in flight) wakes one
-//! waiter per place given back, and a waiter that takes a place wakes the next while places
-//! remain. Waking every waiter at every release, as a budget of amounts must (the woken one
+//! waiter per place given back. That loses nothing: a wake-up that finds nobody registered is
+//! kept for the next to register (several collapse into one), and every waiter looks at the
+//! budget after registering, so it sees whatever was given back before. Waking every waiter at every release, as a budget of amounts must (the woken one
 //! may need more than was freed), costs each release as many polls as there are waiters: with
 //! thousands of calls queued for a place in flight, that turned a shared-memory client's
 //! 10,000 concurrent calls from 0.3 s into minutes.
@@ -125,16 +126,7 @@ impl Budget {
             self.waiting.fetch_add(1, Ordering::SeqCst);
             let taken = self.try_take(amount);
             if taken.is_some() || self.closed.load(Ordering::Acquire) {
-                let others = self.waiting.fetch_sub(1, Ordering::SeqCst) > 1;
-                // Two places given back while nobody was registered leave one kept wake, not
-                // two: whoever takes a place passes the wake on while places remain.
-                if self.places
-                    && others
-                    && taken.is_some()
-                    && self.used.load(Ordering::SeqCst) < self.limit
-                {
-                    self.freed.notify_one();
-                }
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
                 return taken;
             }
             freed.await;
@@ -198,8 +190,7 @@ mod tests {
 
     /// What stalled 10,000 concurrent calls over shared memory: with a thousand calls queued
     /// for a place in flight, every reply woke them all, and each woken call looked at the
-    /// budget again. A place given back wakes one waiter of a budget of places, which passes
-    /// the wake on while places remain.
+    /// budget again. A place given back wakes one waiter.
     #[tokio::test]
     async fn a_place_given_back_wakes_one_waiter_not_the_crowd() {
         use futures::StreamExt;
@@ -235,7 +226,7 @@ mod tests {
         assert!(polls.swap(0, Ordering::SeqCst) <= 2, "a crowd was woken");
         drop(second);
         drop(taken);
-        // Two places free: two waiters take them, each waking the next.
+        // Two places given back: two waiters take them, and nobody else looks.
         let mut taken = Vec::new();
         while let std::task::Poll::Ready(Some(got)) = futures::poll!(waiters.next()) {
             taken.push(got.expect("open"));
@@ -245,7 +236,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn many_takers_and_givers_lose_no_wake_up() {
+    async fn many_takers_and_givers_lose_no_wake_up_even_when_some_give_up() {
         for budget in [Budget::new(4), Budget::places(4)] {
             takers_and_givers(budget).await;
         }
@@ -253,13 +244,26 @@ mod tests {
 
     async fn takers_and_givers(budget: Arc<Budget>) {
         let tasks: Vec<_> = (0..64)
-            .map(|_| {
+            .map(|task| {
                 let budget = Arc::clone(&budget);
                 tokio::spawn(async move {
-                    for _ in 0..200 {
-                        let taken = budget.take(1).await.expect("open");
+                    let mut taken_so_far = 0;
+                    while taken_so_far < 200 {
+                        // A quarter of the takers give up waiting now and then (a call's
+                        // deadline): a wake meant for one of them must reach another waiter.
+                        let taken = if task % 4 == 0 {
+                            let patience = std::time::Duration::from_micros(20);
+                            match tokio::time::timeout(patience, budget.take(1)).await {
+                                Ok(taken) => taken,
+                                Err(_) => continue,
+                            }
+                        } else {
+                            budget.take(1).await
+                        };
+                        let taken = taken.expect("open");
                         tokio::task::yield_now().await;
                         drop(taken);
+                        taken_so_far += 1;
                     }
                 })
             })
