@@ -21,6 +21,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A ring the peer broke, as the transport reports it.
 pub(crate) fn corrupt(e: crate::ring::Corrupt) -> TransportError {
     TransportError::Other(e.to_string())
 }
