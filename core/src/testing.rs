@@ -192,6 +192,24 @@ pub async fn watchdog<F: Future, R: Future<Output = String>>(
     }
 }
 
+/// Waits until `done` holds, looking again each time `changed` is notified (whoever changes
+/// what `done` reads notifies its waiters): no sleeping. Panics, naming `what`, if `done`
+/// does not hold within `bound`.
+pub async fn until(changed: &Notify, bound: Duration, what: &str, done: impl Fn() -> bool) {
+    let wait = async {
+        loop {
+            let notified = changed.notified();
+            if done() {
+                return;
+            }
+            notified.await;
+        }
+    };
+    tokio::time::timeout(bound, wait)
+        .await
+        .unwrap_or_else(|_| panic!("waited {bound:?} for: {what}"));
+}
+
 /// A name no other test in this process uses: for socket paths and in-process names.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -369,18 +387,8 @@ impl Probes {
 
     /// Waits until `done` holds for the probes.
     async fn until(&self, what: &str, done: impl Fn(&Probes) -> bool) {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if done(self) {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .unwrap_or_else(|_| panic!("waited 60 s for: {what}; probes: {self:?}"));
+        let what = format!("{what}; probes: {self:?}");
+        until(&self.changed, Duration::from_secs(60), &what, || done(self)).await;
     }
 }
 

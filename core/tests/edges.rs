@@ -49,18 +49,8 @@ struct Books {
 
 impl Books {
     async fn until(&self, what: &str, done: impl Fn(&Books) -> bool) {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if done(self) {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), wait)
-            .await
-            .unwrap_or_else(|_| panic!("waited 15 s for: {what}"));
+        let bound = Duration::from_secs(15);
+        courier::testing::until(&self.changed, bound, what, || done(self)).await;
     }
 
     fn ran(&self, id: u64) -> u64 {

@@ -70,18 +70,8 @@ impl Books {
     }
 
     async fn until(&self, what: &str, done: impl Fn(&Books) -> bool) {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if done(self) {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .unwrap_or_else(|_| panic!("waited 60 s for: {what}"));
+        let bound = Duration::from_secs(60);
+        courier::testing::until(&self.changed, bound, what, || done(self)).await;
     }
 }
 

@@ -62,18 +62,8 @@ impl Books {
 
     /// Waits until `done` holds (each change wakes it; no sleeping).
     async fn until(&self, what: &str, done: impl Fn(&Books) -> bool) {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if done(self) {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(45), wait)
-            .await
-            .unwrap_or_else(|_| panic!("waited 45 s for: {what}"));
+        let bound = Duration::from_secs(45);
+        courier::testing::until(&self.changed, bound, what, || done(self)).await;
     }
 }
 

@@ -576,7 +576,7 @@ pub async fn running_calls_hold_no_more_bytes_than_the_limits<H: Harness, C: Cod
     assert_eq!(b.hold_blob(blob()).await, Ok(BLOB as u64));
 }
 
-/// The fault-injecting link wrapper ([`faulty`](crate::testing::faulty)) works over the
+/// The fault-injecting link wrapper ([`faulty`]) works over the
 /// transport: calls whose frames it holds back, and so reorders, all complete.
 pub async fn calls_through_a_link_that_delays_frames_all_complete<H: Harness, C: Codec>(
     env: Arc<Env<H>>,
