@@ -272,6 +272,7 @@ macro_rules! conformance_tests {
             silent_and_garbled_handshakes_are_closed,
             connection_churn_leaks_nothing,
             hostile_frames_never_wedge_the_connection,
+            errors_for_refused_frames_echo_the_call,
             running_calls_hold_no_more_bytes_than_the_limits,
             connections_beyond_the_limit_are_refused,
             calls_through_a_link_that_delays_frames_all_complete,

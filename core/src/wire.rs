@@ -114,6 +114,11 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
+    /// Whether this kind answers a call (Ack, Reply or Error): it travels back to the caller.
+    pub fn is_answer(self) -> bool {
+        matches!(self, Self::Ack | Self::Reply | Self::Error)
+    }
+
     fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Call,
@@ -289,6 +294,112 @@ fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
+}
+
+/// What the raw bytes of a frame claim, read without checking them: enough to route a frame,
+/// answer it or refuse it when [`Header::decode`] would reject it. Each field is `None` when the
+/// bytes are too short to hold it (or, for [`Claims::kind`], name no kind).
+///
+/// Transports and the engine read header fields only through this and [`Header`], so every
+/// offset lives in this module.
+///
+/// ```
+/// use courier::wire::{Claims, FrameKind, Header};
+/// use courier::{InterfaceId, MethodId};
+///
+/// let bytes = Header::new(FrameKind::Call, 7, InterfaceId::new(1), MethodId::new(2)).to_bytes();
+/// let claims = Claims::read(&bytes[..20]);
+/// assert_eq!(claims.kind, Some(FrameKind::Call));
+/// assert_eq!((claims.call_id, claims.method), (Some(7), Some(MethodId::new(2))));
+/// assert_eq!(claims.payload_len, None, "the length is at offset 24");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Claims {
+    /// The kind byte, if it names a kind.
+    pub kind: Option<FrameKind>,
+    /// The interface id at offset 4.
+    pub interface: Option<InterfaceId>,
+    /// The call id at offset 8.
+    pub call_id: Option<u64>,
+    /// The method id at offset 16.
+    pub method: Option<MethodId>,
+    /// The payload length the header declares, at offset 24.
+    pub payload_len: Option<u32>,
+}
+
+impl Claims {
+    /// What a decoded header says.
+    pub fn of(header: &Header) -> Claims {
+        Claims {
+            kind: Some(header.kind),
+            interface: Some(header.interface),
+            call_id: Some(header.call_id),
+            method: Some(header.method),
+            payload_len: Some(header.payload_len),
+        }
+    }
+
+    /// Reads what `frame` claims; never fails.
+    pub fn read(frame: &[u8]) -> Claims {
+        Claims {
+            kind: frame.get(1).copied().and_then(FrameKind::from_u8),
+            interface: frame.get(4..8).map(|b| InterfaceId::new(be_u32(b))),
+            call_id: frame.get(8..16).map(be_u64),
+            method: frame.get(16..20).map(|b| MethodId::new(be_u32(b))),
+            payload_len: frame.get(24..28).map(be_u32),
+        }
+    }
+
+    /// The frame's kind, if its bytes say `kind`.
+    pub fn is(&self, kind: FrameKind) -> bool {
+        self.kind == Some(kind)
+    }
+
+    /// The whole frame's size as the header declares it (header included), if the header is
+    /// long enough to say.
+    pub fn declared_size(&self) -> Option<usize> {
+        self.payload_len.map(|len| HEADER_LEN + len as usize)
+    }
+}
+
+/// An Error frame answering what `about` claimed (its call id, interface and method, 0 where
+/// the claim was too short to carry one), with `payload`.
+pub fn error_frame(about: &Claims, payload: &ErrorPayload) -> Bytes {
+    let mut header = Header::new(
+        FrameKind::Error,
+        about.call_id.unwrap_or(0),
+        about.interface.unwrap_or(InterfaceId::new(0)),
+        about.method.unwrap_or(MethodId::new(0)),
+    );
+    header.payload_len = u32::try_from(payload.encoded_len()).unwrap_or(u32::MAX);
+    let mut out = bytes::BytesMut::with_capacity(HEADER_LEN + payload.encoded_len());
+    header.encode(&mut out);
+    payload.encode(&mut out);
+    out.freeze()
+}
+
+/// The kind byte of a frame, if it names a kind: the one header field a transport reads on
+/// every frame, without the rest of [`Claims`].
+pub fn kind_of(frame: &[u8]) -> Option<FrameKind> {
+    frame.get(1).copied().and_then(FrameKind::from_u8)
+}
+
+/// The call id of a frame, if it is long enough to carry one.
+pub fn call_id_of(frame: &[u8]) -> Option<u64> {
+    frame.get(8..16).map(be_u64)
+}
+
+/// Writes `call_id` into the header at the start of `frame` (a frame encoded before its id
+/// was chosen). `frame` must hold at least a header.
+pub fn set_call_id(frame: &mut [u8], call_id: u64) {
+    frame[8..16].copy_from_slice(&call_id.to_be_bytes());
+}
+
+/// Where the payload length sits in a header, and its encoding: for a buffer that patches
+/// the length in once the payload is written (`FrameBuf::patch`).
+pub fn payload_len_patch(payload_len: u32) -> (usize, [u8; 4]) {
+    (24, payload_len.to_be_bytes())
 }
 
 /// A frame that could not be accepted, and the call it claimed to belong to.

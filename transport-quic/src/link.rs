@@ -38,9 +38,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use courier::transport::{FrameBuf, FrameSink, Link, LinkRx, LinkTx, ReplyReader};
-use courier::wire::{FrameKind, HEADER_LEN};
+use courier::wire::{
+    self, call_id_of, kind_of, Claims, ErrorCode, ErrorPayload, FrameKind, HEADER_LEN,
+};
 use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -75,17 +78,74 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-type Shared = Arc<tokio::sync::Mutex<SendStream>>;
+/// The send half of a call the peer opened, and what its FIN waits for.
+///
+/// The FIN goes out once the call is answered *and* the request half has ended (its FIN read,
+/// or more frames refused). Holding it until then is what makes a second frame's refusal
+/// visible to every caller: a caller that finished its half may see its data acknowledged
+/// before our STOP_SENDING arrives, and QUIC then drops the stop (RFC 9000 §3.5), but the
+/// Error that follows our reply always reaches it.
+struct CallStream {
+    send: SendStream,
+    /// The request half has ended: nothing more will be read from it.
+    ended: bool,
+    /// The call's last answer (Reply or Error) is written.
+    answered: bool,
+    /// The refusal of frames that followed the call, written after the answer.
+    refusal: Option<Bytes>,
+}
+
+impl CallStream {
+    fn new(send: SendStream, ended: bool, refusal: Option<Bytes>) -> Self {
+        CallStream {
+            send,
+            ended: ended || refusal.is_some(),
+            answered: false,
+            refusal,
+        }
+    }
+
+    /// Writes the call's answer and, if this was its last, what follows it.
+    async fn answer(&mut self, bytes: Bytes, last: bool) -> Result<(), TransportError> {
+        self.send.write_chunk(bytes).await.map_err(closed)?;
+        if last {
+            self.answered = true;
+            self.close_if_done().await;
+        }
+        Ok(())
+    }
+
+    /// The request half ended (`refusal` is `None`) or carried more than its call.
+    async fn request_ended(&mut self, refusal: Option<Bytes>) {
+        self.ended = true;
+        if self.refusal.is_none() {
+            self.refusal = refusal;
+        }
+        self.close_if_done().await;
+    }
+
+    /// Once answered and read to the end: the refusal, if any, then the FIN.
+    async fn close_if_done(&mut self) {
+        if self.answered && self.ended {
+            if let Some(refusal) = self.refusal.take() {
+                let _ = self.send.write_chunk(refusal).await;
+            }
+            let _ = self.send.finish();
+        }
+    }
+}
+
+type Shared = Arc<tokio::sync::Mutex<CallStream>>;
 
 /// A peer call's send half, owned outright or under its lock.
 enum Exclusive {
-    Owned(SendStream),
-    Locked(tokio::sync::OwnedMutexGuard<SendStream>),
+    Owned(CallStream),
+    Locked(tokio::sync::OwnedMutexGuard<CallStream>),
 }
 
 impl std::ops::Deref for Exclusive {
-    type Target = SendStream;
-    fn deref(&self) -> &SendStream {
+    type Target = CallStream;
+    fn deref(&self) -> &CallStream {
         match self {
             Exclusive::Owned(s) => s,
             Exclusive::Locked(g) => g,
@@ -94,7 +154,7 @@ impl std::ops::Deref for Exclusive {
 }
 
 impl std::ops::DerefMut for Exclusive {
-    fn deref_mut(&mut self) -> &mut SendStream {
+    fn deref_mut(&mut self) -> &mut CallStream {
         match self {
             Exclusive::Owned(s) => s,
             Exclusive::Locked(g) => g,
@@ -216,18 +276,25 @@ pub(crate) fn link(
 /// Reads the peer's streams for the lifetime of the connection.
 async fn accept_streams(state: Arc<State>, control: Option<RecvStream>) {
     let conn = state.conn.clone();
-    if let Some(recv) = control {
+    // The handshake message is read whole before any other stream is accepted: frames that
+    // arrived earlier on later streams (a client may send calls before the welcome comes) wait
+    // in quinn until then, so the engine always sees the handshake first. Reading them as they
+    // came let such a call reach the engine first, which took it for a malformed hello.
+    let control = match control {
         // Connecting side: the peer's welcome comes back on our handshake stream.
-        tokio::spawn(read_handshake(Arc::clone(&state), recv));
-    } else {
-        // Accepting side: the peer's first stream carries its hello.
-        match conn.accept_bi().await {
+        Some(recv) => recv,
+        // Accepting side: quinn hands over streams in the order of their ids, so this is the
+        // peer's first bidirectional stream (id 0), whatever order their data arrived in.
+        None => match conn.accept_bi().await {
             Ok((send, recv)) => {
                 *lock(&state.control) = Some(send);
-                tokio::spawn(read_handshake(Arc::clone(&state), recv));
+                recv
             }
             Err(_) => return,
-        }
+        },
+    };
+    if !read_handshake(&state, control).await {
+        return;
     }
     loop {
         tokio::select! {
@@ -274,20 +341,23 @@ impl State {
     }
 }
 
-async fn read_handshake(state: Arc<State>, mut recv: RecvStream) {
+/// Reads the one handshake message off the handshake stream and hands it to the engine;
+/// false if none came (the engine's handshake timeout then closes the connection).
+async fn read_handshake(state: &State, mut recv: RecvStream) -> bool {
     let mut len = [0u8; 4];
     if recv.read_exact(&mut len).await.is_err() {
-        return;
+        return false;
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_HANDSHAKE {
         state.conn.close(REFUSED, b"handshake message too large");
-        return;
+        return false;
     }
     let mut message = vec![0u8; len];
-    if recv.read_exact(&mut message).await.is_ok() {
-        let _ = state.deliver(Bytes::from(message)).await;
+    if recv.read_exact(&mut message).await.is_err() {
+        return false;
     }
+    matches!(state.deliver(Bytes::from(message)).await, Delivered::Done)
 }
 
 /// What reading one frame off a stream gave.
@@ -496,9 +566,10 @@ impl Frames {
             Ok(false) => return Read::Frame(std::mem::take(&mut self.pending)),
             Err(read) => return read,
         }
-        let p = &self.pending;
-        let declared = u32::from_be_bytes([p[24], p[25], p[26], p[27]]) as usize;
-        if HEADER_LEN + declared > limits.max_frame {
+        let Some(total) = Claims::read(&self.pending).declared_size() else {
+            return Read::Failed;
+        };
+        if total > limits.max_frame {
             // Refuse to read it: the engine sees the header alone and reports the frame as too
             // large against its call; the stream's sender is told to stop.
             let _ = self.recv.stop(REFUSED);
@@ -506,7 +577,6 @@ impl Frames {
             self.pending = Bytes::new();
             return Read::Frame(header);
         }
-        let total = HEADER_LEN + declared;
         if self.pending.len() >= total {
             return Read::Frame(self.pending.split_to(total));
         }
@@ -531,12 +601,6 @@ impl Frames {
 /// allocation for a frame being gathered.
 const BUDGET_STEP: usize = 64 * 1024;
 
-fn call_id(frame: &[u8]) -> Option<u64> {
-    let mut id = [0u8; 8];
-    id.copy_from_slice(frame.get(8..16)?);
-    Some(u64::from_be_bytes(id))
-}
-
 fn cancel_frame(id: u64) -> Bytes {
     let header = courier::wire::Header::new(
         FrameKind::Cancel,
@@ -547,82 +611,154 @@ fn cancel_frame(id: u64) -> Bytes {
     Bytes::copy_from_slice(&header.to_bytes())
 }
 
-/// A stream the peer opened for a call: register its send half for the reply, pass the frames
-/// on, and turn a reset into a Cancel.
+/// What follows a call's frame on its stream, as far as can be told without waiting.
+enum After {
+    /// The request half ended: the call was all it carried (the usual case: the caller's FIN
+    /// comes in the call's last packet).
+    Ended,
+    /// More bytes: refused.
+    More,
+    /// Nothing yet; the reading goes on once the call is delivered.
+    Unknown,
+    /// The caller reset its half.
+    Reset,
+    /// The stream or the connection failed.
+    Failed,
+}
+
+impl Frames {
+    /// Looks, without waiting, at what follows the frame just read.
+    fn after(&mut self) -> After {
+        if !self.pending.is_empty() {
+            return After::More;
+        }
+        match self.recv.read_chunk(usize::MAX, true).now_or_never() {
+            None => After::Unknown,
+            Some(Ok(None)) => After::Ended,
+            Some(Ok(Some(chunk))) => {
+                self.pending = chunk.bytes;
+                After::More
+            }
+            Some(Err(e)) => match read_error(e) {
+                Read::Reset => After::Reset,
+                _ => After::Failed,
+            },
+        }
+    }
+
+    /// Refuses what followed a call on its stream (`extra`, or what is pending): stops the
+    /// request half with code 2 and returns the Error that follows the call's answer, which
+    /// echoes what the refused frame claimed.
+    fn refuse_extra(&mut self, extra: Option<&[u8]>) -> Bytes {
+        tracing::debug!("refused a second frame on a call's stream");
+        let _ = self.recv.stop(REFUSED);
+        let claims = Claims::read(extra.unwrap_or(&self.pending));
+        self.pending = Bytes::new();
+        let payload = ErrorPayload::new(
+            ErrorCode::Protocol,
+            "a call's stream carries one Call frame; what followed it was not read",
+        );
+        wire::error_frame(&claims, &payload)
+    }
+}
+
+/// A stream the peer opened for a call: register its send half for the reply, pass the call
+/// on, refuse anything after it, and turn a reset into a Cancel.
 async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
     // Resolves when the caller stops reading (it cancelled), or once our reply is finished and
     // acknowledged.
     let mut stopped = Some(Box::pin(send.stopped()));
-    let mut send = Some(send);
-    let mut id = None;
     let mut frames = Frames::new(recv);
-    loop {
-        match frames.next(&state).await {
-            Read::Frame(frame) => {
-                let Some(mut send) = send.take() else {
-                    // A second frame after the call: not ours to deliver (one call per stream).
-                    tracing::debug!("refused a second frame on a call's stream");
-                    let _ = frames.recv.stop(REFUSED);
-                    return;
-                };
-                if frame.get(1) != Some(&(FrameKind::Call as u8)) {
-                    // Only a Call opens a bidirectional stream: a stray Reply, Ack, Error or
-                    // Cancel here would leave the stream open waiting for an answer that never
-                    // comes, so refuse it both ways at once.
-                    tracing::debug!("refused a stream that did not start with a call");
-                    let _ = frames.recv.stop(REFUSED);
-                    let _ = send.reset(REFUSED);
-                    return;
-                }
-                if let Some(call) = call_id(&frame) {
-                    lock(&state.theirs).insert(call, Arc::new(tokio::sync::Mutex::new(send)));
-                    id = Some(call);
-                }
-                match state.deliver(frame).await {
-                    Delivered::Done => {}
-                    Delivered::Gone => return,
-                    Delivered::Handler(mut handler) => {
-                        // Run the handler on this task, the stream's own: no spawn per call.
-                        // Most finish at once; only one that waits needs watching for the
-                        // caller's STOP_SENDING (a lock and a registration in quinn per call).
-                        if futures::poll!(&mut handler).is_ready() {
-                            stopped = None;
-                            continue;
-                        }
-                        // A STOP_SENDING from the caller is its Cancel: drop the handler.
-                        let Some(mut stop) = stopped.take() else {
-                            handler.await;
-                            continue;
-                        };
-                        tokio::select! {
-                            // Answered: a later STOP_SENDING no longer matters, so stop
-                            // watching for one (it would only wake this task once more).
-                            () = &mut handler => drop(stop),
-                            why = &mut stop => {
-                                if let Ok(Some(_)) = why {
-                                    if let Some(call) = id {
-                                        lock(&state.theirs).remove(&call);
-                                    }
-                                    return;
-                                }
-                                handler.await;
+    let frame = match frames.next(&state).await {
+        Read::Frame(frame) => frame,
+        Read::End | Read::Reset | Read::Failed => return,
+    };
+    if kind_of(&frame) != Some(FrameKind::Call) {
+        // Only a Call opens a bidirectional stream: a stray Reply, Ack, Error or Cancel here
+        // would leave the stream open waiting for an answer that never comes, so refuse it
+        // both ways at once.
+        tracing::debug!("refused a stream that did not start with a call");
+        let _ = frames.recv.stop(REFUSED);
+        let mut send = send;
+        let _ = send.reset(REFUSED);
+        return;
+    }
+    let after = frames.after();
+    let refusal = matches!(after, After::More).then(|| frames.refuse_extra(None));
+    let id = call_id_of(&frame);
+    // While the request half may still carry something, this task keeps a handle on the
+    // stream to finish it (or refuse what came) once the call is answered.
+    let mut mine = None;
+    if let Some(call) = id {
+        let ended = matches!(after, After::Ended);
+        let stream = Arc::new(tokio::sync::Mutex::new(CallStream::new(
+            send, ended, refusal,
+        )));
+        if matches!(after, After::Unknown) {
+            mine = Some(Arc::clone(&stream));
+        }
+        // A copy of the call on this connection takes over its answer; the earlier stream,
+        // dropped, finishes unanswered.
+        lock(&state.theirs).insert(call, stream);
+    }
+    match state.deliver(frame).await {
+        Delivered::Done => {}
+        Delivered::Gone => return,
+        Delivered::Handler(mut handler) => {
+            // Run the handler on this task, the stream's own: no spawn per call. Most finish
+            // at once; only one that waits needs watching for the caller's STOP_SENDING (a
+            // lock and a registration in quinn per call).
+            if futures::poll!(&mut handler).is_ready() {
+                stopped = None;
+            } else if let Some(mut stop) = stopped.take() {
+                // A STOP_SENDING from the caller is its Cancel: drop the handler.
+                tokio::select! {
+                    // Answered: a later STOP_SENDING no longer matters, so stop watching for
+                    // one (it would only wake this task once more).
+                    () = &mut handler => drop(stop),
+                    why = &mut stop => {
+                        if let Ok(Some(_)) = why {
+                            if let Some(call) = id {
+                                lock(&state.theirs).remove(&call);
                             }
+                            return;
                         }
+                        handler.await;
                     }
                 }
             }
-            Read::End => break,
-            Read::Reset => {
-                if let Some(call) = id {
-                    if let Delivered::Handler(h) = state.deliver(cancel_frame(call)).await {
-                        h.await;
-                    }
-                }
-                return;
-            }
-            Read::Failed => return,
         }
     }
+    let rest = match after {
+        After::Ended | After::More => None,
+        After::Reset => Some(Read::Reset),
+        After::Failed => Some(Read::Failed),
+        After::Unknown => Some(frames.next(&state).await),
+    };
+    match rest {
+        None => {}
+        Some(Read::End) => {
+            if let Some(stream) = mine.take() {
+                stream.lock().await.request_ended(None).await;
+            }
+        }
+        Some(Read::Frame(extra)) => {
+            let refusal = frames.refuse_extra(Some(&extra));
+            if let Some(stream) = mine.take() {
+                stream.lock().await.request_ended(Some(refusal)).await;
+            }
+        }
+        Some(Read::Reset) => {
+            if let Some(call) = id {
+                if let Delivered::Handler(h) = state.deliver(cancel_frame(call)).await {
+                    h.await;
+                }
+            }
+            return;
+        }
+        Some(Read::Failed) => return,
+    }
+    drop(mine);
     // The request is all read; a handler still running elsewhere (delivered before the switch
     // to push mode) is cancelled through the connection if the caller stops reading.
     if let (Some(call), Some(stop)) = (id, stopped) {
@@ -697,18 +833,14 @@ impl Tx {
                 return Route::Handshake(control);
             }
         }
-        let id = call_id(bytes).unwrap_or(0);
-        match bytes.get(1).copied() {
-            Some(k) if k == FrameKind::Call as u8 => Route::Call,
+        let id = call_id_of(bytes).unwrap_or(0);
+        match kind_of(bytes) {
+            Some(FrameKind::Call) => Route::Call,
             // The caller's reader went with the call, and dropping it dropped the receive half,
             // which sends STOP_SENDING; the peer turns that into a Cancel for the handler.
-            Some(k) if k == FrameKind::Cancel as u8 => Route::Cancel,
-            Some(k)
-                if k == FrameKind::Ack as u8
-                    || k == FrameKind::Reply as u8
-                    || k == FrameKind::Error as u8 =>
-            {
-                let last = k != FrameKind::Ack as u8;
+            Some(FrameKind::Cancel) => Route::Cancel,
+            Some(k) if k.is_answer() => {
+                let last = k != FrameKind::Ack;
                 let stream = if last {
                     lock(&state.theirs).remove(&id)
                 } else {
@@ -747,11 +879,7 @@ impl Tx {
             Ok(only) => Exclusive::Owned(only.into_inner()),
             Err(shared) => Exclusive::Locked(shared.lock_owned().await),
         };
-        send.write_chunk(bytes).await.map_err(closed)?;
-        if last {
-            let _ = send.finish();
-        }
-        Ok(())
+        send.answer(bytes, last).await
     }
 
     /// The handshake message: length-prefixed on the handshake stream.

@@ -3,66 +3,20 @@
 //! choosing, frames that never finish).
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use courier::wire::{FrameKind, Header, Hello, Welcome, WelcomeStatus, HEADER_LEN};
+use courier::wire::{FrameKind, Header, HEADER_LEN};
 use courier::Client;
 use courier_cbor::Cbor;
 use courier_quic::{ClientTls, DevCert, QuicConnector, QuicOptions};
-use quinn::crypto::rustls::QuicClientConfig;
 
 mod support {
     pub mod ping;
+    pub mod raw;
 }
 
 use support::ping::{serve, within, PingClient};
-
-/// A quinn connection that has done Courier's handshake by hand.
-async fn raw(addr: SocketAddr, cert: &DevCert) -> (quinn::Endpoint, quinn::Connection) {
-    let tls = ClientTls::trusting_dev(cert).into_rustls().unwrap();
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    config.transport_config(Arc::new(QuicOptions::default().into_transport().unwrap()));
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = endpoint
-        .connect_with(config, addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let hello = Hello {
-        version: u16::from(courier::wire::PROTOCOL_VERSION),
-        codec: "cbor".to_owned(),
-        client_id: 99,
-        epoch: 1,
-    }
-    .encode();
-    send.write_all(&(hello.len() as u32).to_be_bytes())
-        .await
-        .unwrap();
-    send.write_all(&hello).await.unwrap();
-    send.finish().unwrap();
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.unwrap();
-    let mut welcome = vec![0u8; u32::from_be_bytes(len) as usize];
-    recv.read_exact(&mut welcome).await.unwrap();
-    assert_eq!(
-        Welcome::decode(&welcome).unwrap().status,
-        WelcomeStatus::Accepted
-    );
-    (endpoint, conn)
-}
-
-fn header(kind: FrameKind, id: u64, payload_len: u32) -> [u8; HEADER_LEN] {
-    let desc = PingClient::<Cbor>::PING;
-    Header {
-        payload_len,
-        version: desc.version,
-        ..Header::new(kind, id, desc.interface, desc.method)
-    }
-    .to_bytes()
-}
+use support::raw::{header, ping_call, raw};
 
 /// Resident memory of this process, from `/proc/self/status`.
 fn resident_bytes() -> usize {
@@ -99,9 +53,7 @@ async fn stray_frames_on_new_streams_are_refused_and_never_wedge_the_connection(
         }
         // A second frame after a call on the same stream is refused too, the call answered.
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let mut call = header(FrameKind::Call, 5, 2).to_vec();
-        call.extend_from_slice(&[0x81, 0x07]); // CBOR [7]
-        send.write_all(&call).await.unwrap();
+        send.write_all(&ping_call(5, 7)).await.unwrap();
         send.write_all(&header(FrameKind::Call, 6, 2)).await.unwrap();
         send.write_all(&[0x81, 0x08]).await.unwrap();
         let _ = send.finish();

@@ -205,9 +205,10 @@ const MAX_LOOKERS: usize = 2;
 
 /// Whether `frame` is the reply (or error) that ends call `id`.
 fn answers(frame: &[u8], id: u64) -> bool {
-    let kind = frame.get(1).copied();
-    (kind == Some(FrameKind::Reply as u8) || kind == Some(FrameKind::Error as u8))
-        && frame.get(8..16) == Some(&id.to_be_bytes()[..])
+    matches!(
+        courier::wire::kind_of(frame),
+        Some(FrameKind::Reply | FrameKind::Error)
+    ) && courier::wire::call_id_of(frame) == Some(id)
 }
 
 impl Reading {
@@ -281,14 +282,13 @@ impl Reading {
         frame: &[u8],
         budget: Option<Duration>,
     ) -> Option<OwnReply> {
-        if !self.open.load(Ordering::Acquire) || frame.len() < 16 {
+        if !self.open.load(Ordering::Acquire) {
             return None;
         }
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&frame[8..16]);
+        let call = courier::wire::call_id_of(frame)?;
         Some(OwnReply {
             reading: Arc::clone(self),
-            call: u64::from_be_bytes(id),
+            call,
             budget,
             started: None,
             looks: 0,

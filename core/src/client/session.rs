@@ -475,7 +475,7 @@ impl ClientSession {
             }
             // The id is taken under the lock, with its entry: see `Lineage::watermark`.
             let id = self.lineage.next.fetch_add(1, Ordering::SeqCst);
-            buf[8..16].copy_from_slice(&id.to_be_bytes());
+            crate::wire::set_call_id(&mut buf, id);
             let frame = buf.freeze();
             // The clock only matters for an attempt timeout.
             let now = match attempt {

@@ -22,7 +22,8 @@ use crate::session::replies::Begin;
 use crate::trace;
 use crate::transport::LinkRx;
 use crate::wire::{
-    ErrorCode, ErrorPayload, Flags, FrameError, FrameKind, FrameProblem, Header, HEADER_LEN,
+    call_id_of, kind_of, Claims, ErrorCode, ErrorPayload, Flags, FrameError, FrameKind,
+    FrameProblem, Header, HEADER_LEN,
 };
 
 pub(super) struct RunningHandler {
@@ -73,11 +74,7 @@ impl Shared {
         room: Option<Room>,
     ) -> Option<Work> {
         if frame.len() > self.limits.max_frame_size {
-            let call_id = (frame.len() >= 16).then(|| {
-                let mut id = [0u8; 8];
-                id.copy_from_slice(&frame[8..16]);
-                u64::from_be_bytes(id)
-            });
+            let call_id = call_id_of(&frame);
             let problem = FrameProblem::TooLarge {
                 len: frame.len(),
                 limit: self.limits.max_frame_size,
@@ -162,12 +159,11 @@ impl Shared {
     /// A frame that could not be parsed: fail the call it belongs to, on whichever side that is,
     /// and keep the connection.
     fn on_bad_frame(self: &Arc<Self>, frame: &[u8], error: FrameError) {
-        let kind = frame.get(1).copied();
-        let is_response = matches!(kind, Some(3..=5)); // Ack, Reply, Error
+        let claims = Claims::read(frame);
         tracing::debug!(peer = ?self.peer, problem = %error.problem, "malformed frame");
         let rpc_error = RpcError::from(error.problem.clone());
         match error.call_id {
-            Some(id) if is_response => {
+            Some(id) if claims.kind.is_some_and(FrameKind::is_answer) => {
                 let pending = lock(&self.calls).remove(&id);
                 match pending {
                     Some(p) => {
@@ -180,14 +176,17 @@ impl Shared {
                     }
                 }
             }
-            Some(_) if kind == Some(FrameKind::Cancel as u8) => {}
+            Some(_) if claims.is(FrameKind::Cancel) => {}
             // Nothing ever answers a one-way call, not even a malformed one (once its header
             // is whole enough to say it is one).
-            _ if kind == Some(FrameKind::OneWay as u8) && frame.len() >= HEADER_LEN => {}
+            _ if claims.is(FrameKind::OneWay) && frame.len() >= HEADER_LEN => {}
             id => {
-                let zero = InterfaceId::new(0);
+                // The error echoes what the frame claimed (its interface and method when it
+                // was long enough to carry them), as every Error does (PROTOCOL.md §1).
+                let interface = claims.interface.unwrap_or(InterfaceId::new(0));
+                let method = claims.method.unwrap_or(MethodId::new(0));
                 let payload = rpc_error.to_payload();
-                self.notify_peer(id.unwrap_or(0), zero, MethodId::new(0), payload);
+                self.notify_peer(id.unwrap_or(0), interface, method, payload);
             }
         }
     }
@@ -278,8 +277,7 @@ impl Shared {
     /// peer). A frame larger than the limit is not a call that will run: it is refused
     /// without waiting.
     pub(crate) fn waits_for_room(&self, frame: &[u8]) -> bool {
-        frame.get(1) == Some(&(FrameKind::OneWay as u8))
-            && frame.len() <= self.limits.max_frame_size
+        kind_of(frame) == Some(FrameKind::OneWay) && frame.len() <= self.limits.max_frame_size
     }
 
     /// How many of the peer's calls run here now.
@@ -678,13 +676,15 @@ async fn run_handler(
             Ok(frame) => frame,
             Err(e) => shared.error_frame(&header, e.to_payload()),
         };
-        // The caller that sent it first gets it first: the bookkeeping (keeping the outcome,
-        // finding copies that attached meanwhile) follows, off the caller's path.
+        // The outcome is kept before it is sent: a copy that arrives once the caller can have
+        // the reply must find it (cached, or answered by this send). Sent first, a copy on
+        // this same link in between attached to a call whose answer had gone, and on QUIC,
+        // where the copy has a stream of its own, it was never answered.
+        let keep = !header.flags.contains(Flags::IDEMPOTENT);
+        let waiters = session.finish(header.call_id, &frame, keep);
         if let Err(e) = shared.send_shared(frame.clone()).await {
             tracing::debug!(call_id = header.call_id, error = %e, "could not send an outcome");
         }
-        let keep = !header.flags.contains(Flags::IDEMPOTENT);
-        let waiters = session.finish(header.call_id, &frame, keep);
         super::Served::deliver(waiters, shared, header.call_id, frame).await;
         return label;
     }
@@ -738,18 +738,7 @@ impl Shared {
 
 /// An error frame for `header`'s call (its id, interface and method), encoded on the heap.
 pub(crate) fn error_frame(header: &Header, payload: ErrorPayload) -> Bytes {
-    let payload = super::cut_message(payload);
-    let mut head = Header::new(
-        FrameKind::Error,
-        header.call_id,
-        header.interface,
-        header.method,
-    );
-    head.payload_len = u32::try_from(payload.encoded_len()).unwrap_or(u32::MAX);
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + payload.encoded_len());
-    head.encode(&mut buf);
-    payload.encode(&mut buf);
-    buf.freeze()
+    crate::wire::error_frame(&Claims::of(header), &super::cut_message(payload))
 }
 
 pub(super) async fn read_loop(shared: Arc<Shared>, mut rx: Box<dyn LinkRx>) {

@@ -220,7 +220,8 @@ pub(crate) fn seal(buf: &mut dyn FrameBuf, limit: usize) -> Result<(), RpcError>
         return Err(too_large());
     }
     let payload_len = u32::try_from(size - HEADER_LEN).map_err(|_| too_large())?;
-    buf.patch(24, &payload_len.to_be_bytes());
+    let (at, bytes) = crate::wire::payload_len_patch(payload_len);
+    buf.patch(at, &bytes);
     Ok(())
 }
 

@@ -451,12 +451,19 @@ pub async fn hostile_frames_never_wedge_the_connection<H: Harness, C: Codec>(
         b"\xff\xff\xff",
     ));
     hostile.push(vec![PROTOCOL_VERSION, 1, 0, 0, 0, 0]);
-    let mut lying = frame(Header::new(FrameKind::Call, 13, any.0, any.1), b"abc");
-    lying[24..28].copy_from_slice(&1000u32.to_be_bytes());
+    let mut lying = Header {
+        payload_len: 1000,
+        ..Header::new(FrameKind::Call, 13, any.0, any.1)
+    }
+    .to_bytes()
+    .to_vec();
+    lying.extend_from_slice(b"abc");
     hostile.push(lying);
-    let mut huge = Header::new(FrameKind::Call, 14, desc.interface, desc.method).to_bytes();
-    huge[24..28].copy_from_slice(&u32::MAX.to_be_bytes());
-    hostile.push(huge.to_vec());
+    let huge = Header {
+        payload_len: u32::MAX,
+        ..Header::new(FrameKind::Call, 14, desc.interface, desc.method)
+    };
+    hostile.push(huge.to_bytes().to_vec());
     let mut bad_kind = frame(Header::new(FrameKind::Call, 15, any.0, any.1), b"");
     bad_kind[1] = 99;
     hostile.push(bad_kind);
@@ -483,6 +490,60 @@ pub async fn hostile_frames_never_wedge_the_connection<H: Harness, C: Codec>(
     }
     drop(link);
     settles(&env, "after the hostile client left", tasks, fds).await;
+}
+
+/// An Error that refuses a malformed frame (a bad header, a declared size past the limit)
+/// echoes the call id, interface and method the frame claimed, like every other Error
+/// (PROTOCOL.md §1), so that a caller can tell which of its calls failed and why.
+pub async fn errors_for_refused_frames_echo_the_call<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    use crate::wire::ErrorCode;
+    let connector = env.serve_default(&codec).await;
+    let mut link = raw_link::<C>(&connector).await;
+    let desc = ConformanceClient::<C>::ECHO;
+    let call = |id| Header::new(FrameKind::Call, id, desc.interface, desc.method);
+    let mut reserved = frame(call(40), b"");
+    reserved[22] = 1;
+    let mut flags = frame(call(41), b"");
+    flags[3] = 0x80;
+    // A header alone that declares a payload as large as the limit.
+    let oversized = Header {
+        payload_len: u32::try_from(DEFAULT_FRAMES.server).unwrap_or(u32::MAX),
+        ..call(42)
+    }
+    .to_bytes();
+    let cases: [(u64, Vec<u8>, ErrorCode); 3] = [
+        (40, reserved, ErrorCode::Protocol),
+        (41, flags, ErrorCode::Protocol),
+        (42, oversized.to_vec(), ErrorCode::TooLarge),
+    ];
+    for (id, bytes, code) in cases {
+        assert!(send_bytes(&link, &bytes).await, "frame {id} sent");
+        let answer = tokio::time::timeout(Duration::from_secs(30), answer_to(&mut link, id))
+            .await
+            .expect("an answer in time")
+            .expect("the connection stays open");
+        let header = Header::decode(&answer).expect("a well-formed answer");
+        assert_eq!(
+            header.kind,
+            FrameKind::Error,
+            "frame {id}: {}",
+            describe(&answer)
+        );
+        assert_eq!(
+            (header.interface, header.method),
+            (desc.interface, desc.method),
+            "frame {id}: the error echoes the interface and method"
+        );
+        let error = ErrorPayload::decode(&answer[HEADER_LEN..]);
+        assert_eq!(error.code, Some(code), "frame {id}: {}", error.message);
+    }
+    // The connection goes on.
+    assert!(send_bytes(&link, &echo_call(&codec, 43, 8)).await);
+    let answer = answer_to(&mut link, 43).await.expect("an answer");
+    assert_eq!(codec.decode::<u64>(&answer[HEADER_LEN..]), Ok(8));
 }
 
 /// A listener serves at most `max_connections`; the next client is told the server is busy,
