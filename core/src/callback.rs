@@ -53,23 +53,21 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::codec::{ByteBuf, Codec};
-use crate::context::Context;
 use crate::dispatch::{HandlerFuture, Incoming, Service};
 use crate::error::RpcError;
 use crate::ids::{InterfaceId, MethodDesc, MethodId};
 use crate::sync::lock;
-use crate::{CallOptions, Client};
 
 /// The interface id of the callback service every client offers (`"COCB"`).
 pub const INTERFACE: InterfaceId = InterfaceId::new(0x434F_4342);
 const SERVICE: &str = "courier::Callback";
 
 /// Delivers one value: `(callback id: u64, value: bytes)` → `()`.
-const DELIVER: MethodDesc = MethodDesc {
+pub(crate) const DELIVER: MethodDesc = MethodDesc {
     service: SERVICE,
     name: "deliver",
     interface: INTERFACE,
@@ -79,7 +77,7 @@ const DELIVER: MethodDesc = MethodDesc {
 };
 
 /// One-way: the handler dropped callback `(id: u64,)`; no more values will come.
-const CLOSE: MethodDesc = MethodDesc {
+pub(crate) const CLOSE: MethodDesc = MethodDesc {
     service: SERVICE,
     name: "close",
     interface: INTERFACE,
@@ -114,7 +112,8 @@ impl<T: Send + 'static> Sink<T> for ChannelSink<T> {
 }
 
 /// Sends one value of callback `id` back over the connection.
-type SendValue<T> = Box<dyn Fn(u64, T) -> BoxFuture<'static, Result<(), RpcError>> + Send + Sync>;
+pub(crate) type SendValue<T> =
+    Box<dyn Fn(u64, T) -> BoxFuture<'static, Result<(), RpcError>> + Send + Sync>;
 
 /// A handler's end of a caller's callback: each value is a call back over the connection.
 struct Remote<T> {
@@ -244,46 +243,26 @@ impl<T: Send + 'static> Callback<T> {
     }
 }
 
-impl<T> Callback<T>
-where
-    T: Serialize + DeserializeOwned + Send + 'static,
-{
-    /// The handler's end of the caller's callback `id` (generated dispatchers call this).
-    #[doc(hidden)]
-    pub fn __remote<C: Codec>(context: &Context, codec: &C, id: u64) -> Result<Self, RpcError> {
-        let client = context.client(codec.clone())?;
-        let sender = client.clone();
-        let (pending, timeout) = context.callback_limits();
-        let options = CallOptions::new().timeout(timeout);
-        let send = move |id: u64, value: T| -> BoxFuture<'static, Result<(), RpcError>> {
-            let client = sender.clone();
-            let options = options.clone();
-            Box::pin(async move {
-                let mut bytes = Vec::new();
-                client.codec().encode(&value, &mut bytes)?;
-                client
-                    .call::<_, ()>(&DELIVER, (id, ByteBuf::from(bytes)), &options)
-                    .await
-            })
-        };
-        let close = move |id: u64| {
-            let client = client.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = client.send(&CLOSE, (id,)).await;
-                });
-            }
-        };
-        Ok(Callback {
+impl<T: Send + 'static> Callback<T> {
+    /// The handler's end of a caller's callback `id`: each value goes back through `send`,
+    /// within the connection's `pending` deliveries and `timeout`; `close` runs once no
+    /// handler holds it any more.
+    pub(crate) fn remote(
+        id: u64,
+        send: SendValue<T>,
+        close: Box<dyn Fn(u64) + Send + Sync>,
+        (pending, timeout): (Arc<crate::budget::Budget>, std::time::Duration),
+    ) -> Self {
+        Callback {
             side: Side::Remote(Arc::new(Remote {
                 id,
-                send: Box::new(send),
-                close: Box::new(close),
+                send,
+                close,
                 order: tokio::sync::Mutex::new(()),
                 pending,
                 timeout,
             })),
-        })
+        }
     }
 }
 
@@ -406,24 +385,5 @@ impl Service for CallbackService {
             .iter()
             .find(|d| d.method == method)
             .map(|d| d.name)
-    }
-}
-
-impl<C: Codec> Client<C> {
-    /// Registers `callback` with this client, for a call that passes it (generated stubs call
-    /// this); its id, sent in its place.
-    #[doc(hidden)]
-    pub fn __register_callback<T>(&self, callback: Callback<T>) -> Result<u64, RpcError>
-    where
-        T: DeserializeOwned + Send + 'static,
-    {
-        match self.callbacks() {
-            Some(table) => table.register(self.codec(), callback),
-            None => Err(RpcError::BadRequest(
-                "a callback can only be passed by a client made with ClientBuilder, not by a \
-                 handler calling its own caller back"
-                    .to_owned(),
-            )),
-        }
     }
 }

@@ -13,8 +13,7 @@ use std::fmt;
 use bytes::BufMut;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::dispatch::{HandlerFuture, Incoming, Service};
-use crate::error::{CodecError, RpcError};
+use crate::error::CodecError;
 
 /// Turns serde values into payload bytes and back.
 ///
@@ -63,13 +62,19 @@ pub trait CodecSet: Send + Sync + 'static {
     /// The names of the codecs, in order.
     fn names(&self) -> Vec<&'static str>;
 
-    /// Dispatches `call` to `service` with the codec at `index` in [`CodecSet::names`].
-    fn dispatch<S: Service>(
-        &self,
-        index: usize,
-        service: &S,
-        call: Incoming<'_>,
-    ) -> Result<HandlerFuture, RpcError>;
+    /// Runs `work` with the codec at `index` in [`CodecSet::names`], whichever type it has;
+    /// `None` if there is no codec at `index`.
+    fn with_codec<W: WithCodec>(&self, index: usize, work: W) -> Option<W::Output>;
+}
+
+/// Work done with one codec of a [`CodecSet`], generic over which: how a server serves a
+/// connection with the codec its handshake chose.
+pub trait WithCodec {
+    /// What the work gives.
+    type Output;
+
+    /// Does the work with `codec`.
+    fn with<C: Codec>(self, codec: &C) -> Self::Output;
 }
 
 impl<C: Codec> CodecSet for C {
@@ -77,13 +82,8 @@ impl<C: Codec> CodecSet for C {
         vec![C::NAME]
     }
 
-    fn dispatch<S: Service>(
-        &self,
-        _index: usize,
-        service: &S,
-        call: Incoming<'_>,
-    ) -> Result<HandlerFuture, RpcError> {
-        service.dispatch(self, call)
+    fn with_codec<W: WithCodec>(&self, index: usize, work: W) -> Option<W::Output> {
+        (index == 0).then(|| work.with(self))
     }
 }
 
@@ -94,15 +94,10 @@ macro_rules! tuple_codec_set {
                 vec![$($t::NAME),+]
             }
 
-            fn dispatch<S: Service>(
-                &self,
-                index: usize,
-                service: &S,
-                call: Incoming<'_>,
-            ) -> Result<HandlerFuture, RpcError> {
+            fn with_codec<W: WithCodec>(&self, index: usize, work: W) -> Option<W::Output> {
                 match index {
-                    $($i => service.dispatch(&self.$i, call),)+
-                    _ => Err(RpcError::Internal(format!("no codec at index {index}"))),
+                    $($i => Some(work.with(&self.$i)),)+
+                    _ => None,
                 }
             }
         }

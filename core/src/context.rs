@@ -6,11 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client::session::ClientSession;
-use crate::client::Client;
-use crate::codec::Codec;
 use crate::engine::Shared;
-use crate::error::{HandshakeError, RpcError};
 use crate::ids::{InterfaceId, MethodId};
 use crate::peer::Peer;
 use crate::wire::Header;
@@ -87,30 +83,9 @@ impl Context {
         self.shared.codec_name()
     }
 
-    /// A client for calling back the services the peer exports on this same connection.
-    ///
-    /// `codec` must be the connection's codec (see [`Context::codec_name`]): a server that offers
-    /// several codecs learns which one each client chose. Dropping the returned client does not
-    /// close the connection.
-    pub fn client<C: Codec>(&self, codec: C) -> Result<Client<C>, RpcError> {
-        if C::NAME != self.shared.codec_name() {
-            return Err(HandshakeError::Codec {
-                requested: C::NAME.to_owned(),
-                offered: self.shared.codec_name().to_owned(),
-            }
-            .into());
-        }
-        // On a client's link (its exported service calling the server back), the call belongs
-        // to the client's session like any other: numbered in its sequence, sent again after a
-        // reconnect. On a server's link, it is a call over that link alone.
-        let session = self
-            .shared
-            .client_session()
-            .and_then(|hooks| hooks.as_any().downcast::<ClientSession>().ok());
-        Ok(match session {
-            Some(session) => Client::of_session(session, codec),
-            None => Client::over_link(Arc::clone(&self.shared), codec),
-        })
+    /// The connection the call came in on.
+    pub(crate) fn link(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The connection's budget of pending callback deliveries, and how long one may take.

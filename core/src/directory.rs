@@ -51,10 +51,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, Transports};
-use crate::error::{AddressError, TransportError};
+use crate::error::AddressError;
 use crate::ids::InterfaceId;
 use crate::sync::lock;
-use crate::transport::{Connector, Link};
 
 /// The environment variable that sets this process's [`HostId::local`].
 pub const HOST_ID_ENV: &str = "COURIER_HOST_ID";
@@ -363,194 +362,19 @@ pub fn rank(
     ranked.into_iter().map(|(_, _, i, a)| (i, a)).collect()
 }
 
-/// Where a client is connected: the address of its current (or last) link and the instance
-/// it belongs to.
-#[derive(Debug, Default)]
-pub(crate) struct Whereabouts {
-    current: Mutex<Option<(Option<String>, Address)>>,
-}
-
-impl Whereabouts {
-    pub(crate) fn set(&self, instance: Option<String>, address: Address) {
-        *lock(&self.current) = Some((instance, address));
-    }
-
-    pub(crate) fn address(&self) -> Option<Address> {
-        lock(&self.current).as_ref().map(|(_, a)| a.clone())
-    }
-
-    pub(crate) fn instance(&self) -> Option<String> {
-        lock(&self.current).as_ref().and_then(|(i, _)| i.clone())
-    }
-}
-
-/// Dials one fixed address, noting it as the client's whereabouts.
-pub(crate) struct AddressConnector {
-    pub(crate) inner: Arc<dyn crate::transport::DynConnector>,
-    pub(crate) address: Address,
-    pub(crate) whereabouts: Arc<Whereabouts>,
-}
-
-impl Connector for AddressConnector {
-    async fn connect(&self) -> Result<Link, TransportError> {
-        let link = self.inner.connect_boxed().await?;
-        self.whereabouts.set(None, self.address.clone());
-        Ok(link)
-    }
-}
-
 /// Options a directory record may not set on an address: they name files on the client's
 /// machine (the roots it trusts, an identity), which are the client's to choose, not the
 /// directory's.
 const LOCAL_OPTIONS: [&str; 3] = ["ca", "cert", "key"];
 
 /// Refuses an address from a directory that sets a [`LOCAL_OPTIONS`] option.
-fn from_directory(address: &Address) -> Result<(), String> {
+pub(crate) fn from_directory(address: &Address) -> Result<(), String> {
     match address.params().find(|(k, _)| LOCAL_OPTIONS.contains(k)) {
         Some((k, _)) => Err(format!(
             "a directory record may not set `{k}`, which names a file on this machine; \
              configure it on the client's transport (e.g. QuicTransport::client_tls)"
         )),
         None => Ok(()),
-    }
-}
-
-/// How a client binds a service name to a link, each time it connects.
-pub(crate) struct Binder {
-    pub(crate) resolver: Arc<dyn Resolver>,
-    pub(crate) service: String,
-    pub(crate) host: HostId,
-    pub(crate) prefer: Prefer,
-    pub(crate) transports: Transports,
-    pub(crate) whereabouts: Arc<Whereabouts>,
-    /// How long one address may take to answer before the next is tried: a dead server's
-    /// QUIC address otherwise costs a whole idle timeout.
-    pub(crate) dial_timeout: Duration,
-}
-
-impl Binder {
-    /// Looks the service up and dials its addresses best first, the current instance's
-    /// before the others' (so that a reconnect keeps the session's server when it can).
-    pub(crate) async fn bind(&self) -> Result<Link, AddressError> {
-        let instances = self.resolver.resolve(&self.service).await?;
-        let mut ranked = rank(&instances, &self.host, &self.prefer, &self.transports);
-        if let Some(current) = self.whereabouts.instance() {
-            // Stable: keeps the rank order within each group.
-            ranked.sort_by_key(|(instance, _)| *instance != current);
-        }
-        let no_instance = |detail: String| AddressError::NoInstance {
-            service: self.service.clone(),
-            detail,
-        };
-        if ranked.is_empty() {
-            return Err(no_instance(if instances.is_empty() {
-                "the directory lists none".to_owned()
-            } else {
-                format!(
-                    "{} listed, none with an address this client can use (transports: {:?}, \
-                     host {})",
-                    instances.len(),
-                    self.transports,
-                    self.host
-                )
-            }));
-        }
-        let mut failures = Vec::new();
-        for (instance, address) in ranked {
-            if let Err(e) = from_directory(&address) {
-                failures.push(format!("{address}: {e}"));
-                continue;
-            }
-            let dialed = match self.transports.connector(&address) {
-                Ok(connector) => {
-                    match tokio::time::timeout(self.dial_timeout, connector.connect_boxed()).await {
-                        Ok(dialed) => dialed.map_err(|e| e.to_string()),
-                        Err(_) => Err(format!("no answer within {:?}", self.dial_timeout)),
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            match dialed {
-                Ok(link) => {
-                    tracing::info!(
-                        service = %self.service, %instance, %address,
-                        "bound to an instance"
-                    );
-                    self.whereabouts.set(Some(instance), address);
-                    return Ok(link);
-                }
-                Err(e) => failures.push(format!("{address}: {e}")),
-            }
-        }
-        Err(no_instance(failures.join("; ")))
-    }
-}
-
-impl Connector for Arc<Binder> {
-    async fn connect(&self) -> Result<Link, TransportError> {
-        self.bind()
-            .await
-            .map_err(|e| TransportError::Other(e.to_string()))
-    }
-}
-
-/// Follows the service in the directory and tells the session to move when its instance
-/// leaves while another is listed. A watch that fails is started again (after 1 s, doubling to
-/// 30 s while it keeps failing). Ends with the session (the client aborts it when dropped).
-pub(crate) async fn follow(
-    binder: Arc<Binder>,
-    session: Weak<crate::client::session::ClientSession>,
-) {
-    let mut pause = Duration::from_secs(1);
-    loop {
-        match binder.resolver.watch(&binder.service).await {
-            Ok(mut updates) => {
-                while let Some(update) = updates.next().await {
-                    let Some(session) = session.upgrade() else {
-                        return;
-                    };
-                    match update {
-                        Ok(instances) => {
-                            pause = Duration::from_secs(1);
-                            binder.consider(&instances, &session);
-                        }
-                        Err(e) => {
-                            tracing::warn!(service = %binder.service, error = %e, "directory watch failed");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(service = %binder.service, error = %e, "cannot watch the directory");
-            }
-        }
-        if session.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(30));
-    }
-}
-
-impl Binder {
-    /// Moves `session` if its instance is not among `instances` and another usable one is.
-    fn consider(
-        &self,
-        instances: &[InstanceRecord],
-        session: &crate::client::session::ClientSession,
-    ) {
-        let Some(current) = self.whereabouts.instance() else {
-            return;
-        };
-        let listed = instances.iter().any(|r| r.instance == current);
-        let usable = !rank(instances, &self.host, &self.prefer, &self.transports).is_empty();
-        if !listed && usable {
-            session.rebind(format!(
-                "instance {current} of `{}` left the directory",
-                self.service
-            ));
-        }
     }
 }
 

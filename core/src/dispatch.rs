@@ -8,18 +8,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 
-use crate::codec::{Codec, CodecSet};
+use crate::codec::{Codec, CodecSet, WithCodec};
 use crate::context::Context;
-use crate::error::{CodecError, RpcError};
+use crate::engine::{RawCall, Router};
+use crate::error::RpcError;
 use crate::ids::{InterfaceId, MethodId};
 use crate::peer::Peer;
-use crate::transport::FrameBuf;
 use crate::wire::Header;
 
 /// A service's dispatcher; `#[courier::service] trait Foo` implements it for `FooServer<S>`.
@@ -45,40 +43,7 @@ pub trait Service: Send + Sync + 'static {
     }
 }
 
-/// A method's result, ready to be encoded into the reply frame.
-pub trait ReplyBody: Send {
-    /// Encodes the result as the reply's payload.
-    fn encode(&self, out: &mut dyn FrameBuf) -> Result<(), CodecError>;
-}
-
-struct Encoded<C, T> {
-    codec: C,
-    value: T,
-}
-
-impl<C: Codec, T: Serialize + Send> ReplyBody for Encoded<C, T> {
-    fn encode(&self, out: &mut dyn FrameBuf) -> Result<(), CodecError> {
-        self.codec.encode(&self.value, out)
-    }
-}
-
-/// The future a dispatcher returns: runs the method and yields its result, ready to encode.
-pub type HandlerFuture =
-    Pin<Box<dyn Future<Output = Result<Box<dyn ReplyBody>, RpcError>> + Send + 'static>>;
-
-/// Wraps a method's future into a [`HandlerFuture`] whose result is encoded with `codec`.
-pub fn handler<C, F>(codec: &C, method: F) -> HandlerFuture
-where
-    C: Codec,
-    F: Future + Send + 'static,
-    F::Output: Serialize + Send + 'static,
-{
-    let codec = codec.clone();
-    Box::pin(async move {
-        let value = method.await;
-        Ok(Box::new(Encoded { codec, value }) as Box<dyn ReplyBody>)
-    })
-}
+pub use crate::handler::{handler, HandlerFuture, ReplyBody};
 
 /// One incoming call, as a dispatcher sees it.
 #[derive(Debug)]
@@ -145,11 +110,33 @@ impl<K: CodecSet, S: Service> ErasedService<K> for S {
         index: usize,
         call: Incoming<'_>,
     ) -> Result<HandlerFuture, RpcError> {
-        codecs.dispatch(index, self, call)
+        codecs
+            .with_codec(
+                index,
+                DispatchTo {
+                    service: self,
+                    call,
+                },
+            )
+            .unwrap_or_else(|| Err(RpcError::Internal(format!("no codec at index {index}"))))
     }
 
     fn method_name(&self, method: crate::MethodId) -> Option<&'static str> {
         S::method_name(method)
+    }
+}
+
+/// Dispatching a call to `service` with whichever codec the connection chose.
+struct DispatchTo<'a, 'c, S> {
+    service: &'a S,
+    call: Incoming<'c>,
+}
+
+impl<S: Service> WithCodec for DispatchTo<'_, '_, S> {
+    type Output = Result<HandlerFuture, RpcError>;
+
+    fn with<C: Codec>(self, codec: &C) -> Self::Output {
+        self.service.dispatch(codec, self.call)
     }
 }
 
@@ -177,14 +164,14 @@ impl<K: CodecSet> Registry<K> {
         &self.codecs
     }
 
-    /// The interfaces registered, by id.
-    pub(crate) fn interfaces(&self) -> Vec<crate::directory::InterfaceRecord> {
+    /// The interfaces registered, by id: each one's name, id and version.
+    pub(crate) fn interfaces(&self) -> Vec<(&'static str, InterfaceId, u16)> {
         let mut list: Vec<_> = self
             .services
             .iter()
-            .map(|(id, e)| crate::directory::InterfaceRecord::new(e.name, *id, e.version))
+            .map(|(id, e)| (e.name, *id, e.version))
             .collect();
-        list.sort_by_key(|r| r.id);
+        list.sort_by_key(|(_, id, _)| id.get());
         list
     }
 
@@ -220,18 +207,8 @@ impl<K> fmt::Debug for Registry<K> {
     }
 }
 
-/// Routes a connection's incoming calls: a registry with the codec its handshake chose.
-pub(crate) trait Router: Send + Sync + 'static {
-    fn dispatch(&self, call: Incoming<'_>) -> Result<HandlerFuture, RpcError>;
-
-    /// The service's and the method's names, where they are known.
-    fn names(
-        &self,
-        interface: crate::InterfaceId,
-        method: crate::MethodId,
-    ) -> (Option<&'static str>, Option<&'static str>);
-}
-
+/// A registry with the codec a connection's handshake chose: the engine's [`Router`] for
+/// that connection.
 pub(crate) struct BoundRouter<K> {
     pub(crate) registry: Arc<Registry<K>>,
     pub(crate) codec_index: usize,
@@ -239,7 +216,13 @@ pub(crate) struct BoundRouter<K> {
 }
 
 impl<K: CodecSet> Router for BoundRouter<K> {
-    fn dispatch(&self, call: Incoming<'_>) -> Result<HandlerFuture, RpcError> {
+    fn dispatch(&self, raw: RawCall<'_>) -> Result<HandlerFuture, RpcError> {
+        let context = Context::new(Arc::clone(raw.link), raw.header, raw.deadline, raw.metadata);
+        let call = Incoming {
+            header: raw.header,
+            payload: raw.payload,
+            context: &context,
+        };
         let entry = self.registry.services.get(&call.header.interface).ok_or(
             RpcError::UnknownInterface {
                 interface: call.header.interface,

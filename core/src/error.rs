@@ -6,6 +6,7 @@ use std::fmt;
 use crate::ids::{InterfaceId, MethodId};
 use std::sync::Arc;
 
+pub use crate::wire::HandshakeError;
 use crate::wire::{ErrorCode, ErrorPayload, FrameProblem};
 
 /// Everything that can go wrong in a call.
@@ -304,55 +305,6 @@ pub enum AddressError {
         /// What was found, and why each was passed over or failed.
         detail: String,
     },
-}
-
-/// The two sides could not agree on how to talk.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HandshakeError {
-    /// The peer speaks another protocol version; upgrade the older side.
-    #[error("protocol version mismatch: this side speaks {ours}, the peer {theirs}")]
-    Version {
-        /// This side's version.
-        ours: u16,
-        /// The peer's version.
-        theirs: u16,
-    },
-    /// The server does not offer the client's codec; use one the server offers.
-    #[error("the server does not offer the codec `{requested}`; it offers: {offered}")]
-    Codec {
-        /// The codec the client asked for.
-        requested: String,
-        /// The codecs the server offers, comma-separated.
-        offered: String,
-    },
-    /// The peer sent something that is not a Courier handshake: is it a Courier endpoint?
-    #[error("malformed handshake: {0}")]
-    Malformed(String),
-    /// The peer did not complete the handshake in time.
-    #[error("the peer did not complete the handshake in time")]
-    Timeout,
-    /// The link closed during the handshake.
-    #[error("the link closed during the handshake")]
-    Closed,
-    /// The server is at its connection limit (in all, or for this peer); retry later or
-    /// elsewhere. The server's operator sets the limits with
-    /// [`Limits::max_connections`](crate::Limits::max_connections) and
-    /// [`Limits::max_connections_per_peer`](crate::Limits::max_connections_per_peer).
-    #[error("the server refused the connection: it has as many connections as it allows")]
-    Busy,
-    /// The server serves this client id with a newer epoch: this client is an older
-    /// incarnation (or shares its [`Identity`](crate::Identity) with a newer process).
-    #[error("the server knows a newer epoch of this client id; this client is stale")]
-    StaleEpoch,
-    /// The client's epoch is more than a day ahead of the server's clock: the server refuses
-    /// it, so that no hello can lock a client id out for good. Check the client's clock, or
-    /// the epoch in its identity file.
-    #[error(
-        "the server refused the client's epoch: it is more than a day ahead of the server's \
-         clock (check the client's clock, or the epoch in its identity file)"
-    )]
-    EpochOutOfRange,
 }
 
 /// A cause kept beside a [`TransportError`]'s description: the library error it came from.

@@ -126,6 +126,7 @@ pub mod directory;
 pub mod dispatch;
 mod engine;
 pub mod error;
+mod handler;
 mod identity;
 pub mod ids;
 pub mod metadata;
@@ -143,7 +144,7 @@ pub mod wire;
 
 pub use callback::Callback;
 pub use client::{Client, ClientBuilder, Pending, PendingInOut};
-pub use codec::{Codec, CodecSet};
+pub use codec::{Codec, CodecSet, WithCodec};
 pub use context::Context;
 pub use courier_macros::service;
 pub use error::{AddressError, Cause, CodecError, HandshakeError, RpcError, TransportError};

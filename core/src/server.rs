@@ -9,9 +9,10 @@ use crate::address::{Address, Bound, Listeners, Transports};
 use crate::budget::{Budget, Taken};
 use crate::codec::CodecSet;
 use crate::directory::InterfaceRecord;
-use crate::dispatch::{Authorizer, BoundRouter, Registry, Router, Service};
+use crate::dispatch::{Authorizer, BoundRouter, Registry, Service};
 use crate::engine::handshake::server_handshake;
 use crate::engine::served::ServerSessions;
+use crate::engine::Router;
 use crate::engine::{Role, Served, Shared};
 use crate::error::{AddressError, RpcError, TransportError};
 use crate::options::Limits;
@@ -265,7 +266,10 @@ impl<K: CodecSet> Server<K> {
     /// The interfaces this server offers, for a directory record
     /// ([`InstanceRecord::interfaces`](crate::directory::InstanceRecord::interfaces)).
     pub fn interfaces(&self) -> Vec<InterfaceRecord> {
-        self.inner.registry.interfaces()
+        let interfaces = self.inner.registry.interfaces().into_iter();
+        interfaces
+            .map(|(name, id, version)| InterfaceRecord::new(name, id, version))
+            .collect()
     }
 
     /// Performs the handshake over one link and starts serving it. Returns once the handshake

@@ -1,5 +1,6 @@
 //! [`Client`]: a session plus a codec. Generated stubs wrap it.
 
+mod bind;
 pub(crate) mod session;
 
 use std::fmt;
@@ -13,14 +14,16 @@ use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
 
-use self::session::{ClientSession, Config, SessionCall};
+use self::bind::{AddressConnector, Binder};
+use self::session::{ClientSession, Config, SessionCall, Whereabouts};
 use crate::address::{Address, Transports};
-use crate::callback::{CallbackService, CallbackTable};
-use crate::codec::Codec;
-use crate::directory::{AddressConnector, Binder, HostId, Prefer, Resolver, Whereabouts};
-use crate::dispatch::{BoundRouter, Registry, Router, Service};
-use crate::engine::{CallSlot, ReplyResult, Shared};
-use crate::error::RpcError;
+use crate::callback::{Callback, CallbackService, CallbackTable, CLOSE, DELIVER};
+use crate::codec::{ByteBuf, Codec};
+use crate::context::Context;
+use crate::directory::{HostId, Prefer, Resolver};
+use crate::dispatch::{BoundRouter, Registry, Service};
+use crate::engine::{CallSlot, ReplyResult, Router, Shared};
+use crate::error::{HandshakeError, RpcError};
 use crate::identity::Identity;
 use crate::ids::MethodDesc;
 use crate::options::{CallOptions, Limits, ReconnectPolicy};
@@ -762,7 +765,7 @@ impl<C: Codec> ClientBuilder<C> {
         };
         let session = ClientSession::start(config, link).await?;
         let follower = binder.map(|binder| {
-            tokio::spawn(crate::directory::follow(binder, Arc::downgrade(&session))).abort_handle()
+            tokio::spawn(bind::follow(binder, Arc::downgrade(&session))).abort_handle()
         });
         let owner = Owner {
             session: Arc::clone(&session),
@@ -772,5 +775,91 @@ impl<C: Codec> ClientBuilder<C> {
             route: Route::Session(session, Some(Arc::new(owner))),
             codec: self.codec,
         })
+    }
+}
+
+impl Context {
+    /// A client for calling back the services the peer exports on this same connection.
+    ///
+    /// `codec` must be the connection's codec (see [`Context::codec_name`]): a server that offers
+    /// several codecs learns which one each client chose. Dropping the returned client does not
+    /// close the connection.
+    pub fn client<C: Codec>(&self, codec: C) -> Result<Client<C>, RpcError> {
+        if C::NAME != self.link().codec_name() {
+            return Err(HandshakeError::Codec {
+                requested: C::NAME.to_owned(),
+                offered: self.link().codec_name().to_owned(),
+            }
+            .into());
+        }
+        // On a client's link (its exported service calling the server back), the call belongs
+        // to the client's session like any other: numbered in its sequence, sent again after a
+        // reconnect. On a server's link, it is a call over that link alone.
+        let session = self
+            .link()
+            .client_session()
+            .and_then(|hooks| hooks.as_any().downcast::<ClientSession>().ok());
+        Ok(match session {
+            Some(session) => Client::of_session(session, codec),
+            None => Client::over_link(Arc::clone(self.link()), codec),
+        })
+    }
+}
+
+impl<C: Codec> Client<C> {
+    /// Registers `callback` with this client, for a call that passes it (generated stubs call
+    /// this); its id, sent in its place.
+    #[doc(hidden)]
+    pub fn __register_callback<T>(&self, callback: Callback<T>) -> Result<u64, RpcError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        match self.callbacks() {
+            Some(table) => table.register(self.codec(), callback),
+            None => Err(RpcError::BadRequest(
+                "a callback can only be passed by a client made with ClientBuilder, not by a \
+                 handler calling its own caller back"
+                    .to_owned(),
+            )),
+        }
+    }
+}
+
+impl<T> Callback<T>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// The handler's end of the caller's callback `id` (generated dispatchers call this).
+    #[doc(hidden)]
+    pub fn __remote<C: Codec>(context: &Context, codec: &C, id: u64) -> Result<Self, RpcError> {
+        let client = context.client(codec.clone())?;
+        let sender = client.clone();
+        let limits = context.callback_limits();
+        let options = CallOptions::new().timeout(limits.1);
+        let send = move |id: u64, value: T| -> BoxFuture<'static, Result<(), RpcError>> {
+            let client = sender.clone();
+            let options = options.clone();
+            Box::pin(async move {
+                let mut bytes = Vec::new();
+                client.codec().encode(&value, &mut bytes)?;
+                client
+                    .call::<_, ()>(&DELIVER, (id, ByteBuf::from(bytes)), &options)
+                    .await
+            })
+        };
+        let close = move |id: u64| {
+            let client = client.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.send(&CLOSE, (id,)).await;
+                });
+            }
+        };
+        Ok(Callback::remote(
+            id,
+            Box::new(send),
+            Box::new(close),
+            limits,
+        ))
     }
 }

@@ -14,9 +14,9 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::directory::Whereabouts;
-use crate::dispatch::Router;
+use crate::address::Address;
 use crate::engine::handshake::client_handshake;
+use crate::engine::Router;
 use crate::engine::{ReplyResult, Role, SessionHooks, Shared};
 use crate::error::{HandshakeError, RpcError};
 use crate::identity::{random_u64, Identity};
@@ -204,7 +204,7 @@ impl ClientSession {
     }
 
     /// The address of the current (or latest) link, if known.
-    pub(crate) fn address(&self) -> Option<crate::address::Address> {
+    pub(crate) fn address(&self) -> Option<Address> {
         self.config.whereabouts.as_ref().and_then(|w| w.address())
     }
 
@@ -940,5 +940,26 @@ impl SessionHooks for ClientSession {
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
         self
+    }
+}
+
+/// Where a client is connected: the address of its current (or last) link and the instance
+/// it belongs to.
+#[derive(Debug, Default)]
+pub(crate) struct Whereabouts {
+    current: Mutex<Option<(Option<String>, Address)>>,
+}
+
+impl Whereabouts {
+    pub(crate) fn set(&self, instance: Option<String>, address: Address) {
+        *lock(&self.current) = Some((instance, address));
+    }
+
+    pub(crate) fn address(&self) -> Option<Address> {
+        lock(&self.current).as_ref().map(|(_, a)| a.clone())
+    }
+
+    pub(crate) fn instance(&self) -> Option<String> {
+        lock(&self.current).as_ref().and_then(|(i, _)| i.clone())
     }
 }

@@ -12,10 +12,10 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::{lock, Shared, Work};
+use super::{RawCall, Router};
 use crate::budget::Taken;
-use crate::context::Context;
-use crate::dispatch::{HandlerFuture, Incoming, ReplyBody, Router};
 use crate::error::RpcError;
+use crate::handler::{HandlerFuture, ReplyBody};
 use crate::ids::{InterfaceId, MethodId};
 use crate::metadata::Metadata;
 use crate::session::replies::Begin;
@@ -347,7 +347,6 @@ impl Shared {
         if !span.is_disabled() {
             trace::extract(&span, &metadata);
         }
-        let context = Context::new(Arc::clone(self), &header, deadline, metadata);
         // Refuse before decoding if there is no room, but decode without the table's lock:
         // every call on the connection takes it, from whichever thread its frame arrives on.
         let room = match room.map_or_else(|| self.take_room(frame.len()), Ok) {
@@ -358,14 +357,15 @@ impl Shared {
             }
         };
         if let Some(session) = &self.served {
-            return self.on_served_call(session, header, &frame[args_at..], room, context, span);
+            let args = &frame[args_at..];
+            return self.on_served_call(session, header, args, room, (deadline, metadata), span);
         }
         let free = self.room_for(&lock(&self.handlers), &header);
         if let Err(e) = free {
             self.refuse(&header, e);
             return None;
         }
-        let future = self.dispatch(router, &header, &frame[args_at..], &context)?;
+        let future = self.dispatch(router, &header, &frame[args_at..], deadline, metadata)?;
         let entry = Deregister(Arc::clone(self), header.call_id);
         let run = traced(
             span,
@@ -401,10 +401,9 @@ impl Shared {
         header: Header,
         args: &[u8],
         room: Room,
-        context: Context,
+        (deadline, metadata): (Option<Instant>, Metadata),
         span: tracing::Span,
     ) -> Option<Work> {
-        let deadline = context.deadline();
         let mut room = room;
         // A place among the link's handlers: the one the deliverer waited for, else one taken
         // at once (frames may be delivered from many tasks at a time).
@@ -422,7 +421,7 @@ impl Shared {
             counted: false,
         };
         let router = self.router.as_ref()?;
-        let future = self.dispatch(router, &header, args, &context)?;
+        let future = self.dispatch(router, &header, args, deadline, metadata)?;
         let (abort, registration) = AbortHandle::new_pair();
         if header.kind == FrameKind::OneWay {
             if !session.one_way(header.call_id) {
@@ -513,14 +512,17 @@ impl Shared {
         router: &Arc<dyn Router>,
         header: &Header,
         payload: &[u8],
-        context: &Context,
+        deadline: Option<Instant>,
+        metadata: Metadata,
     ) -> Option<HandlerFuture> {
-        let incoming = Incoming {
+        let call = RawCall {
             header,
             payload,
-            context,
+            link: self,
+            deadline,
+            metadata,
         };
-        match router.dispatch(incoming) {
+        match router.dispatch(call) {
             Ok(f) => Some(f),
             Err(e) => {
                 self.refuse(header, e);

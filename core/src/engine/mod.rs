@@ -42,8 +42,8 @@ pub(crate) use outbound::{driven, CallSlot};
 pub(crate) use served::Served;
 
 use crate::budget::{Budget, Taken};
-use crate::dispatch::Router;
 use crate::error::{RpcError, TransportError};
+use crate::handler::HandlerFuture;
 use crate::ids::{InterfaceId, MethodId};
 use crate::options::Limits;
 use crate::peer::Peer;
@@ -55,6 +55,31 @@ use outbound::PendingCall;
 
 /// How many handlers may run one inside another on one thread (see [`Shared::run_here`]).
 const MAX_INLINE_DEPTH: u32 = 16;
+
+/// Routes a connection's incoming calls to their handlers: a server's registry with the codec
+/// the connection's handshake chose ([`dispatch`](crate::dispatch) implements it).
+pub(crate) trait Router: Send + Sync + 'static {
+    /// The handler of `call`, or why the call is refused.
+    fn dispatch(&self, call: RawCall<'_>) -> Result<HandlerFuture, RpcError>;
+
+    /// The service's and the method's names, where they are known.
+    fn names(
+        &self,
+        interface: InterfaceId,
+        method: MethodId,
+    ) -> (Option<&'static str>, Option<&'static str>);
+}
+
+/// An incoming call as the engine hands it to its [`Router`]: the header, the arguments, and
+/// what the handler's [`Context`](crate::Context) is made of.
+#[derive(Debug)]
+pub(crate) struct RawCall<'a> {
+    pub(crate) header: &'a Header,
+    pub(crate) payload: &'a [u8],
+    pub(crate) link: &'a Arc<Shared>,
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    pub(crate) metadata: crate::metadata::Metadata,
+}
 
 /// How long a last frame before a close (a goodbye, a refusal before closing) may take to
 /// send: a peer that does not read must not hold the close up.
