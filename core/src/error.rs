@@ -246,7 +246,8 @@ impl RpcError {
                 // A TooLarge error without its sizes is malformed; keep what the peer said.
                 None => RpcError::Protocol(message),
             },
-            None => RpcError::Remote { code: raw, message },
+            // A code this side's protocol crate knows and this match does not yet.
+            Some(_) | None => RpcError::Remote { code: raw, message },
         }
     }
 }

@@ -128,19 +128,17 @@ mod engine;
 pub mod error;
 mod handler;
 mod identity;
-pub mod ids;
-pub mod metadata;
 mod options;
 mod peer;
 mod server;
-mod session;
 mod shutdown;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;
 pub mod transport;
-pub mod wire;
+
+pub use courier_proto::{ids, metadata, wire};
 
 pub use callback::Callback;
 pub use client::{Client, ClientBuilder, Pending, PendingInOut};

@@ -17,11 +17,11 @@ use crate::engine::{Role, Served, Shared};
 use crate::error::{AddressError, RpcError, TransportError};
 use crate::options::Limits;
 use crate::peer::Peer;
-use crate::session::replies::{CacheLimits, Sessions};
 use crate::shutdown::{Lifecycle, ShutdownReport};
 use crate::sync::lock;
 use crate::transport::{Link, Listener};
 use crate::wire::{Hello, WelcomeStatus};
+use courier_proto::session::replies::{CacheLimits, Sessions};
 
 /// Serves registered services over links; cheap to clone.
 ///
@@ -367,7 +367,7 @@ impl<K: CodecSet> Server<K> {
 }
 
 /// The answer to a call whose handler a shutdown's grace cut short.
-fn aborted_frame(call: u64, called: crate::session::replies::Called) -> bytes::Bytes {
+fn aborted_frame(call: u64, called: courier_proto::session::replies::Called) -> bytes::Bytes {
     crate::engine::served::refusal_frame(
         call,
         called,

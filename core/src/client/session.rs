@@ -1,7 +1,7 @@
 //! The client's session driver: links come and go, calls stay.
 //!
 //! The rules (which call is sent again where, which fails how) are in
-//! [`CallTable`](crate::session::calls::CallTable); this file owns what they need from the
+//! [`CallTable`](courier_proto::session::calls::CallTable); this file owns what they need from the
 //! outside: the current link, the reconnecting task and its timers, the callers' channels.
 
 use std::collections::HashMap;
@@ -23,10 +23,10 @@ use crate::identity::{random_u64, Identity};
 use crate::ids::MethodDesc;
 use crate::options::{Limits, ReconnectPolicy};
 use crate::peer::Peer;
-use crate::session::calls::{CallTable, LinkId, Semantics};
 use crate::sync::lock;
 use crate::transport::{BoxConnector, DynConnector, FrameBuf, Link, ReplyReader};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
+use courier_proto::session::calls::{CallTable, LinkId, Semantics};
 
 /// What a call gets once its client has been dropped.
 fn client_closed() -> RpcError {
@@ -66,7 +66,7 @@ impl Lineage {
     }
 
     /// Whether `leaving` (already marked closed) says goodbye: see
-    /// [`says_goodbye`](crate::session::calls::says_goodbye). Under the lineage's lock, so that
+    /// [`says_goodbye`](courier_proto::session::calls::says_goodbye). Under the lineage's lock, so that
     /// of siblings that close at once, the last to look says it.
     fn says_goodbye(&self, leaving: &ClientSession) -> bool {
         let sessions = lock(&self.sessions);
@@ -77,7 +77,7 @@ impl Lineage {
             .filter(|s| !std::ptr::eq(&**s, leaving) && !s.closed.load(Ordering::Acquire))
             .map(|s| lock(&s.state).session_id)
             .collect::<Vec<_>>();
-        crate::session::calls::says_goodbye(mine, siblings)
+        courier_proto::session::calls::says_goodbye(mine, siblings)
     }
 
     /// Every call id below this has its outcome at its caller (or was given up): the lowest
@@ -347,11 +347,11 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Carries out a [`Relink`](crate::session::calls::Relink) onto `link` (of server
+    /// Carries out a [`Relink`](courier_proto::session::calls::Relink) onto `link` (of server
     /// `instance`): fails the calls whose outcome is unknown, sends the others.
     fn hand_over(
         &self,
-        relink: crate::session::calls::Relink<Waiter>,
+        relink: courier_proto::session::calls::Relink<Waiter>,
         link: &Arc<Shared>,
         instance: u128,
     ) {

@@ -42,6 +42,7 @@ pub(crate) async fn client_handshake(
         WelcomeStatus::Busy => Err(HandshakeError::Busy.into()),
         WelcomeStatus::StaleEpoch => Err(HandshakeError::StaleEpoch.into()),
         WelcomeStatus::EpochOutOfRange => Err(HandshakeError::EpochOutOfRange.into()),
+        other => Err(HandshakeError::Malformed(format!("a welcome with status {other:?}")).into()),
     }
 }
 

@@ -18,13 +18,13 @@ use crate::error::RpcError;
 use crate::handler::{HandlerFuture, ReplyBody};
 use crate::ids::{InterfaceId, MethodId};
 use crate::metadata::Metadata;
-use crate::session::replies::Begin;
 use crate::trace;
 use crate::transport::LinkRx;
 use crate::wire::{
     call_id_of, kind_of, Claims, ErrorCode, ErrorPayload, Flags, FrameError, FrameKind,
     FrameProblem, Header, HEADER_LEN,
 };
+use courier_proto::session::replies::Begin;
 
 pub(super) struct RunningHandler {
     pub(super) abort: AbortHandle,
@@ -152,6 +152,8 @@ impl Shared {
                     }
                 }
             }
+            // A kind the protocol crate decodes and this engine does not handle yet.
+            other => tracing::debug!(peer = ?self.peer, kind = ?other, "frame kind ignored"),
         }
         None
     }

@@ -4,7 +4,7 @@
 //! frames from the peer (routing answers, admitting and running calls); [`outbound`] the calls
 //! this side makes over the link alone (a server calling a client back); [`handshake`] the
 //! hello and welcome. What outlives a link (the client's calls across reconnects, the server's
-//! reply cache) is in `crate::session` as state machines, and driven from here and from
+//! reply cache) is in `courier_proto::session` as state machines, and driven from here and from
 //! `crate::client::session`.
 //!
 //! A connection keeps a call table for the calls this side makes (keyed by call id, each waiting

@@ -1,5 +1,5 @@
 //! A server link's part in its client's session: the thin driver around
-//! [`Sessions`](crate::session::replies::Sessions).
+//! [`Sessions`](courier_proto::session::replies::Sessions).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -11,9 +11,9 @@ use tokio::runtime::Handle;
 
 use super::{lock, Shared};
 use crate::peer::Peer;
-use crate::session::replies::{Begin, Called, Hello, SessionRef, Sessions, Waiters};
 use crate::shutdown::Lifecycle;
 use crate::wire::{ErrorCode, ErrorPayload, FrameKind, Header};
+use courier_proto::session::replies::{Begin, Called, Hello, SessionRef, Sessions, Waiters};
 
 /// Every client's session on one server, shared by its links.
 pub(crate) type ServerSessions = Arc<Mutex<Sessions<AbortHandle, LinkRef>>>;
@@ -110,7 +110,7 @@ impl Served {
     /// that a client that reconnects knows whether its at-most-once calls in flight may be
     /// sent again.
     pub(crate) fn welcome_id(&self, instance: u128) -> u128 {
-        crate::session::replies::welcome_id(instance, self.at)
+        courier_proto::session::replies::welcome_id(instance, self.at)
     }
 
     /// Takes this link off the client's links, once; true if the client has none left.
@@ -274,7 +274,7 @@ pub(crate) fn epoch_in_range(epoch: u64) -> bool {
 }
 
 /// A digest of what the transport authenticated about the peer (see
-/// [`ClientKey`](crate::session::replies::ClientKey)), keyed at random per process so that no
+/// [`ClientKey`](courier_proto::session::replies::ClientKey)), keyed at random per process so that no
 /// peer can make its principal collide with another's.
 fn principal(peer: &Peer) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};

@@ -1,6 +1,6 @@
 //! Per-call metadata: key/value pairs sent beside a call's arguments (a request id, an auth
-//! token, a trace context), set with [`CallOptions::metadata`](crate::CallOptions::metadata)
-//! and read in the handler with [`Context::metadata`](crate::Context::metadata).
+//! token, a trace context). In `courier`, a caller sets them with `CallOptions::metadata` and
+//! the handler reads them with `Context::metadata`.
 //!
 //! On the wire it is an optional block at the start of a Call or OneWay frame's payload,
 //! present only when the frame's [`Flags::METADATA`](crate::wire::Flags::METADATA) bit is set
@@ -8,11 +8,17 @@
 //! it would without this feature, and pays nothing for it.
 //!
 //! ```
-//! use courier::{CallOptions, Metadata};
-//! let options = CallOptions::new().metadata(
-//!     Metadata::new().with("request-id", "7f3a").with("tenant", b"\x00\x01".to_vec()),
-//! );
-//! assert_eq!(options.metadata_value().get_str("request-id"), Some("7f3a"));
+//! use courier_proto::metadata::Metadata;
+//! let metadata = Metadata::new().with("request-id", "7f3a").with("tenant", b"\x00\x01".to_vec());
+//! assert_eq!(metadata.get_str("request-id"), Some("7f3a"));
+//!
+//! // The block as it travels, and back.
+//! let mut block = Vec::new();
+//! metadata.encode(&mut block);
+//! let len = block.len();
+//! let (decoded, used) = Metadata::decode(&block.into(), 64, 16 * 1024).expect("a valid block");
+//! assert_eq!(used, len);
+//! assert_eq!(decoded.get_str("request-id"), Some("7f3a"));
 //! ```
 
 use bytes::{BufMut, Bytes};
@@ -35,7 +41,7 @@ impl Metadata {
     }
 
     /// Sets `key` to `value`, replacing an earlier value. A key or value that cannot be sent is
-    /// refused when the call is made ([`RpcError::BadRequest`](crate::RpcError::BadRequest)).
+    /// refused when the call is made (`RpcError::BadRequest` in `courier`).
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Bytes>) -> &mut Self {
         let (key, value) = (key.into(), value.into());
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
@@ -88,8 +94,8 @@ impl Metadata {
     }
 
     /// Checks the entries against `limits`, as the receiver will: what the caller gets as
-    /// [`RpcError::BadRequest`](crate::RpcError::BadRequest) before anything is sent.
-    pub(crate) fn check(&self, max_entries: usize, max_bytes: usize) -> Result<(), String> {
+    /// `RpcError::BadRequest` before anything is sent.
+    pub fn check(&self, max_entries: usize, max_bytes: usize) -> Result<(), String> {
         if self.entries.len() > max_entries {
             return Err(format!(
                 "{} metadata entries, over the limit of {max_entries}",
@@ -115,7 +121,7 @@ impl Metadata {
     }
 
     /// Writes the block: its length, then each entry. [`Metadata::check`] first.
-    pub(crate) fn encode<B: BufMut + ?Sized>(&self, out: &mut B) {
+    pub fn encode<B: BufMut + ?Sized>(&self, out: &mut B) {
         let len = u16::try_from(self.encoded_len()).unwrap_or(u16::MAX);
         out.put_u16(len);
         for (key, value) in &self.entries {
@@ -129,7 +135,7 @@ impl Metadata {
     /// Reads the block at the start of `payload` (a frame's payload, after the header):
     /// the metadata, and how many bytes it took. Anything malformed or over the limits is an
     /// error that says what.
-    pub(crate) fn decode(
+    pub fn decode(
         payload: &Bytes,
         max_entries: usize,
         max_bytes: usize,

@@ -50,8 +50,8 @@ id_impls!(MethodId);
 /// (the method's name), so a peer written by hand can compute them too.
 ///
 /// ```
-/// assert_eq!(courier::ids::stable_id("foobar"), 0xbf9c_f968);
-/// assert_ne!(courier::ids::stable_id("add"), courier::ids::stable_id("sub"));
+/// assert_eq!(courier_proto::ids::stable_id("foobar"), 0xbf9c_f968);
+/// assert_ne!(courier_proto::ids::stable_id("add"), courier_proto::ids::stable_id("sub"));
 /// ```
 pub const fn stable_id(name: &str) -> u32 {
     let bytes = name.as_bytes();

@@ -13,8 +13,8 @@ use bytes::Bytes;
 
 /// Hashes this side's own call ids: they are chosen here, in sequence, never by a peer, so a
 /// multiplication spreads them well enough and no keyed hash is needed.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
+#[derive(Debug, Default)]
+pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -35,7 +35,7 @@ impl Hasher for IdHasher {
 
 /// What the client may do with a call whose outcome it has not seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Semantics {
+pub enum Semantics {
     /// Runs at most once: re-sent only to the server instance that may have it (its reply
     /// cache turns copies into one execution); failed with *outcome unknown* if that instance
     /// is gone.
@@ -47,9 +47,11 @@ pub(crate) enum Semantics {
 /// A link as the table knows it: a generation number (new for every link the session opens)
 /// and the server instance its handshake named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LinkId {
-    pub(crate) generation: u64,
-    pub(crate) instance: u128,
+pub struct LinkId {
+    /// Counts the session's links from 1.
+    pub generation: u64,
+    /// The server instance (session id) the link's Welcome named.
+    pub instance: u128,
 }
 
 #[derive(Debug)]
@@ -68,11 +70,11 @@ struct Outstanding<W> {
 
 /// What to do after a new link came up.
 #[derive(Debug)]
-pub(crate) struct Relink<W> {
+pub struct Relink<W> {
     /// Calls to send on the new link, in call-id order.
-    pub(crate) resend: Vec<(u64, Bytes)>,
+    pub resend: Vec<(u64, Bytes)>,
     /// At-most-once calls the previous server instance may have run: their outcome is unknown.
-    pub(crate) unknown: Vec<W>,
+    pub unknown: Vec<W>,
 }
 
 /// The calls in flight of one client session, keyed by call id (a hash map: a call goes in and
@@ -80,7 +82,7 @@ pub(crate) struct Relink<W> {
 /// flight; the lowest id, needed only for a watermark, is found by a scan). `W` is whatever waits for a
 /// call's outcome (the driver's reply channel; `()` in tests).
 #[derive(Debug)]
-pub(crate) struct CallTable<W> {
+pub struct CallTable<W> {
     calls: HashMap<u64, Outstanding<W>, BuildHasherDefault<IdHasher>>,
     link: Option<LinkId>,
     /// The generation of a link being drained: still up, taking no new calls, closed once
@@ -93,11 +95,11 @@ pub(crate) struct CallTable<W> {
 }
 
 /// How many outcomes arrive between two watermarks the client sends ([`CallTable::release_due`]).
-pub(crate) const RELEASE_EVERY: u32 = 64;
+pub const RELEASE_EVERY: u32 = 64;
 
 /// How many bytes of outcomes arrive between two watermarks at most: a large reply is released
 /// at once, so the server does not keep it waiting for 63 more calls.
-pub(crate) const RELEASE_BYTES: usize = 64 << 10;
+pub const RELEASE_BYTES: usize = 64 << 10;
 
 impl<W> Default for CallTable<W> {
     fn default() -> Self {
@@ -114,13 +116,13 @@ impl<W> Default for CallTable<W> {
 impl<W> CallTable<W> {
     /// The link calls go out on now, if one is up.
     #[cfg(test)]
-    pub(crate) fn link(&self) -> Option<LinkId> {
+    pub fn link(&self) -> Option<LinkId> {
         self.link
     }
 
     /// Adds a call. If a link is up, the call is marked as sent on it and the link returned:
     /// the caller sends the frame there. With no link, the call waits for the next one.
-    pub(crate) fn insert(
+    pub fn insert(
         &mut self,
         id: u64,
         frame: Bytes,
@@ -146,7 +148,7 @@ impl<W> CallTable<W> {
 
     /// The call's outcome (a frame of `len` bytes) arrived: its waiter, if it was still
     /// waiting.
-    pub(crate) fn complete(&mut self, id: u64, len: usize) -> Option<W> {
+    pub fn complete(&mut self, id: u64, len: usize) -> Option<W> {
         let call = self.calls.remove(&id)?;
         self.settled = self.settled.saturating_add(1);
         self.settled_bytes = self.settled_bytes.saturating_add(len);
@@ -155,27 +157,27 @@ impl<W> CallTable<W> {
 
     /// The waiter of a call still in flight, to tell it something short of the outcome (an
     /// acknowledgement).
-    pub(crate) fn waiter_mut(&mut self, id: u64) -> Option<&mut W> {
+    pub fn waiter_mut(&mut self, id: u64) -> Option<&mut W> {
         self.calls.get_mut(&id).map(|c| &mut c.waiter)
     }
 
     /// The caller gave up on a call: forget it. Returns whether it was in flight (the server
     /// should then be told to drop it) and the link it was last sent on.
-    pub(crate) fn cancel(&mut self, id: u64) -> Option<Option<u64>> {
+    pub fn cancel(&mut self, id: u64) -> Option<Option<u64>> {
         let call = self.calls.remove(&id)?;
         self.settled = self.settled.saturating_add(1);
         Some(call.sent_on)
     }
 
     /// The lowest call id still waiting for its outcome.
-    pub(crate) fn lowest(&self) -> Option<u64> {
+    pub fn lowest(&self) -> Option<u64> {
         self.calls.keys().min().copied()
     }
 
     /// Whether enough outcomes arrived since the last watermark that the server should be told
     /// (every [`RELEASE_EVERY`] outcomes, or [`RELEASE_BYTES`] of them); resets the counts
     /// when it says yes.
-    pub(crate) fn release_due(&mut self) -> bool {
+    pub fn release_due(&mut self) -> bool {
         if self.settled >= RELEASE_EVERY || self.settled_bytes >= RELEASE_BYTES {
             self.settled = 0;
             self.settled_bytes = 0;
@@ -186,7 +188,7 @@ impl<W> CallTable<W> {
     }
 
     /// The link went down: calls wait for the next one.
-    pub(crate) fn link_down(&mut self, generation: u64) {
+    pub fn link_down(&mut self, generation: u64) {
         if self.link.is_some_and(|l| l.generation == generation) {
             self.link = None;
         }
@@ -195,7 +197,7 @@ impl<W> CallTable<W> {
     /// Starts draining the current link: new calls wait for the next link, while the calls
     /// sent on this one stay there until their outcomes come. Returns the link's generation
     /// and whether it is drained already; `None` if no link is up.
-    pub(crate) fn start_drain(&mut self) -> Option<(u64, bool)> {
+    pub fn start_drain(&mut self) -> Option<(u64, bool)> {
         let link = self.link.take()?;
         self.draining = Some(link.generation);
         Some((link.generation, self.drained(link.generation)))
@@ -203,7 +205,7 @@ impl<W> CallTable<W> {
 
     /// Whether `generation` is being drained and has no call in flight any more: it may be
     /// closed. Stops draining it when so.
-    pub(crate) fn drained(&mut self, generation: u64) -> bool {
+    pub fn drained(&mut self, generation: u64) -> bool {
         let done = self.draining == Some(generation)
             && !self.calls.values().any(|c| c.sent_on == Some(generation));
         if done {
@@ -213,19 +215,19 @@ impl<W> CallTable<W> {
     }
 
     /// The server instance of the link calls go out on now, if one is up.
-    pub(crate) fn current_instance(&self) -> Option<u128> {
+    pub fn current_instance(&self) -> Option<u128> {
         self.link.map(|l| l.instance)
     }
 
     /// The link being drained, if any.
-    pub(crate) fn draining(&self) -> Option<u64> {
+    pub fn draining(&self) -> Option<u64> {
         self.draining
     }
 
     /// The link being drained died before its calls had their outcomes: they are treated as
     /// any call of a lost link. If a link is up, what to send on it (or fail) now; otherwise
     /// they wait for [`CallTable::link_up`].
-    pub(crate) fn drain_lost(
+    pub fn drain_lost(
         &mut self,
         generation: u64,
         attempt: Option<Duration>,
@@ -243,12 +245,7 @@ impl<W> CallTable<W> {
     /// sent to another server instance: that instance may have run them and took its reply
     /// cache with it, so their outcome is unknown. Calls in flight on a link being drained
     /// stay there.
-    pub(crate) fn link_up(
-        &mut self,
-        link: LinkId,
-        attempt: Option<Duration>,
-        now: Instant,
-    ) -> Relink<W> {
+    pub fn link_up(&mut self, link: LinkId, attempt: Option<Duration>, now: Instant) -> Relink<W> {
         self.link = Some(link);
         self.relink(link, attempt, now, None)
     }
@@ -301,7 +298,7 @@ impl<W> CallTable<W> {
 
     /// When call `id`'s attempt timeout passes: the frame to send again on the same link, if
     /// the call is still waiting and a link is up. The next attempt is due `attempt` later.
-    pub(crate) fn attempt_expired(
+    pub fn attempt_expired(
         &mut self,
         id: u64,
         attempt: Duration,
@@ -325,7 +322,7 @@ impl<W> CallTable<W> {
     /// down) and will not answer there again. The at-most-once calls sent to that session may
     /// have run (a handler cut short by the shutdown), so their outcome is unknown now, as if
     /// a reconnect had found another session; the rest wait for the next link.
-    pub(crate) fn session_ended(&mut self, generation: u64) -> Vec<W> {
+    pub fn session_ended(&mut self, generation: u64) -> Vec<W> {
         let Some(link) = self.link.filter(|l| l.generation == generation) else {
             return Vec::new();
         };
@@ -345,16 +342,20 @@ impl<W> CallTable<W> {
     }
 
     /// Every call's waiter, the table emptied: the session gave up reconnecting.
-    pub(crate) fn fail_all(&mut self) -> Vec<W> {
+    pub fn fail_all(&mut self) -> Vec<W> {
         let mut calls: Vec<(u64, Outstanding<W>)> = self.calls.drain().collect();
         calls.sort_unstable_by_key(|(id, _)| *id);
         calls.into_iter().map(|(_, c)| c.waiter).collect()
     }
 
     /// How many calls are in flight.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Whether no call is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
     }
 }
 
@@ -363,7 +364,7 @@ impl<W> CallTable<W> {
 /// still open on the same server session (`session`, the id its last Welcome named; `None`
 /// if it never had a link). A sibling's goodbye must not end a session another client still
 /// uses, even while that client's link is down: the server would forget its calls in flight.
-pub(crate) fn says_goodbye(
+pub fn says_goodbye(
     session: Option<u128>,
     siblings: impl IntoIterator<Item = Option<u128>>,
 ) -> bool {

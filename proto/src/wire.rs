@@ -30,7 +30,7 @@
 //! # Metadata block
 //!
 //! A Call or OneWay frame with [`Flags::METADATA`] starts its payload with key/value pairs
-//! ([`Metadata`](crate::Metadata)); the codec's payload follows the block. Without the flag
+//! ([`Metadata`](crate::metadata::Metadata)); the codec's payload follows the block. Without the flag
 //! there is no block, so a call without metadata is byte for byte what it was before metadata
 //! existed.
 //!
@@ -303,8 +303,8 @@ fn be_u64(b: &[u8]) -> u64 {
 /// offset lives in this module.
 ///
 /// ```
-/// use courier::wire::{Claims, FrameKind, Header};
-/// use courier::{InterfaceId, MethodId};
+/// use courier_proto::ids::{InterfaceId, MethodId};
+/// use courier_proto::wire::{Claims, FrameKind, Header};
 ///
 /// let bytes = Header::new(FrameKind::Call, 7, InterfaceId::new(1), MethodId::new(2)).to_bytes();
 /// let claims = Claims::read(&bytes[..20]);
@@ -441,12 +441,11 @@ pub enum HandshakeError {
     Closed,
     /// The server is at its connection limit (in all, or for this peer); retry later or
     /// elsewhere. The server's operator sets the limits with
-    /// [`Limits::max_connections`](crate::Limits::max_connections) and
-    /// [`Limits::max_connections_per_peer`](crate::Limits::max_connections_per_peer).
+    /// `Limits::max_connections` and `Limits::max_connections_per_peer`.
     #[error("the server refused the connection: it has as many connections as it allows")]
     Busy,
     /// The server serves this client id with a newer epoch: this client is an older
-    /// incarnation (or shares its [`Identity`](crate::Identity) with a newer process).
+    /// incarnation (or shares its identity with a newer process).
     #[error("the server knows a newer epoch of this client id; this client is stale")]
     StaleEpoch,
     /// The client's epoch is more than a day ahead of the server's clock: the server refuses
@@ -995,5 +994,153 @@ mod tests {
         let mut again = Vec::new();
         short.encode(&mut again);
         assert_eq!(again, [0, 10, b'x']);
+    }
+
+    fn sample() -> Header {
+        Header {
+            flags: Flags::ACK,
+            version: 3,
+            payload_len: 2,
+            budget_micros: 9,
+            ..Header::new(
+                FrameKind::Call,
+                0x0102_0304_0506_0708,
+                InterfaceId::new(11),
+                MethodId::new(12),
+            )
+        }
+    }
+
+    #[test]
+    fn claims_read_as_far_as_the_bytes_reach() {
+        let mut frame = sample().to_bytes().to_vec();
+        frame.extend_from_slice(&[0x81, 0x01]);
+        let whole = Claims::read(&frame);
+        assert_eq!(
+            whole,
+            Claims::of(&Header::decode(&frame).expect("a valid frame"))
+        );
+        assert_eq!(whole.declared_size(), Some(frame.len()));
+        // Cut short at each field's end: each field is there once its bytes are.
+        let at = |n: usize| Claims::read(&frame[..n]);
+        assert_eq!(at(0), Claims::default());
+        assert_eq!((at(1).kind, at(2).kind), (None, Some(FrameKind::Call)));
+        assert_eq!(
+            (at(7).interface, at(8).interface),
+            (None, Some(InterfaceId::new(11)))
+        );
+        assert_eq!(
+            (at(15).call_id, at(16).call_id),
+            (None, Some(0x0102_0304_0506_0708))
+        );
+        assert_eq!(
+            (at(19).method, at(20).method),
+            (None, Some(MethodId::new(12)))
+        );
+        assert_eq!((at(27).payload_len, at(28).payload_len), (None, Some(2)));
+        // A kind byte that names no kind is no kind.
+        frame[1] = 99;
+        assert_eq!(Claims::read(&frame).kind, None);
+        assert_eq!(kind_of(&frame), None);
+    }
+
+    #[test]
+    fn an_error_frame_echoes_what_was_claimed() {
+        let claims = Claims::read(&sample().to_bytes()[..20]);
+        let payload = ErrorPayload::new(ErrorCode::Protocol, "bad");
+        let frame = error_frame(&claims, &payload);
+        let header = Header::decode(&frame).expect("a valid error frame");
+        assert_eq!(header.kind, FrameKind::Error);
+        assert_eq!(
+            (header.call_id, header.interface, header.method),
+            (
+                0x0102_0304_0506_0708,
+                InterfaceId::new(11),
+                MethodId::new(12)
+            )
+        );
+        assert_eq!(ErrorPayload::decode(&frame[HEADER_LEN..]), payload);
+        // Too short to claim anything: call id, interface and method 0.
+        let nothing = Header::decode(&error_frame(&Claims::read(&[2]), &payload)).expect("valid");
+        assert_eq!(
+            (
+                nothing.call_id,
+                nothing.interface.get(),
+                nothing.method.get()
+            ),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn call_ids_and_lengths_are_written_where_the_header_reads_them() {
+        let mut frame = sample().to_bytes();
+        set_call_id(&mut frame, 77);
+        assert_eq!(call_id_of(&frame), Some(77));
+        let (at, bytes) = payload_len_patch(1234);
+        frame[at..at + 4].copy_from_slice(&bytes);
+        let claims = Claims::read(&frame);
+        assert_eq!((claims.call_id, claims.payload_len), (Some(77), Some(1234)));
+        assert_eq!(call_id_of(&frame[..15]), None);
+    }
+
+    #[test]
+    fn only_acks_replies_and_errors_answer() {
+        use FrameKind::*;
+        for (kind, answers) in [
+            (Call, false),
+            (OneWay, false),
+            (Ack, true),
+            (Reply, true),
+            (Error, true),
+            (Cancel, false),
+            (Release, false),
+        ] {
+            assert_eq!(kind.is_answer(), answers, "{kind:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any header survives encoding, and what its bytes claim is what it says.
+        #[test]
+        fn headers_round_trip(
+            kind in 1u8..=7,
+            flags in 0u16..=3,
+            interface: u32,
+            call_id: u64,
+            method: u32,
+            version: u16,
+            budget: u32,
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let kind = FrameKind::from_u8(kind).expect("a kind");
+            let header = Header {
+                flags: Flags(flags),
+                version,
+                payload_len: payload.len() as u32,
+                budget_micros: budget,
+                ..Header::new(kind, call_id, InterfaceId::new(interface), MethodId::new(method))
+            };
+            let mut frame = header.to_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            proptest::prop_assert_eq!(Header::decode(&frame), Ok(header));
+            proptest::prop_assert_eq!(Claims::read(&frame), Claims::of(&header));
+        }
+
+        /// Arbitrary bytes never panic a decoder, and a refusal names the call id the bytes
+        /// claimed.
+        #[test]
+        fn arbitrary_bytes_are_refused_not_panicked_on(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            let claims = Claims::read(&bytes);
+            match Header::decode(&bytes) {
+                Ok(header) => proptest::prop_assert_eq!(claims, Claims::of(&header)),
+                Err(e) => proptest::prop_assert_eq!(e.call_id, claims.call_id),
+            }
+            let _ = ErrorPayload::decode(&bytes);
+            let _ = Hello::decode(&bytes);
+            let _ = Welcome::decode(&bytes);
+        }
     }
 }

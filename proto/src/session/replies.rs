@@ -19,31 +19,31 @@ use bytes::Bytes;
 
 /// What every cached outcome costs beside its bytes (map entries, bookkeeping), so that the
 /// byte bound also bounds the number of entries, even of empty outcomes.
-pub(crate) const ENTRY_OVERHEAD: usize = 64;
+pub const ENTRY_OVERHEAD: usize = 64;
 
 /// Who a session belongs to: the client id from the hello, and a digest of the peer's
 /// authenticated identity (its certificate chain, or its uid, under a hash keyed at random per
 /// process; 0 when the transport authenticated nothing), so that a peer that learns another's client id cannot take over
 /// that client's session unless it can also authenticate as it.
-pub(crate) type ClientKey = (u128, u64);
+pub type ClientKey = (u128, u64);
 
 /// How many of a client's most recent one-way call ids a session remembers to drop copies.
-pub(crate) const ONE_WAY_MEMORY: usize = 1024;
+pub const ONE_WAY_MEMORY: usize = 1024;
 
 /// The reply cache's bounds.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CacheLimits {
+pub struct CacheLimits {
     /// Bytes of cached outcomes across all sessions (each counted with [`ENTRY_OVERHEAD`]).
-    pub(crate) max_bytes: usize,
+    pub max_bytes: usize,
     /// How long an outcome is kept for a client that has not yet said it has it.
-    pub(crate) max_age: Duration,
+    pub max_age: Duration,
     /// Sessions kept at most; past it, a new client's session ends the one detached longest.
-    pub(crate) max_sessions: usize,
+    pub max_sessions: usize,
 }
 
 /// How a hello fits the sessions.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Hello<A> {
+pub enum Hello<A> {
     /// A new client id, or the same epoch again (a reconnect): serve it. A new session past
     /// the bound on sessions ended the longest-detached one: its handlers, to abort.
     Accepted(Vec<A>),
@@ -57,14 +57,16 @@ pub(crate) enum Hello<A> {
 /// as the call it copies, or it is no copy (a client that reuses an id, or a peer probing the
 /// cache) and is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Called {
-    pub(crate) interface: u32,
-    pub(crate) method: u32,
+pub struct Called {
+    /// The interface id the call named.
+    pub interface: u32,
+    /// The method id the call named.
+    pub method: u32,
 }
 
 /// What to do with a call frame.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Begin {
+pub enum Begin {
     /// A call not seen before: run it (and [`Sessions::finish`] it).
     Run,
     /// A copy of a call still running: its outcome goes to this waiter too when it finishes.
@@ -92,10 +94,13 @@ pub(crate) enum Begin {
 /// A running call ended by the server (its shutdown's grace passed): its handler, to abort,
 /// who waits for it, and the frame to tell them.
 #[derive(Debug)]
-pub(crate) struct Ended<A, W> {
-    pub(crate) abort: A,
-    pub(crate) waiters: Waiters<W>,
-    pub(crate) frame: Bytes,
+pub struct Ended<A, W> {
+    /// Aborts the handler.
+    pub abort: A,
+    /// Who waits for the call's outcome.
+    pub waiters: Waiters<W>,
+    /// The Error frame (`Aborted`) that tells them.
+    pub frame: Bytes,
 }
 
 /// Where a cached outcome is, in storing order.
@@ -137,7 +142,7 @@ impl<A, W> Slot<A, W> {
 /// Who waits for a running call: nearly always one link, which needs no allocation; each
 /// waiter at most once, so copies of a call on one link cannot grow the list.
 #[derive(Debug)]
-pub(crate) struct Waiters<W> {
+pub struct Waiters<W> {
     first: Option<W>,
     more: Vec<W>,
 }
@@ -223,7 +228,7 @@ impl<A, W> Session<A, W> {
 /// session in the same place is not mistaken for its own). Per-call lookups go through it,
 /// not through a hash of the client's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SessionRef {
+pub struct SessionRef {
     slot: usize,
     generation: u64,
 }
@@ -233,7 +238,7 @@ impl SessionRef {
     /// same for every link of one session. A link's Welcome tells the client this number
     /// (mixed into the server's instance id), so a client that reconnects can tell the session
     /// it left from a new one.
-    pub(crate) fn number(&self) -> u64 {
+    pub fn number(&self) -> u64 {
         self.generation
     }
 }
@@ -241,7 +246,7 @@ impl SessionRef {
 /// The session id a Welcome names for a link of the session at `at` on the server whose
 /// instance id is `instance`: the same on every link of one session, another value for each
 /// new session and each server start (PROTOCOL.md §2).
-pub(crate) fn welcome_id(instance: u128, at: SessionRef) -> u128 {
+pub fn welcome_id(instance: u128, at: SessionRef) -> u128 {
     instance ^ u128::from(at.number())
 }
 
@@ -274,7 +279,7 @@ fn session_at<A, W>(places: &mut [Place<A, W>], at: SessionRef) -> Option<&mut S
 /// Every client's session on one server. `A` aborts a running handler; `W` is a waiter for a
 /// call's outcome (a link to answer on). Tests use plain values for both.
 #[derive(Debug)]
-pub(crate) struct Sessions<A, W> {
+pub struct Sessions<A, W> {
     limits: CacheLimits,
     /// Where each client's session is, for hellos.
     clients: HashMap<ClientKey, usize>,
@@ -304,7 +309,8 @@ pub(crate) struct Sessions<A, W> {
 const TOMBSTONE_SHARE: usize = 256;
 
 impl<A, W: PartialEq> Sessions<A, W> {
-    pub(crate) fn new(limits: CacheLimits) -> Self {
+    /// No sessions yet, with a reply cache bounded by `limits`.
+    pub fn new(limits: CacheLimits) -> Self {
         Sessions {
             limits,
             clients: HashMap::new(),
@@ -325,7 +331,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
     /// Stops new calls: from now on, a call not seen before gets [`Begin::Unavailable`] and a
     /// new one-way call is not run; copies of running or finished calls are answered as
     /// before, since their callers wait for those outcomes.
-    pub(crate) fn stop_accepting(&mut self) {
+    pub fn stop_accepting(&mut self) {
         self.accepting = false;
     }
 
@@ -333,7 +339,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
     /// waits for it, and the frame that tells them (made by `outcome` from the call's id and
     /// what it called). The frame is also cached as the call's outcome, so that a copy that
     /// comes later gets the same answer and does not run.
-    pub(crate) fn abort_running(
+    pub fn abort_running(
         &mut self,
         now: Instant,
         outcome: impl Fn(u64, Called) -> Bytes,
@@ -366,7 +372,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
     }
 
     /// Bytes the cached outcomes hold now (with their overhead).
-    pub(crate) fn cached_bytes(&self) -> usize {
+    pub fn cached_bytes(&self) -> usize {
         self.bytes
     }
 
@@ -401,11 +407,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
 
     /// A client says hello with `epoch` over a new link: what to do, and the session the link
     /// belongs to (none if it is refused).
-    pub(crate) fn hello(
-        &mut self,
-        client: ClientKey,
-        epoch: u64,
-    ) -> (Hello<A>, Option<SessionRef>) {
+    pub fn hello(&mut self, client: ClientKey, epoch: u64) -> (Hello<A>, Option<SessionRef>) {
         let Some(&slot) = self.clients.get(&client) else {
             let aborts = self.make_room();
             let at = self.start(client, epoch);
@@ -456,7 +458,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
 
     /// One of the session's links closed. Returns true if it has none left: the driver then
     /// calls [`Sessions::expire`] once the session has been detached long enough.
-    pub(crate) fn link_closed(&mut self, at: SessionRef, now: Instant) -> bool {
+    pub fn link_closed(&mut self, at: SessionRef, now: Instant) -> bool {
         match self.get(at) {
             Some(s) => {
                 s.links = s.links.saturating_sub(1);
@@ -472,7 +474,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
 
     /// Ends a session that has had no link for `linger`: its handlers, to abort. Does nothing
     /// if a link came back meanwhile.
-    pub(crate) fn expire(&mut self, at: SessionRef, linger: Duration, now: Instant) -> Vec<A> {
+    pub fn expire(&mut self, at: SessionRef, linger: Duration, now: Instant) -> Vec<A> {
         match self.get(at) {
             Some(s)
                 if s.links == 0 && s.detached.is_some_and(|d| now.duration_since(d) >= linger) =>
@@ -486,7 +488,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
     /// The client holds every outcome below `watermark`: forget them. Returns the forgotten
     /// frames, for the caller to drop outside its lock. (A goodbye, `u64::MAX`, is a link
     /// leaving: [`Sessions::link_closed`] and [`Sessions::expire`] at once.)
-    pub(crate) fn release(&mut self, at: SessionRef, watermark: u64) -> Vec<Bytes> {
+    pub fn release(&mut self, at: SessionRef, watermark: u64) -> Vec<Bytes> {
         let Some(session) = session_at(&mut self.places, at) else {
             return Vec::new();
         };
@@ -532,7 +534,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
     /// watermark says nothing about them (a release may overtake one on a transport without
     /// order between streams); a copy (from a link that duplicates frames) is recognized among
     /// the client's last [`ONE_WAY_MEMORY`] one-way calls.
-    pub(crate) fn one_way(&mut self, at: SessionRef, call: u64) -> bool {
+    pub fn one_way(&mut self, at: SessionRef, call: u64) -> bool {
         if !self.accepting {
             return false;
         }
@@ -553,7 +555,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
 
     /// A call frame arrived: what to do with it. For [`Begin::Run`], `abort` is kept to stop
     /// the handler and `waiter` will get its outcome; for [`Begin::Attached`], `waiter` will.
-    pub(crate) fn begin(
+    pub fn begin(
         &mut self,
         at: SessionRef,
         call: u64,
@@ -606,7 +608,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
     /// A call finished with `frame` (its reply or error; `None` for a one-way or cancelled
     /// call): who waits for it. With `keep`, the outcome is cached for copies (at-most-once
     /// calls); without, the entry goes, and a later copy runs again (idempotent calls).
-    pub(crate) fn finish(
+    pub fn finish(
         &mut self,
         at: SessionRef,
         call: u64,
@@ -650,7 +652,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
     /// The client cancelled a call: its handler, to abort, and the links that attached copies
     /// of it, which must be told (with `Cancelled`) since no outcome will come. A copy that
     /// comes later is refused the same way and does not run.
-    pub(crate) fn cancel(
+    pub fn cancel(
         &mut self,
         at: SessionRef,
         call: u64,
@@ -778,7 +780,7 @@ impl<A, W: PartialEq> Sessions<A, W> {
 
     /// Whether the session at `at` is still there with no link open.
     #[cfg(test)]
-    pub(crate) fn is_detached(&mut self, at: SessionRef) -> bool {
+    pub fn is_detached(&mut self, at: SessionRef) -> bool {
         self.get(at).is_some_and(|s| s.links == 0)
     }
 

@@ -5,8 +5,8 @@
 //! instants in and give decisions out: which frames to send again, which callers to fail and
 //! how, which handlers to abort, which reply to answer a copy with. Nothing here spawns a task,
 //! starts a timer or touches a link, so every rule is unit-tested directly; the async driver
-//! that owns the links and the timers (`client_session`, and the server's side in `engine`)
-//! stays thin.
+//! that owns the links and the timers (in `courier`: the client's session and the server's
+//! connection engine) stays thin.
 //!
 //! - [`calls`]: the client's table of calls in flight, re-sent after a reconnect or an attempt
 //!   timeout, and failed with *outcome unknown* when the server restarted under an
@@ -14,8 +14,8 @@
 //! - [`replies`]: the server's sessions keyed by client id: epochs, the handlers running for
 //!   each client, and the reply cache that makes at-most-once calls run at most once.
 
-pub(crate) mod calls;
-pub(crate) mod replies;
+pub mod calls;
+pub mod replies;
 
 #[cfg(test)]
 mod model;
