@@ -31,5 +31,6 @@
 
 pub mod ids;
 pub mod metadata;
+pub mod received;
 pub mod session;
 pub mod wire;

@@ -4,26 +4,22 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{AbortHandle, Abortable};
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use super::{lock, Shared, Work};
+use super::{cut_message, lock, Shared, Work};
 use super::{RawCall, Router};
 use crate::budget::Taken;
 use crate::error::RpcError;
 use crate::handler::{HandlerFuture, ReplyBody};
-use crate::ids::{InterfaceId, MethodId};
 use crate::metadata::Metadata;
 use crate::trace;
 use crate::transport::LinkRx;
-use crate::wire::{
-    call_id_of, kind_of, Claims, ErrorCode, ErrorPayload, Flags, FrameError, FrameKind,
-    FrameProblem, Header, HEADER_LEN,
-};
+use crate::wire::{kind_of, Claims, ErrorCode, ErrorPayload, Flags, FrameKind, Header, HEADER_LEN};
+use courier_proto::received::{self, receive, Received, Refusal};
 use courier_proto::session::replies::Begin;
 
 pub(super) struct RunningHandler {
@@ -73,69 +69,11 @@ impl Shared {
         frame: Bytes,
         room: Option<Room>,
     ) -> Option<Work> {
-        if frame.len() > self.limits.max_frame_size {
-            let call_id = call_id_of(&frame);
-            let problem = FrameProblem::TooLarge {
-                len: frame.len(),
-                limit: self.limits.max_frame_size,
-            };
-            self.on_bad_frame(&frame, FrameError { call_id, problem });
-            return None;
-        }
-        let header = match Header::decode(&frame) {
-            Ok(h) => h,
-            Err(FrameError {
-                call_id,
-                problem: FrameProblem::LengthMismatch { declared, .. },
-            }) if HEADER_LEN + declared as usize > self.limits.max_frame_size => {
-                // A transport that refuses to read an oversized frame hands over its header
-                // alone; report the size, not the missing bytes.
-                let problem = FrameProblem::TooLarge {
-                    len: HEADER_LEN + declared as usize,
-                    limit: self.limits.max_frame_size,
-                };
-                self.on_bad_frame(&frame, FrameError { call_id, problem });
-                return None;
-            }
-            Err(e) => {
-                self.on_bad_frame(&frame, e);
-                return None;
-            }
-        };
-        match header.kind {
-            FrameKind::Call | FrameKind::OneWay => return self.on_call(header, frame, room),
-            FrameKind::Reply | FrameKind::Error => {
-                let pending = lock(&self.calls).remove(&header.call_id);
-                match pending {
-                    Some(p) => {
-                        let _ = p.reply.send(Ok((header, frame)));
-                    }
-                    None if header.kind == FrameKind::Error && header.call_id == 0 => {
-                        let payload = ErrorPayload::decode(&frame[HEADER_LEN..]);
-                        tracing::warn!(peer = ?self.peer, message = %payload.message, "peer reported a protocol error");
-                    }
-                    // One of the client session's calls (or one whose caller gave up).
-                    None => {
-                        if let Some(session) = self.client_session() {
-                            session.on_answer(header.call_id, Ok((header, frame)));
-                        }
-                    }
-                }
-            }
-            FrameKind::Ack => {
-                let mut calls = lock(&self.calls);
-                if let Some(p) = calls.get_mut(&header.call_id) {
-                    if let Some(ack) = p.ack.take() {
-                        let _ = ack.send(());
-                    }
-                } else {
-                    drop(calls);
-                    if let Some(session) = self.client_session() {
-                        session.on_ack(header.call_id);
-                    }
-                }
-            }
-            FrameKind::Cancel => {
+        match receive(&frame, self.limits.max_frame_size) {
+            Received::Call(header) => return self.on_call(header, frame, room),
+            Received::Answer(header) if header.kind == FrameKind::Ack => self.on_ack(&header),
+            Received::Answer(header) => self.on_answer(header, frame),
+            Received::Cancel(header) => {
                 if let Some(h) = lock(&self.handlers).remove(&header.call_id) {
                     h.abort.abort();
                 }
@@ -143,53 +81,88 @@ impl Shared {
                     served.cancel(header.call_id, self);
                 }
             }
-            FrameKind::Release => {
+            Received::Release { watermark } => {
                 if let Some(served) = &self.served {
-                    served.release(header.call_id);
-                } else if header.call_id == u64::MAX {
-                    if let Some(session) = self.client_session() {
-                        session.server_goodbye(self.generation());
-                    }
+                    served.release(watermark);
                 }
             }
-            // A kind the protocol crate decodes and this engine does not handle yet.
-            other => tracing::debug!(peer = ?self.peer, kind = ?other, "frame kind ignored"),
+            Received::Goodbye => {
+                if let Some(served) = &self.served {
+                    served.release(u64::MAX);
+                } else if let Some(session) = self.client_session() {
+                    session.server_goodbye(self.generation());
+                }
+            }
+            Received::Refused(refusal) => self.on_refused(refusal),
+            // What the protocol crate knows and this engine does not handle yet.
+            other => tracing::debug!(peer = ?self.peer, frame = ?other, "frame ignored"),
         }
         None
     }
 
-    /// A frame that could not be parsed: fail the call it belongs to, on whichever side that is,
-    /// and keep the connection.
-    fn on_bad_frame(self: &Arc<Self>, frame: &[u8], error: FrameError) {
-        let claims = Claims::read(frame);
-        tracing::debug!(peer = ?self.peer, problem = %error.problem, "malformed frame");
-        let rpc_error = RpcError::from(error.problem.clone());
-        match error.call_id {
-            Some(id) if claims.kind.is_some_and(FrameKind::is_answer) => {
-                let pending = lock(&self.calls).remove(&id);
+    /// A Reply or Error for one of this side's calls.
+    fn on_answer(&self, header: Header, frame: Bytes) {
+        let pending = lock(&self.calls).remove(&header.call_id);
+        match pending {
+            Some(p) => {
+                let _ = p.reply.send(Ok((header, frame)));
+            }
+            None if header.kind == FrameKind::Error && header.call_id == 0 => {
+                let payload = ErrorPayload::decode(&frame[HEADER_LEN..]);
+                tracing::warn!(peer = ?self.peer, message = %payload.message, "peer reported a protocol error");
+            }
+            // One of the client session's calls (or one whose caller gave up).
+            None => {
+                if let Some(session) = self.client_session() {
+                    session.on_answer(header.call_id, Ok((header, frame)));
+                }
+            }
+        }
+    }
+
+    /// An Ack for one of this side's calls.
+    fn on_ack(&self, header: &Header) {
+        let mut calls = lock(&self.calls);
+        if let Some(p) = calls.get_mut(&header.call_id) {
+            if let Some(ack) = p.ack.take() {
+                let _ = ack.send(());
+            }
+        } else {
+            drop(calls);
+            if let Some(session) = self.client_session() {
+                session.on_ack(header.call_id);
+            }
+        }
+    }
+
+    /// A frame that could not be accepted: fail the one call it concerns, on whichever side
+    /// that is, and keep the connection.
+    fn on_refused(self: &Arc<Self>, refusal: Refusal) {
+        match refusal {
+            Refusal::FailOwnCall { call_id, problem } => {
+                tracing::debug!(peer = ?self.peer, %problem, "malformed answer");
+                let error = RpcError::from(problem);
+                let pending = lock(&self.calls).remove(&call_id);
                 match pending {
                     Some(p) => {
-                        let _ = p.reply.send(Err(rpc_error));
+                        let _ = p.reply.send(Err(error));
                     }
                     None => {
                         if let Some(session) = self.client_session() {
-                            session.on_answer(id, Err(rpc_error));
+                            session.on_answer(call_id, Err(error));
                         }
                     }
                 }
             }
-            Some(_) if claims.is(FrameKind::Cancel) => {}
-            // Nothing ever answers a one-way call, not even a malformed one (once its header
-            // is whole enough to say it is one).
-            _ if claims.is(FrameKind::OneWay) && frame.len() >= HEADER_LEN => {}
-            id => {
-                // The error echoes what the frame claimed (its interface and method when it
-                // was long enough to carry them), as every Error does (PROTOCOL.md §1).
-                let interface = claims.interface.unwrap_or(InterfaceId::new(0));
-                let method = claims.method.unwrap_or(MethodId::new(0));
-                let payload = rpc_error.to_payload();
-                self.notify_peer(id.unwrap_or(0), interface, method, payload);
+            Refusal::AnswerPeer { claims, problem } => {
+                tracing::debug!(peer = ?self.peer, %problem, "malformed call");
+                let payload = RpcError::from(problem).to_payload();
+                self.send_aside(crate::wire::error_frame(&claims, &cut_message(payload)));
             }
+            Refusal::Drop { problem } => {
+                tracing::debug!(peer = ?self.peer, %problem, "malformed frame dropped");
+            }
+            other => tracing::debug!(peer = ?self.peer, refusal = ?other, "frame refused"),
         }
     }
 
@@ -317,31 +290,25 @@ impl Shared {
         if self.is_closed() {
             return None;
         }
-        let deadline = (header.budget_micros != 0)
-            .then(|| Instant::now() + Duration::from_micros(u64::from(header.budget_micros)));
+        // Read from tokio's clock, which tests may pause.
+        let deadline =
+            received::deadline(Instant::now().into_std(), &header).map(Instant::from_std);
         let Some(router) = &self.router else {
             let interface = header.interface;
             self.refuse(&header, RpcError::UnknownInterface { interface });
             return None;
         };
         // The metadata block, if the flag says there is one; the arguments follow it.
-        let (metadata, args_at) = if header.flags.contains(Flags::METADATA) {
-            let limits = &self.limits;
-            let payload = frame.slice(HEADER_LEN..);
-            match Metadata::decode(
-                &payload,
-                limits.max_metadata_entries,
-                limits.max_metadata_bytes,
-            ) {
-                Ok((metadata, used)) => (metadata, HEADER_LEN + used),
+        let limits = &self.limits;
+        let (max_entries, max_bytes) = (limits.max_metadata_entries, limits.max_metadata_bytes);
+        let (metadata, args_at) =
+            match received::call_arguments(&frame, &header, max_entries, max_bytes) {
+                Ok(found) => found,
                 Err(reason) => {
                     self.refuse(&header, RpcError::Protocol(format!("metadata: {reason}")));
                     return None;
                 }
-            }
-        } else {
-            (Metadata::default(), HEADER_LEN)
-        };
+            };
         let span = trace::server_span(header.call_id, &self.codec, &self.peer, || {
             router.names(header.interface, header.method)
         });
