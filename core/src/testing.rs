@@ -273,6 +273,7 @@ macro_rules! conformance_tests {
             connection_churn_leaks_nothing,
             hostile_frames_never_wedge_the_connection,
             errors_for_refused_frames_echo_the_call,
+            a_call_sent_before_the_welcome_is_served,
             running_calls_hold_no_more_bytes_than_the_limits,
             connections_beyond_the_limit_are_refused,
             calls_through_a_link_that_delays_frames_all_complete,

@@ -546,6 +546,45 @@ pub async fn errors_for_refused_frames_echo_the_call<H: Harness, C: Codec>(
     assert_eq!(codec.decode::<u64>(&answer[HEADER_LEN..]), Ok(8));
 }
 
+/// A client may send a call before the Welcome arrives (PROTOCOL.md §7.2): the server reads
+/// the Hello first, welcomes the client, then serves the call.
+pub async fn a_call_sent_before_the_welcome_is_served<H: Harness, C: Codec>(
+    env: Arc<Env<H>>,
+    codec: C,
+) {
+    let connector = env.serve_default(&codec).await;
+    let mut link = connector
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot open a link: {e}"));
+    let hello = Hello {
+        version: u16::from(PROTOCOL_VERSION),
+        codec: C::NAME.to_owned(),
+        client_id: 8,
+        epoch: 1,
+    };
+    assert!(
+        send_bytes(&link, &hello.encode()).await,
+        "the hello is sent"
+    );
+    assert!(
+        send_bytes(&link, &echo_call(&codec, 1, 41)).await,
+        "the early call is sent"
+    );
+    let first = tokio::time::timeout(Duration::from_secs(30), link.rx.recv())
+        .await
+        .expect("the welcome in time")
+        .unwrap_or_else(|e| panic!("no welcome: {e}"))
+        .unwrap_or_else(|| panic!("the link closed instead of a welcome"));
+    let welcome = Welcome::decode(&first).unwrap_or_else(|e| panic!("bad welcome: {e}"));
+    assert_eq!(welcome.status, WelcomeStatus::Accepted);
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer_to(&mut link, 1))
+        .await
+        .expect("the reply in time")
+        .expect("the connection stays open");
+    assert_eq!(codec.decode::<u64>(&answer[HEADER_LEN..]), Ok(41));
+}
+
 /// A listener serves at most `max_connections`; the next client is told the server is busy,
 /// and is served again once a connection closes.
 pub async fn connections_beyond_the_limit_are_refused<H: Harness, C: Codec>(
