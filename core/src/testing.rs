@@ -704,13 +704,7 @@ async fn raw_link<C: Codec>(connector: &impl Connector) -> Link {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("cannot open a link: {e}"));
-    let hello = Hello {
-        version: u16::from(PROTOCOL_VERSION),
-        codec: C::NAME.to_owned(),
-        client_id: 7,
-        epoch: 1,
-    };
-    send_bytes(&link, &hello.encode()).await;
+    send_bytes(&link, &hello::<C>(7)).await;
     let welcome = link
         .rx
         .recv()
@@ -720,6 +714,17 @@ async fn raw_link<C: Codec>(connector: &impl Connector) -> Link {
     let welcome = Welcome::decode(&welcome).unwrap_or_else(|e| panic!("bad welcome: {e}"));
     assert_eq!(welcome.status, WelcomeStatus::Accepted);
     link
+}
+
+/// The Hello of client `client_id` (epoch 1) for codec `C`.
+fn hello<C: Codec>(client_id: u128) -> Bytes {
+    Hello {
+        version: u16::from(PROTOCOL_VERSION),
+        codec: C::NAME.to_owned(),
+        client_id,
+        epoch: 1,
+    }
+    .encode()
 }
 
 /// Sends raw bytes as one message; failures are fine (the peer may have closed).

@@ -557,16 +557,7 @@ pub async fn a_call_sent_before_the_welcome_is_served<H: Harness, C: Codec>(
         .connect()
         .await
         .unwrap_or_else(|e| panic!("cannot open a link: {e}"));
-    let hello = Hello {
-        version: u16::from(PROTOCOL_VERSION),
-        codec: C::NAME.to_owned(),
-        client_id: 8,
-        epoch: 1,
-    };
-    assert!(
-        send_bytes(&link, &hello.encode()).await,
-        "the hello is sent"
-    );
+    assert!(send_bytes(&link, &hello::<C>(8)).await, "the hello is sent");
     assert!(
         send_bytes(&link, &echo_call(&codec, 1, 41)).await,
         "the early call is sent"
