@@ -647,15 +647,15 @@ async fn run_handler(
             Ok(frame) => frame,
             Err(e) => shared.error_frame(&header, e.to_payload()),
         };
-        // The outcome is kept before it is sent: a copy that arrives once the caller can have
-        // the reply must find it (cached, or answered by this send). Sent first, a copy on
-        // this same link in between attached to a call whose answer had gone, and on QUIC,
-        // where the copy has a stream of its own, it was never answered.
-        let keep = !header.flags.contains(Flags::IDEMPOTENT);
-        let waiters = session.finish(header.call_id, &frame, keep);
+        // The caller that sent it first gets it first: the bookkeeping (keeping the outcome,
+        // finding copies that attached meanwhile) follows, off the caller's path. A copy on
+        // this same link that attached after this send is sent the outcome again by
+        // `deliver` (`Waiters::asked_again`): on QUIC it waits on a stream of its own.
         if let Err(e) = shared.send_shared(frame.clone()).await {
             tracing::debug!(call_id = header.call_id, error = %e, "could not send an outcome");
         }
+        let keep = !header.flags.contains(Flags::IDEMPOTENT);
+        let waiters = session.finish(header.call_id, &frame, keep);
         super::Served::deliver(waiters, shared, header.call_id, frame).await;
         return label;
     }

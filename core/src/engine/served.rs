@@ -158,15 +158,17 @@ impl Served {
         lock(&self.sessions).finish(self.at, call, kept, keep, now)
     }
 
-    /// Sends an outcome to the links that wait for it, but `sent`, which has it already.
+    /// Sends an outcome to the links that wait for it, but `sent`, which has it already
+    /// unless a copy came on it while the call ran (it may have come after the outcome went).
     pub(crate) async fn deliver(
         waiters: Waiters<LinkRef>,
         sent: &Arc<Shared>,
         call: u64,
         frame: Bytes,
     ) {
+        let again = waiters.asked_again();
         for link in waiters.into_iter().filter_map(|w| w.0.upgrade()) {
-            if link.is_closed() || Arc::ptr_eq(sent, &link) {
+            if link.is_closed() || (Arc::ptr_eq(sent, &link) && !again) {
                 continue;
             }
             if let Err(e) = link.send_shared(frame.clone()).await {

@@ -145,6 +145,10 @@ impl<A, W> Slot<A, W> {
 pub struct Waiters<W> {
     first: Option<W>,
     more: Vec<W>,
+    /// A copy came on the first waiter's link while the call ran: that link may need the
+    /// outcome again (the first answer may have gone before the copy came, and on a transport
+    /// with a stream per call the copy waits on a stream of its own).
+    again: bool,
 }
 
 impl<W: PartialEq> Waiters<W> {
@@ -152,6 +156,7 @@ impl<W: PartialEq> Waiters<W> {
         Waiters {
             first: Some(waiter),
             more: Vec::new(),
+            again: false,
         }
     }
 
@@ -159,13 +164,24 @@ impl<W: PartialEq> Waiters<W> {
         Waiters {
             first: None,
             more: Vec::new(),
+            again: false,
         }
     }
 
     fn add(&mut self, waiter: W) {
-        if self.first.as_ref() != Some(&waiter) && !self.more.contains(&waiter) {
+        if self.first.as_ref() == Some(&waiter) {
+            self.again = true;
+        } else if !self.more.contains(&waiter) {
             self.more.push(waiter);
         }
+    }
+}
+
+impl<W> Waiters<W> {
+    /// Whether a copy came on the first waiter's link while the call ran, so that link must
+    /// be sent the outcome again even if it had it already.
+    pub fn asked_again(&self) -> bool {
+        self.again
     }
 }
 
@@ -856,6 +872,28 @@ mod tests {
             Begin::Cached(out.unwrap())
         );
         assert_eq!(s.cached_bytes(), 10 + ENTRY_OVERHEAD);
+    }
+
+    /// A copy on the running call's own link adds no waiter but is remembered: the outcome
+    /// may already have gone to that link before the copy came, and on QUIC the copy waits on
+    /// a stream of its own, so the link is sent the outcome again.
+    #[test]
+    fn a_copy_on_the_calls_own_link_asks_for_the_outcome_again() {
+        let now = Instant::now();
+        let mut s = sessions(1 << 20);
+        let at = s.hello(C, 1).1.unwrap();
+        assert_eq!(s.begin(at, 5, CALL, "abort 5", "link 1"), Begin::Run);
+        assert_eq!(s.begin(at, 5, CALL, "unused", "link 2"), Begin::Attached);
+        let plain = s.finish(at, 5, reply(1), true, now);
+        assert!(
+            !plain.asked_again(),
+            "a copy elsewhere is a waiter of its own"
+        );
+        assert_eq!(s.begin(at, 6, CALL, "abort 6", "link 1"), Begin::Run);
+        assert_eq!(s.begin(at, 6, CALL, "unused", "link 1"), Begin::Attached);
+        let again = s.finish(at, 6, reply(1), true, now);
+        assert!(again.asked_again());
+        assert_eq!(waiting(again), vec!["link 1"]);
     }
 
     #[test]
