@@ -1,6 +1,5 @@
 //! Frames from the peer: routing replies to callers, admitting and running calls.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use crate::metadata::Metadata;
 use crate::trace;
 use crate::transport::LinkRx;
 use crate::wire::{kind_of, Claims, ErrorCode, ErrorPayload, Flags, FrameKind, Header, HEADER_LEN};
+use courier_proto::handlers::{HandlerTable, Refused};
 use courier_proto::received::{self, receive, Received, Refusal};
 use courier_proto::session::replies::Begin;
 
@@ -74,7 +74,7 @@ impl Shared {
             Received::Answer(header) if header.kind == FrameKind::Ack => self.on_ack(&header),
             Received::Answer(header) => self.on_answer(header, frame),
             Received::Cancel(header) => {
-                if let Some(h) = lock(&self.handlers).remove(&header.call_id) {
+                if let Some(h) = lock(&self.handlers).remove(header.call_id) {
                     h.abort.abort();
                 }
                 if let Some(served) = &self.served {
@@ -211,7 +211,7 @@ impl Shared {
             let found = if self.served.is_some() {
                 self.try_reserve().map(Some)
             } else {
-                (self.running() < self.limits.max_handlers).then_some(None)
+                lock(&self.handlers).has_room().then_some(None)
             };
             if let Some(place) = found {
                 self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
@@ -255,35 +255,13 @@ impl Shared {
         kind_of(frame) == Some(FrameKind::OneWay) && frame.len() <= self.limits.max_frame_size
     }
 
-    /// How many of the peer's calls run here now.
-    fn running(&self) -> usize {
-        if self.served.is_some() {
-            // A server's handlers belong to the client's session, not to the link's table.
-            self.served_running.load(Ordering::SeqCst)
-        } else {
-            lock(&self.handlers).len()
-        }
-    }
-
     /// Whether the handler table has room for `header`'s call: not full, and its id not taken.
     fn room_for(
         &self,
-        handlers: &HashMap<u64, RunningHandler>,
+        handlers: &HandlerTable<RunningHandler>,
         header: &Header,
     ) -> Result<(), RpcError> {
-        if handlers.len() >= self.limits.max_handlers {
-            return Err(RpcError::Overloaded(format!(
-                "{} calls already running on this connection",
-                self.limits.max_handlers
-            )));
-        }
-        if handlers.contains_key(&header.call_id) {
-            return Err(RpcError::Protocol(format!(
-                "call id {} is already running",
-                header.call_id
-            )));
-        }
-        Ok(())
+        handlers.check(header.call_id).map_err(refused)
     }
 
     fn on_call(self: &Arc<Self>, header: Header, frame: Bytes, room: Option<Room>) -> Option<Work> {
@@ -348,14 +326,13 @@ impl Shared {
             self.refuse(&header, e);
             return None;
         }
-        handlers.insert(
-            header.call_id,
-            RunningHandler {
-                abort,
-                _room: room,
-                abort_on_close: header.kind == FrameKind::Call,
-            },
-        );
+        let entry = RunningHandler {
+            abort,
+            _room: room,
+            abort_on_close: header.kind == FrameKind::Call,
+        };
+        // Checked just above, under the same lock.
+        let _ = handlers.insert(header.call_id, entry);
         drop(handlers);
         Some(Box::pin(async move {
             let _: Result<(), _> = work.await;
@@ -542,12 +519,25 @@ impl Drop for Place {
     }
 }
 
+/// The error a caller gets for a call its link's handler table refused.
+fn refused(why: Refused) -> RpcError {
+    match why {
+        Refused::Running { call_id } => {
+            RpcError::Protocol(format!("call id {call_id} is already running"))
+        }
+        Refused::Full { max } => {
+            RpcError::Overloaded(format!("{max} calls already running on this connection"))
+        }
+        other => RpcError::Overloaded(format!("{other:?}")),
+    }
+}
+
 /// A handler's entry in its link's handler table, removed when the handler ends.
 struct Deregister(Arc<Shared>, u64);
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        lock(&self.0.handlers).remove(&self.1);
+        lock(&self.0.handlers).remove(self.1);
         if self.0.slot_waiting.load(Ordering::SeqCst) > 0 {
             self.0.slot_freed.notify_waiters();
         }

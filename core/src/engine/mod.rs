@@ -50,6 +50,7 @@ use crate::peer::Peer;
 use crate::sync::lock;
 use crate::transport::{FrameBuf, Link, LinkTx, TrySend};
 use crate::wire::{ErrorPayload, FrameKind, Header, HEADER_LEN};
+use courier_proto::handlers::HandlerTable;
 use inbound::{read_loop, RunningHandler};
 use outbound::PendingCall;
 
@@ -105,7 +106,7 @@ pub(crate) struct Shared {
     router: Option<Arc<dyn Router>>,
     next_call_id: AtomicU64,
     calls: Mutex<HashMap<u64, PendingCall>>,
-    handlers: Mutex<HashMap<u64, RunningHandler>>,
+    handlers: Mutex<HandlerTable<RunningHandler>>,
     /// On a server: how many of the client's calls run on this link (their entries are in the
     /// client's session).
     served_running: AtomicUsize,
@@ -303,7 +304,7 @@ impl Shared {
             router,
             next_call_id: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
-            handlers: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(HandlerTable::new(limits.max_handlers)),
             served_running: AtomicUsize::new(0),
             slot_waiting: AtomicUsize::new(0),
             slot_freed: Notify::new(),
@@ -423,7 +424,7 @@ impl Shared {
         for p in pending {
             let _ = p.reply.send(Err(RpcError::ConnectionLost(reason.clone())));
         }
-        lock(&self.handlers).retain(|_, h| {
+        lock(&self.handlers).retain(|h| {
             if h.abort_on_close {
                 h.abort.abort();
             }
