@@ -181,6 +181,12 @@ struct State {
     handshake_delivered: Mutex<Option<BoxFuture<'static, ()>>>,
     /// Whether this side accepted the connection (it answers the handshake).
     accepting: bool,
+    /// Set once the handshake message is in `incoming`: until then no frame may go there, so
+    /// that the engine always reads the handshake first (a reply to a call sent before the
+    /// welcome can arrive on its own stream before the welcome does).
+    handshake_queued: AtomicBool,
+    /// Wakes the frames that wait for `handshake_queued`.
+    handshake_signal: tokio::sync::Notify,
     /// Set by the first `close`: a later one (the link dropped after closing it) must not cut
     /// short the wait for the handshake message.
     closing: AtomicBool,
@@ -257,6 +263,8 @@ pub(crate) fn link(
         theirs: Mutex::new(HashMap::new()),
         handshake_delivered: Mutex::new(None),
         accepting: control_recv.is_none(),
+        handshake_queued: AtomicBool::new(false),
+        handshake_signal: tokio::sync::Notify::new(),
         closing: AtomicBool::new(false),
     });
     tokio::spawn(accept_streams(Arc::clone(&state), control_recv));
@@ -333,10 +341,36 @@ impl State {
                 Some(handler) => Delivered::Handler(handler),
                 None => Delivered::Done,
             },
-            None => match self.incoming.send(frame).await {
-                Ok(()) => Delivered::Done,
-                Err(_) => Delivered::Gone,
-            },
+            None => {
+                if !self.handshake_queued().await {
+                    return Delivered::Gone;
+                }
+                self.queue(frame).await
+            }
+        }
+    }
+
+    /// Puts a message in the queue that `recv` reads (before the engine takes frames itself).
+    async fn queue(&self, message: Bytes) -> Delivered {
+        match self.incoming.send(message).await {
+            Ok(()) => Delivered::Done,
+            Err(_) => Delivered::Gone,
+        }
+    }
+
+    /// Waits until the handshake message is queued; false if the connection ended first.
+    async fn handshake_queued(&self) -> bool {
+        loop {
+            let signal = self.handshake_signal.notified();
+            let mut signal = std::pin::pin!(signal);
+            signal.as_mut().enable();
+            if self.handshake_queued.load(Ordering::Acquire) {
+                return true;
+            }
+            tokio::select! {
+                () = signal => {}
+                _ = self.conn.closed() => return false,
+            }
         }
     }
 }
@@ -357,7 +391,12 @@ async fn read_handshake(state: &State, mut recv: RecvStream) -> bool {
     if recv.read_exact(&mut message).await.is_err() {
         return false;
     }
-    matches!(state.deliver(Bytes::from(message)).await, Delivered::Done)
+    if !matches!(state.queue(Bytes::from(message)).await, Delivered::Done) {
+        return false;
+    }
+    state.handshake_queued.store(true, Ordering::Release);
+    state.handshake_signal.notify_waiters();
+    true
 }
 
 /// What reading one frame off a stream gave.
