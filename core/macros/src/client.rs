@@ -151,6 +151,28 @@ impl<'a> Parts<'a> {
     }
 }
 
+impl Parts<'_> {
+    /// `name_blocking`, which runs `name` to its end on the calling thread; it returns what
+    /// `name` does, `Result<out, RpcError>`.
+    fn blocking_form(&self, out: TokenStream2) -> TokenStream2 {
+        let Parts {
+            m,
+            params,
+            names,
+            blocking,
+            blocking_doc,
+            ..
+        } = self;
+        let name = &m.name;
+        quote! {
+            #[doc = #blocking_doc]
+            pub fn #blocking(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
+                self.client.block_on(self.#name(#(#names),*))
+            }
+        }
+    }
+}
+
 /// The stub methods of one service method.
 fn stub(m: &Method) -> TokenStream2 {
     let parts = Parts::new(m);
@@ -168,13 +190,12 @@ fn one_way(p: &Parts<'_>) -> TokenStream2 {
     let Parts {
         m,
         params,
-        names,
         sent,
         prelude,
-        blocking,
-        blocking_doc,
+        ..
     } = p;
     let (name, docs, const_name) = (&m.name, &m.docs, m.desc_const());
+    let blocking = p.blocking_form(quote!(()));
     quote! {
         #(#docs)*
         ///
@@ -184,10 +205,7 @@ fn one_way(p: &Parts<'_>) -> TokenStream2 {
             self.client.send_with(&Self::#const_name, (#(#sent,)*), &self.options).await
         }
 
-        #[doc = #blocking_doc]
-        pub fn #blocking(&self, #(#params),*) -> ::core::result::Result<(), ::courier::RpcError> {
-            self.client.block_on(self.#name(#(#names),*))
-        }
+        #blocking
     }
 }
 
@@ -196,13 +214,12 @@ fn two_way(p: &Parts<'_>) -> TokenStream2 {
     let Parts {
         m,
         params,
-        names,
         sent,
         prelude,
-        blocking,
-        blocking_doc,
+        ..
     } = p;
     let (name, docs, const_name, out) = (&m.name, &m.docs, m.desc_const(), &m.output);
+    let blocking = p.blocking_form(quote!(#out));
     let acked = format_ident!("{}_acked", name);
     let acked_doc = format!("[`Self::{name}`], acknowledged: resolves as soon as the server has the call, before the method runs; await the returned `Pending` for the reply.");
     quote! {
@@ -218,10 +235,7 @@ fn two_way(p: &Parts<'_>) -> TokenStream2 {
             self.client.call_acked(&Self::#const_name, (#(#sent,)*), &self.options).await
         }
 
-        #[doc = #blocking_doc]
-        pub fn #blocking(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
-            self.client.block_on(self.#name(#(#names),*))
-        }
+        #blocking
     }
 }
 
@@ -232,13 +246,12 @@ fn in_out(p: &Parts<'_>) -> TokenStream2 {
     let Parts {
         m,
         params,
-        names,
         sent,
         prelude,
-        blocking,
-        blocking_doc,
+        ..
     } = p;
     let (name, docs, const_name, out) = (&m.name, &m.docs, m.desc_const(), &m.output);
+    let blocking = p.blocking_form(quote!(#out));
     let in_outs = m.in_outs();
     let acked = format_ident!("{}_acked", name);
     let acked_doc = format!("[`Self::{name}`], acknowledged: resolves as soon as the server has the call, before the method runs; await the returned `PendingInOut` for the reply, which also writes the in-out arguments back.");
@@ -288,9 +301,6 @@ fn in_out(p: &Parts<'_>) -> TokenStream2 {
             }))
         }
 
-        #[doc = #blocking_doc]
-        pub fn #blocking(&self, #(#params),*) -> ::core::result::Result<#out, ::courier::RpcError> {
-            self.client.block_on(self.#name(#(#names),*))
-        }
+        #blocking
     }
 }
