@@ -154,7 +154,7 @@ pub fn deadline(now: Instant, header: &Header) -> Option<Instant> {
 mod tests {
     use super::*;
     use crate::ids::{InterfaceId, MethodId};
-    use crate::wire::Flags;
+    use crate::wire::{forge, Flags};
 
     const LIMIT: usize = 1024;
 
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn a_malformed_call_is_answered_with_what_it_claimed() {
         let mut bad = frame(header(FrameKind::Call, 9), b"");
-        bad[22] = 1; // a reserved byte
+        forge::set_reserved(&mut bad, 1);
         match receive(&bad, LIMIT) {
             Received::Refused(Refusal::AnswerPeer { claims, problem }) => {
                 assert_eq!(problem, FrameProblem::Reserved);
@@ -233,7 +233,7 @@ mod tests {
         ));
         // Unknown kind, flags, version: answered too.
         let mut kind = frame(header(FrameKind::Call, 11), b"");
-        kind[1] = 42;
+        forge::set_kind(&mut kind, 42);
         assert!(matches!(
             receive(&kind, LIMIT),
             Received::Refused(Refusal::AnswerPeer {
@@ -242,7 +242,7 @@ mod tests {
             })
         ));
         let mut flags = frame(header(FrameKind::Call, 12), b"");
-        flags[3] = 0x80;
+        forge::set_flags(&mut flags, 0x80);
         assert!(matches!(
             receive(&flags, LIMIT),
             Received::Refused(Refusal::AnswerPeer {
@@ -251,7 +251,7 @@ mod tests {
             })
         ));
         let mut version = frame(header(FrameKind::Call, 13), b"");
-        version[0] = 9;
+        forge::set_version(&mut version, 9);
         assert!(matches!(
             receive(&version, LIMIT),
             Received::Refused(Refusal::AnswerPeer {
@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn malformed_one_way_calls_and_cancels_are_nobodys_to_answer() {
         let mut one_way = frame(header(FrameKind::OneWay, 15), b"");
-        one_way[22] = 1;
+        forge::set_reserved(&mut one_way, 1);
         assert_eq!(
             receive(&one_way, LIMIT),
             Received::Refused(Refusal::Drop {
@@ -294,7 +294,7 @@ mod tests {
             })
         );
         let mut cancel = frame(header(FrameKind::Cancel, 16), b"");
-        cancel[22] = 1;
+        forge::set_reserved(&mut cancel, 1);
         assert_eq!(
             receive(&cancel, LIMIT),
             Received::Refused(Refusal::Drop {
@@ -307,7 +307,7 @@ mod tests {
     fn a_malformed_answer_fails_this_sides_call() {
         for kind in [FrameKind::Ack, FrameKind::Reply, FrameKind::Error] {
             let mut bad = frame(header(kind, 17), b"");
-            bad[22] = 1;
+            forge::set_reserved(&mut bad, 1);
             assert_eq!(
                 receive(&bad, LIMIT),
                 Received::Refused(Refusal::FailOwnCall {

@@ -378,6 +378,40 @@ pub fn error_frame(about: &Claims, payload: &ErrorPayload) -> Bytes {
     out.freeze()
 }
 
+/// Headers broken on purpose, for tests of how a peer refuses bad frames (the conformance
+/// suite's hostile frames): each writes one field of the header at the start of `frame`,
+/// whatever it says, so that the offsets stay in this module.
+///
+/// ```
+/// use courier_proto::ids::{InterfaceId, MethodId};
+/// use courier_proto::wire::{forge, FrameKind, FrameProblem, Header};
+///
+/// let mut frame = Header::new(FrameKind::Call, 1, InterfaceId::new(1), MethodId::new(1)).to_bytes();
+/// forge::set_reserved(&mut frame, 1);
+/// assert_eq!(Header::decode(&frame).map_err(|e| e.problem), Err(FrameProblem::Reserved));
+/// ```
+pub mod forge {
+    /// Writes the kind byte (offset 1), which may name no kind.
+    pub fn set_kind(frame: &mut [u8], kind: u8) {
+        frame[1] = kind;
+    }
+
+    /// Writes the flags (offset 2), known bits or not.
+    pub fn set_flags(frame: &mut [u8], bits: u16) {
+        frame[2..4].copy_from_slice(&bits.to_be_bytes());
+    }
+
+    /// Writes the reserved bytes (offset 22), which a valid header keeps at zero.
+    pub fn set_reserved(frame: &mut [u8], value: u16) {
+        frame[22..24].copy_from_slice(&value.to_be_bytes());
+    }
+
+    /// Writes the protocol version byte (offset 0).
+    pub fn set_version(frame: &mut [u8], version: u8) {
+        frame[0] = version;
+    }
+}
+
 /// The kind byte of a frame, if it names a kind: the one header field a transport reads on
 /// every frame, without the rest of [`Claims`].
 pub fn kind_of(frame: &[u8]) -> Option<FrameKind> {

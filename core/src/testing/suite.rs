@@ -465,7 +465,7 @@ pub async fn hostile_frames_never_wedge_the_connection<H: Harness, C: Codec>(
     };
     hostile.push(huge.to_bytes().to_vec());
     let mut bad_kind = frame(Header::new(FrameKind::Call, 15, any.0, any.1), b"");
-    bad_kind[1] = 99;
+    crate::wire::forge::set_kind(&mut bad_kind, 99);
     hostile.push(bad_kind);
     for bytes in &hostile {
         if !send_bytes(&link, bytes).await {
@@ -505,9 +505,9 @@ pub async fn errors_for_refused_frames_echo_the_call<H: Harness, C: Codec>(
     let desc = ConformanceClient::<C>::ECHO;
     let call = |id| Header::new(FrameKind::Call, id, desc.interface, desc.method);
     let mut reserved = frame(call(40), b"");
-    reserved[22] = 1;
+    crate::wire::forge::set_reserved(&mut reserved, 1);
     let mut flags = frame(call(41), b"");
-    flags[3] = 0x80;
+    crate::wire::forge::set_flags(&mut flags, 0x80);
     // A header alone that declares a payload as large as the limit.
     let oversized = Header {
         payload_len: u32::try_from(DEFAULT_FRAMES.server).unwrap_or(u32::MAX),
