@@ -342,9 +342,9 @@ impl Claims {
     /// Reads what `frame` claims; never fails.
     pub fn read(frame: &[u8]) -> Claims {
         Claims {
-            kind: frame.get(1).copied().and_then(FrameKind::from_u8),
+            kind: kind_of(frame),
             interface: frame.get(4..8).map(|b| InterfaceId::new(be_u32(b))),
-            call_id: frame.get(8..16).map(be_u64),
+            call_id: call_id_of(frame),
             method: frame.get(16..20).map(|b| MethodId::new(be_u32(b))),
             payload_len: frame.get(24..28).map(be_u32),
         }
@@ -380,7 +380,8 @@ pub fn error_frame(about: &Claims, payload: &ErrorPayload) -> Bytes {
 
 /// Headers broken on purpose, for tests of how a peer refuses bad frames (the conformance
 /// suite's hostile frames): each writes one field of the header at the start of `frame`,
-/// whatever it says, so that the offsets stay in this module.
+/// whatever it says, so that the offsets stay in this module. Each panics if `frame` is
+/// shorter than the field's end (a test's own bytes, never a peer's).
 ///
 /// ```
 /// use courier_proto::ids::{InterfaceId, MethodId};
@@ -424,7 +425,11 @@ pub fn call_id_of(frame: &[u8]) -> Option<u64> {
 }
 
 /// Writes `call_id` into the header at the start of `frame` (a frame encoded before its id
-/// was chosen). `frame` must hold at least a header.
+/// was chosen).
+///
+/// # Panics
+///
+/// If `frame` is shorter than a header: it is this side's own frame, never a peer's.
 pub fn set_call_id(frame: &mut [u8], call_id: u64) {
     frame[8..16].copy_from_slice(&call_id.to_be_bytes());
 }

@@ -685,14 +685,28 @@ impl Frames {
         }
     }
 
-    /// Refuses what followed a call on its stream (`extra`, or what is pending): stops the
-    /// request half with code 2 and returns the Error that follows the call's answer, which
-    /// echoes what the refused frame claimed.
-    fn refuse_extra(&mut self, extra: Option<&[u8]>) -> Bytes {
+    /// Waits for what follows a call whose request half had not ended when it came: the end,
+    /// or the start of more. Of more, no more than a header is waited for (within
+    /// `frame_timeout`): enough to name the refused frame, never its body.
+    async fn after_call(&mut self, frame_timeout: Duration) -> After {
+        match self.fill_pending(1).await {
+            Ok(false) => After::Ended,
+            Ok(true) => {
+                let _ = tokio::time::timeout(frame_timeout, self.fill_pending(HEADER_LEN)).await;
+                After::More
+            }
+            Err(Read::Reset) => After::Reset,
+            Err(_) => After::Failed,
+        }
+    }
+
+    /// Refuses what followed a call on its stream (the pending bytes): stops the request half
+    /// with code 2 and returns the Error that follows the call's answer, which echoes what the
+    /// refused frame claimed.
+    fn refuse_extra(&mut self) -> Bytes {
         tracing::debug!("refused a second frame on a call's stream");
         let _ = self.recv.stop(REFUSED);
-        let claims = Claims::read(extra.unwrap_or(&self.pending));
-        self.pending = Bytes::new();
+        let claims = Claims::read(&std::mem::take(&mut self.pending));
         let payload = ErrorPayload::new(
             ErrorCode::Protocol,
             "a call's stream carries one Call frame; what followed it was not read",
@@ -723,7 +737,7 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
         return;
     }
     let after = frames.after();
-    let refusal = matches!(after, After::More).then(|| frames.refuse_extra(None));
+    let refusal = matches!(after, After::More).then(|| frames.refuse_extra());
     let id = call_id_of(&frame);
     // While the request half may still carry something, this task keeps a handle on the
     // stream to finish it (or refuse what came) once the call is answered.
@@ -768,26 +782,19 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
             }
         }
     }
-    let rest = match after {
-        After::Ended | After::More => None,
-        After::Reset => Some(Read::Reset),
-        After::Failed => Some(Read::Failed),
-        After::Unknown => Some(frames.next(&state).await),
+    // What followed the call, when it was not known as the call came: the request half's end,
+    // or the start of more, of which no more than a header is read.
+    let after = match after {
+        After::Unknown => frames.after_call(state.limits.frame_timeout).await,
+        known => known,
     };
-    match rest {
-        None => {}
-        Some(Read::End) => {
-            if let Some(stream) = mine.take() {
-                stream.lock().await.request_ended(None).await;
-            }
-        }
-        Some(Read::Frame(extra)) => {
-            let refusal = frames.refuse_extra(Some(&extra));
-            if let Some(stream) = mine.take() {
-                stream.lock().await.request_ended(Some(refusal)).await;
-            }
-        }
-        Some(Read::Reset) => {
+    if let Some(stream) = mine.take() {
+        let refusal = matches!(after, After::More).then(|| frames.refuse_extra());
+        stream.lock().await.request_ended(refusal).await;
+    }
+    match after {
+        After::Ended | After::More => {}
+        After::Reset => {
             if let Some(call) = id {
                 if let Delivered::Handler(h) = state.deliver(cancel_frame(call)).await {
                     h.await;
@@ -795,9 +802,8 @@ async fn read_peer_call(state: Arc<State>, send: SendStream, recv: RecvStream) {
             }
             return;
         }
-        Some(Read::Failed) => return,
+        After::Failed | After::Unknown => return,
     }
-    drop(mine);
     // The request is all read; a handler still running elsewhere (delivered before the switch
     // to push mode) is cancelled through the connection if the caller stops reading.
     if let (Some(call), Some(stop)) = (id, stopped) {

@@ -834,8 +834,8 @@ where
     pub fn __remote<C: Codec>(context: &Context, codec: &C, id: u64) -> Result<Self, RpcError> {
         let client = context.client(codec.clone())?;
         let sender = client.clone();
-        let limits = context.callback_limits();
-        let options = CallOptions::new().timeout(limits.1);
+        let (pending, timeout) = context.callback_limits();
+        let options = CallOptions::new().timeout(timeout);
         let send = move |id: u64, value: T| -> BoxFuture<'static, Result<(), RpcError>> {
             let client = sender.clone();
             let options = options.clone();
@@ -859,7 +859,7 @@ where
             id,
             Box::new(send),
             Box::new(close),
-            limits,
+            (pending, timeout),
         ))
     }
 }

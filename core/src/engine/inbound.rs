@@ -9,7 +9,7 @@ use futures::future::{AbortHandle, Abortable};
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use super::{cut_message, lock, Shared, Work};
+use super::{cut_message, lock, ReplyResult, Shared, Work};
 use super::{RawCall, Router};
 use crate::budget::Taken;
 use crate::error::RpcError;
@@ -102,19 +102,26 @@ impl Shared {
 
     /// A Reply or Error for one of this side's calls.
     fn on_answer(&self, header: Header, frame: Bytes) {
-        let pending = lock(&self.calls).remove(&header.call_id);
+        if header.kind == FrameKind::Error && header.call_id == 0 {
+            // A report about a frame that named no call: no call of ours has id 0.
+            let payload = ErrorPayload::decode(&frame[HEADER_LEN..]);
+            tracing::warn!(peer = ?self.peer, message = %payload.message, "peer reported a protocol error");
+            return;
+        }
+        self.settle(header.call_id, Ok((header, frame)));
+    }
+
+    /// Ends this side's call `call_id` with `outcome`: a call over this link alone, else one
+    /// of the client session's calls (or one whose caller gave up).
+    fn settle(&self, call_id: u64, outcome: ReplyResult) {
+        let pending = lock(&self.calls).remove(&call_id);
         match pending {
             Some(p) => {
-                let _ = p.reply.send(Ok((header, frame)));
+                let _ = p.reply.send(outcome);
             }
-            None if header.kind == FrameKind::Error && header.call_id == 0 => {
-                let payload = ErrorPayload::decode(&frame[HEADER_LEN..]);
-                tracing::warn!(peer = ?self.peer, message = %payload.message, "peer reported a protocol error");
-            }
-            // One of the client session's calls (or one whose caller gave up).
             None => {
                 if let Some(session) = self.client_session() {
-                    session.on_answer(header.call_id, Ok((header, frame)));
+                    session.on_answer(call_id, outcome);
                 }
             }
         }
@@ -141,18 +148,7 @@ impl Shared {
         match refusal {
             Refusal::FailOwnCall { call_id, problem } => {
                 tracing::debug!(peer = ?self.peer, %problem, "malformed answer");
-                let error = RpcError::from(problem);
-                let pending = lock(&self.calls).remove(&call_id);
-                match pending {
-                    Some(p) => {
-                        let _ = p.reply.send(Err(error));
-                    }
-                    None => {
-                        if let Some(session) = self.client_session() {
-                            session.on_answer(call_id, Err(error));
-                        }
-                    }
-                }
+                self.settle(call_id, Err(RpcError::from(problem)));
             }
             Refusal::AnswerPeer { claims, problem } => {
                 tracing::debug!(peer = ?self.peer, %problem, "malformed call");
