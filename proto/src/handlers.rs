@@ -82,6 +82,11 @@ impl<H> HandlerTable<H> {
         self.running.remove(&call_id)
     }
 
+    /// The entry of call `call_id`, if it runs.
+    pub fn get_mut(&mut self, call_id: u64) -> Option<&mut H> {
+        self.running.get_mut(&call_id)
+    }
+
     /// How many calls run.
     pub fn len(&self) -> usize {
         self.running.len()

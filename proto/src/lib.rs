@@ -29,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod connection;
 pub mod handlers;
 pub mod ids;
 pub mod metadata;
