@@ -56,15 +56,14 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::codec::{ByteBuf, Codec};
-use crate::dispatch::{HandlerFuture, Incoming, Service};
+use crate::codec::Codec;
 use crate::error::RpcError;
 use crate::ids::{InterfaceId, MethodDesc, MethodId};
 use crate::sync::lock;
 
 /// The interface id of the callback service every client offers (`"COCB"`).
 pub const INTERFACE: InterfaceId = InterfaceId::new(0x434F_4342);
-const SERVICE: &str = "courier::Callback";
+pub(crate) const SERVICE: &str = "courier::Callback";
 
 /// Delivers one value: `(callback id: u64, value: bytes)` → `()`.
 pub(crate) const DELIVER: MethodDesc = MethodDesc {
@@ -267,7 +266,9 @@ impl<T: Send + 'static> Callback<T> {
 }
 
 /// A registered callback, its values decoded with the client's codec.
-trait Erased: Send + Sync {
+/// A callback's sink with its value type erased: it decodes the bytes it is given.
+pub(crate) trait Erased: Send + Sync {
+    /// Decodes `bytes` and hands the value to the sink.
     fn deliver(&self, bytes: Vec<u8>) -> BoxFuture<'_, Result<(), RpcError>>;
 }
 
@@ -338,52 +339,19 @@ impl CallbackTable {
         Ok(id)
     }
 
+    /// The sink of callback `id`, while it is listened to.
+    pub(crate) fn sink(&self, id: u64) -> Option<Arc<dyn Erased>> {
+        lock(&self.sinks).get(&id).cloned()
+    }
+
+    /// Forgets callback `id`: its caller closed it, or it stopped listening.
+    pub(crate) fn remove(&self, id: u64) {
+        lock(&self.sinks).remove(&id);
+    }
+
     /// Ends every callback: the connection they were sent on has ended.
     pub(crate) fn clear(&self) {
         let ended = std::mem::take(&mut *lock(&self.sinks));
         drop(ended);
-    }
-}
-
-/// The service every client offers, through which handlers deliver to callbacks.
-pub(crate) struct CallbackService(pub(crate) Arc<CallbackTable>);
-
-impl Service for CallbackService {
-    const NAME: &'static str = SERVICE;
-    const INTERFACE: InterfaceId = INTERFACE;
-    const VERSION: u16 = 1;
-
-    fn dispatch<C: Codec>(&self, codec: &C, call: Incoming<'_>) -> Result<HandlerFuture, RpcError> {
-        match call.method() {
-            m if m == DELIVER.method => {
-                let (id, value): (u64, ByteBuf) = call.decode(codec)?;
-                let sink = lock(&self.0.sinks).get(&id).cloned().ok_or_else(|| {
-                    RpcError::Closed(format!("callback {id} is no longer listened to"))
-                })?;
-                let table = Arc::clone(&self.0);
-                let codec = codec.clone();
-                Ok(Box::pin(async move {
-                    let delivered = sink.deliver(value.into_vec()).await;
-                    if delivered.is_err() {
-                        lock(&table.sinks).remove(&id);
-                    }
-                    delivered?;
-                    crate::dispatch::handler(&codec, async {}).await
-                }))
-            }
-            m if m == CLOSE.method => {
-                let (id,): (u64,) = call.decode(codec)?;
-                lock(&self.0.sinks).remove(&id);
-                Ok(crate::dispatch::handler(codec, async {}))
-            }
-            _ => Err(call.unknown_method()),
-        }
-    }
-
-    fn method_name(method: MethodId) -> Option<&'static str> {
-        [DELIVER, CLOSE]
-            .iter()
-            .find(|d| d.method == method)
-            .map(|d| d.name)
     }
 }

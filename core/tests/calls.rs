@@ -531,3 +531,59 @@ async fn a_thousand_nested_in_process_calls_do_not_overflow_the_stack() {
     })
     .await
 }
+
+/// The id a call arrived with, as its handler sees it.
+#[courier::service]
+pub trait Numbered {
+    /// The call's own id.
+    async fn id(&self, ctx: courier::Context) -> u64;
+}
+
+struct Numbers;
+
+impl Numbered for Numbers {
+    async fn id(&self, ctx: courier::Context) -> u64 {
+        ctx.call_id()
+    }
+}
+
+/// Calls its caller back twice, each time through a client of its own that it drops at once.
+#[courier::service]
+pub trait Caller {
+    /// The ids the two calls back arrived with.
+    async fn twice(&self, ctx: courier::Context) -> Result<(u64, u64), String>;
+}
+
+struct Twice;
+
+impl Caller for Twice {
+    async fn twice(&self, ctx: courier::Context) -> Result<(u64, u64), String> {
+        let once = || async {
+            let client = ctx.client(Cbor::default()).map_err(|e| e.to_string())?;
+            NumberedClient::new(client)
+                .id()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        Ok((once().await?, once().await?))
+    }
+}
+
+/// A handler's calls back go through a session over its link alone; when the handler drops
+/// its client, the next one it makes numbers on from the same sequence: a client may still be
+/// running a call under an earlier id, so ids are never reused on a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_back_through_clients_made_one_after_another_never_reuse_an_id() {
+    within(async {
+        let server = Server::builder(Cbor::default())
+            .service(CallerServer::new(Twice))
+            .build();
+        let builder = Client::builder(Cbor::default()).export(NumberedServer::new(Numbers));
+        let caller = CallerClient::new(connect_with(&server, builder).await);
+        let (first, second) = caller.twice().await.unwrap().unwrap();
+        assert_eq!((first, second), (1, 2));
+        let (third, fourth) = caller.twice().await.unwrap().unwrap();
+        assert_eq!((third, fourth), (3, 4));
+    })
+    .await
+}

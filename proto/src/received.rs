@@ -143,6 +143,21 @@ pub fn call_arguments(
     Ok((metadata, HEADER_LEN + used))
 }
 
+/// The budget a call's header carries for a caller that gives up at `deadline`, sent at `now`:
+/// microseconds left, rounded up so that a sub-microsecond budget is not mistaken for "none"
+/// (0); a budget too long for the field is sent as none (the caller enforces it alone).
+/// `None` if the deadline has passed already: the call should not be sent.
+pub fn budget_micros(now: Instant, deadline: Option<Instant>) -> Option<u32> {
+    let Some(deadline) = deadline else {
+        return Some(0);
+    };
+    let left = deadline.saturating_duration_since(now);
+    if left.is_zero() {
+        return None;
+    }
+    Some(u32::try_from(left.as_micros().max(1)).unwrap_or(0))
+}
+
 /// The instant a call's deadline passes, for a call received at `now`: its budget is relative
 /// (0 is none), so the two sides' clocks need not agree.
 pub fn deadline(now: Instant, header: &Header) -> Option<Instant> {
@@ -399,6 +414,18 @@ mod tests {
         let now = Instant::now();
         let none = header(FrameKind::Call, 23);
         assert_eq!(deadline(now, &none), None);
+        let d = |micros| Some(now + Duration::from_micros(micros));
+        assert_eq!(budget_micros(now, None), Some(0), "no deadline, no budget");
+        assert_eq!(budget_micros(now, d(1500)), Some(1500));
+        assert_eq!(budget_micros(now, Some(now)), None, "passed: not sent");
+        let soon = Some(now + Duration::from_nanos(10));
+        assert_eq!(budget_micros(now, soon), Some(1), "rounded up, not none");
+        let far = d(u64::from(u32::MAX) + 1);
+        assert_eq!(
+            budget_micros(now, far),
+            Some(0),
+            "too long for the field: none"
+        );
         let timed = Header {
             budget_micros: 1_500,
             ..none

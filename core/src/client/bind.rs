@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::session::{ClientSession, Whereabouts};
 use crate::address::{Address, Transports};
 use crate::directory::{from_directory, rank, HostId, InstanceRecord, Prefer, Resolver};
+use crate::engine::session::{ClientSession, Whereabouts};
 use crate::error::{AddressError, TransportError};
 use crate::transport::{Connector, Link};
 

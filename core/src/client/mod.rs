@@ -1,7 +1,7 @@
 //! [`Client`]: a session plus a codec. Generated stubs wrap it.
 
 mod bind;
-pub(crate) mod session;
+mod callbacks;
 
 use std::fmt;
 use std::future::Future;
@@ -15,14 +15,14 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
 
 use self::bind::{AddressConnector, Binder};
-use self::session::{ClientSession, Config, SessionCall, Whereabouts};
 use crate::address::{Address, Transports};
-use crate::callback::{Callback, CallbackService, CallbackTable, CLOSE, DELIVER};
+use crate::callback::{Callback, CallbackTable, CLOSE, DELIVER};
 use crate::codec::{ByteBuf, Codec};
 use crate::context::Context;
 use crate::directory::{HostId, Prefer, Resolver};
 use crate::dispatch::{BoundRouter, Registry, Service};
-use crate::engine::{CallSlot, ReplyResult, Router, Shared};
+use crate::engine::session::{ClientSession, Config, SessionCall, Whereabouts};
+use crate::engine::{ReplyResult, Router};
 use crate::error::{HandshakeError, RpcError};
 use crate::identity::Identity;
 use crate::ids::MethodDesc;
@@ -31,6 +31,7 @@ use crate::peer::Peer;
 use crate::trace;
 use crate::transport::{BoxConnector, Connector, DynConnector, Link};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
+use callbacks::CallbackService;
 use tracing::Instrument;
 
 /// Runs `$call` (which uses `$options`) inside the call's span, recording how it ended; runs it
@@ -72,16 +73,15 @@ impl Drop for Owner {
     }
 }
 
-/// Where a client's calls go.
+/// Where a client's calls go: a session, whose calls outlive links. A client made by
+/// [`ClientBuilder`] owns it; a handler's client ([`Context::client`]) uses its link's.
+///
+/// [`Context::client`]: crate::Context::client
 #[derive(Clone)]
-enum Route {
-    /// A session: the calls outlive links (what [`ClientBuilder`] makes).
-    /// The owner is held, never read: the last one dropped ends the session.
-    Session(Arc<ClientSession>, #[allow(dead_code)] Option<Arc<Owner>>),
-    /// One link alone: a server calling its client back ([`Context::client`]).
-    ///
-    /// [`Context::client`]: crate::Context::client
-    Link(Arc<Shared>),
+struct Route {
+    session: Arc<ClientSession>,
+    /// Held, never read: the last one dropped ends the session.
+    _owner: Option<Arc<Owner>>,
 }
 
 /// A handle to a session with one server and the codec its calls use; cheap to clone.
@@ -108,40 +108,8 @@ impl<C: Clone> Clone for Client<C> {
 impl<C: fmt::Debug> fmt::Debug for Client<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Client");
-        match &self.route {
-            Route::Session(s, _) => d.field("session", s),
-            Route::Link(l) => d.field("connection", l),
-        };
+        d.field("session", &self.route.session);
         d.field("codec", &self.codec).finish()
-    }
-}
-
-/// A call under way, over a session or a single link.
-enum Slot {
-    Session(SessionCall),
-    Link(CallSlot),
-}
-
-impl Slot {
-    fn id(&self) -> u64 {
-        match self {
-            Slot::Session(s) => s.id(),
-            Slot::Link(l) => l.id(),
-        }
-    }
-
-    async fn reply(self) -> ReplyResult {
-        match self {
-            Slot::Session(s) => s.reply().await,
-            Slot::Link(l) => l.reply().await,
-        }
-    }
-
-    async fn acked(self) -> Result<Slot, RpcError> {
-        match self {
-            Slot::Session(s) => s.acked().await.map(Slot::Session),
-            Slot::Link(l) => l.acked().await.map(Slot::Link),
-        }
     }
 }
 
@@ -174,19 +142,13 @@ impl<C: Codec> Client<C> {
         }
     }
 
-    /// A client for the calls back over one link (no session, no reconnecting).
-    pub(crate) fn over_link(shared: Arc<Shared>, codec: C) -> Self {
-        Client {
-            route: Route::Link(shared),
-            codec,
-        }
-    }
-
-    /// A client of the same session, not keeping it open (a client's handler calling its
-    /// server back).
+    /// A client of `session`, not keeping it open (a handler calling its peer back).
     pub(crate) fn of_session(session: Arc<ClientSession>, codec: C) -> Self {
         Client {
-            route: Route::Session(session, None),
+            route: Route {
+                session,
+                _owner: None,
+            },
             codec,
         }
     }
@@ -198,38 +160,26 @@ impl<C: Codec> Client<C> {
 
     /// The server, as the transport of the current (or latest) link authenticated it.
     pub fn peer(&self) -> Peer {
-        match &self.route {
-            Route::Session(s, _) => s.peer(),
-            Route::Link(l) => l.peer().clone(),
-        }
+        self.route.session.peer()
     }
 
     /// Whether the client can no longer make calls: its link is gone and it does not (or
     /// could not) reconnect. Calls then fail with [`RpcError::ConnectionLost`].
     pub fn is_closed(&self) -> bool {
-        match &self.route {
-            Route::Session(s, _) => s.is_closed(),
-            Route::Link(l) => l.is_closed(),
-        }
+        self.route.session.is_closed()
     }
 
     /// How many times this client replaced a lost link with a new one (0 for a client that
     /// calls back over one link): a measure of how flaky its path to the server is.
     pub fn reconnections(&self) -> u64 {
-        match &self.route {
-            Route::Session(s, _) => s.reconnections(),
-            Route::Link(_) => 0,
-        }
+        self.route.session.reconnections()
     }
 
     /// The address of the current (or latest) link, for a client made by
     /// [`ClientBuilder::connect_to`] or [`ClientBuilder::connect_named`]: where it is
     /// connected, and so over which transport ([`Address::scheme`]).
     pub fn address(&self) -> Option<Address> {
-        match &self.route {
-            Route::Session(s, _) => s.address(),
-            Route::Link(_) => None,
-        }
+        self.route.session.address()
     }
 
     /// The instance of the service this client is bound to, for a client made by
@@ -238,42 +188,27 @@ impl<C: Codec> Client<C> {
     ///
     /// [`InstanceRecord::instance`]: crate::directory::InstanceRecord::instance
     pub fn instance(&self) -> Option<String> {
-        match &self.route {
-            Route::Session(s, _) => s.instance(),
-            Route::Link(_) => None,
-        }
+        self.route.session.instance()
     }
 
-    /// The table of the client's callbacks, if it has a session.
+    /// The table of the client's callbacks, if it can pass callbacks.
     pub(crate) fn callbacks(&self) -> Option<&Arc<CallbackTable>> {
-        match &self.route {
-            Route::Session(s, _) => Some(s.callbacks()),
-            Route::Link(_) => None,
-        }
+        self.route.session.callbacks()
     }
 
-    /// Starts a two-way call on the session or the link.
+    /// Starts a two-way call on the session.
     async fn begin(
         &self,
         method: &MethodDesc,
         options: &CallOptions,
         flags: Flags,
         body: impl FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError>,
-    ) -> Result<Slot, RpcError> {
+    ) -> Result<SessionCall, RpcError> {
         let deadline = Self::deadline(options);
         let (flags, body) = self.with_metadata(options, flags, body)?;
-        let slot = match &self.route {
-            Route::Session(s, _) => {
-                let attempt = options.attempt_timeout_value().or(s.attempt_timeout());
-                s.begin_call(method, deadline, flags, attempt, body)
-                    .await
-                    .map(Slot::Session)
-            }
-            Route::Link(l) => l
-                .begin_call(method, deadline, flags, 64, body)
-                .await
-                .map(Slot::Link),
-        }?;
+        let s = &self.route.session;
+        let attempt = s.attempt_timeout(options.attempt_timeout_value());
+        let slot = s.begin_call(method, deadline, flags, attempt, body).await?;
         // The call's span, if there is one: only a subscriber makes spans.
         if tracing::dispatcher::has_been_set() {
             tracing::Span::current().record("call_id", slot.id());
@@ -310,10 +245,7 @@ impl<C: Codec> Client<C> {
         let flags = if metadata.is_empty() {
             flags
         } else {
-            let limits = match &self.route {
-                Route::Session(s, _) => s.limits(),
-                Route::Link(l) => l.limits(),
-            };
+            let limits = self.route.session.limits();
             metadata
                 .check(limits.max_metadata_entries, limits.max_metadata_bytes)
                 .map_err(RpcError::BadRequest)?;
@@ -451,10 +383,10 @@ impl<C: Codec> Client<C> {
         A: Serialize + Send,
     {
         let (flags, body) = self.with_metadata(options, Flags::NONE, self.encoder(args))?;
-        match &self.route {
-            Route::Session(s, _) => s.send_one_way(method, flags, 64, body).await,
-            Route::Link(l) => l.send_one_way(method, flags, 64, body).await,
-        }
+        self.route
+            .session
+            .send_one_way(method, flags, 64, body)
+            .await
     }
 
     /// Runs one of this client's calls to completion from synchronous code, blocking the
@@ -471,10 +403,7 @@ impl<C: Codec> Client<C> {
         &self,
         call: impl Future<Output = Result<T, RpcError>>,
     ) -> Result<T, RpcError> {
-        let runtime = match &self.route {
-            Route::Session(s, _) => s.runtime(),
-            Route::Link(l) => l.runtime(),
-        };
+        let runtime = self.route.session.runtime();
         if tokio::runtime::Handle::try_current().is_err() {
             return runtime.block_on(call);
         }
@@ -753,15 +682,16 @@ impl<C: Codec> ClientBuilder<C> {
         });
         self.callbacks.set_max(self.limits.max_in_flight);
         let config = Config {
-            callbacks: self.callbacks,
+            callbacks: Some(self.callbacks),
             connector,
             codec: C::NAME,
             identity: self.identity.unwrap_or_else(process_identity),
             limits: self.limits,
             policy: self.reconnect,
             attempt_timeout: self.attempt_timeout,
-            router,
+            router: Some(router),
             whereabouts,
+            peer_keeps_outcomes: true,
         };
         let session = ClientSession::start(config, link).await?;
         let follower = binder.map(|binder| {
@@ -772,7 +702,10 @@ impl<C: Codec> ClientBuilder<C> {
             follower,
         };
         Ok(Client {
-            route: Route::Session(session, Some(Arc::new(owner))),
+            route: Route {
+                session,
+                _owner: Some(Arc::new(owner)),
+            },
             codec: self.codec,
         })
     }
@@ -794,15 +727,9 @@ impl Context {
         }
         // On a client's link (its exported service calling the server back), the call belongs
         // to the client's session like any other: numbered in its sequence, sent again after a
-        // reconnect. On a server's link, it is a call over that link alone.
-        let session = self
-            .link()
-            .client_session()
-            .and_then(|hooks| hooks.as_any().downcast::<ClientSession>().ok());
-        Ok(match session {
-            Some(session) => Client::of_session(session, codec),
-            None => Client::over_link(Arc::clone(self.link()), codec),
-        })
+        // reconnect. On a server's link, to a session over that link alone.
+        let session = self.link().calls(C::NAME)?;
+        Ok(Client::of_session(session, codec))
     }
 }
 

@@ -1,47 +1,48 @@
-//! The connection engine: one per link, on both sides.
+//! The driver: the async layer around `courier_proto`'s state machines, one per link, on both
+//! sides. It owns the link, the timers and the tasks; the decisions are the state machines'.
 //!
-//! Files: this one holds the connection's state and the sending of frames; [`inbound`] the
-//! frames from the peer (routing answers, admitting and running calls); [`outbound`] the calls
-//! this side makes over the link alone (a server calling a client back); [`handshake`] the
-//! hello and welcome. What outlives a link (the client's calls across reconnects, the server's
-//! reply cache) is in `courier_proto::session` as state machines, and driven from here and from
-//! `crate::client::session`.
+//! Files: this one holds a link's driver ([`Shared`]) and the sending of frames; [`inbound`]
+//! acts on what the link's [`Connection`] makes of each frame from the peer (answers go to the
+//! session that made the call; admitted calls run, through one path, in the room the
+//! connection gave them); [`session`] drives a client's calls across links
+//! ([`CallTable`](courier_proto::session::calls::CallTable)); [`served`] drives a server's
+//! side of a client's session ([`Sessions`](courier_proto::session::replies::Sessions));
+//! [`handshake`] the hello and welcome.
 //!
-//! A connection keeps a call table for the calls this side makes (keyed by call id, each waiting
-//! on a oneshot for its reply) and a handler table for the calls the peer makes (keyed by the
-//! peer's call id, each a spawned task that can be aborted). Either side can call and serve on
-//! the same connection: the two tables are independent, because each side numbers its own calls.
+//! Every call this side makes belongs to a session: a client's, which reconnects, or, for a
+//! server's handler calling its client back, one over that link alone, which never does. So
+//! there is one type for a call in flight ([`session::SessionCall`]), and the connection keeps
+//! only the peer's calls: each side numbers its own calls, so the two never mix.
 //!
-//! One reader task per connection takes frames off the link in order and never blocks on
-//! anything the peer controls: replies go to their waiting callers, calls are decoded and spawned,
-//! and anything that needs a frame sent back is done by a task of its own, bounded in number.
+//! Frames arrive in order from one reader task, or are pushed by the transport from the
+//! sender's thread; neither ever blocks on anything the peer controls: answers go to their
+//! callers, admitted calls are decoded and run, and anything that needs a frame sent back is
+//! done by a task of its own, bounded in number.
 //!
 //! Back-pressure, never unbounded queues: callers wait for one of `max_in_flight` slots; the
-//! peer's calls beyond `max_handlers` are refused with `Overloaded`; the link's own buffers are
-//! bounded and `send` waits for room.
+//! peer's calls beyond `max_handlers` (or its call bytes) are refused with `Overloaded`, and a
+//! one-way call waits for room instead; the link's own buffers are bounded and `send` waits
+//! for room.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore};
-use tokio::time::Instant;
 
 pub(crate) mod handshake;
 mod inbound;
-mod outbound;
 pub(crate) mod served;
+pub(crate) mod session;
 
 pub(crate) use inbound::error_frame;
-pub(crate) use outbound::{driven, CallSlot};
 pub(crate) use served::Served;
 
-use crate::budget::{Budget, Taken};
+use crate::budget::Budget;
 use crate::error::{RpcError, TransportError};
 use crate::handler::HandlerFuture;
 use crate::ids::{InterfaceId, MethodId};
@@ -50,9 +51,26 @@ use crate::peer::Peer;
 use crate::sync::lock;
 use crate::transport::{FrameBuf, Link, LinkTx, TrySend};
 use crate::wire::{ErrorPayload, FrameKind, Header, HEADER_LEN};
-use courier_proto::handlers::HandlerTable;
-use inbound::{read_loop, RunningHandler};
-use outbound::PendingCall;
+use courier_proto::connection::{self, Config, Connection};
+use futures::future::AbortHandle;
+use inbound::read_loop;
+use session::ClientSession;
+
+/// The protocol state of one link, with what this driver keeps per handler (what aborts it).
+type Conn = Connection<AbortHandle>;
+
+/// An event of [`Conn`].
+type Event = connection::Event<AbortHandle>;
+
+/// What one input to the connection produced, taken out under its lock so that the thread
+/// that gave the input acts on it (an in-process call's handler runs on its caller's thread).
+/// Most inputs produce one event and no frame: neither list allocates then.
+#[derive(Default)]
+pub(crate) struct Outputs {
+    first: Option<Event>,
+    more: Vec<Event>,
+    frames: Vec<Bytes>,
+}
 
 /// How many handlers may run one inside another on one thread (see [`Shared::run_here`]).
 const MAX_INLINE_DEPTH: u32 = 16;
@@ -104,37 +122,37 @@ pub(crate) struct Shared {
     limits: Limits,
     runtime: Handle,
     router: Option<Arc<dyn Router>>,
-    next_call_id: AtomicU64,
-    calls: Mutex<HashMap<u64, PendingCall>>,
-    handlers: Mutex<HandlerTable<RunningHandler>>,
-    /// On a server: how many of the client's calls run on this link (their entries are in the
-    /// client's session).
-    served_running: AtomicUsize,
-    /// Readers waiting for a place in the handler table, and their wake-up: a handler that
-    /// ends notifies only when some wait.
+    /// The link's protocol state: this side's calls, the peer's calls running here and the
+    /// room they take. Every decision about a frame, a call or a handler is made there.
+    conn: Mutex<Conn>,
+    /// Deliverers waiting for room for a one-way call, and their wake-up: a handler that ends
+    /// notifies only when some wait.
     slot_waiting: AtomicUsize,
     slot_freed: Notify,
-    /// Bytes of the frames of running handlers (`max_call_bytes`).
-    call_bytes: Arc<Budget>,
-    /// The same, for all the connections of a server (`max_server_call_bytes`).
+    /// The bytes of the frames of running handlers across all the connections of a server
+    /// (`max_server_call_bytes`); per connection, the [`Conn`] counts them.
     server_call_bytes: Option<Arc<Budget>>,
-    in_flight: Arc<Budget>,
     /// Callback deliveries pending on this connection (`Limits::max_callback_deliveries`).
     pub(crate) callback_deliveries: Arc<Budget>,
     /// Bounds the tasks that only send a frame back ([`Shared::send_aside`]: errors for refused
     /// or malformed frames, cached outcomes for copies).
     notices: Arc<Semaphore>,
+    /// Set with the connection's own state under its lock, read without it.
     closed: AtomicBool,
-    close_reason: Mutex<String>,
     shutdown: Notify,
     /// Held while the connection is open and dropped when it closes: the server's count of
     /// connections (see `Limits::max_connections`).
     admission: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// On a server: the session of the client on the other end, which outlives this link.
     served: Option<Served>,
-    /// On a client: the session this link serves, and the link's generation in it. Answers to
-    /// the session's calls go there, and so does the news that the link closed.
-    session: Option<(Weak<dyn SessionHooks>, u64)>,
+    /// On a client: the session whose calls this link carries, and the link's generation in
+    /// it. Answers to the session's calls go there, and so does the news that the link closed.
+    session: OnceLock<(Weak<ClientSession>, u64)>,
+    /// On a server: the session through which its handlers call the client back
+    /// ([`Shared::calls`]), while someone holds it, and the sequence its calls are numbered
+    /// from, which outlives it: a later session over the link must not reuse an id the client
+    /// may still run.
+    calls_back: Mutex<(Weak<ClientSession>, Option<Arc<session::Lineage>>)>,
 }
 
 impl crate::transport::Deliver for Shared {
@@ -153,9 +171,6 @@ impl crate::transport::Deliver for Shared {
     fn awaits(&self, call_id: u64) -> bool {
         if self.is_closed() {
             return false;
-        }
-        if lock(&self.calls).contains_key(&call_id) {
-            return true;
         }
         self.client_session().is_some_and(|s| s.awaits(call_id))
     }
@@ -182,29 +197,12 @@ impl crate::transport::Deliver for Shared {
     }
 }
 
-/// What a client's link tells the session it serves: the engine knows the client's session
-/// only through this, so the engine does not depend on the client.
-pub(crate) trait SessionHooks: Send + Sync + 'static {
-    /// An answer (or a malformed one) to one of the session's calls.
-    fn on_answer(&self, call_id: u64, answer: ReplyResult);
-    /// The server acknowledged one of the session's calls.
-    fn on_ack(&self, call_id: u64);
-    /// The link of `generation` closed.
-    fn link_closed(&self, generation: u64, reason: &str);
-    /// The server said goodbye on the link of `generation`: it ended the session.
-    fn server_goodbye(&self, generation: u64);
-    /// Whether call `call_id` of the session still waits for its outcome.
-    fn awaits(&self, call_id: u64) -> bool;
-    /// The session itself, for code that knows its type (a handler calling back its server).
-    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
-}
-
 /// Who a connection works for, beside its own calls and handlers.
 pub(crate) enum Role {
     /// A server's link: the client's session on the server.
     Server(Served),
     /// A client's link: its session and the link's generation in it.
-    Client(Weak<dyn SessionHooks>, u64),
+    Client(Weak<ClientSession>, u64),
 }
 
 impl fmt::Debug for Shared {
@@ -215,26 +213,6 @@ impl fmt::Debug for Shared {
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
-}
-
-/// A place among a caller's calls in flight, waited for within `deadline`; `None` inside the
-/// error means the budget was closed (the connection or the client is gone). A count without
-/// a lock (see [`Budget`]): tokio's semaphore would lock a mutex at every call's end.
-pub(crate) async fn in_flight_slot(
-    in_flight: &Arc<Budget>,
-    deadline: Option<Instant>,
-) -> Result<Result<Taken, ()>, RpcError> {
-    if let Some(taken) = in_flight.try_take(1) {
-        return Ok(Ok(taken));
-    }
-    let take = in_flight.take(1);
-    let taken = match deadline {
-        Some(d) => tokio::time::timeout_at(d, take)
-            .await
-            .map_err(|_| RpcError::DeadlineExceeded)?,
-        None => take.await,
-    };
-    Ok(taken.ok_or(()))
 }
 
 /// Finishes a frame whose header and payload are written: refuses it past `limit`, else
@@ -261,21 +239,6 @@ fn cut_message(mut payload: ErrorPayload) -> ErrorPayload {
     payload
 }
 
-/// The deadline budget for the header: µs left, or `DeadlineExceeded` if none is.
-pub(crate) fn budget(deadline: Option<Instant>) -> Result<u32, RpcError> {
-    let Some(deadline) = deadline else {
-        return Ok(0);
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(RpcError::DeadlineExceeded);
-    }
-    // Round up so a sub-microsecond budget is not mistaken for "no deadline"; a budget too
-    // long for the field is sent as "none" and enforced by the caller alone.
-    let micros = left.as_micros().max(1);
-    Ok(u32::try_from(micros).unwrap_or(0))
-}
-
 impl Shared {
     /// Starts the engine over a link whose handshake is done.
     pub(crate) fn start(
@@ -287,38 +250,44 @@ impl Shared {
         server_call_bytes: Option<Arc<Budget>>,
         role: Role,
     ) -> Arc<Shared> {
-        let (served, session) = match role {
-            Role::Server(served) => (Some(served), None),
-            Role::Client(session, generation) => (None, Some((session, generation))),
+        let session = OnceLock::new();
+        let served = match role {
+            Role::Server(served) => Some(served),
+            Role::Client(client, generation) => {
+                let _ = session.set((client, generation));
+                None
+            }
         };
         let Link { tx, rx, peer } = link;
         let mut limits = limits;
         if let Some(limit) = rx.frame_limit() {
             limits.max_frame_size = limits.max_frame_size.min(limit);
         }
+        let mut config = Config::default();
+        config.max_frame_size = limits.max_frame_size;
+        config.max_handlers = limits.max_handlers;
+        config.call_bytes = limits.call_bytes_budget();
+        config.max_metadata_entries = limits.max_metadata_entries;
+        config.max_metadata_bytes = limits.max_metadata_bytes;
+        config.sessions = served.is_some();
         let shared = Arc::new(Shared {
             tx,
             peer,
             codec,
             runtime: Handle::current(),
             router,
-            next_call_id: AtomicU64::new(1),
-            calls: Mutex::new(HashMap::new()),
-            handlers: Mutex::new(HandlerTable::new(limits.max_handlers)),
-            served_running: AtomicUsize::new(0),
+            conn: Mutex::new(Connection::new(config)),
             slot_waiting: AtomicUsize::new(0),
             slot_freed: Notify::new(),
-            call_bytes: Budget::new(limits.call_bytes_budget()),
             server_call_bytes,
-            in_flight: Budget::places(limits.max_in_flight),
             callback_deliveries: Budget::new(limits.max_callback_deliveries),
             notices: Arc::new(Semaphore::new(limits.max_handlers)),
             closed: AtomicBool::new(false),
-            close_reason: Mutex::new(String::new()),
             shutdown: Notify::new(),
             admission: Mutex::new(admission),
             served,
             session,
+            calls_back: Mutex::new((Weak::new(), None)),
             limits,
         });
         let weak: Weak<dyn crate::transport::Deliver> = Arc::downgrade(&shared) as Weak<Shared>;
@@ -381,16 +350,58 @@ impl Shared {
         &self.codec
     }
 
-    pub(crate) fn runtime(&self) -> &Handle {
-        &self.runtime
-    }
-
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     fn lost(&self) -> RpcError {
-        RpcError::ConnectionLost(lock(&self.close_reason).clone())
+        let reason = lock(&self.conn)
+            .close_reason()
+            .unwrap_or_default()
+            .to_owned();
+        RpcError::ConnectionLost(reason)
+    }
+
+    /// Gives the connection one input and takes out what it produced, under one hold of its
+    /// lock.
+    pub(crate) fn input(&self, input: impl FnOnce(&mut Conn)) -> Outputs {
+        let mut conn = lock(&self.conn);
+        input(&mut conn);
+        let mut out = Outputs::default();
+        while let Some(event) = conn.poll_event() {
+            match out.first {
+                None => out.first = Some(event),
+                Some(_) => out.more.push(event),
+            }
+        }
+        while let Some(frame) = conn.poll_transmit() {
+            out.frames.push(frame);
+        }
+        out
+    }
+
+    /// Sends what the connection queued for the peer, each from a task of its own.
+    fn send_frames(self: &Arc<Self>, frames: Vec<Bytes>) {
+        for frame in frames {
+            self.send_aside(frame);
+        }
+    }
+
+    /// Acts on an input's outputs that run no handler (a cancel, a refusal, a close).
+    pub(crate) fn act(self: &Arc<Self>, out: Outputs) {
+        let Outputs {
+            first,
+            more,
+            frames,
+        } = out;
+        self.send_frames(frames);
+        let mut none = None;
+        for event in first.into_iter().chain(more) {
+            if let Some(work) = self.on_event(event, &mut none) {
+                // Only a frame from the peer admits a call; run it all the same.
+                self.run_here(work);
+            }
+        }
     }
 
     /// Resolves once the connection has closed.
@@ -412,26 +423,18 @@ impl Shared {
     /// Fails every call in flight with `ConnectionLost`, stops the handlers that have someone to
     /// reply to, and closes the link.
     pub(crate) fn close(&self, reason: String) {
-        let pending: Vec<PendingCall> = {
-            let mut calls = lock(&self.calls);
-            if self.closed.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            *lock(&self.close_reason) = reason.clone();
-            calls.drain().map(|(_, p)| p).collect()
-        };
-        tracing::debug!(peer = ?self.peer, %reason, "connection closed");
-        for p in pending {
-            let _ = p.reply.send(Err(RpcError::ConnectionLost(reason.clone())));
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
         }
-        lock(&self.handlers).retain(|h| {
-            if h.abort_on_close {
-                h.abort.abort();
+        // The connection admits nothing from here on, under its own lock.
+        let Outputs { first, more, .. } = self.input(|conn| conn.link_lost(&reason));
+        tracing::debug!(peer = ?self.peer, %reason, "connection closed");
+        for event in first.into_iter().chain(more) {
+            match event {
+                connection::Event::Abort(abort) => abort.abort(),
+                other => tracing::debug!(event = ?other, "event after close ignored"),
             }
-            !h.abort_on_close
-        });
-        self.in_flight.close();
-        self.call_bytes.close();
+        }
         self.tx.close();
         drop(lock(&self.admission).take());
         if let Some(served) = &self.served {
@@ -450,9 +453,37 @@ impl Shared {
         &self.limits
     }
 
-    /// The client session this link serves, if it is a client's link and the session lives.
-    pub(crate) fn client_session(&self) -> Option<Arc<dyn SessionHooks>> {
-        self.session.as_ref().and_then(|(s, _)| s.upgrade())
+    /// The session whose calls this link carries, if it has one and it lives.
+    pub(crate) fn client_session(&self) -> Option<Arc<ClientSession>> {
+        match self.session.get() {
+            Some((session, _)) => session.upgrade(),
+            None if self.served.is_some() => lock(&self.calls_back).0.upgrade(),
+            None => None,
+        }
+    }
+
+    /// The session through which a handler on this link calls the peer: on a client's link,
+    /// the client's own (the call is numbered in its sequence and sent again after a
+    /// reconnect, like any other); on a server's link, a session over this link alone, which
+    /// never reconnects, made on first use.
+    pub(crate) fn calls(
+        self: &Arc<Self>,
+        codec: &'static str,
+    ) -> Result<Arc<ClientSession>, RpcError> {
+        if let Some(session) = self.client_session() {
+            return Ok(session);
+        }
+        let mut calls_back = lock(&self.calls_back);
+        if self.is_closed() {
+            return Err(self.lost());
+        }
+        if let Some(session) = calls_back.0.upgrade() {
+            return Ok(session);
+        }
+        let lineage = calls_back.1.get_or_insert_with(session::Lineage::detached);
+        let session = ClientSession::over_link(self, codec, Arc::clone(lineage));
+        calls_back.0 = Arc::downgrade(&session);
+        Ok(session)
     }
 
     /// Whether this is the link of `generation` in its client session.
@@ -477,9 +508,9 @@ impl Shared {
             .spawn(async move { shared.say_goodbye().await });
     }
 
-    /// This link's generation in its client session (0 on a server).
+    /// This link's generation in the session whose calls it carries.
     fn generation(&self) -> u64 {
-        self.session.as_ref().map_or(0, |(_, g)| *g)
+        self.session.get().map_or(session::OVER_LINK, |(_, g)| *g)
     }
 
     /// Sends a whole frame kept elsewhere too (a call kept for re-sending, a cached reply).
@@ -579,19 +610,6 @@ impl Shared {
         }
     }
 
-    /// Sends an error frame from a task of its own, so the reader never waits on the link; see
-    /// [`Shared::send_aside`].
-    fn notify_peer(
-        self: &Arc<Self>,
-        call_id: u64,
-        interface: InterfaceId,
-        method: MethodId,
-        payload: ErrorPayload,
-    ) {
-        let about = Header::new(FrameKind::Error, call_id, interface, method);
-        self.send_aside(self.error_frame(&about, payload));
-    }
-
     /// Sends a frame the reader produced (an error notice, a cached outcome for a copy of a
     /// call) from a task of its own, so the reader never waits on the link. The number of such
     /// tasks is bounded; past the bound the frame is dropped (and logged): a peer flooding us
@@ -625,13 +643,5 @@ impl Shared {
             let _ = tokio::time::timeout(LAST_WORDS, shared.send_shared(frame)).await;
             shared.close(reason);
         });
-    }
-
-    fn refuse(self: &Arc<Self>, to: &Header, error: RpcError) {
-        if to.kind == FrameKind::OneWay {
-            tracing::warn!(call_id = to.call_id, %error, "one-way call refused");
-            return;
-        }
-        self.notify_peer(to.call_id, to.interface, to.method, error.to_payload());
     }
 }

@@ -67,7 +67,7 @@ pub(super) struct Entry<H> {
     pub(super) handler: Option<H>,
 }
 
-impl<W, H> Connection<W, H> {
+impl<H> Connection<H> {
     /// Bytes a frame of `len` bytes takes from the call-bytes budget (a frame larger than the
     /// whole budget takes all of it, so it runs alone rather than never).
     fn bytes_for(&self, len: usize) -> usize {
@@ -111,8 +111,8 @@ impl<W, H> Connection<W, H> {
         Some(Room { bytes, counted })
     }
 
-    /// Gives back room a frame did not use.
-    pub(super) fn give_back(&mut self, room: Room) {
+    /// Gives back room a frame did not use (the driver could not use it after all).
+    pub fn give_back(&mut self, room: Room) {
         self.call_bytes -= room.bytes;
         if room.counted {
             self.counted -= 1;

@@ -1,5 +1,11 @@
-//! One link's protocol state: the calls this side made and awaits, the peer's calls running
-//! here and the room they take, and what each received frame means for them.
+//! One link's protocol state: what each received frame means, the peer's calls running here
+//! and the room they take.
+//!
+//! This side's own calls are not kept here: they outlive links (a client's session sends them
+//! again over the next link), so their table is the session's
+//! ([`CallTable`](crate::session::calls::CallTable)), and a call over a link that never
+//! reconnects is a session call like any other. The connection says which answers arrived
+//! ([`Event::Answer`]); the session settles them.
 //!
 //! # The contract
 //!
@@ -9,55 +15,50 @@
 //! - frames from the link: [`handle_frame`](Connection::handle_frame), or
 //!   [`handle_frame_in`](Connection::handle_frame_in) for a one-way call that waited for room
 //!   ([`reserve`](Connection::reserve));
-//! - its own calls: [`start_call`](Connection::start_call) and
-//!   [`start_one_way`](Connection::start_one_way) give the header to send,
-//!   [`cancel`](Connection::cancel) gives a call up;
 //! - the handlers it runs: [`running`](Connection::running) once a handler exists,
 //!   [`refuse`](Connection::refuse) if it could not be made, and
 //!   [`handler_finished`](Connection::handler_finished) when it ends;
-//! - time: [`handle_timeout`](Connection::handle_timeout) with the current instant, at or after
-//!   [`poll_timeout`](Connection::poll_timeout);
 //! - the end of the link: [`link_lost`](Connection::link_lost).
 //!
-//! After each input it drains [`poll_event`](Connection::poll_event) (what to do: wake a
-//! caller, run or abort a handler, tell the session) and
-//! [`poll_transmit`](Connection::poll_transmit) (frames to send: refusals, cancels). Every call
-//! this side starts ends exactly once: an [`Event::Answered`] or the waiter handed back by
-//! [`cancel`](Connection::cancel). Every admitted handler holds a [`Ticket`] until it is given
-//! back, and the tables never grow past [`Config`]'s limits, whatever the peer sends.
+//! Time comes in as the instant a frame arrived, from which a call's deadline is reckoned
+//! ([`Admitted::deadline`]). After each input the driver drains
+//! [`poll_event`](Connection::poll_event) (what to do: settle an answer, run or abort a
+//! handler, tell the session) and [`poll_transmit`](Connection::poll_transmit) (frames to
+//! send: refusals). Every admitted handler holds a [`Ticket`] until it is given back, and the
+//! table and counts never grow past [`Config`]'s limits, whatever the peer sends.
 //!
-//! `W` is what the driver keeps per call of its own (what wakes the caller), `H` per running
-//! handler (what aborts it); the connection stores them and hands them back, and never looks
-//! inside.
+//! `H` is what the driver keeps per running handler (what aborts it); the connection stores
+//! it and hands it back, and never looks inside.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
 //! use bytes::Bytes;
-//! use courier_proto::connection::{Config, Connection, Event, NewCall};
+//! use courier_proto::connection::{Answer, Config, Connection, Event};
 //! use courier_proto::ids::{InterfaceId, MethodId};
 //! use courier_proto::wire::{FrameKind, Header};
 //!
 //! let now = Instant::now();
-//! let mut conn: Connection<&str, ()> = Connection::new(Config::default());
-//! let call = NewCall::new(InterfaceId::new(1), MethodId::new(2))
-//!     .deadline(now + Duration::from_millis(5));
-//! let header = conn.start_call(now, &call, "caller").expect("room");
-//! assert_eq!(header.budget_micros, 5_000);
+//! let mut conn: Connection<&str> = Connection::new(Config::default());
 //!
-//! // The reply arrives: the caller is woken with it.
-//! let reply = Header::new(FrameKind::Reply, header.call_id, header.interface, header.method);
+//! // The peer calls, with 5 ms to spare: the call is admitted, its deadline an instant.
+//! let mut call = Header::new(FrameKind::Call, 7, InterfaceId::new(1), MethodId::new(2));
+//! call.budget_micros = 5_000;
+//! conn.handle_frame(now, Bytes::copy_from_slice(&call.to_bytes()));
+//! let Some(Event::Run(admitted)) = conn.poll_event() else { panic!("admitted") };
+//! assert_eq!(admitted.deadline, Some(now + Duration::from_millis(5)));
+//! conn.running(&admitted.ticket, "its abort handle").expect("not cancelled");
+//! conn.handler_finished(admitted.ticket);
+//!
+//! // A reply to one of this side's calls goes to whoever keeps that call.
+//! let reply = Header::new(FrameKind::Reply, 1, InterfaceId::new(1), MethodId::new(2));
 //! conn.handle_frame(now, Bytes::copy_from_slice(&reply.to_bytes()));
-//! match conn.poll_event() {
-//!     Some(Event::Answered { waiter, outcome: Ok((h, _)), .. }) => {
-//!         assert_eq!((waiter, h.kind), ("caller", FrameKind::Reply))
-//!     }
-//!     other => panic!("{other:?}"),
-//! }
-//! assert!(conn.poll_event().is_none());
+//! assert!(matches!(
+//!     conn.poll_event(),
+//!     Some(Event::Answer { call_id: 1, answer: Answer::Outcome(Ok(_)) })
+//! ));
 //! ```
 
 mod admission;
-mod calls;
 #[cfg(test)]
 mod tests;
 
@@ -67,7 +68,6 @@ use std::time::Instant;
 use bytes::Bytes;
 
 pub use admission::{Admitted, Room, Ticket};
-pub use calls::{NewCall, StartError};
 
 use crate::handlers::HandlerTable;
 use crate::received::{receive, Received, Refusal};
@@ -81,8 +81,6 @@ pub struct Config {
     pub max_frame_size: usize,
     /// Most of the peer's calls running at once on this link.
     pub max_handlers: usize,
-    /// Most of this side's calls awaiting an answer on this link.
-    pub max_in_flight: usize,
     /// Most bytes the frames of running calls may hold (frames above `small_frame` count).
     pub call_bytes: usize,
     /// Frames up to this size take no call bytes: `max_handlers` bounds them well enough, and
@@ -104,7 +102,6 @@ impl Default for Config {
         Config {
             max_frame_size: 16 << 20,
             max_handlers: 4096,
-            max_in_flight: 1024,
             call_bytes: 64 << 20,
             small_frame: 4096,
             max_metadata_entries: 64,
@@ -114,58 +111,30 @@ impl Default for Config {
     }
 }
 
-/// Why one of this side's calls ended without an answer frame.
+/// An outcome of one of this side's calls: the answer frame (its header and all its bytes), or
+/// what was wrong with a malformed one.
+pub type Outcome = Result<(Header, Bytes), FrameProblem>;
+
+/// What the peer said about one of this side's calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum CallError {
-    /// The answer frame was malformed.
-    Malformed(FrameProblem),
-    /// The call's deadline passed first.
-    DeadlineExceeded,
-    /// The link was lost first (the reason it gave).
-    ConnectionLost(String),
-}
-
-/// How one of this side's calls ended: the answer frame (its header and all its bytes), or why
-/// none came.
-pub type Outcome = Result<(Header, Bytes), CallError>;
-
-/// An answer for a call this link's table does not hold: a client session's call (its table
-/// outlives the link), or one given up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Unclaimed {
-    /// The server acknowledged the call.
+pub enum Answer {
+    /// It has the call (an Ack): the call runs on even if its caller gives up.
     Ack,
-    /// The call's outcome.
+    /// The call's outcome (a Reply or an Error), or a malformed answer, which fails the call.
     Outcome(Outcome),
 }
 
 /// What the driver must do, from [`Connection::poll_event`].
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Event<W, H> {
-    /// One of this side's calls ended: wake its caller with `outcome`.
-    Answered {
-        /// The call.
-        call_id: u64,
-        /// What the driver registered for it.
-        waiter: W,
-        /// The answer, or why none came.
-        outcome: Outcome,
-    },
-    /// The peer acknowledged one of this side's calls (still in the table: see
-    /// [`Connection::waiter_mut`]). From now on cancelling it sends no Cancel: it runs on.
-    Acked {
-        /// The call.
-        call_id: u64,
-    },
-    /// An answer for a call not in this link's table.
-    Unclaimed {
+pub enum Event<H> {
+    /// An answer to this side's call `call_id`: for whoever keeps the call (the session).
+    Answer {
         /// The call it names.
         call_id: u64,
         /// What it says.
-        answer: Unclaimed,
+        answer: Answer,
     },
     /// A peer's call was admitted: make and run its handler, and give the ticket back with
     /// [`Connection::handler_finished`] when it ends (or [`Connection::refuse`] if it cannot
@@ -202,9 +171,8 @@ pub enum Event<W, H> {
 
 /// One link's protocol state; see the [module docs](self) for the contract.
 #[derive(Debug)]
-pub struct Connection<W, H> {
+pub struct Connection<H> {
     config: Config,
-    calls: calls::CallTable<W>,
     handlers: HandlerTable<admission::Entry<H>>,
     /// With [`Config::sessions`]: how many of the peer's calls run on this link.
     counted: usize,
@@ -212,16 +180,15 @@ pub struct Connection<W, H> {
     call_bytes: usize,
     /// Tickets handed out, so that an entry is removed only by its own ticket.
     serial: u64,
-    events: VecDeque<Event<W, H>>,
+    events: VecDeque<Event<H>>,
     transmits: VecDeque<Bytes>,
     closed: Option<String>,
 }
 
-impl<W, H> Connection<W, H> {
+impl<H> Connection<H> {
     /// A connection with nothing in flight.
     pub fn new(config: Config) -> Self {
         Connection {
-            calls: calls::CallTable::new(config.max_in_flight),
             handlers: HandlerTable::new(config.max_handlers),
             config,
             counted: 0,
@@ -249,7 +216,7 @@ impl<W, H> Connection<W, H> {
     }
 
     /// The next thing the driver must do.
-    pub fn poll_event(&mut self) -> Option<Event<W, H>> {
+    pub fn poll_event(&mut self) -> Option<Event<H>> {
         self.events.pop_front()
     }
 
@@ -294,44 +261,23 @@ impl<W, H> Connection<W, H> {
             });
             return;
         }
-        if header.kind == FrameKind::Ack {
-            let event = if self.calls.acked(header.call_id) {
-                Event::Acked {
-                    call_id: header.call_id,
-                }
-            } else {
-                Event::Unclaimed {
-                    call_id: header.call_id,
-                    answer: Unclaimed::Ack,
-                }
-            };
-            self.events.push_back(event);
-            return;
-        }
-        self.settle(header.call_id, Ok((header, frame)));
-    }
-
-    /// Ends this side's call `call_id` with `outcome`, or passes the outcome on if the table
-    /// does not hold it.
-    fn settle(&mut self, call_id: u64, outcome: Outcome) {
-        let event = match self.calls.remove(call_id) {
-            Some(call) => Event::Answered {
-                call_id,
-                waiter: call.waiter,
-                outcome,
-            },
-            None => Event::Unclaimed {
-                call_id,
-                answer: Unclaimed::Outcome(outcome),
-            },
+        let answer = match header.kind {
+            FrameKind::Ack => Answer::Ack,
+            _ => Answer::Outcome(Ok((header, frame))),
         };
-        self.events.push_back(event);
+        self.events.push_back(Event::Answer {
+            call_id: header.call_id,
+            answer,
+        });
     }
 
     fn on_refused(&mut self, refusal: Refusal) {
         match refusal {
             Refusal::FailOwnCall { call_id, problem } => {
-                self.settle(call_id, Err(CallError::Malformed(problem)));
+                self.events.push_back(Event::Answer {
+                    call_id,
+                    answer: Answer::Outcome(Err(problem)),
+                });
             }
             Refusal::AnswerPeer { claims, problem } => {
                 self.transmits
@@ -350,21 +296,15 @@ impl<W, H> Connection<W, H> {
         }
     }
 
-    /// The link is gone (`reason`): every call of this side ends with `ConnectionLost`, and
-    /// every handler whose caller waits is aborted (one-way handlers run on: nobody waits for
-    /// them, and the caller may well have closed right after sending). Idempotent.
+    /// The link is gone (`reason`): every handler whose caller waits is aborted (one-way
+    /// handlers run on: nobody waits for them, and the caller may well have closed right after
+    /// sending), frames not yet sent are dropped, and nothing is admitted any more.
+    /// Idempotent: the first reason stays.
     pub fn link_lost(&mut self, reason: &str) {
         if self.closed.is_some() {
             return;
         }
         self.closed = Some(reason.to_owned());
-        for (call_id, call) in self.calls.drain() {
-            self.events.push_back(Event::Answered {
-                call_id,
-                waiter: call.waiter,
-                outcome: Err(CallError::ConnectionLost(reason.to_owned())),
-            });
-        }
         let events = &mut self.events;
         self.handlers.retain(|entry| {
             if entry.one_way {
@@ -376,26 +316,6 @@ impl<W, H> Connection<W, H> {
             false
         });
         self.transmits.clear();
-    }
-
-    /// The earliest instant at which [`Connection::handle_timeout`] has something to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.calls.earliest_deadline()
-    }
-
-    /// Ends, with `DeadlineExceeded`, every call of this side whose deadline is at or before
-    /// `now`, and cancels it on the peer unless it was acknowledged to run on.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        for (call_id, call) in self.calls.expire(now) {
-            if call.cancels_on_drop() {
-                self.transmits.push_back(call.cancel_frame(call_id));
-            }
-            self.events.push_back(Event::Answered {
-                call_id,
-                waiter: call.waiter,
-                outcome: Err(CallError::DeadlineExceeded),
-            });
-        }
     }
 }
 

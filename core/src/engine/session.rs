@@ -14,10 +14,10 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use super::handshake::client_handshake;
+use super::{ReplyResult, Role, Router, Shared};
 use crate::address::Address;
-use crate::engine::handshake::client_handshake;
-use crate::engine::Router;
-use crate::engine::{ReplyResult, Role, SessionHooks, Shared};
+use crate::callback::CallbackTable;
 use crate::error::{HandshakeError, RpcError};
 use crate::identity::{random_u64, Identity};
 use crate::ids::MethodDesc;
@@ -28,6 +28,55 @@ use crate::transport::{BoxConnector, DynConnector, FrameBuf, Link, ReplyReader};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
 use courier_proto::session::calls::{CallTable, LinkId, Semantics};
 
+/// A place among a caller's calls in flight, waited for within `deadline`; `None` inside the
+/// error means the budget was closed (the connection or the client is gone). A count without
+/// a lock (see [`Budget`](crate::budget::Budget)): tokio's semaphore would lock a mutex at every call's end.
+async fn in_flight_slot(
+    in_flight: &Arc<crate::budget::Budget>,
+    deadline: Option<Instant>,
+) -> Result<Result<crate::budget::Taken, ()>, RpcError> {
+    if let Some(taken) = in_flight.try_take(1) {
+        return Ok(Ok(taken));
+    }
+    let take = in_flight.take(1);
+    let taken = match deadline {
+        Some(d) => tokio::time::timeout_at(d, take)
+            .await
+            .map_err(|_| RpcError::DeadlineExceeded)?,
+        None => take.await,
+    };
+    Ok(taken.ok_or(()))
+}
+
+/// The deadline budget for a call's header, sent now: µs left (0 for none), or
+/// `DeadlineExceeded` if the deadline has passed.
+fn budget(deadline: Option<Instant>) -> Result<u32, RpcError> {
+    let now = Instant::now().into_std();
+    courier_proto::received::budget_micros(now, deadline.map(Instant::into_std))
+        .ok_or(RpcError::DeadlineExceeded)
+}
+
+/// Waits for `wait` while polling `reader`, reader first, so that a reply it delivers is seen
+/// in the same poll. A finished reader is dropped.
+async fn driven<T>(
+    reader: &mut Option<ReplyReader>,
+    wait: impl std::future::Future<Output = T>,
+) -> T {
+    let mut wait = std::pin::pin!(wait);
+    std::future::poll_fn(|cx| {
+        if let Some(r) = reader {
+            if r.as_mut().poll(cx).is_ready() {
+                *reader = None;
+            }
+        }
+        wait.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// The generation of the one link of a session over a link alone ([`ClientSession::over_link`]).
+pub(crate) const OVER_LINK: u64 = 1;
+
 /// What a call gets once its client has been dropped.
 fn client_closed() -> RpcError {
     RpcError::ConnectionLost("the client was closed".into())
@@ -35,7 +84,7 @@ fn client_closed() -> RpcError {
 
 /// Every session of one identity in this process: they number their calls from one sequence,
 /// since the server knows them as one client, and the watermark must cover all of them.
-struct Lineage {
+pub(crate) struct Lineage {
     next: AtomicU64,
     sessions: Mutex<Vec<Weak<ClientSession>>>,
 }
@@ -56,6 +105,15 @@ impl Lineage {
             })
         });
         Arc::clone(lineage)
+    }
+
+    /// A lineage of its own, not kept for the process: a session over a link alone, whose
+    /// peer knows its calls only on that link.
+    pub(crate) fn detached() -> Arc<Lineage> {
+        Arc::new(Lineage {
+            next: AtomicU64::new(1),
+            sessions: Mutex::new(Vec::new()),
+        })
     }
 
     /// Adds a session, forgetting those that ended.
@@ -128,11 +186,18 @@ pub(crate) struct Config {
     pub(crate) limits: Limits,
     pub(crate) policy: ReconnectPolicy,
     pub(crate) attempt_timeout: Option<Duration>,
-    pub(crate) router: Arc<dyn Router>,
+    /// The services the session's links offer the peer (none over a server's link: its
+    /// server's registry serves there).
+    pub(crate) router: Option<Arc<dyn Router>>,
     /// Where the session's links go, when it connects by address or by name.
     pub(crate) whereabouts: Option<Arc<Whereabouts>>,
-    /// The callbacks this client passed in its calls.
-    pub(crate) callbacks: Arc<crate::callback::CallbackTable>,
+    /// The callbacks this client passed in its calls (none over a server's link: a handler
+    /// cannot pass callbacks to its caller).
+    pub(crate) callbacks: Option<Arc<CallbackTable>>,
+    /// Whether the peer keeps the outcomes of this session's calls (a server's reply cache):
+    /// then calls may be sent again (attempt timeouts) and outcomes are released. A client
+    /// serving calls back keeps none, so a session over a server's link does neither.
+    pub(crate) peer_keeps_outcomes: bool,
 }
 
 /// One client identity talking to one server, over as many links as it takes.
@@ -192,6 +257,59 @@ impl ClientSession {
         lineage.join(&session);
         session.open(link).await?;
         Ok(session)
+    }
+
+    /// A session over `link` alone, a server's link whose handshake is done: it never
+    /// reconnects, so when the link ends its calls fail with `ConnectionLost`. How a handler
+    /// calls its client back ([`Shared::calls`]); the link carries its answers here.
+    pub(crate) fn over_link(
+        link: &Arc<Shared>,
+        codec: &'static str,
+        lineage: Arc<Lineage>,
+    ) -> Arc<ClientSession> {
+        let config = Config {
+            connector: None,
+            codec,
+            identity: Identity::random(),
+            limits: link.limits().clone(),
+            policy: ReconnectPolicy::never(),
+            attempt_timeout: None,
+            router: None,
+            whereabouts: None,
+            callbacks: None,
+            peer_keeps_outcomes: false,
+        };
+        let started = std::time::Instant::now();
+        let mut table = CallTable::default();
+        let on = LinkId {
+            generation: OVER_LINK,
+            instance: 0,
+        };
+        // Nothing to hand over: the table is empty.
+        let _ = table.link_up(on, None, started);
+        let session = Arc::new_cyclic(|me| ClientSession {
+            in_flight: crate::budget::Budget::places(config.limits.max_in_flight),
+            config,
+            lineage: Arc::clone(&lineage),
+            runtime: Handle::current(),
+            state: Mutex::new(State {
+                table,
+                link: Some(Arc::clone(link)),
+                draining: None,
+                reconnecting: false,
+                failure: None,
+                peer: link.peer().clone(),
+                session_id: None,
+            }),
+            changed: Notify::new(),
+            closed: AtomicBool::new(false),
+            next_generation: AtomicU64::new(OVER_LINK + 1),
+            reconnections: AtomicU64::new(0),
+            started,
+            me: me.clone(),
+        });
+        lineage.join(&session);
+        session
     }
 
     pub(crate) fn runtime(&self) -> &Handle {
@@ -255,9 +373,9 @@ impl ClientSession {
         }
     }
 
-    /// The callbacks this client passed in its calls.
-    pub(crate) fn callbacks(&self) -> &Arc<crate::callback::CallbackTable> {
-        &self.config.callbacks
+    /// The callbacks this client passed in its calls, if it can pass any.
+    pub(crate) fn callbacks(&self) -> Option<&Arc<CallbackTable>> {
+        self.config.callbacks.as_ref()
     }
 
     /// The limits the session's links apply.
@@ -265,9 +383,13 @@ impl ClientSession {
         &self.config.limits
     }
 
-    /// The default attempt timeout of the session's calls.
-    pub(crate) fn attempt_timeout(&self) -> Option<Duration> {
-        self.config.attempt_timeout
+    /// The attempt timeout of a call whose options say `asked`: that, else the session's
+    /// default; none if the peer keeps no outcomes (a copy would run again).
+    pub(crate) fn attempt_timeout(&self, asked: Option<Duration>) -> Option<Duration> {
+        if !self.config.peer_keeps_outcomes {
+            return None;
+        }
+        asked.or(self.config.attempt_timeout)
     }
 
     /// The server, as the transport of the latest link authenticated it.
@@ -313,10 +435,10 @@ impl ClientSession {
             link,
             self.config.codec.to_owned(),
             self.config.limits.clone(),
-            Some(Arc::clone(&self.config.router)),
+            self.config.router.clone(),
             None,
             None,
-            Role::Client(self.me.clone() as Weak<dyn SessionHooks>, generation),
+            Role::Client(self.me.clone(), generation),
         );
         let now = std::time::Instant::now();
         let (relink, lost_at_once) = {
@@ -429,7 +551,7 @@ impl ClientSession {
         attempt: Option<Duration>,
         body: impl FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
     ) -> Result<SessionCall, RpcError> {
-        let permit = crate::engine::in_flight_slot(&self.in_flight, deadline)
+        let permit = in_flight_slot(&self.in_flight, deadline)
             .await?
             .map_err(|()| client_closed())?;
         let semantics = if method.idempotent {
@@ -445,13 +567,13 @@ impl ClientSession {
         let header = Header {
             flags,
             version: method.version,
-            budget_micros: crate::engine::budget(deadline)?,
+            budget_micros: budget(deadline)?,
             ..Header::new(FrameKind::Call, 0, method.interface, method.method)
         };
         let mut buf = BytesMut::with_capacity(HEADER_LEN + 64);
         header.encode(&mut buf);
         body(&mut buf)?;
-        crate::engine::seal(&mut buf, self.config.limits.frame_size_limit())?;
+        super::seal(&mut buf, self.config.limits.frame_size_limit())?;
         // Make the buffer shareable now, outside the lock: the table keeps one handle on the
         // frame and the link gets another, and a plain buffer would allocate the shared
         // header on its first clone, under the lock.
@@ -546,6 +668,9 @@ impl ClientSession {
 
     /// Tells the server which outcomes the client holds, so it can trim its reply cache.
     fn release(&self) {
+        if !self.config.peer_keeps_outcomes {
+            return;
+        }
         let watermark = self.lineage.watermark();
         let zero = (
             crate::ids::InterfaceId::new(0),
@@ -613,6 +738,8 @@ impl ClientSession {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Callers waiting for a place among the calls in flight stop waiting.
+        self.in_flight.close();
         let (link, draining, failed) = {
             let mut state = lock(&self.state);
             (
@@ -624,7 +751,9 @@ impl ClientSession {
         if let Some(draining) = draining {
             draining.shutdown();
         }
-        self.config.callbacks.clear();
+        if let Some(callbacks) = &self.config.callbacks {
+            callbacks.clear();
+        }
         for w in failed {
             let _ = w.reply.send(Err(client_closed()));
         }
@@ -752,10 +881,10 @@ impl SessionCall {
         let mut wait = std::pin::pin!(wait);
         let Some(attempt) = self.attempt else {
             // No attempt timeout: only the reader (if any) to drive beside the wait.
-            return crate::engine::driven(&mut self.reader, wait).await;
+            return driven(&mut self.reader, wait).await;
         };
         loop {
-            let outcome = crate::engine::driven(&mut self.reader, async {
+            let outcome = driven(&mut self.reader, async {
                 tokio::select! {
                     biased;
                     v = &mut wait => Some(v),
@@ -844,8 +973,10 @@ impl Drop for SessionCall {
     }
 }
 
-impl SessionHooks for ClientSession {
-    fn on_answer(&self, call_id: u64, answer: ReplyResult) {
+/// What the session's links tell it.
+impl ClientSession {
+    /// An answer (or a malformed one) to one of the session's calls.
+    pub(crate) fn on_answer(&self, call_id: u64, answer: ReplyResult) {
         let (waiter, release, drained) = {
             let mut state = lock(&self.state);
             let len = answer.as_ref().map_or(0, |(_, frame)| frame.len());
@@ -863,11 +994,13 @@ impl SessionHooks for ClientSession {
         }
     }
 
-    fn awaits(&self, call_id: u64) -> bool {
+    /// Whether call `call_id` still waits for its outcome.
+    pub(crate) fn awaits(&self, call_id: u64) -> bool {
         lock(&self.state).table.waiter_mut(call_id).is_some()
     }
 
-    fn on_ack(&self, call_id: u64) {
+    /// The server acknowledged call `call_id`.
+    pub(crate) fn on_ack(&self, call_id: u64) {
         let mut state = lock(&self.state);
         if let Some(ack) = state.table.waiter_mut(call_id).and_then(|w| w.ack.take()) {
             let _ = ack.send(());
@@ -876,7 +1009,7 @@ impl SessionHooks for ClientSession {
 
     /// Calls wait for the next link, which the reconnecting task opens; without
     /// reconnecting, they fail.
-    fn link_closed(&self, generation: u64, reason: &str) {
+    pub(crate) fn link_closed(&self, generation: u64, reason: &str) {
         let mut state = lock(&self.state);
         if state
             .draining
@@ -908,7 +1041,9 @@ impl SessionHooks for ClientSession {
         state.link = None;
         state.table.link_down(generation);
         // The handlers that held them were on that connection: its end ends them.
-        self.config.callbacks.clear();
+        if let Some(callbacks) = &self.config.callbacks {
+            callbacks.clear();
+        }
         if self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -927,7 +1062,8 @@ impl SessionHooks for ClientSession {
         self.start_reconnecting(&mut state, reason.to_owned());
     }
 
-    fn server_goodbye(&self, generation: u64) {
+    /// The server said goodbye on the link of `generation`: it ended the session.
+    pub(crate) fn server_goodbye(&self, generation: u64) {
         let failed = lock(&self.state).table.session_ended(generation);
         for w in failed {
             let _ = w.reply.send(Err(RpcError::OutcomeUnknown(
@@ -936,10 +1072,6 @@ impl SessionHooks for ClientSession {
                     .to_owned(),
             )));
         }
-    }
-
-    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
     }
 }
 
