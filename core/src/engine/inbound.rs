@@ -9,7 +9,7 @@ use futures::future::{AbortHandle, Abortable};
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use super::{cut_message, lock, Event, Outputs, Shared, Work};
+use super::{cut_message, drain, lock, Event, Outputs, Shared, Work};
 use super::{RawCall, Router};
 use crate::budget::Taken;
 use crate::error::RpcError;
@@ -17,7 +17,7 @@ use crate::handler::{HandlerFuture, ReplyBody};
 use crate::metadata::Metadata;
 use crate::trace;
 use crate::transport::LinkRx;
-use crate::wire::{kind_of, Claims, ErrorCode, ErrorPayload, Flags, FrameKind, Header, HEADER_LEN};
+use crate::wire::{kind_of, Claims, ErrorPayload, Flags, FrameKind, Header, HEADER_LEN};
 use courier_proto::connection::{Admitted, Answer, Room, Ticket};
 use courier_proto::session::replies::Begin;
 
@@ -46,7 +46,15 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            lock(&self.shared.conn).handler_finished(ticket);
+            match ticket.plain() {
+                // Counted now, given back to the connection with its next input: no lock
+                // at the end of most of a server's calls. SeqCst against the waiters: see
+                // `wait_room`.
+                Ok(_plain) => {
+                    self.shared.plain_ended.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(ticket) => lock(&self.shared.conn).handler_finished(ticket),
+            }
             self.shared.wake_room_waiters();
         }
     }
@@ -72,27 +80,35 @@ impl Shared {
         frame: Bytes,
         room: Option<WaitedRoom>,
     ) -> Option<Work> {
-        // Read from tokio's clock, which tests may pause.
-        let now = Instant::now().into_std();
-        let (room, server_bytes) = match room {
+        let (room, mut server_bytes) = match room {
             Some(WaitedRoom { room, server_bytes }) => (Some(room), server_bytes),
             None => (None, None),
         };
-        let out = self.input(|conn| match room {
-            Some(room) => conn.handle_frame_in(now, frame, room),
-            None => conn.handle_frame(now, frame),
-        });
-        let mut work = None;
-        let Outputs {
+        // Most frames make one event and nothing to send: that one is taken out as it is,
+        // the rest (if any) together, all under one hold of the lock.
+        let (first, rest) = {
+            let mut conn = lock(&self.conn);
+            self.give_back_plain(&mut conn);
+            match room {
+                Some(room) => conn.handle_frame_in(frame, room),
+                None => conn.handle_frame(frame),
+            }
+            let first = conn.poll_event();
+            let rest = conn.has_output().then(|| drain(&mut conn));
+            (first, rest)
+        };
+        let mut work = first.and_then(|event| self.on_event(event, &mut server_bytes));
+        if let Some(Outputs {
             first,
             more,
             frames,
-        } = out;
-        self.send_frames(frames);
-        let mut server_bytes = server_bytes;
-        for event in first.into_iter().chain(more) {
-            if let Some(w) = self.on_event(event, &mut server_bytes) {
-                work = Some(w);
+        }) = rest
+        {
+            self.send_frames(frames);
+            for event in first.into_iter().chain(more) {
+                if let Some(w) = self.on_event(event, &mut server_bytes) {
+                    work = Some(w);
+                }
             }
         }
         work
@@ -142,6 +158,17 @@ impl Shared {
         None
     }
 
+    /// Gives the connection back the plain tickets of the handlers that ended since its last
+    /// input (see [`Admission`]'s drop), so that it admits with its counts exact.
+    fn give_back_plain(&self, conn: &mut super::Conn) {
+        if self.served.is_some() {
+            let ended = self.plain_ended.swap(0, Ordering::SeqCst);
+            if ended > 0 {
+                conn.plain_finished(ended);
+            }
+        }
+    }
+
     /// Wakes the deliverers waiting for room, if any wait.
     pub(super) fn wake_room_waiters(&self) {
         if self.slot_waiting.load(Ordering::SeqCst) > 0 {
@@ -159,7 +186,11 @@ impl Shared {
             // SeqCst against the load in `wake_room_waiters`, which follows the release:
             // either this sees the free room, or that sees this waiter.
             self.slot_waiting.fetch_add(1, Ordering::SeqCst);
-            let found = lock(&self.conn).reserve(len);
+            let found = {
+                let mut conn = lock(&self.conn);
+                self.give_back_plain(&mut conn);
+                conn.reserve(len)
+            };
             if let Some(room) = found {
                 self.slot_waiting.fetch_sub(1, Ordering::SeqCst);
                 break room;
@@ -173,7 +204,7 @@ impl Shared {
                 return None;
             }
         };
-        let server_bytes = match (&self.server_call_bytes, self.is_large(len)) {
+        let server_bytes = match (&self.server_call_bytes, room.counts_bytes()) {
             (Some(server), true) => {
                 let taken = tokio::select! {
                     taken = server.take(len) => taken,
@@ -190,11 +221,6 @@ impl Shared {
         Some(WaitedRoom { room, server_bytes })
     }
 
-    /// Whether a frame of `len` bytes counts against the call-bytes budgets.
-    fn is_large(&self, len: usize) -> bool {
-        len > lock(&self.conn).config().small_frame
-    }
-
     /// Whether `frame` is a one-way call that must wait for room before it is handed over:
     /// it cannot be refused with an answer, so rather than drop one when the handlers leave
     /// no room, whoever delivers it waits (and the link's bounded buffers push back on the
@@ -208,20 +234,23 @@ impl Shared {
     /// for every call: on a server's link the client's session also has a say (it recognizes
     /// copies and keeps outcomes); on a link without one, the connection keeps the handler.
     fn on_call(self: &Arc<Self>, admitted: Admitted, server_bytes: Option<Taken>) -> Option<Work> {
+        let budget = admitted.budget();
         let Admitted {
             header,
             frame,
             args_at,
             metadata,
-            deadline,
             ticket,
             ..
         } = admitted;
+        // A frame large enough to count on this link counts on the server too.
+        let ticket_counts_bytes = ticket.counts_bytes();
         let mut admission = Admission {
             shared: Arc::clone(self),
             ticket: Some(ticket),
         };
-        let deadline = deadline.map(Instant::from_std);
+        // The clock is read only for a call that has a deadline.
+        let deadline = budget.map(|budget| Instant::now() + budget);
         let Some(router) = &self.router else {
             let interface = header.interface;
             admission.refuse(&header, &RpcError::UnknownInterface { interface });
@@ -237,7 +266,7 @@ impl Shared {
         // A large frame on a server also counts among all the server's connections.
         let server_bytes = match (server_bytes, &self.server_call_bytes) {
             (Some(taken), _) => Some(taken),
-            (None, Some(server)) if self.is_large(frame.len()) => {
+            (None, Some(server)) if ticket_counts_bytes => {
                 let Some(taken) = server.try_take(frame.len()) else {
                     let e = RpcError::Overloaded(
                         "the calls running on this server hold as many bytes as it allows"
@@ -307,54 +336,26 @@ impl Shared {
             place.counted = true;
             return true;
         }
-        let call = header.call_id;
-        let refusal = match session.begin(header, abort, self) {
+        let begin = session.begin(header, abort, self);
+        match begin {
             Begin::Run => {
                 place.counted = true;
                 return true;
             }
-            Begin::Attached => return false,
-            Begin::Cached(outcome) => {
-                self.send_aside(outcome);
-                return false;
-            }
-            Begin::Unavailable => RpcError::Unavailable(
-                "the server is shutting down; the call did not run".to_owned(),
-            )
-            .to_payload(),
-            Begin::Forgotten => RpcError::ReplyEvicted(format!(
-                "call {call} is no longer in the server's reply cache"
-            ))
-            .to_payload(),
-            Begin::Mismatch(called) => RpcError::Protocol(format!(
-                "call id {call} was used for interface {:#010x} method {:#010x}: a copy must \
-                 call the same method",
-                called.interface, called.method
-            ))
-            .to_payload(),
-            Begin::Released => ErrorPayload::new(
-                ErrorCode::Released,
-                format!(
-                    "call {call} is below the client's watermark (a release said the client \
-                     holds its outcome); it does not run again"
-                ),
-            ),
-            Begin::Cancelled => ErrorPayload::new(
-                ErrorCode::Cancelled,
-                format!("call {call} was cancelled before it finished; it does not run again"),
-            ),
+            Begin::Attached => {}
+            Begin::Cached(outcome) => self.send_aside(outcome),
             Begin::Superseded => {
-                let payload = ErrorPayload::new(
-                    ErrorCode::Superseded,
-                    "a newer epoch of this client took over; this connection closes and the \
-                     call did not run",
-                );
-                let frame = self.error_frame(header, payload);
-                self.send_then_close(frame, "a newer epoch of this client took over");
-                return false;
+                if let Some(refusal) = begin.refusal(header.call_id) {
+                    let frame = self.error_frame(header, refusal);
+                    self.send_then_close(frame, "a newer epoch of this client took over");
+                }
             }
-        };
-        self.send_aside(self.error_frame(header, refusal));
+            refused => {
+                if let Some(refusal) = refused.refusal(header.call_id) {
+                    self.send_aside(self.error_frame(header, refusal));
+                }
+            }
+        }
         false
     }
 

@@ -57,7 +57,7 @@ use inbound::read_loop;
 use session::ClientSession;
 
 /// The protocol state of one link, with what this driver keeps per handler (what aborts it).
-type Conn = Connection<AbortHandle>;
+pub(crate) type Conn = Connection<AbortHandle>;
 
 /// An event of [`Conn`].
 type Event = connection::Event<AbortHandle>;
@@ -129,6 +129,9 @@ pub(crate) struct Shared {
     /// notifies only when some wait.
     slot_waiting: AtomicUsize,
     slot_freed: Notify,
+    /// Handlers that ended holding plain tickets, not yet given back to the connection
+    /// ([`courier_proto::connection::Ticket::plain`]): it gets them with its next input.
+    plain_ended: AtomicUsize,
     /// The bytes of the frames of running handlers across all the connections of a server
     /// (`max_server_call_bytes`); per connection, the [`Conn`] counts them.
     server_call_bytes: Option<Arc<Budget>>,
@@ -215,6 +218,21 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// Everything the connection has for the driver.
+pub(crate) fn drain(conn: &mut Conn) -> Outputs {
+    let mut out = Outputs::default();
+    while let Some(event) = conn.poll_event() {
+        match out.first {
+            None => out.first = Some(event),
+            Some(_) => out.more.push(event),
+        }
+    }
+    while let Some(frame) = conn.poll_transmit() {
+        out.frames.push(frame);
+    }
+    out
+}
+
 /// Finishes a frame whose header and payload are written: refuses it past `limit`, else
 /// writes the payload's length into the header.
 pub(crate) fn seal(buf: &mut dyn FrameBuf, limit: usize) -> Result<(), RpcError> {
@@ -279,6 +297,7 @@ impl Shared {
             conn: Mutex::new(Connection::new(config)),
             slot_waiting: AtomicUsize::new(0),
             slot_freed: Notify::new(),
+            plain_ended: AtomicUsize::new(0),
             server_call_bytes,
             callback_deliveries: Budget::new(limits.max_callback_deliveries),
             notices: Arc::new(Semaphore::new(limits.max_handlers)),
@@ -367,17 +386,7 @@ impl Shared {
     pub(crate) fn input(&self, input: impl FnOnce(&mut Conn)) -> Outputs {
         let mut conn = lock(&self.conn);
         input(&mut conn);
-        let mut out = Outputs::default();
-        while let Some(event) = conn.poll_event() {
-            match out.first {
-                None => out.first = Some(event),
-                Some(_) => out.more.push(event),
-            }
-        }
-        while let Some(frame) = conn.poll_transmit() {
-            out.frames.push(frame);
-        }
-        out
+        drain(&mut conn)
     }
 
     /// Sends what the connection queued for the peer, each from a task of its own.

@@ -51,8 +51,12 @@ async fn in_flight_slot(
 /// The deadline budget for a call's header, sent now: µs left (0 for none), or
 /// `DeadlineExceeded` if the deadline has passed.
 fn budget(deadline: Option<Instant>) -> Result<u32, RpcError> {
+    let Some(deadline) = deadline else {
+        // No deadline, no budget: the clock is not read.
+        return Ok(0);
+    };
     let now = Instant::now().into_std();
-    courier_proto::received::budget_micros(now, deadline.map(Instant::into_std))
+    courier_proto::received::budget_micros(now, Some(deadline.into_std()))
         .ok_or(RpcError::DeadlineExceeded)
 }
 

@@ -1,14 +1,14 @@
 //! The peer's calls on one link: admitting them within the limits, the tickets their handlers
 //! hold, cancelling them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::{Connection, Event};
 use crate::handlers::Refused;
 use crate::metadata::Metadata;
-use crate::received::{call_arguments, deadline};
+use crate::received::call_arguments;
 use crate::wire::{ErrorCode, ErrorPayload, FrameKind, Header};
 
 /// A peer's call admitted to run, from [`Event::Run`].
@@ -22,10 +22,22 @@ pub struct Admitted {
     pub args_at: usize,
     /// Its metadata.
     pub metadata: Metadata,
-    /// When its caller gives up, from its budget and the instant it arrived.
-    pub deadline: Option<Instant>,
     /// Its place among the link's handlers and call bytes, held until it is given back.
     pub ticket: Ticket,
+}
+
+impl Admitted {
+    /// How long its caller waits, from the instant the call arrived: its header's budget
+    /// (none for no deadline).
+    pub fn budget(&self) -> Option<Duration> {
+        (self.header.budget_micros != 0)
+            .then(|| Duration::from_micros(u64::from(self.header.budget_micros)))
+    }
+
+    /// When its caller gives up, for a call that arrived at `arrived`.
+    pub fn deadline(&self, arrived: Instant) -> Option<Instant> {
+        self.budget().map(|budget| arrived + budget)
+    }
 }
 
 /// What a running handler holds of its link: a place among the handlers and the bytes of its
@@ -46,6 +58,38 @@ impl Ticket {
     /// The call it admitted.
     pub fn call_id(&self) -> u64 {
         self.call_id
+    }
+
+    /// Whether its frame counts against the call-bytes budget (it is larger than
+    /// [`Config::small_frame`](super::Config::small_frame)).
+    pub fn counts_bytes(&self) -> bool {
+        self.bytes > 0
+    }
+
+    /// A ticket that holds only a counted place (a session's call with a small frame, the
+    /// common case on a server's link) turns into a [`Plain`] token: several are given back
+    /// at once with [`Connection::plain_finished`], so a driver can count them without
+    /// taking the connection's lock at every handler's end. Any other ticket comes back as
+    /// it is.
+    pub fn plain(self) -> Result<Plain, Ticket> {
+        if self.counted && self.bytes == 0 {
+            Ok(Plain(()))
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// A [`Ticket`] that held only a counted place ([`Ticket::plain`]): give it back by counting it
+/// in [`Connection::plain_finished`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a plain ticket not counted back holds its place for the connection's life"]
+pub struct Plain(());
+
+impl Room {
+    /// Whether the frame it was reserved for counts against the call-bytes budget.
+    pub fn counts_bytes(&self) -> bool {
+        self.bytes > 0
     }
 }
 
@@ -119,13 +163,7 @@ impl<H> Connection<H> {
         }
     }
 
-    pub(super) fn on_call(
-        &mut self,
-        now: Instant,
-        header: Header,
-        frame: Bytes,
-        room: &mut Option<Room>,
-    ) {
+    pub(super) fn on_call(&mut self, header: Header, frame: Bytes, room: &mut Option<Room>) {
         if self.closed.is_some() {
             return;
         }
@@ -196,7 +234,6 @@ impl<H> Connection<H> {
             counted,
         };
         self.events.push_back(Event::Run(Admitted {
-            deadline: deadline(now, &header),
             header,
             frame,
             args_at,
@@ -233,6 +270,11 @@ impl<H> Connection<H> {
         {
             self.handlers.remove(ticket.call_id);
         }
+    }
+
+    /// The handlers of `n` [`Plain`] tickets ended: their places are free.
+    pub fn plain_finished(&mut self, n: usize) {
+        self.counted -= n.min(self.counted);
     }
 
     /// The call of `ticket` cannot run (the driver found no handler for it, or it was refused

@@ -20,7 +20,8 @@
 //!   [`handler_finished`](Connection::handler_finished) when it ends;
 //! - the end of the link: [`link_lost`](Connection::link_lost).
 //!
-//! Time comes in as the instant a frame arrived, from which a call's deadline is reckoned
+//! No decision here depends on the time: a call's deadline is its budget from the instant it
+//! arrived, which the driver reads from its clock only for calls that have one
 //! ([`Admitted::deadline`]). After each input the driver drains
 //! [`poll_event`](Connection::poll_event) (what to do: settle an answer, run or abort a
 //! handler, tell the session) and [`poll_transmit`](Connection::poll_transmit) (frames to
@@ -43,15 +44,15 @@
 //! // The peer calls, with 5 ms to spare: the call is admitted, its deadline an instant.
 //! let mut call = Header::new(FrameKind::Call, 7, InterfaceId::new(1), MethodId::new(2));
 //! call.budget_micros = 5_000;
-//! conn.handle_frame(now, Bytes::copy_from_slice(&call.to_bytes()));
+//! conn.handle_frame(Bytes::copy_from_slice(&call.to_bytes()));
 //! let Some(Event::Run(admitted)) = conn.poll_event() else { panic!("admitted") };
-//! assert_eq!(admitted.deadline, Some(now + Duration::from_millis(5)));
+//! assert_eq!(admitted.deadline(now), Some(now + Duration::from_millis(5)));
 //! conn.running(&admitted.ticket, "its abort handle").expect("not cancelled");
 //! conn.handler_finished(admitted.ticket);
 //!
 //! // A reply to one of this side's calls goes to whoever keeps that call.
 //! let reply = Header::new(FrameKind::Reply, 1, InterfaceId::new(1), MethodId::new(2));
-//! conn.handle_frame(now, Bytes::copy_from_slice(&reply.to_bytes()));
+//! conn.handle_frame(Bytes::copy_from_slice(&reply.to_bytes()));
 //! assert!(matches!(
 //!     conn.poll_event(),
 //!     Some(Event::Answer { call_id: 1, answer: Answer::Outcome(Ok(_)) })
@@ -62,12 +63,10 @@ mod admission;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-use std::time::Instant;
-
 use bytes::Bytes;
+use std::collections::VecDeque;
 
-pub use admission::{Admitted, Room, Ticket};
+pub use admission::{Admitted, Plain, Room, Ticket};
 
 use crate::handlers::HandlerTable;
 use crate::received::{receive, Received, Refusal};
@@ -220,26 +219,31 @@ impl<H> Connection<H> {
         self.events.pop_front()
     }
 
-    /// The next frame to send (an Error refusing a call, a Cancel), whole.
+    /// The next frame to send (an Error refusing a call), whole.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transmits.pop_front()
     }
 
-    /// Handles one frame from the peer, received at `now`.
-    pub fn handle_frame(&mut self, now: Instant, frame: Bytes) {
-        self.handle(now, frame, None);
+    /// Whether an event or a frame waits to be polled.
+    pub fn has_output(&self) -> bool {
+        !self.events.is_empty() || !self.transmits.is_empty()
+    }
+
+    /// Handles one frame from the peer.
+    pub fn handle_frame(&mut self, frame: Bytes) {
+        self.handle(frame, None);
     }
 
     /// Handles a one-way call for which the driver waited for `room` (see
     /// [`Connection::reserve`]).
-    pub fn handle_frame_in(&mut self, now: Instant, frame: Bytes, room: Room) {
-        self.handle(now, frame, Some(room));
+    pub fn handle_frame_in(&mut self, frame: Bytes, room: Room) {
+        self.handle(frame, Some(room));
     }
 
-    fn handle(&mut self, now: Instant, frame: Bytes, room: Option<Room>) {
+    fn handle(&mut self, frame: Bytes, room: Option<Room>) {
         let mut room = room;
         match receive(&frame, self.config.max_frame_size) {
-            Received::Call(header) => self.on_call(now, header, frame, &mut room),
+            Received::Call(header) => self.on_call(header, frame, &mut room),
             Received::Answer(header) => self.on_answer(header, frame),
             Received::Cancel(header) => self.on_cancel(header.call_id),
             Received::Release { watermark } => self.events.push_back(Event::Release { watermark }),

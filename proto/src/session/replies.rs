@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::wire::{ErrorCode, ErrorPayload};
+
 /// What every cached outcome costs beside its bytes (map entries, bookkeeping), so that the
 /// byte bound also bounds the number of entries, even of empty outcomes.
 pub const ENTRY_OVERHEAD: usize = 64;
@@ -89,6 +91,51 @@ pub enum Begin {
     /// A call not seen before, while the server is shutting down: refuse it with
     /// `Unavailable` (it did not run, so the client may send it elsewhere).
     Unavailable,
+}
+
+impl Begin {
+    /// The Error payload that refuses call `call` for this reason, for the reasons that
+    /// refuse a call (`None` for [`Begin::Run`], [`Begin::Attached`] and [`Begin::Cached`]).
+    /// After [`Begin::Superseded`]'s the server closes the link.
+    pub fn refusal(&self, call: u64) -> Option<ErrorPayload> {
+        let (code, message) = match self {
+            Begin::Run | Begin::Attached | Begin::Cached(_) => return None,
+            Begin::Unavailable => (
+                ErrorCode::Unavailable,
+                "the server is shutting down; the call did not run".to_owned(),
+            ),
+            Begin::Forgotten => (
+                ErrorCode::ReplyEvicted,
+                format!("call {call} is no longer in the server's reply cache"),
+            ),
+            Begin::Mismatch(called) => (
+                ErrorCode::Protocol,
+                format!(
+                    "call id {call} was used for interface {:#010x} method {:#010x}: a copy \
+                     must call the same method",
+                    called.interface, called.method
+                ),
+            ),
+            Begin::Released => (
+                ErrorCode::Released,
+                format!(
+                    "call {call} is below the client's watermark (a release said the client \
+                     holds its outcome); it does not run again"
+                ),
+            ),
+            Begin::Cancelled => (
+                ErrorCode::Cancelled,
+                format!("call {call} was cancelled before it finished; it does not run again"),
+            ),
+            Begin::Superseded => (
+                ErrorCode::Superseded,
+                "a newer epoch of this client took over; this connection closes and the call \
+                 did not run"
+                    .to_owned(),
+            ),
+        };
+        Some(ErrorPayload::new(code, message))
+    }
 }
 
 /// A running call ended by the server (its shutdown's grace passed): its handler, to abort,
@@ -848,6 +895,30 @@ mod tests {
 
     fn waiting<W>(w: Waiters<W>) -> Vec<W> {
         w.into_iter().collect()
+    }
+
+    #[test]
+    fn every_refusing_begin_says_why_with_its_own_code() {
+        let called = Called {
+            interface: 1,
+            method: 2,
+        };
+        let cases = [
+            (Begin::Unavailable, ErrorCode::Unavailable),
+            (Begin::Forgotten, ErrorCode::ReplyEvicted),
+            (Begin::Mismatch(called), ErrorCode::Protocol),
+            (Begin::Released, ErrorCode::Released),
+            (Begin::Cancelled, ErrorCode::Cancelled),
+            (Begin::Superseded, ErrorCode::Superseded),
+        ];
+        for (begin, code) in cases {
+            let payload = begin.refusal(7).expect("a refusal");
+            assert_eq!(payload.code, Some(code), "{begin:?}");
+            assert!(!payload.message.is_empty());
+        }
+        for begin in [Begin::Run, Begin::Attached, Begin::Cached(Bytes::new())] {
+            assert_eq!(begin.refusal(7), None, "{begin:?} runs or answers");
+        }
     }
 
     #[test]
