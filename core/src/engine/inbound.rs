@@ -84,6 +84,15 @@ impl Shared {
             Some(WaitedRoom { room, server_bytes }) => (Some(room), server_bytes),
             None => (None, None),
         };
+        // An answer changes nothing in the connection (this side's calls are its session's):
+        // it goes to the session without the connection's lock.
+        let frame = match room {
+            Some(_) => frame,
+            None => match super::Conn::take_answer(frame, self.limits.max_frame_size) {
+                Ok(answer) => return self.on_event(answer, &mut server_bytes),
+                Err(frame) => frame,
+            },
+        };
         // Most frames make one event and nothing to send: that one is taken out as it is,
         // the rest (if any) together, all under one hold of the lock.
         let (first, rest) = {

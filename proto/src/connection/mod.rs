@@ -257,22 +257,26 @@ impl<H> Connection<H> {
     }
 
     fn on_answer(&mut self, header: Header, frame: Bytes) {
-        if header.kind == FrameKind::Error && header.call_id == 0 {
-            // A report about a frame that named no call: no call of ours has id 0.
-            let payload = ErrorPayload::decode(frame.get(HEADER_LEN..).unwrap_or_default());
-            self.events.push_back(Event::PeerReported {
-                message: payload.message,
-            });
-            return;
+        self.events.push_back(answer_event(header, frame));
+    }
+
+    /// Takes an answer frame (an Ack, Reply or Error) without the connection: answers change
+    /// nothing in it, since this side's calls are kept by their session, so a driver may
+    /// decide them without the connection's lock. The event is the one
+    /// [`Connection::handle_frame`] would make; a frame that is no answer, or one that needs
+    /// the connection (a refusal to send back), is handed back.
+    pub fn take_answer(frame: Bytes, max_frame_size: usize) -> Result<Event<H>, Bytes> {
+        if !crate::wire::kind_of(&frame).is_some_and(FrameKind::is_answer) {
+            return Err(frame);
         }
-        let answer = match header.kind {
-            FrameKind::Ack => Answer::Ack,
-            _ => Answer::Outcome(Ok((header, frame))),
-        };
-        self.events.push_back(Event::Answer {
-            call_id: header.call_id,
-            answer,
-        });
+        match receive(&frame, max_frame_size) {
+            Received::Answer(header) => Ok(answer_event(header, frame)),
+            Received::Refused(Refusal::FailOwnCall { call_id, problem }) => Ok(Event::Answer {
+                call_id,
+                answer: Answer::Outcome(Err(problem)),
+            }),
+            _ => Err(frame),
+        }
     }
 
     fn on_refused(&mut self, refusal: Refusal) {
@@ -320,6 +324,25 @@ impl<H> Connection<H> {
             false
         });
         self.transmits.clear();
+    }
+}
+
+/// The event an answer frame makes.
+fn answer_event<H>(header: Header, frame: Bytes) -> Event<H> {
+    if header.kind == FrameKind::Error && header.call_id == 0 {
+        // A report about a frame that named no call: no call of ours has id 0.
+        let payload = ErrorPayload::decode(frame.get(HEADER_LEN..).unwrap_or_default());
+        return Event::PeerReported {
+            message: payload.message,
+        };
+    }
+    let answer = match header.kind {
+        FrameKind::Ack => Answer::Ack,
+        _ => Answer::Outcome(Ok((header, frame))),
+    };
+    Event::Answer {
+        call_id: header.call_id,
+        answer,
     }
 }
 

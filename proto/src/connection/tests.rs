@@ -132,6 +132,35 @@ fn a_malformed_answer_fails_the_call_it_names_and_nothing_is_sent() {
     );
 }
 
+#[test]
+fn an_answer_taken_without_the_connection_makes_the_same_event() {
+    let mut bad = BytesMut::from(&frame(FrameKind::Reply, 6, 4)[..]);
+    forge::set_reserved(&mut bad, 1);
+    let frames = [
+        frame(FrameKind::Ack, 1, 0),
+        frame(FrameKind::Reply, 2, 3),
+        frame(FrameKind::Error, 0, 0),
+        bad.freeze(),
+        frame(FrameKind::Reply, 7, 70 << 10),
+    ];
+    for f in frames {
+        let mut conn = Conn::new(config(false));
+        conn.handle_frame(f.clone());
+        let through = format!("{:?}", events(&mut conn));
+        let taken = Conn::take_answer(f, 64 << 10).expect("an answer");
+        assert_eq!(through, format!("{:?}", [taken]));
+        assert!(sent(&mut conn).is_empty());
+    }
+    // Not answers, or answers that need a refusal sent: handed back.
+    for f in [
+        frame(FrameKind::Call, 1, 0),
+        frame(FrameKind::Cancel, 1, 0),
+        frame(FrameKind::Reply, 1, 0).slice(..12),
+    ] {
+        assert_eq!(Conn::take_answer(f.clone(), 64 << 10).map(|_| ()), Err(f));
+    }
+}
+
 // ---- the peer's calls ----
 
 #[test]
