@@ -17,7 +17,7 @@ use crate::handler::{HandlerFuture, ReplyBody};
 use crate::metadata::Metadata;
 use crate::trace;
 use crate::transport::LinkRx;
-use crate::wire::{kind_of, Claims, ErrorPayload, Flags, FrameKind, Header, HEADER_LEN};
+use crate::wire::{Claims, ErrorPayload, Flags, FrameKind, Header, HEADER_LEN};
 use courier_proto::connection::{Admitted, Answer, Room, Ticket};
 use courier_proto::session::replies::Begin;
 
@@ -230,13 +230,10 @@ impl Shared {
         Some(WaitedRoom { room, server_bytes })
     }
 
-    /// Whether `frame` is a one-way call that must wait for room before it is handed over:
-    /// it cannot be refused with an answer, so rather than drop one when the handlers leave
-    /// no room, whoever delivers it waits (and the link's bounded buffers push back on the
-    /// peer). A frame larger than the limit is not a call that will run: it is refused
-    /// without waiting.
+    /// Whether `frame` must wait for room before it is handed over: see
+    /// [`Connection::waits_for_room`](courier_proto::connection::Connection::waits_for_room).
     pub(crate) fn waits_for_room(&self, frame: &[u8]) -> bool {
-        kind_of(frame) == Some(FrameKind::OneWay) && frame.len() <= self.limits.max_frame_size
+        super::Conn::waits_for_room(frame, self.limits.max_frame_size)
     }
 
     /// A call the connection admitted: find its handler and run it (or refuse it). One path
@@ -439,13 +436,7 @@ async fn run_handler(
     // link, so the handler needs no handle of its own.
     let shared = &place.admission.shared;
 
-    if header.flags.contains(Flags::ACK) {
-        let ack = Header::new(
-            FrameKind::Ack,
-            header.call_id,
-            header.interface,
-            header.method,
-        );
+    if let Some(ack) = super::Conn::ack_for(&header) {
         // The rarer paths (ack, error) are boxed, so that the common one keeps this future
         // small: it is allocated once per call.
         if let Err(e) = Box::pin(shared.send_frame(ack, 0, |_| Ok(()))).await {

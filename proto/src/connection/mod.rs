@@ -260,6 +260,27 @@ impl<H> Connection<H> {
         self.events.push_back(answer_event(header, frame));
     }
 
+    /// Whether `frame` is a one-way call that must wait for room ([`Connection::reserve`])
+    /// before it is handed over: it cannot be refused with an answer, so rather than drop one
+    /// when the handlers leave no room, whoever delivers it waits (and the link's bounded
+    /// buffers push back on the peer). A frame over `max_frame_size` is not a call that will
+    /// run: it is refused without waiting.
+    pub fn waits_for_room(frame: &[u8], max_frame_size: usize) -> bool {
+        crate::wire::kind_of(frame) == Some(FrameKind::OneWay) && frame.len() <= max_frame_size
+    }
+
+    /// The Ack an admitted call asks for (its ACK flag), to send before its handler runs.
+    pub fn ack_for(header: &Header) -> Option<Header> {
+        header.flags.contains(crate::wire::Flags::ACK).then(|| {
+            Header::new(
+                FrameKind::Ack,
+                header.call_id,
+                header.interface,
+                header.method,
+            )
+        })
+    }
+
     /// Takes an answer frame (an Ack, Reply or Error) without the connection: answers change
     /// nothing in it, since this side's calls are kept by their session, so a driver may
     /// decide them without the connection's lock. The event is the one

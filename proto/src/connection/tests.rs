@@ -319,6 +319,35 @@ fn a_one_way_call_runs_in_the_room_reserved_for_it() {
 }
 
 #[test]
+fn only_one_way_calls_wait_for_room_and_only_calls_that_ask_are_acked() {
+    assert!(Conn::waits_for_room(
+        &frame(FrameKind::OneWay, 1, 10),
+        64 << 10
+    ));
+    assert!(!Conn::waits_for_room(
+        &frame(FrameKind::OneWay, 1, 70 << 10),
+        64 << 10
+    ));
+    assert!(!Conn::waits_for_room(
+        &frame(FrameKind::Call, 1, 10),
+        64 << 10
+    ));
+    assert!(!Conn::waits_for_room(&[], 64 << 10));
+    let mut call = Header::new(FrameKind::Call, 3, IFACE, METHOD);
+    assert_eq!(Conn::ack_for(&call), None);
+    call.flags = Flags::ACK;
+    let ack = Conn::ack_for(&call).expect("asked for");
+    assert_eq!(
+        (ack.kind, ack.call_id, ack.interface, ack.method),
+        (FrameKind::Ack, 3, IFACE, METHOD)
+    );
+    assert_eq!(
+        (ack.flags, ack.payload_len, ack.budget_micros),
+        (Flags::NONE, 0, 0)
+    );
+}
+
+#[test]
 fn bad_metadata_refuses_the_call_with_protocol() {
     let mut conn = Conn::new(config(false));
     let mut header = Header::new(FrameKind::Call, 3, IFACE, METHOD);
