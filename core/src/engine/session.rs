@@ -182,6 +182,20 @@ struct State {
     session_id: Option<u128>,
 }
 
+impl State {
+    fn new(table: CallTable<Waiter>, link: Option<Arc<Shared>>, peer: Peer) -> State {
+        State {
+            table,
+            link,
+            draining: None,
+            reconnecting: false,
+            failure: None,
+            peer,
+            session_id: None,
+        }
+    }
+}
+
 /// What a session is made with.
 pub(crate) struct Config {
     pub(crate) connector: Option<BoxConnector>,
@@ -236,29 +250,8 @@ impl ClientSession {
     /// Starts a session over `link`, whose handshake is not done yet.
     pub(crate) async fn start(config: Config, link: Link) -> Result<Arc<ClientSession>, RpcError> {
         let lineage = Lineage::of(config.identity);
-        let peer = link.peer.clone();
-        let session = Arc::new_cyclic(|me| ClientSession {
-            in_flight: crate::budget::Budget::places(config.limits.max_in_flight),
-            config,
-            lineage: Arc::clone(&lineage),
-            runtime: Handle::current(),
-            state: Mutex::new(State {
-                table: CallTable::default(),
-                link: None,
-                draining: None,
-                reconnecting: false,
-                failure: None,
-                peer,
-                session_id: None,
-            }),
-            changed: Notify::new(),
-            closed: AtomicBool::new(false),
-            next_generation: AtomicU64::new(1),
-            reconnections: AtomicU64::new(0),
-            started: std::time::Instant::now(),
-            me: me.clone(),
-        });
-        lineage.join(&session);
+        let state = State::new(CallTable::default(), None, link.peer.clone());
+        let session = Self::assemble(config, &lineage, state, 1, std::time::Instant::now());
         session.open(link).await?;
         Ok(session)
     }
@@ -291,23 +284,27 @@ impl ClientSession {
         };
         // Nothing to hand over: the table is empty.
         let _ = table.link_up(on, None, started);
+        let state = State::new(table, Some(Arc::clone(link)), link.peer().clone());
+        Self::assemble(config, &lineage, state, OVER_LINK + 1, started)
+    }
+
+    /// A session in `state`, one of `lineage`'s, whose next link is `next_generation`.
+    fn assemble(
+        config: Config,
+        lineage: &Arc<Lineage>,
+        state: State,
+        next_generation: u64,
+        started: std::time::Instant,
+    ) -> Arc<ClientSession> {
         let session = Arc::new_cyclic(|me| ClientSession {
             in_flight: crate::budget::Budget::places(config.limits.max_in_flight),
             config,
-            lineage: Arc::clone(&lineage),
+            lineage: Arc::clone(lineage),
             runtime: Handle::current(),
-            state: Mutex::new(State {
-                table,
-                link: Some(Arc::clone(link)),
-                draining: None,
-                reconnecting: false,
-                failure: None,
-                peer: link.peer().clone(),
-                session_id: None,
-            }),
+            state: Mutex::new(state),
             changed: Notify::new(),
             closed: AtomicBool::new(false),
-            next_generation: AtomicU64::new(OVER_LINK + 1),
+            next_generation: AtomicU64::new(next_generation),
             reconnections: AtomicU64::new(0),
             started,
             me: me.clone(),
