@@ -17,11 +17,13 @@ macro_rules! id_impls {
     ($t:ident) => {
         impl $t {
             /// Wraps a raw id.
+            #[inline]
             pub const fn new(raw: u32) -> Self {
                 Self(raw)
             }
 
             /// The raw id.
+            #[inline]
             pub const fn get(self) -> u32 {
                 self.0
             }

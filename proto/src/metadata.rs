@@ -36,6 +36,7 @@ pub struct Metadata {
 
 impl Metadata {
     /// No entries.
+    #[inline]
     pub fn new() -> Metadata {
         Metadata::default()
     }
@@ -76,11 +77,13 @@ impl Metadata {
     }
 
     /// How many entries.
+    #[inline]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether there are none.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

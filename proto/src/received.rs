@@ -78,6 +78,7 @@ pub enum Refusal {
 /// A frame whose header declares more than the limit is refused as too large even when only
 /// its header arrived: a transport that refuses to read an oversized frame hands over the
 /// header alone, and the size reported is the declared one.
+#[inline]
 pub fn receive(frame: &[u8], max_frame_size: usize) -> Received {
     if frame.len() > max_frame_size {
         let problem = FrameProblem::TooLarge {
@@ -129,6 +130,7 @@ fn refuse(frame: &[u8], problem: FrameProblem) -> Received {
 /// The metadata of a call and where its arguments start in `frame`: the metadata block when
 /// the header's METADATA flag says there is one (checked against `max_entries` and
 /// `max_bytes`), else none. An error says what is wrong with the block.
+#[inline]
 pub fn call_arguments(
     frame: &bytes::Bytes,
     header: &Header,
@@ -147,6 +149,7 @@ pub fn call_arguments(
 /// microseconds left, rounded up so that a sub-microsecond budget is not mistaken for "none"
 /// (0); a budget too long for the field is sent as none (the caller enforces it alone).
 /// `None` if the deadline has passed already: the call should not be sent.
+#[inline]
 pub fn budget_micros(now: Instant, deadline: Option<Instant>) -> Option<u32> {
     let Some(deadline) = deadline else {
         return Some(0);
@@ -160,6 +163,7 @@ pub fn budget_micros(now: Instant, deadline: Option<Instant>) -> Option<u32> {
 
 /// The instant a call's deadline passes, for a call received at `now`: its budget is relative
 /// (0 is none), so the two sides' clocks need not agree.
+#[inline]
 pub fn deadline(now: Instant, header: &Header) -> Option<Instant> {
     (header.budget_micros != 0)
         .then(|| now + Duration::from_micros(u64::from(header.budget_micros)))

@@ -114,10 +114,12 @@ pub enum FrameKind {
 
 impl FrameKind {
     /// Whether this kind answers a call (Ack, Reply or Error): it travels back to the caller.
+    #[inline]
     pub fn is_answer(self) -> bool {
         matches!(self, Self::Ack | Self::Reply | Self::Error)
     }
 
+    #[inline]
     fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Call,
@@ -165,16 +167,19 @@ impl Flags {
     const KNOWN: u16 = Self::ACK.0 | Self::IDEMPOTENT.0 | Self::METADATA.0;
 
     /// Both sets of flags.
+    #[inline]
     pub const fn union(self, other: Flags) -> Flags {
         Flags(self.0 | other.0)
     }
 
     /// The raw bits.
+    #[inline]
     pub const fn bits(self) -> u16 {
         self.0
     }
 
     /// Whether every flag of `other` is set in `self`.
+    #[inline]
     pub const fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
     }
@@ -203,6 +208,7 @@ pub struct Header {
 
 impl Header {
     /// A header with no flags, no deadline and an empty payload.
+    #[inline]
     pub fn new(kind: FrameKind, call_id: u64, interface: InterfaceId, method: MethodId) -> Self {
         Header {
             kind,
@@ -223,6 +229,7 @@ impl Header {
     }
 
     /// Encodes the header into an array.
+    #[inline]
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0] = PROTOCOL_VERSION;
@@ -242,6 +249,7 @@ impl Header {
     ///
     /// The error tells what was wrong and, when the frame was long enough to carry one, the call
     /// id it claimed, so the receiver can fail that one call instead of the connection.
+    #[inline]
     pub fn decode(frame: &[u8]) -> Result<Header, FrameError> {
         let call_id = (frame.len() >= 16).then(|| be_u64(&frame[8..16]));
         let fail = |problem| FrameError { call_id, problem };
@@ -283,12 +291,15 @@ impl Header {
     }
 }
 
+#[inline]
 fn be_u16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
 }
+#[inline]
 fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
+#[inline]
 fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
@@ -329,6 +340,7 @@ pub struct Claims {
 
 impl Claims {
     /// What a decoded header says.
+    #[inline]
     pub fn of(header: &Header) -> Claims {
         Claims {
             kind: Some(header.kind),
@@ -415,11 +427,13 @@ pub mod forge {
 
 /// The kind byte of a frame, if it names a kind: the one header field a transport reads on
 /// every frame, without the rest of [`Claims`].
+#[inline]
 pub fn kind_of(frame: &[u8]) -> Option<FrameKind> {
     frame.get(1).copied().and_then(FrameKind::from_u8)
 }
 
 /// The call id of a frame, if it is long enough to carry one.
+#[inline]
 pub fn call_id_of(frame: &[u8]) -> Option<u64> {
     frame.get(8..16).map(be_u64)
 }
@@ -430,12 +444,14 @@ pub fn call_id_of(frame: &[u8]) -> Option<u64> {
 /// # Panics
 ///
 /// If `frame` is shorter than a header: it is this side's own frame, never a peer's.
+#[inline]
 pub fn set_call_id(frame: &mut [u8], call_id: u64) {
     frame[8..16].copy_from_slice(&call_id.to_be_bytes());
 }
 
 /// Where the payload length sits in a header, and its encoding: for a buffer that patches
 /// the length in once the payload is written (`FrameBuf::patch`).
+#[inline]
 pub fn payload_len_patch(payload_len: u32) -> (usize, [u8; 4]) {
     (24, payload_len.to_be_bytes())
 }

@@ -29,12 +29,14 @@ pub struct Admitted {
 impl Admitted {
     /// How long its caller waits, from the instant the call arrived: its header's budget
     /// (none for no deadline).
+    #[inline]
     pub fn budget(&self) -> Option<Duration> {
         (self.header.budget_micros != 0)
             .then(|| Duration::from_micros(u64::from(self.header.budget_micros)))
     }
 
     /// When its caller gives up, for a call that arrived at `arrived`.
+    #[inline]
     pub fn deadline(&self, arrived: Instant) -> Option<Instant> {
         self.budget().map(|budget| arrived + budget)
     }
@@ -56,12 +58,14 @@ pub struct Ticket {
 
 impl Ticket {
     /// The call it admitted.
+    #[inline]
     pub fn call_id(&self) -> u64 {
         self.call_id
     }
 
     /// Whether its frame counts against the call-bytes budget (it is larger than
     /// [`Config::small_frame`](super::Config::small_frame)).
+    #[inline]
     pub fn counts_bytes(&self) -> bool {
         self.bytes > 0
     }
@@ -71,6 +75,7 @@ impl Ticket {
     /// at once with [`Connection::plain_finished`], so a driver can count them without
     /// taking the connection's lock at every handler's end. Any other ticket comes back as
     /// it is.
+    #[inline]
     pub fn plain(self) -> Result<Plain, Ticket> {
         if self.counted && self.bytes == 0 {
             Ok(Plain(()))
@@ -88,6 +93,7 @@ pub struct Plain(());
 
 impl Room {
     /// Whether the frame it was reserved for counts against the call-bytes budget.
+    #[inline]
     pub fn counts_bytes(&self) -> bool {
         self.bytes > 0
     }

@@ -17,16 +17,19 @@ use bytes::Bytes;
 pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
 
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
 
+    #[inline]
     fn write_u64(&mut self, id: u64) {
         // Fibonacci hashing: the high bits, which the table uses, depend on every bit of id.
         self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
