@@ -265,8 +265,8 @@ impl<T: Send + 'static> Callback<T> {
     }
 }
 
-/// A registered callback, its values decoded with the client's codec.
-/// A callback's sink with its value type erased: it decodes the bytes it is given.
+/// A registered callback with its value type erased: it decodes the bytes it is given with
+/// the client's codec.
 pub(crate) trait Erased: Send + Sync {
     /// Decodes `bytes` and hands the value to the sink.
     fn deliver(&self, bytes: Vec<u8>) -> BoxFuture<'_, Result<(), RpcError>>;

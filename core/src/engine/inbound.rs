@@ -9,7 +9,7 @@ use futures::future::{AbortHandle, Abortable};
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use super::{cut_message, drain, lock, Event, Outputs, Shared, Work};
+use super::{cut_message, drain, lock, Event, Shared, Work};
 use super::{RawCall, Router};
 use crate::budget::Taken;
 use crate::error::RpcError;
@@ -30,8 +30,12 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    /// The call cannot run: answer its caller with `error` and give the ticket back.
+    /// The call cannot run: answer its caller with `error` (a one-way call has nobody to
+    /// answer: it is logged) and give the ticket back.
     fn refuse(&mut self, header: &Header, error: &RpcError) {
+        if header.kind == FrameKind::OneWay {
+            tracing::warn!(call_id = header.call_id, %error, "one-way call refused");
+        }
         if let Some(ticket) = self.ticket.take() {
             let payload = cut_message(error.to_payload());
             let out = self
@@ -94,7 +98,8 @@ impl Shared {
             },
         };
         // Most frames make one event and nothing to send: that one is taken out as it is,
-        // the rest (if any) together, all under one hold of the lock.
+        // the rest (if any) together, all under one hold of the lock. A frame admits at most
+        // one call, so at most one handler comes back to run.
         let (first, rest) = {
             let mut conn = lock(&self.conn);
             self.give_back_plain(&mut conn);
@@ -106,19 +111,9 @@ impl Shared {
             let rest = conn.has_output().then(|| drain(&mut conn));
             (first, rest)
         };
-        let mut work = first.and_then(|event| self.on_event(event, &mut server_bytes));
-        if let Some(Outputs {
-            first,
-            more,
-            frames,
-        }) = rest
-        {
-            self.send_frames(frames);
-            for event in first.into_iter().chain(more) {
-                if let Some(w) = self.on_event(event, &mut server_bytes) {
-                    work = Some(w);
-                }
-            }
+        let work = first.and_then(|event| self.on_event(event, &mut server_bytes));
+        if let Some(rest) = rest {
+            self.act(rest);
         }
         work
     }

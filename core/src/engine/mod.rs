@@ -64,11 +64,11 @@ type Event = connection::Event<AbortHandle>;
 
 /// What one input to the connection produced, taken out under its lock so that the thread
 /// that gave the input acts on it (an in-process call's handler runs on its caller's thread).
-/// Most inputs produce one event and no frame: neither list allocates then.
+/// The common input, a frame making one event, does not come through here (see
+/// `on_frame_with`): these lists hold the rarer rest.
 #[derive(Default)]
 pub(crate) struct Outputs {
-    first: Option<Event>,
-    more: Vec<Event>,
+    events: Vec<Event>,
     frames: Vec<Bytes>,
 }
 
@@ -122,8 +122,9 @@ pub(crate) struct Shared {
     limits: Limits,
     runtime: Handle,
     router: Option<Arc<dyn Router>>,
-    /// The link's protocol state: this side's calls, the peer's calls running here and the
-    /// room they take. Every decision about a frame, a call or a handler is made there.
+    /// The link's protocol state: what each frame is, the peer's calls running here and the
+    /// room they take. Every decision about a frame or a handler is made there; this side's
+    /// calls are their session's.
     conn: Mutex<Conn>,
     /// Deliverers waiting for room for a one-way call, and their wake-up: a handler that ends
     /// notifies only when some wait.
@@ -140,7 +141,8 @@ pub(crate) struct Shared {
     /// Bounds the tasks that only send a frame back ([`Shared::send_aside`]: errors for refused
     /// or malformed frames, cached outcomes for copies).
     notices: Arc<Semaphore>,
-    /// Set with the connection's own state under its lock, read without it.
+    /// Set once, as the close begins (the connection itself learns it under its lock right
+    /// after); read without any lock.
     closed: AtomicBool,
     shutdown: Notify,
     /// Held while the connection is open and dropped when it closes: the server's count of
@@ -220,17 +222,10 @@ impl fmt::Debug for Shared {
 
 /// Everything the connection has for the driver.
 pub(crate) fn drain(conn: &mut Conn) -> Outputs {
-    let mut out = Outputs::default();
-    while let Some(event) = conn.poll_event() {
-        match out.first {
-            None => out.first = Some(event),
-            Some(_) => out.more.push(event),
-        }
+    Outputs {
+        events: std::iter::from_fn(|| conn.poll_event()).collect(),
+        frames: std::iter::from_fn(|| conn.poll_transmit()).collect(),
     }
-    while let Some(frame) = conn.poll_transmit() {
-        out.frames.push(frame);
-    }
-    out
 }
 
 /// Finishes a frame whose header and payload are written: refuses it past `limit`, else
@@ -396,18 +391,13 @@ impl Shared {
         }
     }
 
-    /// Acts on an input's outputs that run no handler (a cancel, a refusal, a close).
+    /// Acts on an input's outputs: sends its frames, does what its events say, and runs here
+    /// any handler they admit.
     pub(crate) fn act(self: &Arc<Self>, out: Outputs) {
-        let Outputs {
-            first,
-            more,
-            frames,
-        } = out;
-        self.send_frames(frames);
+        self.send_frames(out.frames);
         let mut none = None;
-        for event in first.into_iter().chain(more) {
+        for event in out.events {
             if let Some(work) = self.on_event(event, &mut none) {
-                // Only a frame from the peer admits a call; run it all the same.
                 self.run_here(work);
             }
         }
@@ -436,9 +426,9 @@ impl Shared {
             return;
         }
         // The connection admits nothing from here on, under its own lock.
-        let Outputs { first, more, .. } = self.input(|conn| conn.link_lost(&reason));
+        let lost = self.input(|conn| conn.link_lost(&reason));
         tracing::debug!(peer = ?self.peer, %reason, "connection closed");
-        for event in first.into_iter().chain(more) {
+        for event in lost.events {
             match event {
                 connection::Event::Abort(abort) => abort.abort(),
                 other => tracing::debug!(event = ?other, "event after close ignored"),

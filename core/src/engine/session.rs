@@ -28,15 +28,15 @@ use crate::transport::{BoxConnector, DynConnector, FrameBuf, Link, ReplyReader};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
 use courier_proto::session::calls::{CallTable, LinkId, Semantics};
 
-/// A place among a caller's calls in flight, waited for within `deadline`; `None` inside the
-/// error means the budget was closed (the connection or the client is gone). A count without
-/// a lock (see [`Budget`](crate::budget::Budget)): tokio's semaphore would lock a mutex at every call's end.
+/// A place among a session's calls in flight, waited for within `deadline`; the client's
+/// closing ends the wait. A count without a lock (see [`Budget`](crate::budget::Budget)):
+/// tokio's semaphore would lock a mutex at every call's end.
 async fn in_flight_slot(
     in_flight: &Arc<crate::budget::Budget>,
     deadline: Option<Instant>,
-) -> Result<Result<crate::budget::Taken, ()>, RpcError> {
+) -> Result<crate::budget::Taken, RpcError> {
     if let Some(taken) = in_flight.try_take(1) {
-        return Ok(Ok(taken));
+        return Ok(taken);
     }
     let take = in_flight.take(1);
     let taken = match deadline {
@@ -45,7 +45,7 @@ async fn in_flight_slot(
             .map_err(|_| RpcError::DeadlineExceeded)?,
         None => take.await,
     };
-    Ok(taken.ok_or(()))
+    taken.ok_or_else(client_closed)
 }
 
 /// The deadline budget for a call's header, sent now: µs left (0 for none), or
@@ -374,6 +374,13 @@ impl ClientSession {
         }
     }
 
+    /// Ends the callbacks this client passed: the connection they went over ended.
+    fn forget_callbacks(&self) {
+        if let Some(callbacks) = &self.config.callbacks {
+            callbacks.clear();
+        }
+    }
+
     /// The callbacks this client passed in its calls, if it can pass any.
     pub(crate) fn callbacks(&self) -> Option<&Arc<CallbackTable>> {
         self.config.callbacks.as_ref()
@@ -552,9 +559,7 @@ impl ClientSession {
         attempt: Option<Duration>,
         body: impl FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
     ) -> Result<SessionCall, RpcError> {
-        let permit = in_flight_slot(&self.in_flight, deadline)
-            .await?
-            .map_err(|()| client_closed())?;
+        let permit = in_flight_slot(&self.in_flight, deadline).await?;
         let semantics = if method.idempotent {
             Semantics::AtLeastOnce
         } else {
@@ -752,9 +757,7 @@ impl ClientSession {
         if let Some(draining) = draining {
             draining.shutdown();
         }
-        if let Some(callbacks) = &self.config.callbacks {
-            callbacks.clear();
-        }
+        self.forget_callbacks();
         for w in failed {
             let _ = w.reply.send(Err(client_closed()));
         }
@@ -1042,9 +1045,7 @@ impl ClientSession {
         state.link = None;
         state.table.link_down(generation);
         // The handlers that held them were on that connection: its end ends them.
-        if let Some(callbacks) = &self.config.callbacks {
-            callbacks.clear();
-        }
+        self.forget_callbacks();
         if self.closed.load(Ordering::Acquire) {
             return;
         }

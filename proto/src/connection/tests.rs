@@ -58,6 +58,12 @@ fn sent<H>(conn: &mut Connection<H>) -> Vec<(FrameKind, u64, Option<ErrorCode>)>
         .collect()
 }
 
+/// Asserts that the one frame queued for the peer is an Error refusing call `id` with `code`.
+#[track_caller]
+fn assert_refused<H>(conn: &mut Connection<H>, id: u64, code: ErrorCode) {
+    assert_eq!(sent(conn), vec![(FrameKind::Error, id, Some(code))]);
+}
+
 /// Admits a call from the peer and returns its ticket.
 fn admit<H: std::fmt::Debug>(conn: &mut Connection<H>, id: u64) -> Ticket {
     conn.handle_frame(frame(FrameKind::Call, id, 8));
@@ -192,10 +198,7 @@ fn a_second_call_with_a_running_id_is_refused_and_the_first_runs_on() {
     let ticket = admit(&mut conn, 5);
     conn.handle_frame(frame(FrameKind::Call, 5, 0));
     assert!(events(&mut conn).is_empty());
-    assert_eq!(
-        sent(&mut conn),
-        vec![(FrameKind::Error, 5, Some(ErrorCode::Protocol))]
-    );
+    assert_refused(&mut conn, 5, ErrorCode::Protocol);
     assert_eq!(conn.running(&ticket, 1), Ok(()));
     conn.handler_finished(ticket);
     // Once it ended, the id may be used again.
@@ -210,10 +213,7 @@ fn handlers_stop_at_the_limit_on_each_kind_of_link() {
         let tickets: Vec<Ticket> = (1..=3).map(|id| admit(&mut conn, id)).collect();
         conn.handle_frame(frame(FrameKind::Call, 4, 0));
         assert!(events(&mut conn).is_empty());
-        assert_eq!(
-            sent(&mut conn),
-            vec![(FrameKind::Error, 4, Some(ErrorCode::Overloaded))]
-        );
+        assert_refused(&mut conn, 4, ErrorCode::Overloaded);
         // A one-way call over the limit is dropped without an answer.
         conn.handle_frame(frame(FrameKind::OneWay, 6, 0));
         assert!(sent(&mut conn).is_empty());
@@ -239,10 +239,7 @@ fn call_bytes_bound_large_frames_but_not_small_ones() {
     };
     assert_eq!(conn.call_bytes_held(), HEADER_LEN + 12_000);
     conn.handle_frame(frame(FrameKind::Call, 2, 12_000));
-    assert_eq!(
-        sent(&mut conn),
-        vec![(FrameKind::Error, 2, Some(ErrorCode::Overloaded))]
-    );
+    assert_refused(&mut conn, 2, ErrorCode::Overloaded);
     // A small frame takes no bytes and still runs.
     let small = admit(&mut conn, 3);
     assert!(big.counts_bytes() && !small.counts_bytes());
@@ -359,10 +356,7 @@ fn bad_metadata_refuses_the_call_with_protocol() {
     f.put_u16(0);
     conn.handle_frame(f.freeze());
     assert!(events(&mut conn).is_empty());
-    assert_eq!(
-        sent(&mut conn),
-        vec![(FrameKind::Error, 3, Some(ErrorCode::Protocol))]
-    );
+    assert_refused(&mut conn, 3, ErrorCode::Protocol);
     assert_eq!(conn.handlers_running(), 0);
 }
 
@@ -456,10 +450,7 @@ fn a_handler_the_driver_cannot_make_is_refused_with_its_error() {
     };
     let payload = ErrorPayload::new(ErrorCode::UnknownMethod, "no such method");
     conn.refuse(a.ticket, &a.header, &payload);
-    assert_eq!(
-        sent(&mut conn),
-        vec![(FrameKind::Error, 4, Some(ErrorCode::UnknownMethod))]
-    );
+    assert_refused(&mut conn, 4, ErrorCode::UnknownMethod);
     assert_eq!(conn.handlers_running(), 0);
 }
 
