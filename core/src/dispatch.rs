@@ -6,7 +6,6 @@
 //! yields its encodable result. The connection engine runs that future, applies the deadline,
 //! drops it on cancel, and writes the reply.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -149,15 +148,27 @@ struct Entry<K> {
 /// The services one side offers, by interface id, with the codecs it offers them in.
 pub(crate) struct Registry<K> {
     codecs: K,
-    services: HashMap<InterfaceId, Entry<K>>,
+    /// Sorted by interface id. A server offers a handful of services, fixed before it serves:
+    /// a binary search over them costs a few comparisons per call, where a hash map would
+    /// hash every call's id (with a keyed hash, since the id comes from the peer).
+    services: Vec<(InterfaceId, Entry<K>)>,
 }
 
 impl<K: CodecSet> Registry<K> {
     pub(crate) fn new(codecs: K) -> Self {
         Registry {
             codecs,
-            services: HashMap::new(),
+            services: Vec::new(),
         }
+    }
+
+    /// The service registered under `interface`, if any.
+    fn get(&self, interface: InterfaceId) -> Option<&Entry<K>> {
+        let at = self
+            .services
+            .binary_search_by_key(&interface, |(id, _)| *id)
+            .ok()?;
+        Some(&self.services[at].1)
     }
 
     pub(crate) fn codecs(&self) -> &K {
@@ -166,43 +177,43 @@ impl<K: CodecSet> Registry<K> {
 
     /// The interfaces registered, by id: each one's name, id and version.
     pub(crate) fn interfaces(&self) -> Vec<(&'static str, InterfaceId, u16)> {
-        let mut list: Vec<_> = self
-            .services
+        self.services
             .iter()
             .map(|(id, e)| (e.name, *id, e.version))
-            .collect();
-        list.sort_by_key(|(_, id, _)| id.get());
-        list
+            .collect()
     }
 
     /// Adds a service; a second service with the same interface id is refused, since calls
     /// could not tell them apart.
     pub(crate) fn add<S: Service>(&mut self, service: S) -> Result<(), String> {
-        if let Some(existing) = self.services.get(&S::INTERFACE) {
-            return Err(format!(
+        match self
+            .services
+            .binary_search_by_key(&S::INTERFACE, |(id, _)| *id)
+        {
+            Ok(at) => Err(format!(
                 "services `{}` and `{}` both have interface id {}; give one another id with \
                  #[courier::service(id = …)]",
-                existing.name,
+                self.services[at].1.name,
                 S::NAME,
                 S::INTERFACE
-            ));
+            )),
+            Err(at) => {
+                let entry = Entry {
+                    name: S::NAME,
+                    version: S::VERSION,
+                    service: Arc::new(service),
+                };
+                self.services.insert(at, (S::INTERFACE, entry));
+                Ok(())
+            }
         }
-        self.services.insert(
-            S::INTERFACE,
-            Entry {
-                name: S::NAME,
-                version: S::VERSION,
-                service: Arc::new(service),
-            },
-        );
-        Ok(())
     }
 }
 
 impl<K> fmt::Debug for Registry<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.services.values().map(|e| (e.name, e.version)))
+            .entries(self.services.iter().map(|(_, e)| (e.name, e.version)))
             .finish()
     }
 }
@@ -223,11 +234,12 @@ impl<K: CodecSet> Router for BoundRouter<K> {
             payload: raw.payload,
             context: &context,
         };
-        let entry = self.registry.services.get(&call.header.interface).ok_or(
-            RpcError::UnknownInterface {
+        let entry = self
+            .registry
+            .get(call.header.interface)
+            .ok_or(RpcError::UnknownInterface {
                 interface: call.header.interface,
-            },
-        )?;
+            })?;
         if entry.version != call.header.version {
             return Err(RpcError::VersionMismatch {
                 interface: call.header.interface,
@@ -255,7 +267,7 @@ impl<K: CodecSet> Router for BoundRouter<K> {
         interface: crate::InterfaceId,
         method: crate::MethodId,
     ) -> (Option<&'static str>, Option<&'static str>) {
-        match self.registry.services.get(&interface) {
+        match self.registry.get(interface) {
             Some(entry) => (Some(entry.name), entry.service.method_name(method)),
             None => (None, None),
         }

@@ -587,3 +587,83 @@ async fn calls_back_through_clients_made_one_after_another_never_reuse_an_id() {
     })
     .await
 }
+
+/// A service whose id sorts below every other's.
+#[courier::service(id = 0x0000_0001)]
+pub trait Low {
+    /// Says which service answered.
+    async fn which(&self) -> String;
+}
+
+/// A service whose id sorts above every other's.
+#[courier::service(id = 0xFFFF_FFF0)]
+pub trait High {
+    /// Says which service answered.
+    async fn which(&self) -> String;
+}
+
+/// Another service under `Low`'s id.
+#[courier::service(id = 0x0000_0001)]
+pub trait LowAgain {
+    /// Never called.
+    async fn which(&self) -> String;
+}
+
+struct Named(&'static str);
+
+impl Low for Named {
+    async fn which(&self) -> String {
+        self.0.to_owned()
+    }
+}
+
+impl High for Named {
+    async fn which(&self) -> String {
+        self.0.to_owned()
+    }
+}
+
+impl LowAgain for Named {
+    async fn which(&self) -> String {
+        self.0.to_owned()
+    }
+}
+
+#[tokio::test]
+async fn each_call_reaches_its_own_service_among_several_registered_in_any_order() {
+    within(async {
+        let (lab, _probes) = lab();
+        let server = Server::builder(Cbor::default())
+            .service(HighServer::new(Named("high")))
+            .service(LabServer::new(lab))
+            .service(LowServer::new(Named("low")))
+            .service(HelperServer::new(HelperImpl))
+            .build();
+        let ids: Vec<u32> = server.interfaces().iter().map(|i| i.id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(ids.len(), 4);
+        assert_eq!(ids, sorted, "the interfaces are listed by id");
+
+        let client = connect(&server).await;
+        assert_eq!(LowClient::new(client.clone()).which().await.unwrap(), "low");
+        assert_eq!(
+            HighClient::new(client.clone()).which().await.unwrap(),
+            "high"
+        );
+        assert_eq!(LabClient::new(client.clone()).echo(41).await.unwrap(), 41);
+        assert_eq!(HelperClient::new(client).triple(5).await.unwrap(), 15);
+
+        // A second service under a registered id is refused, naming both.
+        let refused = Server::builder(Cbor::default())
+            .service(LowServer::new(Named("low")))
+            .try_service(LowAgainServer::new(Named("again")))
+            .map(drop)
+            .unwrap_err();
+        assert!(
+            refused.contains("Low") && refused.contains("LowAgain"),
+            "{refused}"
+        );
+    })
+    .await
+}
