@@ -14,6 +14,7 @@
 //! - [`replies`]: the server's sessions keyed by client id: epochs, the handlers running for
 //!   each client, and the reply cache that makes at-most-once calls run at most once.
 
+mod call_map;
 pub mod calls;
 pub mod replies;
 

@@ -11,12 +11,13 @@
 //! are aborted, its cache dropped); a hello with an older epoch is refused.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hashbrown::hash_table::Entry;
 
+use super::call_map::{CallMap, Key};
 use crate::wire::{ErrorCode, ErrorPayload};
 
 /// What every cached outcome costs beside its bytes (map entries, bookkeeping), so that the
@@ -154,7 +155,7 @@ pub struct Ended<A, W> {
 #[derive(Debug, Clone, Copy)]
 struct Kept {
     at: SessionRef,
-    call: u64,
+    call: Key,
     seq: u64,
     when: Instant,
 }
@@ -253,13 +254,13 @@ struct Session<A, W> {
     /// Beyond the bound on those ids, the highest one dropped: a call at or below it that is
     /// not known is refused, since it may be a copy of one.
     forgotten: Option<u64>,
-    calls: HashMap<u64, Slot<A, W>>,
+    calls: CallMap<Slot<A, W>>,
     /// The ids of `calls`, lowest first, so that a release finds what it releases in time
     /// proportional to that, not to what the session holds. Ids whose entry went another way
     /// (an idempotent call's, an evicted outcome's) stay until a release or a compaction
     /// passes them; a heap on a vector keeps its room, so the per-call path allocates nothing
     /// (an ordered map would allocate and free its nodes as calls come and go).
-    ids: BinaryHeap<Reverse<u64>>,
+    ids: BinaryHeap<Reverse<Key>>,
     /// Links of this client open now.
     links: usize,
     /// Since when no link is open.
@@ -276,7 +277,7 @@ impl<A, W> Session<A, W> {
             floor: 0,
             evicted: BTreeSet::new(),
             forgotten: None,
-            calls: HashMap::new(),
+            calls: CallMap::new(),
             ids: BinaryHeap::new(),
             links: 0,
             detached: None,
@@ -327,7 +328,7 @@ fn is_kept<A, W>(places: &[Place<A, W>], kept: &Kept) -> bool {
         .filter(|p| p.generation == kept.at.generation)
         .and_then(|p| p.session.as_ref())
         .is_some_and(
-            |s| matches!(s.calls.get(&kept.call), Some(Slot::Done { seq, .. }) if *seq == kept.seq),
+            |s| matches!(s.calls.get(kept.call), Some(Slot::Done { seq, .. }) if *seq == kept.seq),
         )
 }
 
@@ -415,16 +416,16 @@ impl<A, W: PartialEq> Sessions<A, W> {
                     generation: place.generation,
                 };
                 running.extend(session.calls.iter().filter_map(|(call, s)| {
-                    matches!(s, Slot::Running { .. }).then_some((at, *call))
+                    matches!(s, Slot::Running { .. }).then_some((at, call))
                 }));
             }
         }
         running
             .into_iter()
             .filter_map(|(at, call)| {
-                let called = self.get(at)?.calls.get(&call)?.called();
-                let frame = outcome(call, called);
-                self.end_call(at, call, Some(frame.clone()), now)
+                let called = self.get(at)?.calls.get(call)?.called();
+                let frame = outcome(call.id, called);
+                self.end_call(at, call.id, Some(frame.clone()), now)
                     .map(|(abort, waiters, _)| Ended {
                         abort,
                         waiters,
@@ -566,8 +567,8 @@ impl<A, W: PartialEq> Sessions<A, W> {
         // to what is released, not to what the session holds.
         let mut frames = Vec::new();
         let mut still_running = Vec::new();
-        while let Some(&Reverse(id)) = session.ids.peek() {
-            if id >= watermark {
+        while let Some(&Reverse(key)) = session.ids.peek() {
+            if key.id >= watermark {
                 break;
             }
             session.ids.pop();
@@ -575,16 +576,16 @@ impl<A, W: PartialEq> Sessions<A, W> {
             {
                 self.release_steps += 1;
             }
-            match session.calls.entry(id) {
-                Entry::Occupied(e) if matches!(e.get(), Slot::Done { .. }) => {
-                    if let Slot::Done { frame, .. } = e.remove() {
+            match session.calls.entry(key) {
+                Entry::Occupied(e) if matches!(e.get().1, Slot::Done { .. }) => {
+                    if let (_, Slot::Done { frame, .. }) = e.remove().0 {
                         self.bytes -= cost(&frame);
                         self.live -= 1;
                         frames.extend(frame);
                     }
                 }
                 // A call the client gave up on that still runs ends as it would have.
-                Entry::Occupied(_) => still_running.push(Reverse(id)),
+                Entry::Occupied(_) => still_running.push(Reverse(key)),
                 Entry::Vacant(_) => {}
             }
         }
@@ -636,9 +637,12 @@ impl<A, W: PartialEq> Sessions<A, W> {
         }
         let forgotten =
             session.evicted.contains(&call) || session.forgotten.is_some_and(|f| call <= f);
-        match session.calls.entry(call) {
-            Entry::Occupied(e) if e.get().called() != called => Begin::Mismatch(e.get().called()),
-            Entry::Occupied(mut e) => match e.get_mut() {
+        let key = session.calls.key(call);
+        match session.calls.entry(key) {
+            Entry::Occupied(e) if e.get().1.called() != called => {
+                Begin::Mismatch(e.get().1.called())
+            }
+            Entry::Occupied(mut e) => match &mut e.get_mut().1 {
                 Slot::Running { waiters, .. } => {
                     waiters.add(waiter);
                     Begin::Attached
@@ -651,17 +655,18 @@ impl<A, W: PartialEq> Sessions<A, W> {
             Entry::Vacant(_) if forgotten => Begin::Forgotten,
             Entry::Vacant(_) if !accepting => Begin::Unavailable,
             Entry::Vacant(e) => {
-                e.insert(Slot::Running {
+                let running = Slot::Running {
                     abort,
                     waiters: Waiters::one(waiter),
                     called,
-                });
-                session.ids.push(Reverse(call));
+                };
+                e.insert((key, running));
+                session.ids.push(Reverse(key));
                 // Ids whose entries went another way are dropped once they outnumber the
                 // entries, so the heap stays within twice the session's calls (plus 1,024).
                 if session.ids.len() > 2 * session.calls.len() + 1024 {
                     let calls = &session.calls;
-                    session.ids.retain(|Reverse(id)| calls.contains_key(id));
+                    session.ids.retain(|Reverse(key)| calls.contains(*key));
                 }
                 Begin::Run
             }
@@ -683,10 +688,11 @@ impl<A, W: PartialEq> Sessions<A, W> {
             return Waiters::none();
         };
         let floor = session.floor;
-        let Entry::Occupied(mut entry) = session.calls.entry(call) else {
+        let key = session.calls.key(call);
+        let Entry::Occupied(mut entry) = session.calls.entry(key) else {
             return Waiters::none();
         };
-        if !matches!(entry.get(), Slot::Running { .. }) {
+        if !matches!(entry.get().1, Slot::Running { .. }) {
             return Waiters::none();
         }
         let old = if keep && call >= floor {
@@ -694,16 +700,17 @@ impl<A, W: PartialEq> Sessions<A, W> {
             self.next_seq += 1;
             self.order.push_back(Kept {
                 at,
-                call,
+                call: key,
                 seq,
                 when: now,
             });
             self.bytes += cost(&frame);
             self.live += 1;
-            let called = entry.get().called();
-            std::mem::replace(entry.get_mut(), Slot::Done { frame, seq, called })
+            let slot = &mut entry.get_mut().1;
+            let called = slot.called();
+            std::mem::replace(slot, Slot::Done { frame, seq, called })
         } else {
-            entry.remove()
+            entry.remove().0 .1
         };
         self.tidy(now);
         match old {
@@ -734,20 +741,22 @@ impl<A, W: PartialEq> Sessions<A, W> {
         now: Instant,
     ) -> Option<(A, Waiters<W>, Called)> {
         let session = session_at(&mut self.places, at)?;
-        let Entry::Occupied(mut entry) = session.calls.entry(call) else {
+        let key = session.calls.key(call);
+        let Entry::Occupied(mut entry) = session.calls.entry(key) else {
             return None;
         };
-        if !matches!(entry.get(), Slot::Running { .. }) {
+        if !matches!(entry.get().1, Slot::Running { .. }) {
             return None;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let called = entry.get().called();
+        let slot = &mut entry.get_mut().1;
+        let called = slot.called();
         let bytes = cost(&frame);
-        let old = std::mem::replace(entry.get_mut(), Slot::Done { frame, seq, called });
+        let old = std::mem::replace(slot, Slot::Done { frame, seq, called });
         self.order.push_back(Kept {
             at,
-            call,
+            call: key,
             seq,
             when: now,
         });
@@ -793,11 +802,11 @@ impl<A, W: PartialEq> Sessions<A, W> {
             let Some(session) = session_at(&mut self.places, kept.at) else {
                 continue;
             };
-            if let Some(Slot::Done { frame, .. }) = session.calls.remove(&kept.call) {
+            if let Some(Slot::Done { frame, .. }) = session.calls.remove(kept.call) {
                 self.bytes -= cost(&frame);
                 self.live -= 1;
             }
-            session.evicted.insert(kept.call);
+            session.evicted.insert(kept.call.id);
             self.tombstones += 1;
             if self.tombstones > (self.limits.max_bytes / TOMBSTONE_SHARE).max(4096) {
                 // Too many to remember one by one: forget this session's oldest, and refuse
