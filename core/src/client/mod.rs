@@ -12,7 +12,6 @@ use std::task::{Context as TaskContext, Poll};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::time::Instant;
 
 use self::bind::{AddressConnector, Binder};
 use crate::address::{Address, Transports};
@@ -204,11 +203,11 @@ impl<C: Codec> Client<C> {
         flags: Flags,
         body: impl FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError>,
     ) -> Result<SessionCall, RpcError> {
-        let deadline = Self::deadline(options);
         let (flags, body) = self.with_metadata(options, flags, body)?;
         let s = &self.route.session;
         let attempt = s.attempt_timeout(options.attempt_timeout_value());
-        let slot = s.begin_call(method, deadline, flags, attempt, body).await?;
+        let timeout = options.timeout_value();
+        let slot = s.begin_call(method, timeout, flags, attempt, body).await?;
         // The call's span, if there is one: only a subscriber makes spans.
         if tracing::dispatcher::has_been_set() {
             tracing::Span::current().record("call_id", slot.id());
@@ -264,10 +263,6 @@ impl<C: Codec> Client<C> {
         args: A,
     ) -> impl FnOnce(&mut dyn crate::transport::FrameBuf) -> Result<(), RpcError> + 'a {
         move |buf| self.codec.encode(&args, buf).map_err(RpcError::from)
-    }
-
-    fn deadline(options: &CallOptions) -> Option<Instant> {
-        options.timeout_value().map(|t| Instant::now() + t)
     }
 
     /// Calls `method` with `args` (encoded as one value, a tuple for the generated stubs) and

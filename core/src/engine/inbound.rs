@@ -165,11 +165,11 @@ impl Shared {
     /// Gives the connection back the plain tickets of the handlers that ended since its last
     /// input (see [`Admission`]'s drop), so that it admits with its counts exact.
     fn give_back_plain(&self, conn: &mut super::Conn) {
-        if self.served.is_some() {
+        // A load first: the swap's write would take the counter's cache line on every frame,
+        // even when no handler ended.
+        if self.served.is_some() && self.plain_ended.load(Ordering::SeqCst) > 0 {
             let ended = self.plain_ended.swap(0, Ordering::SeqCst);
-            if ended > 0 {
-                conn.plain_finished(ended);
-            }
+            conn.plain_finished(ended);
         }
     }
 

@@ -28,16 +28,13 @@ use crate::transport::{BoxConnector, DynConnector, FrameBuf, Link, ReplyReader};
 use crate::wire::{Flags, FrameKind, Header, HEADER_LEN};
 use courier_proto::session::calls::{CallTable, LinkId, Semantics};
 
-/// A place among a session's calls in flight, waited for within `deadline`; the client's
-/// closing ends the wait. A count without a lock (see [`Budget`](crate::budget::Budget)):
-/// tokio's semaphore would lock a mutex at every call's end.
-async fn in_flight_slot(
+/// A place among a session's calls in flight when there was none at once, waited for within
+/// `deadline`; the client's closing ends the wait. The places are a count without a lock (see
+/// [`Budget`](crate::budget::Budget)): tokio's semaphore would lock a mutex at every call's end.
+async fn waited_slot(
     in_flight: &Arc<crate::budget::Budget>,
     deadline: Option<Instant>,
 ) -> Result<crate::budget::Taken, RpcError> {
-    if let Some(taken) = in_flight.try_take(1) {
-        return Ok(taken);
-    }
     let take = in_flight.take(1);
     let taken = match deadline {
         Some(d) => tokio::time::timeout_at(d, take)
@@ -48,15 +45,10 @@ async fn in_flight_slot(
     taken.ok_or_else(client_closed)
 }
 
-/// The deadline budget for a call's header, sent now: µs left (0 for none), or
-/// `DeadlineExceeded` if the deadline has passed.
-fn budget(deadline: Option<Instant>) -> Result<u32, RpcError> {
-    let Some(deadline) = deadline else {
-        // No deadline, no budget: the clock is not read.
-        return Ok(0);
-    };
-    let now = Instant::now().into_std();
-    courier_proto::received::budget_micros(now, Some(deadline.into_std()))
+/// The deadline budget for a call's header, sent at `now`: µs left, or `DeadlineExceeded` if
+/// the deadline has passed.
+fn budget(now: Instant, deadline: Instant) -> Result<u32, RpcError> {
+    courier_proto::received::budget_micros(now.into_std(), Some(deadline.into_std()))
         .ok_or(RpcError::DeadlineExceeded)
 }
 
@@ -554,12 +546,26 @@ impl ClientSession {
     pub(crate) async fn begin_call(
         self: &Arc<Self>,
         method: &MethodDesc,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
         flags: Flags,
         attempt: Option<Duration>,
         body: impl FnOnce(&mut dyn FrameBuf) -> Result<(), RpcError>,
     ) -> Result<SessionCall, RpcError> {
-        let permit = in_flight_slot(&self.in_flight, deadline).await?;
+        // The clock is read once for a call with a timeout that finds a place at once (nearly
+        // every call): its budget is then the whole timeout. No timeout, no reading at all.
+        let started = timeout.map(|t| {
+            let now = Instant::now();
+            (now, now + t)
+        });
+        let deadline = started.map(|(_, deadline)| deadline);
+        let (permit, budget_micros) = match self.in_flight.try_take(1) {
+            Some(permit) => (permit, started.map(|(now, d)| budget(now, d))),
+            None => {
+                let permit = waited_slot(&self.in_flight, deadline).await?;
+                (permit, deadline.map(|d| budget(Instant::now(), d)))
+            }
+        };
+        let budget_micros = budget_micros.transpose()?.unwrap_or(0);
         let semantics = if method.idempotent {
             Semantics::AtLeastOnce
         } else {
@@ -573,7 +579,7 @@ impl ClientSession {
         let header = Header {
             flags,
             version: method.version,
-            budget_micros: budget(deadline)?,
+            budget_micros,
             ..Header::new(FrameKind::Call, 0, method.interface, method.method)
         };
         let mut buf = BytesMut::with_capacity(HEADER_LEN + 64);
