@@ -11,8 +11,10 @@
 //!
 //! It also prints the time per call (on stderr), and with `ALLOCS_CONCURRENT=1` the time per
 //! call with 64 callers at once: a quick A/B of two builds of the engine, beside the matrix.
-//! `ALLOCS_WAIT=poll|spin|park` sets how both ends of the shared-memory link wait, and
-//! `ALLOCS_WORKERS=n` each process's worker threads (default 2).
+//! `ALLOCS_WAIT=poll|spin|park` sets how both ends of the shared-memory link wait,
+//! `ALLOCS_WORKERS=n` each process's worker threads (default 2), and `ALLOCS_TIMEOUT=s` gives
+//! every in-process call a timeout of `s` seconds (the matrix's calls carry one of 60 s), so
+//! that the deadline's path is counted too.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -190,6 +192,15 @@ fn in_process() {
                 .await
                 .expect("connected"),
         );
+        let timeout = std::env::var("ALLOCS_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok());
+        let client = match timeout {
+            Some(secs) => client.with_options(
+                courier::CallOptions::new().timeout(std::time::Duration::from_secs(secs)),
+            ),
+            None => client,
+        };
         let client64 = client.clone();
         // The caller is a task, as in a server or the matrix, not `block_on`'s thread.
         let (before, after, elapsed) = tokio::spawn(async move {
