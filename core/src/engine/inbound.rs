@@ -251,7 +251,8 @@ impl Shared {
             ticket: Some(ticket),
         };
         // The clock is read only for a call that has a deadline.
-        let deadline = budget.map(|budget| Instant::now() + budget);
+        let arrived = budget.map(|_| Instant::now());
+        let deadline = arrived.zip(budget).map(|(at, budget)| at + budget);
         let Some(router) = &self.router else {
             let interface = header.interface;
             admission.refuse(&header, &RpcError::UnknownInterface { interface });
@@ -305,7 +306,8 @@ impl Shared {
         if !runs {
             return None;
         }
-        let run = traced(span, run_handler(header, future, deadline, place));
+        let timing = Timing { arrived, deadline };
+        let run = traced(span, run_handler(header, future, timing, place));
         let work = Abortable::new(run, registration);
         Some(Box::pin(async move {
             let _: Result<(), _> = work.await;
@@ -419,29 +421,55 @@ fn traced(
     )
 }
 
+/// When a call arrived (if the clock was read for it) and its deadline.
+#[derive(Clone, Copy)]
+struct Timing {
+    arrived: Option<Instant>,
+    deadline: Option<Instant>,
+}
+
+/// Polls `future` to its end, noting in `waited` whether it ever had to wait.
+async fn noting_waits<F: std::future::Future>(future: F, waited: &mut bool) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        *waited |= poll.is_pending();
+        poll
+    })
+    .await
+}
+
 /// Runs one handler: ack if asked, apply the deadline, catch a panic, send the outcome.
 /// Returns how it ended, for its span.
 async fn run_handler(
     header: Header,
     future: HandlerFuture,
-    deadline: Option<Instant>,
+    Timing { arrived, deadline }: Timing,
     place: Place,
 ) -> &'static str {
     // Released when this future ends or is dropped, however that happens; it also holds the
     // link, so the handler needs no handle of its own.
     let shared = &place.admission.shared;
+    // Whether anything waited between the call's arrival and its outcome's sending. If not,
+    // the outcome is as old as the call, to within the handler's run without a pause (and, for
+    // work that was queued rather than run at once, its time in the queue), so the instant
+    // read when the call arrived dates it in the reply cache with no second reading. An
+    // earlier date only shortens the outcome's stay in the cache, by microseconds against a
+    // `max_age` of seconds; it never lets a copy run again (an evicted outcome's id is kept).
+    let mut waited = false;
 
     if let Some(ack) = super::Conn::ack_for(&header) {
         // The rarer paths (ack, error) are boxed, so that the common one keeps this future
         // small: it is allocated once per call.
-        if let Err(e) = Box::pin(shared.send_frame(ack, 0, |_| Ok(()))).await {
+        let acked = noting_waits(Box::pin(shared.send_frame(ack, 0, |_| Ok(()))), &mut waited);
+        if let Err(e) = acked.await {
             tracing::debug!(call_id = header.call_id, error = %e, "could not send an ack");
         }
     }
     let guarded = AssertUnwindSafe(future).catch_unwind();
     let outcome = match deadline {
         // The timer is made only if the handler waits: most complete on their first poll.
-        Some(d) => crate::deadline::within(d, guarded)
+        Some(d) => noting_waits(crate::deadline::within(d, guarded), &mut waited)
             .await
             .unwrap_or(Ok(Err(RpcError::DeadlineExceeded))),
         None => guarded.await,
@@ -473,11 +501,16 @@ async fn run_handler(
         // finding copies that attached meanwhile) follows, off the caller's path. A copy on
         // this same link that attached after this send is sent the outcome again by
         // `deliver` (`Waiters::asked_again`): on QUIC it waits on a stream of its own.
-        if let Err(e) = shared.send_shared(frame.clone()).await {
+        let sent = noting_waits(shared.send_shared(frame.clone()), &mut waited).await;
+        if let Err(e) = sent {
             tracing::debug!(call_id = header.call_id, error = %e, "could not send an outcome");
         }
         let keep = !header.flags.contains(Flags::IDEMPOTENT);
-        let waiters = session.finish(header.call_id, &frame, keep);
+        let finished = match arrived {
+            Some(at) if !waited => at.into_std(),
+            _ => std::time::Instant::now(),
+        };
+        let waiters = session.finish(header.call_id, &frame, keep, finished);
         super::Served::deliver(waiters, shared, header.call_id, frame).await;
         return label;
     }

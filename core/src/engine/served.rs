@@ -149,10 +149,15 @@ impl Served {
         run
     }
 
-    /// A call finished with `frame`: who waits for it (send it to each with
+    /// A call finished with `frame` at `now`: who waits for it (send it to each with
     /// [`Served::deliver`]).
-    pub(crate) fn finish(&self, call: u64, frame: &Bytes, keep: bool) -> Waiters<LinkRef> {
-        let now = std::time::Instant::now();
+    pub(crate) fn finish(
+        &self,
+        call: u64,
+        frame: &Bytes,
+        keep: bool,
+        now: std::time::Instant,
+    ) -> Waiters<LinkRef> {
         // Only a kept outcome needs a handle of its own on the frame.
         let kept = keep.then(|| frame.clone());
         lock(&self.sessions).finish(self.at, call, kept, keep, now)
