@@ -42,7 +42,6 @@
 
 mod address;
 mod link;
-mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,21 +53,16 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 pub use address::QuicTransport;
-pub use tls::{ClientTls, DevCert, ServerTls, ALPN};
+pub use courier_tls::{ClientTls, DevCert, ServerTls, ALPN};
 
 /// Why a QUIC endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// rustls refused the configuration (a key that does not match its certificate, …).
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
-    /// A certificate could not be generated.
-    #[error("certificate generation: {0}")]
-    Certificate(String),
-    /// A PEM file could not be read or held nothing usable.
-    #[error("PEM: {0}")]
-    Pem(String),
+    /// The TLS settings could not be made (a key that does not match its certificate, an
+    /// unreadable PEM file, …).
+    #[error(transparent)]
+    Tls(#[from] courier_tls::Error),
     /// The socket could not be bound.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
@@ -250,10 +244,20 @@ impl QuicListener {
     /// packet (a keep-alive, at the latest): their clients reconnect at once instead of
     /// waiting for the idle timeout.
     pub fn bind(addr: SocketAddr, tls: ServerTls, options: QuicOptions) -> Result<Self, Error> {
-        let reset_key = tls.reset_key();
-        let cid_key = tls.connection_id_key();
-        let crypto =
-            QuicServerConfig::try_from(tls.build()?).map_err(|e| Error::Config(e.to_string()))?;
+        // The labels (and so the keys) are those of every earlier version: a server upgraded
+        // in place still recognizes its predecessor's connections.
+        let reset_key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &tls.derive_key(b"courier/1 stateless reset key"),
+        );
+        let cid_key = {
+            let key = tls.derive_key(b"courier/1 connection id key");
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&key[..8]);
+            u64::from_le_bytes(first)
+        };
+        let crypto = QuicServerConfig::try_from(tls.into_rustls()?)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(options.transport()?));
         let socket = std::net::UdpSocket::bind(addr)?;
@@ -371,8 +375,8 @@ impl QuicConnector {
         tls: ClientTls,
         options: QuicOptions,
     ) -> Result<Self, Error> {
-        let crypto =
-            QuicClientConfig::try_from(tls.build()?).map_err(|e| Error::Config(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from(tls.into_rustls()?)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(options.transport()?));
         let local: SocketAddr = if addr.is_ipv6() {

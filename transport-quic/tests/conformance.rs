@@ -36,7 +36,7 @@ impl Harness for Quic {
     }
 
     fn bind(&self, frame_limit: usize) -> Result<(QuicListener, Self::Address), TransportError> {
-        let cert = DevCert::localhost().map_err(failed)?;
+        let cert = DevCert::localhost().map_err(|e| failed(e.into()))?;
         let any: SocketAddr = ([127, 0, 0, 1], 0).into();
         let listener =
             QuicListener::bind(any, ServerTls::dev(&cert), options(frame_limit)).map_err(failed)?;

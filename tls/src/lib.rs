@@ -1,5 +1,22 @@
-//! TLS configuration: development certificates in one call, PEM files for production, and
-//! mutual TLS as one option.
+//! TLS settings shared by Courier's network transports (`courier-quic`, `courier-tcp`):
+//! development certificates in one call, PEM files for production, and mutual TLS as one
+//! option. Both transports speak TLS 1.3 only, with the ring provider and the ALPN protocol
+//! `courier/1`, so one certificate and one [`ClientTls`] serve a client that may reach a server
+//! either way.
+//!
+//! ```
+//! use courier_tls::{ClientTls, DevCert, ServerTls};
+//!
+//! // One call makes a development certificate; the client trusts exactly that one.
+//! let cert = DevCert::localhost()?;
+//! let server = ServerTls::dev(&cert).into_rustls()?;
+//! let client = ClientTls::trusting_dev(&cert).into_rustls()?;
+//! assert_eq!(server.alpn_protocols, [courier_tls::ALPN.to_vec()]);
+//! assert_eq!(client.alpn_protocols, [courier_tls::ALPN.to_vec()]);
+//! # Ok::<(), courier_tls::Error>(())
+//! ```
+
+#![warn(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,9 +25,25 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::RootCertStore;
 
-use crate::Error;
+/// Why a TLS setting could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// rustls refused the configuration (a key that does not match its certificate, …).
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A certificate could not be generated.
+    #[error("certificate generation: {0}")]
+    Certificate(String),
+    /// A PEM file could not be read or held nothing usable.
+    #[error("PEM: {0}")]
+    Pem(String),
+    /// Another configuration problem, described.
+    #[error("configuration: {0}")]
+    Config(String),
+}
 
-/// The ALPN protocol Courier speaks over QUIC.
+/// The ALPN protocol Courier speaks over TLS, on QUIC and on TCP alike.
 pub const ALPN: &[u8] = b"courier/1";
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -20,9 +53,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A self-signed certificate and its key, made with rcgen: for development and tests.
 ///
 /// ```
-/// let cert = courier_quic::DevCert::localhost().unwrap();
-/// let server = courier_quic::ServerTls::dev(&cert);
-/// let client = courier_quic::ClientTls::trusting_dev(&cert);
+/// let cert = courier_tls::DevCert::localhost().unwrap();
+/// let server = courier_tls::ServerTls::dev(&cert);
+/// let client = courier_tls::ClientTls::trusting_dev(&cert);
 /// # drop((server, client));
 /// ```
 pub struct DevCert {
@@ -172,41 +205,28 @@ impl ServerTls {
         Ok(self.require_client_certificates(read_certs(roots.as_ref())?))
     }
 
-    /// The rustls configuration this makes (TLS 1.3 only, ALPN `courier/1`), for tools that
-    /// drive quinn directly, such as the benchmarks' raw-quinn floor.
+    /// The rustls configuration this makes: TLS 1.3 only, the ring provider, ALPN
+    /// `courier/1`, and a client certificate required if asked for.
     pub fn into_rustls(self) -> Result<rustls::ServerConfig, Error> {
         self.build()
     }
 
-    /// The key for stateless resets, derived from the private key: every process that serves
-    /// with this identity makes the same one, so a restarted server can reset the connections
-    /// its previous process left behind (their clients then fail at once instead of waiting
-    /// for the idle timeout). Derived one way (SHA-256 under a fixed label), so it tells
-    /// nothing about the private key.
-    pub(crate) fn reset_key(&self) -> ring::hmac::Key {
+    /// A 32-byte key derived one way from the private key under `label` (SHA-256 of the label
+    /// and the key): every process that serves with this identity derives the same key, and
+    /// the key tells nothing about the private key. QUIC derives its stateless-reset and
+    /// connection-id keys this way, so that a restarted server recognizes the connections its
+    /// previous process left behind.
+    pub fn derive_key(&self, label: &[u8]) -> [u8; 32] {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"courier/1 stateless reset key\0");
+        ctx.update(label);
+        ctx.update(&[0]);
         ctx.update(self.key.secret_der());
-        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ctx.finish().as_ref())
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.finish().as_ref());
+        key
     }
 
-    /// The key of the connection-id generator, derived from the private key as the reset key
-    /// is (under another label): a restarted server with the same identity recognizes the
-    /// connection ids its previous process issued, which it must, to answer their packets
-    /// with a stateless reset rather than drop them as invalid. With a random key per
-    /// process (quinn's default) those packets are dropped and the old connections wait for
-    /// their idle timeout.
-    pub(crate) fn connection_id_key(&self) -> u64 {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"courier/1 connection id key\0");
-        ctx.update(self.key.secret_der());
-        let digest = ctx.finish();
-        let mut key = [0u8; 8];
-        key.copy_from_slice(&digest.as_ref()[..8]);
-        u64::from_le_bytes(key)
-    }
-
-    pub(crate) fn build(self) -> Result<rustls::ServerConfig, Error> {
+    fn build(self) -> Result<rustls::ServerConfig, Error> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(Error::Tls)?;
@@ -283,13 +303,13 @@ impl ClientTls {
         self.with_identity(vec![cert.certificate().clone()], cert.private_key())
     }
 
-    /// The rustls configuration this makes (TLS 1.3 only, ALPN `courier/1`), for tools that
-    /// drive quinn directly.
+    /// The rustls configuration this makes: TLS 1.3 only, the ring provider, ALPN
+    /// `courier/1`, and this client's certificate if it has one.
     pub fn into_rustls(self) -> Result<rustls::ClientConfig, Error> {
         self.build()
     }
 
-    pub(crate) fn build(self) -> Result<rustls::ClientConfig, Error> {
+    fn build(self) -> Result<rustls::ClientConfig, Error> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(Error::Tls)?
@@ -316,5 +336,34 @@ mod tests {
         assert_eq!(&parsed, cert.certificate());
         let key = PrivateKeyDer::from_pem_slice(cert.private_key_pem().as_bytes()).unwrap();
         assert_eq!(key.secret_der(), cert.private_key().secret_der());
+    }
+
+    #[test]
+    fn derived_keys_follow_the_identity_and_the_label() {
+        let (a, b) = (DevCert::localhost().unwrap(), DevCert::localhost().unwrap());
+        let server = ServerTls::dev(&a);
+        assert_eq!(server.derive_key(b"x"), ServerTls::dev(&a).derive_key(b"x"));
+        assert_ne!(server.derive_key(b"x"), server.derive_key(b"y"));
+        assert_ne!(server.derive_key(b"x"), ServerTls::dev(&b).derive_key(b"x"));
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused() {
+        let (a, b) = (DevCert::localhost().unwrap(), DevCert::localhost().unwrap());
+        let mixed = ServerTls::new(vec![a.certificate().clone()], b.private_key());
+        assert!(matches!(mixed.into_rustls(), Err(Error::Tls(_))));
+    }
+
+    #[test]
+    fn a_pem_file_without_certificates_is_a_clear_error() {
+        let path =
+            std::env::temp_dir().join(format!("courier-tls-empty-{}.pem", std::process::id()));
+        std::fs::write(&path, "no certificate here\n").unwrap();
+        let err = ClientTls::from_pem_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            matches!(err, Error::Pem(ref m) if m.contains("no certificate")),
+            "{err}"
+        );
     }
 }
