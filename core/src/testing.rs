@@ -104,6 +104,15 @@ pub trait Harness: Send + Sync + 'static {
         0
     }
 
+    /// Whether each link is one byte stream on which a frame's header is all that says where it
+    /// ends (TCP). A frame that the suite sends with a header claiming more payload than it
+    /// sends would then swallow the frames after it, so on such a transport the suite sends
+    /// the whole declared payload of an oversized frame. Default: false (frames keep their own
+    /// bounds: in-process messages, QUIC streams, shared-memory records).
+    fn one_byte_stream(&self) -> bool {
+        false
+    }
+
     /// A payload larger than every buffer, window and ring the transport has. Default: 12 MiB.
     fn large_payload(&self) -> usize {
         12 << 20
