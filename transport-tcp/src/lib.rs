@@ -41,6 +41,7 @@
 
 #![warn(clippy::unwrap_used)]
 
+mod address;
 mod link;
 
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ use courier::{Peer, TransportError};
 use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
 
+pub use address::TcpTransport;
 pub use courier_tls::{ClientTls, DevCert, ServerTls, ALPN};
 
 /// Why a TCP listener or connector could not be set up.

@@ -213,3 +213,56 @@ async fn a_frame_that_stalls_half_way_closes_the_connection_after_the_frame_time
     })
     .await
 }
+
+#[tokio::test]
+async fn a_tcp_address_listens_and_connects_and_bad_ones_are_refused() {
+    use courier::address::{Address, Transports};
+    use courier_tcp::TcpTransport;
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let transports = Transports::new().with(
+            TcpTransport::new()
+                .server_tls(ServerTls::dev(&cert))
+                .client_tls(ClientTls::trusting_dev(&cert)),
+        );
+        let bound = transports
+            .listen(&"tcp://127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        assert_eq!(bound.address.scheme(), "tcp");
+        assert_ne!(bound.address.port(), Some(0));
+        let server = Server::builder(Cbor::default())
+            .service(WhoServer::new(Me))
+            .build();
+        let listener = bound.listener;
+        tokio::spawn(async move { server.serve(listener).await });
+        let address = bound.address.with_param("server_name", "localhost");
+        let connector = transports.connector(&address).unwrap();
+        let who = WhoClient::new(
+            Client::builder(Cbor::default())
+                .connect(&connector)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(who.certificates().await.unwrap(), 0);
+
+        for bad in [
+            "tcp://127.0.0.1",
+            "tcp://127.0.0.1:1/path",
+            "tcp://127.0.0.1:1?colour=red",
+        ] {
+            let address: Address = bad.parse().unwrap();
+            assert!(
+                transports.connector(&address).is_err(),
+                "{bad} was accepted"
+            );
+        }
+        // Without roots to trust, a client address must name them.
+        let bare = Transports::new().with(TcpTransport::new());
+        let err = bare
+            .connector(&"tcp://127.0.0.1:1".parse().unwrap())
+            .map(drop)
+            .unwrap_err();
+        assert!(err.to_string().contains("ca="), "{err}");
+    })
+    .await
+}

@@ -1,0 +1,192 @@
+//! `tcp://host:port`: TLS over TCP reachable by address ([`courier::address`]).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use courier::address::{Address, Bound, Transport};
+use courier::transport::{Connector, DynConnector, Link};
+use courier::{AddressError, TransportError};
+
+use crate::{ClientTls, ServerTls, TcpConnector, TcpListener, TcpOptions};
+
+/// TLS over TCP as a [`Transport`] of the `tcp` scheme, for
+/// [`Transports`](courier::address::Transports). Its options are QUIC's:
+///
+/// | option | side | meaning | default |
+/// |---|---|---|---|
+/// | `server_name` | client | the name the server's certificate must be valid for | the address's host |
+/// | `ca` | client | a PEM file of the roots to trust | [`TcpTransport::client_tls`] |
+/// | `cert`, `key` | server | PEM files of the certificate chain and its private key | [`TcpTransport::server_tls`] |
+///
+/// A host that is a name is looked up each time the client connects (so a reconnect follows
+/// DNS); a listener binds it once.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use courier::address::Transports;
+/// use courier_tcp::{ClientTls, DevCert, ServerTls, TcpTransport};
+///
+/// let cert = DevCert::localhost()?;
+/// let transports = Transports::new().with(
+///     TcpTransport::new()
+///         .server_tls(ServerTls::dev(&cert))
+///         .client_tls(ClientTls::trusting_dev(&cert)),
+/// );
+/// let bound = transports.listen(&"tcp://127.0.0.1:0".parse()?)?;
+/// assert_ne!(bound.address.port(), Some(0));
+/// let address = bound.address.with_param("server_name", "localhost");
+/// let connector = transports.connector(&address)?;
+/// # drop((bound.listener, connector));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TcpTransport {
+    client_tls: Option<ClientTls>,
+    server_tls: Option<ServerTls>,
+    options: TcpOptions,
+}
+
+impl TcpTransport {
+    /// TLS over TCP with default options and no certificates: addresses must then name them
+    /// (`?ca=`, `?cert=&key=`).
+    pub fn new() -> TcpTransport {
+        TcpTransport::default()
+    }
+
+    /// The roots clients trust (and their identity, for mutual TLS) when an address has no
+    /// `ca` option.
+    pub fn client_tls(mut self, tls: ClientTls) -> Self {
+        self.client_tls = Some(tls);
+        self
+    }
+
+    /// The certificate listeners present when an address has no `cert` and `key` options.
+    pub fn server_tls(mut self, tls: ServerTls) -> Self {
+        self.server_tls = Some(tls);
+        self
+    }
+
+    /// The options of every connector and listener.
+    pub fn options(mut self, options: TcpOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+fn host_port(address: &Address) -> Result<(&str, u16), AddressError> {
+    match (address.host(), address.port()) {
+        (Some(host), Some(port)) if address.path().is_empty() => Ok((host, port)),
+        _ => Err(address.unusable("a TCP address is `tcp://host:port`, with no path")),
+    }
+}
+
+impl Transport for TcpTransport {
+    fn scheme(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn connector(&self, address: &Address) -> Result<Arc<dyn DynConnector>, AddressError> {
+        address.check_params(&["server_name", "ca"])?;
+        let (host, port) = host_port(address)?;
+        let tls = match (address.param("ca"), &self.client_tls) {
+            (Some(ca), _) => ClientTls::from_pem_file(ca)
+                .map_err(|e| address.unusable(format!("cannot read the roots in `{ca}`: {e}")))?,
+            (None, Some(tls)) => tls.clone(),
+            (None, None) => {
+                return Err(address.unusable(
+                    "no roots to trust: add `?ca=/path/to/roots.pem` or configure \
+                     TcpTransport::client_tls",
+                ))
+            }
+        };
+        let server_name = address.param("server_name").unwrap_or(host).to_owned();
+        // Fails now, not at the first connect, if the settings are wrong (the address is a
+        // placeholder: each connect looks the host up again).
+        let any = SocketAddr::from(([0, 0, 0, 0], port));
+        TcpConnector::new(any, server_name.clone(), tls.clone(), self.options.clone())
+            .map_err(|e| address.unusable(e.to_string()))?;
+        Ok(Arc::new(Dialer {
+            host: host.to_owned(),
+            port,
+            server_name,
+            tls,
+            options: self.options.clone(),
+        }))
+    }
+
+    fn listen(&self, address: &Address) -> Result<Bound, AddressError> {
+        address.check_params(&["cert", "key"])?;
+        let (host, port) = host_port(address)?;
+        let tls = match (
+            address.param("cert"),
+            address.param("key"),
+            &self.server_tls,
+        ) {
+            (Some(cert), Some(key), _) => ServerTls::from_pem_files(cert, key)
+                .map_err(|e| address.unusable(format!("cannot read `{cert}` and `{key}`: {e}")))?,
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(address.unusable("`cert` and `key` go together"))
+            }
+            (None, None, Some(tls)) => tls.clone(),
+            (None, None, None) => {
+                return Err(address.unusable(
+                    "no certificate: add `?cert=chain.pem&key=key.pem` or configure \
+                     TcpTransport::server_tls",
+                ))
+            }
+        };
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| address.unusable(format!("cannot resolve `{host}`: {e}")))?
+            .next()
+            .ok_or_else(|| address.unusable(format!("`{host}` has no address")))?;
+        let listener = TcpListener::bind(addr, tls, self.options.clone())
+            .map_err(|e| address.unusable(e.to_string()))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| address.unusable(e.to_string()))?;
+        // A host name stays a name (its certificate is likely for it); an IP address becomes
+        // the one bound.
+        let ip = local.ip().to_string();
+        let shown = if host.parse::<std::net::IpAddr>().is_ok() {
+            ip.as_str()
+        } else {
+            host
+        };
+        let bound = Address::parse("tcp://unbound:0")
+            .map_err(|e| address.unusable(e.to_string()))?
+            .with_host_port(shown, Some(local.port()));
+        Ok(Bound {
+            listener: Box::new(listener),
+            address: bound,
+        })
+    }
+}
+
+/// Dials `host:port`, looking a host name up at each connect.
+struct Dialer {
+    host: String,
+    port: u16,
+    server_name: String,
+    tls: ClientTls,
+    options: TcpOptions,
+}
+
+impl Connector for Dialer {
+    async fn connect(&self) -> Result<Link, TransportError> {
+        let target = format!("{}:{}", self.host, self.port);
+        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| TransportError::connection(format!("cannot resolve `{target}`"), e))?
+            .next()
+            .ok_or_else(|| TransportError::NotFound(target.clone()))?;
+        let connector = TcpConnector::new(
+            addr,
+            self.server_name.clone(),
+            self.tls.clone(),
+            self.options.clone(),
+        )
+        .map_err(|e| TransportError::Other(e.to_string()))?;
+        connector.connect().await
+    }
+}
