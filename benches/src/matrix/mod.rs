@@ -8,11 +8,14 @@
 //! Rows come in three kinds ([`RowKind`]):
 //!
 //! - **Courier**: the `echo(ByteBuf)` method of [`crate::quic::Echo`] through a generated
-//!   client, with CBOR or XDR, in process, over shared memory and over QUIC;
+//!   client, with CBOR or XDR, in process, over shared memory, over QUIC and over TLS on TCP;
 //! - **floors**: the least work that moves the same bytes the same way, to which each Courier
 //!   row is compared: `memcpy` for in-process, a raw shared-memory spin ping-pong (copying the
-//!   payload in and out) for shared memory, a raw quinn stream echo for QUIC;
-//! - **peers**: tarpc with its bincode transport over TCP loopback and over a Unix socket.
+//!   payload in and out) for shared memory, a raw quinn stream echo for QUIC, tarpc over plain
+//!   TCP (no encryption) for TLS over TCP;
+//! - **peers**: tarpc with its bincode transport over TCP loopback and over a Unix socket, and
+//!   over TCP with rustls TLS 1.3 (tokio-rustls, the same certificate, ALPN and cipher suites
+//!   as Courier's), the fair peer of Courier's encrypted rows.
 //!
 //! The rows of one transport (its floor, Courier with each codec, its peer) are measured in
 //! turns: ten rounds (three with `--quick`) in which every row gets a slice of time, in an
@@ -63,6 +66,9 @@ pub enum TransportName {
     Shm,
     /// QUIC over loopback (`courier-quic`); tarpc over TCP beside it.
     Quic,
+    /// TLS 1.3 over TCP on loopback (`courier-tcp`); tarpc over TCP with the same TLS beside
+    /// it, and tarpc over plain TCP as the unencrypted bound.
+    Tcp,
 }
 
 /// The payload sizes: the bytes of the `echo` argument.
@@ -138,7 +144,12 @@ impl Default for Config {
         Config {
             quick: false,
             codecs: vec![CodecName::Cbor, CodecName::Xdr],
-            transports: vec![TransportName::Mem, TransportName::Shm, TransportName::Quic],
+            transports: vec![
+                TransportName::Mem,
+                TransportName::Shm,
+                TransportName::Quic,
+                TransportName::Tcp,
+            ],
             payloads: Payload::ALL.to_vec(),
             peers: true,
         }
@@ -162,6 +173,7 @@ impl Config {
                 }
                 TransportName::Mem => self.codecs.len() + 1,
                 TransportName::Quic => self.codecs.len() + 1 + usize::from(self.peers),
+                TransportName::Tcp => self.codecs.len() + 1 + usize::from(self.peers),
             })
             .sum();
         per_payload * self.payloads.len()
@@ -228,6 +240,9 @@ const RAW_SPIN: &str = "floor raw-spin";
 const RAW_FUTEX: &str = "floor raw-futex";
 const RAW_EVENTFD: &str = "floor raw-eventfd";
 const RAW_QUINN: &str = "floor raw-quinn";
+/// tarpc over plain TCP: the unencrypted bound of the TLS-over-TCP rows.
+const PLAIN_TCP: &str = "floor tarpc bincode/tcp, no TLS";
+const TARPC_TLS: &str = "tarpc bincode/tcp+tls";
 
 /// How a shared-memory row's two ends wait for frames (`courier_shm::Wait`); each mode is a
 /// row of its own, beside the floor that waits the same way.
@@ -279,6 +294,7 @@ fn floor_of(transport: TransportName) -> &'static str {
         TransportName::Mem => MEMCPY,
         TransportName::Shm => RAW_SPIN,
         TransportName::Quic => RAW_QUINN,
+        TransportName::Tcp => PLAIN_TCP,
     }
 }
 
@@ -287,6 +303,7 @@ fn transport_label(transport: TransportName) -> &'static str {
         TransportName::Mem => "mem",
         TransportName::Shm => "shm",
         TransportName::Quic => "quic",
+        TransportName::Tcp => "tcp",
     }
 }
 
@@ -669,6 +686,32 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
             entries.push(Entry::other("tarpc bincode/tcp", RowKind::Peer, target));
         }
         runner.group("QUIC", &mut entries)?;
+    }
+    if config.has(TransportName::Tcp) {
+        let floor = ChildServer::spawn("tarpc-tcp", &dir)?;
+        let server = ChildServer::spawn("courier-tcp", &dir)?;
+        let peer = config
+            .peers
+            .then(|| ChildServer::spawn("tarpc-tls", &dir))
+            .transpose()?;
+        let target = runner
+            .rt
+            .block_on(targets::tarpc_tcp(floor.address.parse()?))?;
+        let mut entries = vec![Entry::other(PLAIN_TCP, RowKind::Floor, target)];
+        let addr = server.address.parse()?;
+        for &codec in &codecs {
+            let target = runner
+                .rt
+                .block_on(targets::courier_tcp(codec, &scratch, addr))?;
+            entries.push(Entry::courier(codec, TransportName::Tcp, target));
+        }
+        if let Some(peer) = &peer {
+            let target = runner
+                .rt
+                .block_on(targets::tarpc_tls(&scratch, peer.address.parse()?))?;
+            entries.push(Entry::other(TARPC_TLS, RowKind::Peer, target));
+        }
+        runner.group("TLS over TCP", &mut entries)?;
     }
     runner.ratios();
     Ok(Report {

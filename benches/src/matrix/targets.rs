@@ -16,6 +16,7 @@ use courier::{CallOptions, Client, Codec, Server};
 use courier_cbor::Cbor;
 use courier_quic::{ClientTls, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls};
 use courier_shm::{ShmConnector, ShmListener, ShmOptions};
+use courier_tcp::{TcpConnector, TcpListener, TcpOptions};
 use courier_xdr::Xdr;
 use futures::{FutureExt, StreamExt};
 use serde_bytes::ByteBuf;
@@ -193,6 +194,37 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
             serve_tarpc(listener).await;
             Ok(())
         }),
+        "courier-tcp" => crate::runtime()?.block_on(async {
+            let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
+            let listener = TcpListener::bind("127.0.0.1:0".parse()?, tls, TcpOptions::default())?;
+            ready(listener.local_addr()?)?;
+            courier_server().serve(listener).await?;
+            Ok(())
+        }),
+        "tarpc-tls" => crate::runtime()?.block_on(async {
+            let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.into_rustls()?));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            ready(listener.local_addr()?)?;
+            // Handshakes one after another: the matrix opens one connection.
+            let incoming = futures::stream::unfold(listener, move |listener| {
+                let acceptor = acceptor.clone();
+                async move {
+                    let accepted = async {
+                        let (tcp, _) = listener.accept().await?;
+                        tcp.set_nodelay(true)?;
+                        let tls = acceptor.accept(tcp).await?;
+                        Ok::<_, std::io::Error>(tarpc::serde_transport::new(
+                            framed(tls),
+                            Bincode::default(),
+                        ))
+                    };
+                    Some((accepted.await, listener))
+                }
+            });
+            serve_tarpc(incoming).await;
+            Ok(())
+        }),
         "tarpc-unix" => crate::runtime()?.block_on(async {
             let listener =
                 tarpc::serde_transport::unix::listen(dir.join("tarpc.sock"), Bincode::default)
@@ -309,6 +341,40 @@ pub(crate) async fn raw_quinn(scratch: &Scratch, addr: SocketAddr) -> Result<Tar
 pub(crate) async fn tarpc_tcp(addr: SocketAddr) -> Result<Target, Error> {
     let transport = tarpc::serde_transport::tcp::connect(addr, Bincode::default).await?;
     Ok(tarpc_target(transport))
+}
+
+/// tarpc with its bincode transport over TLS 1.3 on TCP to the `tarpc-tls` child at `addr`:
+/// rustls with ring, the run's development certificate, as Courier's TLS rows have.
+pub(crate) async fn tarpc_tls(scratch: &Scratch, addr: SocketAddr) -> Result<Target, Error> {
+    let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.into_rustls()?));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = connector.connect(name, tcp).await?;
+    let transport = tarpc::serde_transport::new(framed(stream), Bincode::default());
+    Ok(tarpc_target(transport))
+}
+
+/// A byte stream framed as tarpc's TCP transport frames it (a length before each message),
+/// with room for the largest payload.
+fn framed<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(
+    stream: S,
+) -> tarpc::tokio_util::codec::Framed<S, tarpc::tokio_util::codec::LengthDelimitedCodec> {
+    tarpc::tokio_util::codec::LengthDelimitedCodec::builder()
+        .max_frame_length(4 * MAX_PAYLOAD)
+        .new_framed(stream)
+}
+
+/// Courier over TLS on TCP to the `courier-tcp` child at `addr`.
+pub(crate) async fn courier_tcp(
+    codec: CodecName,
+    scratch: &Scratch,
+    addr: SocketAddr,
+) -> Result<Target, Error> {
+    let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
+    let connector = TcpConnector::new(addr, "localhost", tls, TcpOptions::default())?;
+    courier_client(codec, connector.connect().await?).await
 }
 
 /// tarpc with its bincode transport over the Unix socket of the `tarpc-unix` child.
