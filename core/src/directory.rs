@@ -313,7 +313,9 @@ impl fmt::Debug for Registration {
 #[non_exhaustive]
 pub enum Prefer {
     /// Instances on this host first, over shared memory (`shm`, then `mem`) when they offer
-    /// it; then other hosts over the network. The default.
+    /// it; then other hosts over the network, QUIC before TLS over TCP (`tcp` is the fallback
+    /// where UDP is blocked: see [`ClientBuilder::fallback_delay`](crate::ClientBuilder::fallback_delay)).
+    /// The default.
     #[default]
     SameHost,
     /// Only these schemes, in this order (`["quic"]` to never use shared memory).
@@ -345,6 +347,7 @@ pub fn rank(
                     let scheme = match address.scheme() {
                         "shm" => 0,
                         "mem" => 1,
+                        "tcp" => 3,
                         _ => 2,
                     };
                     usize::from(!same_host) * 4 + scheme

@@ -266,3 +266,99 @@ async fn a_tcp_address_listens_and_connects_and_bad_ones_are_refused() {
     })
     .await
 }
+
+/// A directory record with a `quic://` and a `tcp://` address of one instance, the TCP one
+/// served by a listener of `transports`; the QUIC one as `quic_port` says.
+fn both_addresses(
+    transports: &courier::address::Transports,
+    quic_port: u16,
+) -> Arc<courier::directory::StaticDirectory> {
+    use courier::directory::{InstanceRecord, StaticDirectory};
+    let bound = transports
+        .listen(&"tcp://127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let server = Server::builder(Cbor::default())
+        .service(WhoServer::new(Me))
+        .build();
+    let listener = bound.listener;
+    tokio::spawn(async move { server.serve(listener).await });
+    let quic: courier::address::Address =
+        format!("quic://127.0.0.1:{quic_port}?server_name=localhost")
+            .parse()
+            .unwrap();
+    let tcp = bound.address.with_param("server_name", "localhost");
+    let directory = Arc::new(StaticDirectory::new());
+    // TCP listed first: the client still tries QUIC first.
+    directory.insert(InstanceRecord::new("who", [tcp, quic]).instance("only"));
+    directory
+}
+
+fn both_transports(cert: &DevCert) -> courier::address::Transports {
+    courier::address::Transports::new()
+        .with(
+            courier_quic::QuicTransport::new()
+                .server_tls(ServerTls::dev(cert))
+                .client_tls(ClientTls::trusting_dev(cert))
+                // A QUIC dial that gets no answer gives up only after the test's bound.
+                .options(
+                    courier_quic::QuicOptions::default().idle_timeout(Duration::from_secs(600)),
+                ),
+        )
+        .with(
+            courier_tcp::TcpTransport::new()
+                .server_tls(ServerTls::dev(cert))
+                .client_tls(ClientTls::trusting_dev(cert)),
+        )
+}
+
+#[tokio::test]
+async fn where_udp_gets_no_answer_a_client_falls_back_to_tcp_after_the_fallback_delay() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let transports = both_transports(&cert);
+        // A UDP socket that never reads: QUIC's packets are taken and never answered, as
+        // behind a firewall that drops them.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let directory = both_addresses(&transports, silent.local_addr().unwrap().port());
+        // Each address may take far longer than this test's bound: only the race reaches
+        // TCP in time.
+        let client = Client::builder(Cbor::default())
+            .transports(transports)
+            .dial_timeout(Duration::from_secs(600))
+            .connect_named(directory, "who")
+            .await
+            .unwrap();
+        assert_eq!(client.address().unwrap().scheme(), "tcp");
+        assert_eq!(WhoClient::new(client).certificates().await.unwrap(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn where_quic_answers_a_client_given_both_addresses_uses_quic() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        let transports = both_transports(&cert);
+        let quic = transports
+            .listen(&"quic://127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let server = Server::builder(Cbor::default())
+            .service(WhoServer::new(Me))
+            .build();
+        let port = quic.address.port().unwrap();
+        let listener = quic.listener;
+        tokio::spawn(async move { server.serve(listener).await });
+        let directory = both_addresses(&transports, port);
+        // TCP is dialed only if QUIC has not connected within a delay far beyond a
+        // loopback handshake, even on a loaded machine.
+        let client = Client::builder(Cbor::default())
+            .transports(transports)
+            .fallback_delay(Duration::from_secs(30))
+            .connect_named(directory, "who")
+            .await
+            .unwrap();
+        assert_eq!(client.address().unwrap().scheme(), "quic");
+        assert_eq!(WhoClient::new(client).certificates().await.unwrap(), 0);
+    })
+    .await
+}

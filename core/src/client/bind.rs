@@ -38,6 +38,9 @@ pub(crate) struct Binder {
     /// How long one address may take to answer before the next is tried: a dead server's
     /// QUIC address otherwise costs a whole idle timeout.
     pub(crate) dial_timeout: Duration,
+    /// How long one address of an instance goes alone before its next address is dialed
+    /// beside it (see [`ClientBuilder::fallback_delay`](crate::ClientBuilder::fallback_delay)).
+    pub(crate) fallback_delay: Duration,
 }
 
 impl Binder {
@@ -68,33 +71,82 @@ impl Binder {
             }));
         }
         let mut failures = Vec::new();
-        for (instance, address) in ranked {
-            if let Err(e) = from_directory(&address) {
-                failures.push(format!("{address}: {e}"));
-                continue;
-            }
-            let dialed = match self.transports.connector(&address) {
-                Ok(connector) => {
-                    match tokio::time::timeout(self.dial_timeout, connector.connect_boxed()).await {
-                        Ok(dialed) => dialed.map_err(|e| e.to_string()),
-                        Err(_) => Err(format!("no answer within {:?}", self.dial_timeout)),
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            match dialed {
-                Ok(link) => {
+        // One instance at a time, in rank order; an instance's own addresses race.
+        let mut rest = ranked.as_slice();
+        while let Some((instance, _)) = rest.first() {
+            let same = rest.iter().take_while(|(i, _)| i == instance).count();
+            let (candidates, next) = rest.split_at(same);
+            rest = next;
+            match self.race(candidates, &mut failures).await {
+                Some((address, link)) => {
                     tracing::info!(
                         service = %self.service, %instance, %address,
                         "bound to an instance"
                     );
-                    self.whereabouts.set(Some(instance), address);
+                    self.whereabouts
+                        .set(Some(instance.clone()), address.clone());
                     return Ok(link);
                 }
-                Err(e) => failures.push(format!("{address}: {e}")),
+                None => continue,
             }
         }
         Err(no_instance(failures.join("; ")))
+    }
+}
+
+impl Binder {
+    /// Dials `candidates` (one instance's addresses, best first): each starts when the one
+    /// before it has failed or has gone [`Binder::fallback_delay`] without connecting; the
+    /// first link wins and the dials still running are dropped. Failures are noted in
+    /// `failures`; `None` if every address failed.
+    async fn race<'a>(
+        &self,
+        candidates: &'a [(String, Address)],
+        failures: &mut Vec<String>,
+    ) -> Option<(&'a Address, Link)> {
+        let mut waiting = candidates.iter().map(|(_, address)| address);
+        let mut dialing = futures::stream::FuturesUnordered::new();
+        loop {
+            if dialing.is_empty() {
+                let address = waiting.next()?;
+                dialing.push(self.dial(address));
+            }
+            let fallback = tokio::time::sleep(self.fallback_delay);
+            tokio::select! {
+                Some((address, dialed)) = dialing.next() => match dialed {
+                    Ok(link) => return Some((address, link)),
+                    Err(e) => {
+                        failures.push(format!("{address}: {e}"));
+                        // A failure starts the next address at once, not after the delay.
+                        if let Some(address) = waiting.next() {
+                            dialing.push(self.dial(address));
+                        }
+                    }
+                },
+                () = fallback, if waiting.len() > 0 => {
+                    if let Some(address) = waiting.next() {
+                        dialing.push(self.dial(address));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dials one address within the dial timeout.
+    async fn dial<'a>(&self, address: &'a Address) -> (&'a Address, Result<Link, String>) {
+        if let Err(e) = from_directory(address) {
+            return (address, Err(e));
+        }
+        let dialed = match self.transports.connector(address) {
+            Ok(connector) => {
+                match tokio::time::timeout(self.dial_timeout, connector.connect_boxed()).await {
+                    Ok(dialed) => dialed.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {:?}", self.dial_timeout)),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        (address, dialed)
     }
 }
 

@@ -138,6 +138,7 @@ impl<C: Codec> Client<C> {
             host: None,
             prefer: Prefer::default(),
             dial_timeout: std::time::Duration::from_secs(5),
+            fallback_delay: std::time::Duration::from_millis(250),
         }
     }
 
@@ -503,6 +504,7 @@ pub struct ClientBuilder<C> {
     host: Option<HostId>,
     prefer: Prefer,
     dial_timeout: std::time::Duration,
+    fallback_delay: std::time::Duration,
 }
 
 impl<C: fmt::Debug> fmt::Debug for ClientBuilder<C> {
@@ -593,6 +595,19 @@ impl<C: Codec> ClientBuilder<C> {
         self
     }
 
+    /// How long [`ClientBuilder::connect_named`] gives one address of an instance before it
+    /// also dials the instance's next address, racing them as browsers race IPv6 and IPv4
+    /// (RFC 8305): the first to connect wins and the others are dropped. An instance that
+    /// lists `quic://` and `tcp://` addresses is reached over QUIC when UDP gets through, and
+    /// over TCP after this delay when it does not. Each address still has its whole
+    /// [`ClientBuilder::dial_timeout`]; the instances themselves are tried one after another,
+    /// so that a client keeps its server when it can. [`Client::address`] tells which address
+    /// won. Default: 250 ms.
+    pub fn fallback_delay(mut self, delay: std::time::Duration) -> Self {
+        self.fallback_delay = delay;
+        self
+    }
+
     /// Connects to `address` (`quic://host:port`, `shm:///path`, `mem://name`; see
     /// [`courier::address`](crate::address)) through the transport registered for its scheme.
     /// A malformed address, or one whose scheme no registered transport serves, is an
@@ -634,6 +649,7 @@ impl<C: Codec> ClientBuilder<C> {
             transports: self.transports.take().unwrap_or_else(Transports::global),
             whereabouts: Arc::clone(&whereabouts),
             dial_timeout: self.dial_timeout,
+            fallback_delay: self.fallback_delay,
         });
         let link = binder.bind().await?;
         let connector: BoxConnector = Box::new(Arc::clone(&binder));
