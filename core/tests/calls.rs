@@ -277,6 +277,34 @@ async fn handlers_beyond_the_limit_are_refused_as_overloaded() {
     .await
 }
 
+/// A handler's place is free by the time its caller has the answer: a caller at the limit that
+/// calls again at once is never refused. The handler waits (so it ends on a task of its own,
+/// on whichever worker), and the caller runs on the other worker as soon as the reply reaches
+/// it: before the place was given back ahead of the reply, the caller sometimes won that race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_its_answer_finds_the_handlers_place_free() {
+    within(async {
+        let (lab, mut probes) = lab();
+        let server = Server::builder(Cbor::default())
+            .service(LabServer::new(lab))
+            .limits(Limits::default().max_handlers(1))
+            .build();
+        let lab = LabClient::new(connect(&server).await);
+        for round in 0..200 {
+            let held = tokio::spawn({
+                let lab = lab.clone();
+                async move { lab.hold(round).await }
+            });
+            assert_eq!(probes.started.recv().await, Some(round));
+            probes.gate.add_permits(1);
+            assert_eq!(held.await.unwrap().unwrap(), round);
+            let again = lab.echo(u64::from(round)).await;
+            assert_eq!(again, Ok(u64::from(round)), "round {round}");
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_over_the_limit_are_refused_on_both_sides() {
     within(async {

@@ -49,18 +49,22 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            match ticket.plain() {
-                // Counted now, given back to the connection with its next input: no lock
-                // at the end of most of a server's calls. SeqCst against the waiters: see
-                // `wait_room`.
-                Ok(_plain) => {
-                    self.shared.plain_ended.fetch_add(1, Ordering::SeqCst);
-                }
-                Err(ticket) => lock(&self.shared.conn).handler_finished(ticket),
+        give_back(&mut self.ticket, &self.shared);
+    }
+}
+
+/// Gives a handler's ticket back to its connection, if it still holds one.
+fn give_back(ticket: &mut Option<Ticket>, shared: &Shared) {
+    if let Some(ticket) = ticket.take() {
+        match ticket.plain() {
+            // Counted now, given back to the connection with its next input: no lock at the
+            // end of most of a server's calls. SeqCst against the waiters: see `wait_room`.
+            Ok(_plain) => {
+                shared.plain_ended.fetch_add(1, Ordering::SeqCst);
             }
-            self.shared.wake_room_waiters();
+            Err(ticket) => lock(&shared.conn).handler_finished(ticket),
         }
+        shared.wake_room_waiters();
     }
 }
 
@@ -445,7 +449,7 @@ async fn run_handler(
     header: Header,
     future: HandlerFuture,
     Timing { arrived, deadline }: Timing,
-    place: Place,
+    mut place: Place,
 ) -> &'static str {
     // Released when this future ends or is dropped, however that happens; it also holds the
     // link, so the handler needs no handle of its own.
@@ -484,6 +488,14 @@ async fn run_handler(
         Err(RpcError::Internal(format!("the handler panicked: {what}")))
     });
     let label = trace::outcome(&outcome);
+    // The handler is done: its place among the link's handlers goes back now, before its
+    // outcome is sent, so that a caller that has its answer and calls again at once finds
+    // the place free. A large call's ticket (its frame's bytes) stays until the outcome is
+    // sent: the bytes of unsent results count. The server's count of running handlers, which
+    // a shutdown waits on, still ends when this future does.
+    if (place.admission.ticket.as_ref()).is_some_and(|t| !t.counts_bytes()) {
+        give_back(&mut place.admission.ticket, shared);
+    }
     if header.kind == FrameKind::OneWay {
         if let Err(e) = outcome {
             tracing::warn!(call_id = header.call_id, error = %e, "one-way call failed");
