@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const EXPECTED: [&str; 17] = [
+const EXPECTED: [&str; 21] = [
     "floor memcpy",
     "courier cbor/mem",
     "courier xdr/mem",
@@ -26,7 +26,14 @@ const EXPECTED: [&str; 17] = [
     "courier cbor/quic",
     "courier xdr/quic",
     "tarpc bincode/tcp",
+    "floor tarpc bincode/tcp, no TLS",
+    "courier cbor/tcp",
+    "courier xdr/tcp",
+    "tarpc bincode/tcp+tls",
 ];
+
+/// The transports' groups, each a panel of the chart.
+const GROUPS: [&str; 4] = ["in-process", "shared memory", "QUIC", "TLS over TCP"];
 
 fn positive(row: &Value, key: &str) -> bool {
     row[key].as_f64().is_some_and(|v| v.is_finite() && v > 0.0)
@@ -74,6 +81,11 @@ fn quick_null_run_produces_every_row() {
             .find(|r| r["name"] == name)
             .unwrap_or_else(|| panic!("no row for {name}"));
         assert_eq!(row["payload"], "null", "{name}");
+        assert!(
+            GROUPS.contains(&row["group"].as_str().unwrap_or_default()),
+            "{name}: group {}",
+            row["group"]
+        );
         for key in ["p50_us", "p99_us", "calls_per_sec_1"] {
             assert!(positive(row, key), "{name}: {key} = {}", row[key]);
         }
@@ -107,6 +119,10 @@ fn quick_null_run_produces_every_row() {
     assert!(
         EXPECTED.iter().all(|name| chart.contains(name)),
         "a row is missing from the legend"
+    );
+    assert!(
+        GROUPS.iter().all(|group| chart.contains(group)),
+        "a transport has no panel"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -197,6 +197,10 @@ pub enum RowKind {
 pub struct Row {
     /// The row's name: `courier cbor/shm`, `floor raw-quinn`, `tarpc bincode/tcp`, ….
     pub name: String,
+    /// The group it was measured in, one per transport: `in-process`, `shared memory`,
+    /// `QUIC`, `TLS over TCP` (empty in reports from before groups were recorded).
+    #[serde(default)]
+    pub group: String,
     /// Courier, floor or peer.
     pub kind: RowKind,
     /// The payload.
@@ -391,7 +395,7 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn push(&mut self, entry: &Entry, payload: Payload, sample: Sample) {
+    fn push(&mut self, group: &str, entry: &Entry, payload: Payload, sample: Sample) {
         let bytes = payload.bytes();
         let moved = if entry.name == MEMCPY {
             bytes
@@ -400,6 +404,7 @@ impl Runner<'_> {
         };
         self.rows.push(Row {
             name: entry.name.clone(),
+            group: group.to_owned(),
             kind: entry.kind,
             payload,
             payload_bytes: bytes,
@@ -497,7 +502,7 @@ impl Runner<'_> {
                 }
             }
             for (entry, tally) in entries.iter().zip(tallies) {
-                self.push(entry, payload, tally.sample());
+                self.push(label, entry, payload, tally.sample());
             }
         }
         Ok(())

@@ -7,6 +7,29 @@ use plotters::prelude::*;
 
 use super::{Error, Payload, Report, RowKind};
 
+/// The size of one transport's panel in the chart, and of the legend at its foot.
+const PANEL_WIDTH: u32 = 700;
+const PANEL_HEIGHT: u32 = 520;
+const LEGEND_HEIGHT: u32 = 130;
+
+/// Courier's rows: strong colours, told apart from each other and from the floors' greys.
+const COURIER: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x4e, 0xb4),
+    RGBColor(0xd9, 0x5f, 0x02),
+    RGBColor(0x7b, 0x2c, 0xbf),
+    RGBColor(0xc2, 0x18, 0x5b),
+    RGBColor(0x00, 0x80, 0x80),
+    RGBColor(0x8c, 0x56, 0x1b),
+];
+/// Floors: greys, dashed.
+const FLOORS: [RGBColor; 3] = [
+    RGBColor(0x33, 0x33, 0x33),
+    RGBColor(0x77, 0x77, 0x77),
+    RGBColor(0xaa, 0xaa, 0xaa),
+];
+/// Peers: greens, thin.
+const PEERS: [RGBColor; 2] = [RGBColor(0x2e, 0x8b, 0x32), RGBColor(0x6b, 0xa3, 0x1f)];
+
 /// Three significant figures or so, without scientific notation.
 fn figure(v: f64) -> String {
     if v >= 100.0 {
@@ -59,89 +82,149 @@ impl Report {
         Ok(())
     }
 
-    /// Draws p50 latency per payload, one line per row name, on a log scale, as SVG.
+    /// Draws p50 latency per payload on a log scale, as SVG: one panel per transport, each
+    /// with its own scale and legend; Courier's rows thick, peers thin, floors dashed.
     pub fn write_svg(&self, path: &Path) -> Result<(), Error> {
+        let mut groups: Vec<&str> = Vec::new();
+        for row in &self.rows {
+            if !groups.contains(&row.group.as_str()) {
+                groups.push(&row.group);
+            }
+        }
+        if groups.is_empty() {
+            return Err("no rows to draw".into());
+        }
+        let columns = groups.len().min(2);
+        let lines = groups.len().div_ceil(columns);
+        let (width, height) = (
+            PANEL_WIDTH * columns as u32,
+            PANEL_HEIGHT * lines as u32 + 40,
+        );
+        let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (title, body) = root.split_vertically(40);
+        title.draw(&Text::new(
+            "Courier: round-trip p50 by payload, per transport (log scale; lower is better)",
+            (16, 10),
+            ("sans-serif", 20).into_font(),
+        ))?;
+        let panels = body.split_evenly((lines, columns));
+        for (group, panel) in groups.iter().zip(panels.iter()) {
+            self.draw_panel(group, panel)?;
+        }
+        root.present()?;
+        Ok(())
+    }
+
+    /// One transport's panel: its rows' p50 by payload, and their legend beneath.
+    fn draw_panel<DB: DrawingBackend>(
+        &self,
+        group: &str,
+        panel: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> Result<(), Error>
+    where
+        DB::ErrorType: 'static,
+    {
+        let rows: Vec<_> = self.rows.iter().filter(|r| r.group == group).collect();
         let payloads: Vec<Payload> = Payload::ALL
             .into_iter()
-            .filter(|p| self.rows.iter().any(|r| r.payload == *p))
+            .filter(|p| rows.iter().any(|r| r.payload == *p))
             .collect();
         let mut names: Vec<(&str, RowKind)> = Vec::new();
-        for row in &self.rows {
+        for row in &rows {
             if !names.iter().any(|(n, _)| *n == row.name) {
                 names.push((&row.name, row.kind));
             }
         }
-        let (lo, hi) = self
-            .rows
+        let (lo, hi) = rows
             .iter()
             .map(|r| r.p50_us)
             .filter(|v| v.is_finite() && *v > 0.0)
             .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
         if lo > hi {
-            return Err("no rows to draw".into());
+            return Ok(());
         }
-        let slots = payloads.len() as i32;
-
-        let root = SVGBackend::new(path, (1100, 640)).into_drawing_area();
-        root.fill(&WHITE)?;
-        // The chart on the left, the legend in its own column on the right, clear of the lines.
-        let (plot, legend) = root.split_horizontally(840);
+        let last = payloads.len().saturating_sub(1) as f64;
+        let (plot, legend) = panel.split_vertically(PANEL_HEIGHT - LEGEND_HEIGHT);
         let mut chart = ChartBuilder::on(&plot)
-            .caption(
-                "Courier: round-trip p50 by payload (log scale; lower is better)",
-                ("sans-serif", 20),
-            )
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(70)
-            .build_cartesian_2d(
-                (0..slots).into_segmented(),
-                ((lo / 1.5)..(hi * 1.5)).log_scale(),
-            )?;
+            .caption(group, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            // Half a slot of room on each side of the first and last payloads, no more.
+            .build_cartesian_2d(-0.5..(last + 0.5), ((lo / 1.5)..(hi * 1.5)).log_scale())?;
         chart
             .configure_mesh()
-            .x_label_formatter(&|x| match x {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => payloads
-                    .get(*i as usize)
-                    .map_or_else(String::new, |p| p.label().to_owned()),
-                SegmentValue::Last => String::new(),
+            .x_labels(payloads.len())
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() > 0.01 || i < 0.0 {
+                    return String::new();
+                }
+                payloads
+                    .get(i as usize)
+                    .map_or_else(String::new, |p| p.label().to_owned())
             })
+            .disable_x_mesh()
             .y_label_formatter(&|y| figure(*y))
-            .x_desc("payload")
-            .y_desc("round trip p50, µs")
+            .y_desc("p50, µs")
             .draw()?;
+        let (mut courier, mut floors, mut peers) = (0, 0, 0);
         for (i, (name, kind)) in names.iter().enumerate() {
-            let colour = Palette99::pick(i).to_rgba();
-            // Floors and peers are thin; Courier's own rows stand out.
-            let width = if *kind == RowKind::Courier { 3 } else { 1 };
-            let points: Vec<(SegmentValue<i32>, f64)> = payloads
+            let points: Vec<(f64, f64)> = payloads
                 .iter()
                 .enumerate()
                 .filter_map(|(x, p)| {
-                    self.rows
-                        .iter()
+                    rows.iter()
                         .find(|r| r.name == *name && r.payload == *p)
-                        .map(|r| (SegmentValue::CenterOf(x as i32), r.p50_us))
+                        .map(|r| (x as f64, r.p50_us))
                 })
                 .collect();
-            chart.draw_series(LineSeries::new(points.clone(), colour.stroke_width(width)))?;
+            let (style, dashed) = match kind {
+                RowKind::Courier => {
+                    courier += 1;
+                    (
+                        COURIER[(courier - 1) % COURIER.len()].stroke_width(3),
+                        false,
+                    )
+                }
+                RowKind::Floor => {
+                    floors += 1;
+                    (FLOORS[(floors - 1) % FLOORS.len()].stroke_width(2), true)
+                }
+                RowKind::Peer => {
+                    peers += 1;
+                    (PEERS[(peers - 1) % PEERS.len()].stroke_width(1), false)
+                }
+            };
+            if dashed {
+                chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))?;
+            } else {
+                chart.draw_series(LineSeries::new(points.clone(), style))?;
+            }
             chart.draw_series(
                 points
                     .into_iter()
-                    .map(|p| Circle::new(p, width + 2, colour.filled())),
+                    .map(|p| Circle::new(p, style.stroke_width + 2, style.color.filled())),
             )?;
-            let y = 60 + 26 * i as i32;
-            legend.draw(&PathElement::new(
-                vec![(10, y), (40, y)],
-                colour.stroke_width(width),
-            ))?;
+            // The legend in two columns under the chart.
+            let (column, line) = (i % 2, i / 2);
+            let x = 70 + 320 * column as i32;
+            let y = 14 + 22 * line as i32;
+            let sample = if dashed {
+                vec![((x, y), (x + 12, y)), ((x + 18, y), (x + 30, y))]
+            } else {
+                vec![((x, y), (x + 30, y))]
+            };
+            for (from, to) in sample {
+                legend.draw(&PathElement::new(vec![from, to], style))?;
+            }
             legend.draw(&Text::new(
                 name.to_string(),
-                (48, y - 7),
-                ("sans-serif", 14).into_font(),
+                (x + 38, y - 7),
+                ("sans-serif", 13).into_font(),
             ))?;
         }
-        root.present()?;
         Ok(())
     }
 }
