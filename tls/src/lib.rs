@@ -200,6 +200,29 @@ impl ServerTls {
         self
     }
 
+    /// The identity a listener's address asks for: the PEM files its `cert` and `key` options
+    /// name (both or neither), or else `configured`, the transport's own. The error says what
+    /// to add, naming `transport` (`QuicTransport`, `TcpTransport`).
+    pub fn for_address(
+        cert: Option<&str>,
+        key: Option<&str>,
+        configured: Option<&ServerTls>,
+        transport: &str,
+    ) -> Result<ServerTls, String> {
+        match (cert, key, configured) {
+            (Some(cert), Some(key), _) => Self::from_pem_files(cert, key)
+                .map_err(|e| format!("cannot read `{cert}` and `{key}`: {e}")),
+            (Some(_), None, _) | (None, Some(_), _) => {
+                Err("`cert` and `key` go together".to_owned())
+            }
+            (None, None, Some(tls)) => Ok(tls.clone()),
+            (None, None, None) => Err(format!(
+                "no certificate: add `?cert=chain.pem&key=key.pem` or configure \
+                 {transport}::server_tls"
+            )),
+        }
+    }
+
     /// [`ServerTls::require_client_certificates`] with the roots read from a PEM file.
     pub fn require_client_certificates_pem(self, roots: impl AsRef<Path>) -> Result<Self, Error> {
         Ok(self.require_client_certificates(read_certs(roots.as_ref())?))
@@ -288,6 +311,26 @@ impl ClientTls {
         Ok(Self::trusting(read_certs(roots.as_ref())?))
     }
 
+    /// The roots a client's address asks for: the PEM file its `ca` option names, or else
+    /// `configured`, the transport's own. The error says what to add, naming `transport`
+    /// (`QuicTransport`, `TcpTransport`).
+    pub fn for_address(
+        ca: Option<&str>,
+        configured: Option<&ClientTls>,
+        transport: &str,
+    ) -> Result<ClientTls, String> {
+        match (ca, configured) {
+            (Some(ca), _) => {
+                Self::from_pem_file(ca).map_err(|e| format!("cannot read the roots in `{ca}`: {e}"))
+            }
+            (None, Some(tls)) => Ok(tls.clone()),
+            (None, None) => Err(format!(
+                "no roots to trust: add `?ca=/path/to/roots.pem` or configure \
+                 {transport}::client_tls"
+            )),
+        }
+    }
+
     /// Presents this certificate chain (leaf first) and key to servers that ask (mutual TLS).
     pub fn with_identity(
         mut self,
@@ -336,6 +379,25 @@ mod tests {
         assert_eq!(&parsed, cert.certificate());
         let key = PrivateKeyDer::from_pem_slice(cert.private_key_pem().as_bytes()).unwrap();
         assert_eq!(key.secret_der(), cert.private_key().secret_der());
+    }
+
+    #[test]
+    fn an_address_without_certificates_is_told_what_to_add() {
+        let cert = DevCert::localhost().unwrap();
+        let err = ClientTls::for_address(None, None, "TcpTransport").unwrap_err();
+        assert!(
+            err.contains("?ca=") && err.contains("TcpTransport::client_tls"),
+            "{err}"
+        );
+        assert!(ClientTls::for_address(None, Some(&ClientTls::trusting_dev(&cert)), "T").is_ok());
+        let err = ServerTls::for_address(None, None, None, "QuicTransport").unwrap_err();
+        assert!(
+            err.contains("?cert=") && err.contains("QuicTransport::server_tls"),
+            "{err}"
+        );
+        let err = ServerTls::for_address(Some("a.pem"), None, None, "T").unwrap_err();
+        assert!(err.contains("go together"), "{err}");
+        assert!(ServerTls::for_address(None, None, Some(&ServerTls::dev(&cert)), "T").is_ok());
     }
 
     #[test]

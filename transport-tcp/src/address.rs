@@ -88,17 +88,12 @@ impl Transport for TcpTransport {
     fn connector(&self, address: &Address) -> Result<Arc<dyn DynConnector>, AddressError> {
         address.check_params(&["server_name", "ca"])?;
         let (host, port) = host_port(address)?;
-        let tls = match (address.param("ca"), &self.client_tls) {
-            (Some(ca), _) => ClientTls::from_pem_file(ca)
-                .map_err(|e| address.unusable(format!("cannot read the roots in `{ca}`: {e}")))?,
-            (None, Some(tls)) => tls.clone(),
-            (None, None) => {
-                return Err(address.unusable(
-                    "no roots to trust: add `?ca=/path/to/roots.pem` or configure \
-                     TcpTransport::client_tls",
-                ))
-            }
-        };
+        let tls = ClientTls::for_address(
+            address.param("ca"),
+            self.client_tls.as_ref(),
+            "TcpTransport",
+        )
+        .map_err(|e| address.unusable(e))?;
         let server_name = address.param("server_name").unwrap_or(host).to_owned();
         // Fails now, not at the first connect, if the settings are wrong (the address is a
         // placeholder: each connect looks the host up again).
@@ -117,24 +112,13 @@ impl Transport for TcpTransport {
     fn listen(&self, address: &Address) -> Result<Bound, AddressError> {
         address.check_params(&["cert", "key"])?;
         let (host, port) = host_port(address)?;
-        let tls = match (
+        let tls = ServerTls::for_address(
             address.param("cert"),
             address.param("key"),
-            &self.server_tls,
-        ) {
-            (Some(cert), Some(key), _) => ServerTls::from_pem_files(cert, key)
-                .map_err(|e| address.unusable(format!("cannot read `{cert}` and `{key}`: {e}")))?,
-            (Some(_), None, _) | (None, Some(_), _) => {
-                return Err(address.unusable("`cert` and `key` go together"))
-            }
-            (None, None, Some(tls)) => tls.clone(),
-            (None, None, None) => {
-                return Err(address.unusable(
-                    "no certificate: add `?cert=chain.pem&key=key.pem` or configure \
-                     TcpTransport::server_tls",
-                ))
-            }
-        };
+            self.server_tls.as_ref(),
+            "TcpTransport",
+        )
+        .map_err(|e| address.unusable(e))?;
         let addr = (host, port)
             .to_socket_addrs()
             .map_err(|e| address.unusable(format!("cannot resolve `{host}`: {e}")))?
