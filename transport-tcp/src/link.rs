@@ -13,15 +13,13 @@
 //! - A frame that has begun must arrive whole within the frame timeout, or the connection is
 //!   closed: on a byte stream a stalled frame stalls everything behind it.
 //!
-//! Sending needs no task of its own: a sender that finds nobody writing writes its frame itself
-//! and then whatever others queued meanwhile, so a lone call leaves from its caller's task,
-//! and calls that come together leave in one TLS record and one system call. The queue is
-//! bounded: a full one makes senders wait (the back-pressure of a peer that reads slowly).
-//! Closing writes what was queued, then TLS's `close_notify`, then shuts the socket's sending
-//! side.
+//! Sending goes through one writer task, fed by a bounded queue: small frames that queue up
+//! together go out in one TLS record and one system call; a full queue makes senders wait
+//! (the back-pressure of a peer that reads slowly). Closing writes what was queued, then TLS's
+//! `close_notify`, then shuts the socket's sending side.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,10 +27,9 @@ use courier::transport::{heap_buffer, take_heap_buffer, FrameBuf, Link, LinkRx, 
 use courier::wire::{Claims, HEADER_LEN};
 use courier::{Peer, TransportError};
 use futures::future::BoxFuture;
-use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsStream;
 
 use crate::TcpOptions;
@@ -51,17 +48,13 @@ type Stream = TlsStream<TcpStream>;
 /// Makes a link of an established TLS connection.
 pub(crate) fn link(stream: Stream, peer: Peer, options: &TcpOptions) -> Link {
     let (read, write) = tokio::io::split(stream);
-    let tx = Tx(Arc::new(Sending {
-        writer: Arc::new(tokio::sync::Mutex::new(Writer {
-            write,
-            first: true,
-            gathered: Vec::with_capacity(GATHER),
-            failed: false,
-        })),
-        queue: Mutex::new(Queue::default()),
-        room: Notify::new(),
-        limit: options.send_queue,
-    }));
+    let (queue, frames) = mpsc::channel(options.send_queue);
+    let state = Arc::new(State {
+        closing: AtomicBool::new(false),
+        close: Notify::new(),
+    });
+    tokio::spawn(write_loop(write, frames, Arc::clone(&state)));
+    let tx = Tx { queue, state };
     let rx = Rx {
         read,
         buf: BytesMut::new(),
@@ -77,204 +70,32 @@ pub(crate) fn link(stream: Stream, peer: Peer, options: &TcpOptions) -> Link {
     }
 }
 
-/// The sending half. Whoever sends while nobody writes becomes the writer: it writes its own
-/// frame, then whatever others queued meanwhile, and flushes; so a lone call goes out from its
-/// caller's task, with no hand-off to a writer task (and no wake-up of a sleeping thread),
-/// while calls that come together leave in one TLS record and one system call.
+/// What the senders and the writer share.
 #[derive(Debug)]
-struct Tx(Arc<Sending>);
+struct State {
+    /// Set by [`LinkTx::close`]: nothing more is taken, and the writer ends once the queue is
+    /// written.
+    closing: AtomicBool,
+    close: Notify,
+}
 
+/// The sending half: a queue to the writer task.
 #[derive(Debug)]
-struct Sending {
-    /// The socket's sending half; held by the one sender that writes (see [`Queue::busy`]),
-    /// or by the close.
-    writer: Arc<tokio::sync::Mutex<Writer>>,
-    queue: Mutex<Queue>,
-    /// Signalled when the queue has room again, or the link closed.
-    room: Notify,
-    limit: usize,
+struct Tx {
+    queue: mpsc::Sender<Bytes>,
+    state: Arc<State>,
 }
 
-#[derive(Debug, Default)]
-struct Queue {
-    frames: VecDeque<Bytes>,
-    /// A sender is writing: frames queued now are written by it before it stops.
-    busy: bool,
-    /// [`LinkTx::close`] was called, or the socket failed: nothing more is taken.
-    closed: bool,
-}
-
-#[derive(Debug)]
-struct Writer {
-    write: WriteHalf<Stream>,
-    /// The hello or welcome, with its length before it, is still to go.
-    first: bool,
-    gathered: Vec<u8>,
-    failed: bool,
-}
-
-impl Writer {
-    /// Writes `frame`: small ones are gathered, to go out together at the next flush.
-    async fn put(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        if self.first {
-            // The hello or the welcome: its length before it.
-            self.first = false;
-            let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-            self.gathered.extend_from_slice(&len.to_be_bytes());
-        }
-        if frame.len() >= LARGE {
-            self.write_gathered().await?;
-            self.write.write_all(frame).await
-        } else {
-            self.gathered.extend_from_slice(frame);
-            if self.gathered.len() >= GATHER {
-                self.write_gathered().await?;
-            }
-            Ok(())
-        }
-    }
-
-    async fn write_gathered(&mut self) -> std::io::Result<()> {
-        if !self.gathered.is_empty() {
-            self.write.write_all(&self.gathered).await?;
-            self.gathered.clear();
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        self.write_gathered().await?;
-        self.write.flush().await
-    }
-}
-
-fn lock_queue(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    queue.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What a sender does with its frame, decided under the queue's lock.
-enum Turn {
-    /// Queued: the sender that is writing will write it.
-    Queued,
-    /// Nobody writes: this sender writes, starting with its own frame.
-    Write(Bytes),
-    /// The queue is full: wait for room, then try again.
-    Full(Bytes),
-}
-
-impl Sending {
-    fn turn(&self, frame: Bytes) -> Result<Turn, TransportError> {
-        let mut queue = lock_queue(&self.queue);
-        if queue.closed {
+impl Tx {
+    async fn push(&self, frame: Bytes) -> Result<(), TransportError> {
+        if self.state.closing.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
-        if !queue.busy {
-            queue.busy = true;
-            return Ok(Turn::Write(frame));
-        }
-        if queue.frames.len() >= self.limit {
-            return Ok(Turn::Full(frame));
-        }
-        queue.frames.push_back(frame);
-        Ok(Turn::Queued)
+        self.queue
+            .send(frame)
+            .await
+            .map_err(|_| TransportError::Closed)
     }
-
-    async fn send(self: &Arc<Self>, mut frame: Bytes) -> Result<(), TransportError> {
-        loop {
-            // Registered before the turn is decided, so that room freed in between is seen.
-            let room = self.room.notified();
-            match self.turn(frame)? {
-                Turn::Queued => return Ok(()),
-                Turn::Write(frame) => return self.start_writing(frame),
-                Turn::Full(back) => {
-                    frame = back;
-                    room.await;
-                }
-            }
-        }
-    }
-
-    /// Writes `first` and what queues behind it, on this task as far as that goes without
-    /// waiting for the socket. If the socket makes it wait, the rest goes on a task of its own:
-    /// the sender is not held up by others' frames, and a sender whose future is dropped
-    /// cannot leave half a frame on the stream.
-    fn start_writing(self: &Arc<Self>, first: Bytes) -> Result<(), TransportError> {
-        let Ok(writer) = Arc::clone(&self.writer).try_lock_owned() else {
-            // Only the close holds it while a sender may write: the link is closing.
-            lock_queue(&self.queue).busy = false;
-            self.room.notify_waiters();
-            return Err(TransportError::Closed);
-        };
-        let mut writing = Box::pin(drain(Arc::clone(self), writer, first));
-        match (&mut writing).now_or_never() {
-            Some(outcome) => outcome,
-            None => {
-                tokio::spawn(async move {
-                    let _: Result<(), TransportError> = writing.await;
-                });
-                Ok(())
-            }
-        }
-    }
-
-    /// After [`LinkTx::close`]: once the writer (if any) has written what was queued, TLS's
-    /// close_notify and the end of the TCP stream.
-    async fn finish(&self) {
-        let mut writer = self.writer.lock().await;
-        // The writer's lock is taken after any sender that was writing stopped, and nobody
-        // can start again (the queue is closed): what is left in the queue goes now.
-        let left: Vec<Bytes> = lock_queue(&self.queue).frames.drain(..).collect();
-        for frame in left {
-            if writer.failed || writer.put(&frame).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_ok() {
-            let _ = writer.write.shutdown().await;
-        }
-    }
-}
-
-/// Writes `first`, then what the queue holds, until it is empty; then flushes and stops
-/// being the writer. A frame queued before the queue is found empty is written here; one
-/// queued after makes its sender the writer.
-async fn drain(
-    sending: Arc<Sending>,
-    mut writer: tokio::sync::OwnedMutexGuard<Writer>,
-    first: Bytes,
-) -> Result<(), TransportError> {
-    let mut batch = vec![first];
-    let outcome = loop {
-        for frame in batch.drain(..) {
-            if !writer.failed && writer.put(&frame).await.is_err() {
-                writer.failed = true;
-            }
-        }
-        if !writer.failed && writer.flush().await.is_err() {
-            writer.failed = true;
-        }
-        let mut queue = lock_queue(&sending.queue);
-        // Stopping, the writer lets go of the socket before the queue's lock, under which
-        // the next sender finds nobody writing: that sender then finds the socket free.
-        if writer.failed {
-            // The socket is gone: the queued frames with it, and every later send fails.
-            queue.closed = true;
-            queue.frames.clear();
-            queue.busy = false;
-            drop(writer);
-            break Err(TransportError::Closed);
-        }
-        if queue.frames.is_empty() {
-            queue.busy = false;
-            drop(writer);
-            break Ok(());
-        }
-        batch.extend(queue.frames.drain(..));
-        drop(queue);
-        sending.room.notify_waiters();
-    };
-    sending.room.notify_waiters();
-    outcome
 }
 
 impl LinkTx for Tx {
@@ -289,43 +110,91 @@ impl LinkTx for Tx {
     fn send(&self, message: Box<dyn FrameBuf>) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             let frame = take_heap_buffer(message, "TCP")?.freeze();
-            self.0.send(frame).await
+            self.push(frame).await
         })
     }
 
     fn close(&self) {
-        {
-            let mut queue = lock_queue(&self.0.queue);
-            if queue.closed {
-                return;
-            }
-            queue.closed = true;
-        }
-        self.0.room.notify_waiters();
-        // Writing what is queued may wait for the peer; it goes on without the caller.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let sending = Arc::clone(&self.0);
-            runtime.spawn(async move { sending.finish().await });
-        }
+        self.state.closing.store(true, Ordering::Release);
+        self.state.close.notify_one();
     }
 
     fn send_shared(&self, frame: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
-        Box::pin(self.0.send(frame))
+        Box::pin(self.push(frame))
     }
 
     fn try_send_shared(&self, frame: Bytes) -> TrySend {
-        // Joins the batch of a sender that is writing, if there is one with room; otherwise
-        // the engine sends it with `send_shared`, which writes it.
-        let mut queue = lock_queue(&self.0.queue);
-        if queue.closed {
+        if self.state.closing.load(Ordering::Acquire) {
             return TrySend::Failed(TransportError::Closed);
         }
-        if queue.busy && queue.frames.len() < self.0.limit {
-            queue.frames.push_back(frame);
-            return TrySend::Sent;
+        match self.queue.try_send(frame) {
+            Ok(()) => TrySend::Sent,
+            Err(mpsc::error::TrySendError::Full(frame)) => TrySend::Wait(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => TrySend::Failed(TransportError::Closed),
         }
-        TrySend::Wait(frame)
     }
+}
+
+/// Writes the queued frames until the link closes or the socket fails.
+async fn write_loop(
+    mut write: WriteHalf<Stream>,
+    mut frames: mpsc::Receiver<Bytes>,
+    state: Arc<State>,
+) {
+    let mut first = true;
+    let mut gathered: Vec<u8> = Vec::with_capacity(GATHER);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = frames.recv() => frame,
+            () = state.close.notified() => None,
+        };
+        let Some(frame) = frame else { break };
+        let mut next = Some(frame);
+        while let Some(frame) = next.take() {
+            if first {
+                // The hello or the welcome: its length before it.
+                first = false;
+                let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                gathered.extend_from_slice(&len.to_be_bytes());
+            }
+            if frame.len() >= LARGE {
+                if write_all(&mut write, &mut gathered).await.is_err()
+                    || write.write_all(&frame).await.is_err()
+                {
+                    return;
+                }
+            } else {
+                gathered.extend_from_slice(&frame);
+                if gathered.len() >= GATHER && write_all(&mut write, &mut gathered).await.is_err() {
+                    return;
+                }
+            }
+            next = frames.try_recv().ok();
+        }
+        if write_all(&mut write, &mut gathered).await.is_err() || write.flush().await.is_err() {
+            return;
+        }
+    }
+    // Closing: what was queued before the close still goes, then close_notify and FIN.
+    frames.close();
+    while let Ok(frame) = frames.try_recv() {
+        gathered.extend_from_slice(&frame);
+        if write_all(&mut write, &mut gathered).await.is_err() {
+            return;
+        }
+    }
+    if write_all(&mut write, &mut gathered).await.is_ok() {
+        let _ = write.shutdown().await;
+    }
+}
+
+async fn write_all(write: &mut WriteHalf<Stream>, gathered: &mut Vec<u8>) -> std::io::Result<()> {
+    if !gathered.is_empty() {
+        write.write_all(gathered).await?;
+        gathered.clear();
+    }
+    Ok(())
 }
 
 /// The receiving half: reads messages off the stream, one at a time.
