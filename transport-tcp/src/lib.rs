@@ -79,6 +79,7 @@ pub struct TcpOptions {
     pub(crate) frame_timeout: Duration,
     pub(crate) send_queue: usize,
     backlog: usize,
+    max_handshakes: usize,
 }
 
 impl Default for TcpOptions {
@@ -89,6 +90,7 @@ impl Default for TcpOptions {
             frame_timeout: Duration::from_secs(30),
             send_queue: 256,
             backlog: 128,
+            max_handshakes: 256,
         }
     }
 }
@@ -123,6 +125,15 @@ impl TcpOptions {
         self
     }
 
+    /// How many TLS handshakes a listener runs at once; a connection that comes while that
+    /// many are under way is closed at once, so that a flood of connections that never
+    /// finish TLS cannot hold a task and a descriptor each for the handshake time. Default:
+    /// 256.
+    pub fn max_handshakes(mut self, handshakes: usize) -> Self {
+        self.max_handshakes = handshakes.max(1);
+        self
+    }
+
     /// How many connections that finished their TLS handshake may wait for the server to take
     /// them; beyond that, new ones wait in the kernel's queue. Default: 128.
     pub fn backlog(mut self, connections: usize) -> Self {
@@ -145,6 +156,13 @@ fn tls_failed(addr: SocketAddr, e: std::io::Error) -> TransportError {
         },
         None => TransportError::io(format!("TLS handshake with {addr}"), e),
     }
+}
+
+/// The certificate chain the peer presented (DER, leaf first), if any.
+fn certificates(tls: &rustls::CommonState) -> Vec<Vec<u8>> {
+    tls.peer_certificates()
+        .map(|chain| chain.iter().map(|c| c.as_ref().to_vec()).collect())
+        .unwrap_or_default()
 }
 
 /// Accepts TLS connections on a TCP socket, each as a Courier link.
@@ -200,6 +218,7 @@ async fn accept_loop(
     options: TcpOptions,
     links: mpsc::Sender<Link>,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(options.max_handshakes));
     loop {
         let (tcp, addr) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -209,6 +228,12 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // A flood of connections that never finish TLS holds a task and a descriptor each
+        // for the handshake time: past the bound, new ones are closed at once.
+        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            tracing::debug!(peer = %addr, "too many TLS handshakes at once: connection closed");
+            continue;
         };
         let (acceptor, options, links) = (acceptor.clone(), options.clone(), links.clone());
         tokio::spawn(async move {
@@ -225,12 +250,8 @@ async fn accept_loop(
                     return;
                 }
             };
-            let certificates = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|chain| chain.iter().map(|c| c.as_ref().to_vec()).collect())
-                .unwrap_or_default();
+            drop(permit);
+            let certificates = certificates(stream.get_ref().1);
             let peer = Peer::Network { addr, certificates };
             let link = link::link(tokio_rustls::TlsStream::Server(stream), peer, &options);
             // The listener is gone: the link drops, and with it the connection.
@@ -297,15 +318,9 @@ impl TcpConnector {
             .connect(self.name.clone(), tcp)
             .await
             .map_err(|e| tls_failed(addr, e))?;
-        let certificates = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|chain| chain.iter().map(|c| c.as_ref().to_vec()).collect())
-            .unwrap_or_default();
         let peer = Peer::Network {
             addr: self.addr,
-            certificates,
+            certificates: certificates(stream.get_ref().1),
         };
         Ok(link::link(
             tokio_rustls::TlsStream::Client(stream),

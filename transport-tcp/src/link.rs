@@ -256,7 +256,7 @@ impl Rx {
                 )));
             }
             self.fill_rest(len, "a handshake message").await?;
-            return Ok(Some(self.buf.split_to(len).freeze()));
+            return Ok(Some(self.take(len)));
         }
         while self.skip > 0 {
             if self.buf.is_empty() && !self.fill(1).await? {
@@ -276,10 +276,25 @@ impl Rx {
         if size > self.limit {
             // Not read: the header alone tells the engine what was refused.
             self.skip = size - HEADER_LEN;
-            return Ok(Some(self.buf.split_to(HEADER_LEN).freeze()));
+            return Ok(Some(self.take(HEADER_LEN)));
         }
         self.fill_rest(size, "a frame").await?;
-        Ok(Some(self.buf.split_to(size).freeze()))
+        Ok(Some(self.take(size)))
+    }
+
+    /// The next `n` buffered bytes as a message of their own. A message smaller than a read
+    /// is copied out: split off, it would keep the whole read's buffer alive for as long as
+    /// its handler runs, so a peer sending one small call per read could make each running
+    /// call hold 64 KiB. A larger message was read into a buffer sized for it, and is split
+    /// off without a copy.
+    fn take(&mut self, n: usize) -> Bytes {
+        if n < READ_CHUNK {
+            let message = Bytes::copy_from_slice(&self.buf[..n]);
+            self.buf.advance(n);
+            message
+        } else {
+            self.buf.split_to(n).freeze()
+        }
     }
 }
 

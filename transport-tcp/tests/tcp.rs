@@ -362,3 +362,33 @@ async fn where_quic_answers_a_client_given_both_addresses_uses_quic() {
     })
     .await
 }
+
+#[tokio::test]
+async fn connections_beyond_the_handshakes_under_way_are_closed_at_once() {
+    within(async {
+        let cert = DevCert::localhost().unwrap();
+        // Each handshake may take far longer than the test's bound: only the cap closes the
+        // second connection in time.
+        let options = TcpOptions::default()
+            .max_handshakes(1)
+            .handshake_timeout(Duration::from_secs(600));
+        let addr = serve(ServerTls::dev(&cert), options.clone());
+        // A client that connects and says nothing holds the only handshake.
+        let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut refused = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(until_closed(&mut refused).await.is_empty());
+        // Once it leaves, the handshake is free again for a client that speaks.
+        drop(silent);
+        let connector =
+            TcpConnector::new(addr, "localhost", ClientTls::trusting_dev(&cert), options).unwrap();
+        let client = loop {
+            // The server notices the silent client's departure on its own time.
+            match Client::builder(Cbor::default()).connect(&connector).await {
+                Ok(client) => break client,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        assert_eq!(WhoClient::new(client).certificates().await.unwrap(), 0);
+    })
+    .await
+}
