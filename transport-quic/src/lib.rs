@@ -42,10 +42,10 @@
 
 mod address;
 mod link;
+mod options;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use courier::transport::{Connector, Link, Listener};
 use courier::TransportError;
@@ -54,6 +54,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 pub use address::QuicTransport;
 pub use courier_tls::{ClientTls, DevCert, ServerTls, ALPN};
+pub use options::{Congestion, QuicOptions};
 
 /// Why a QUIC endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -69,107 +70,6 @@ pub enum Error {
     /// Another configuration problem, described.
     #[error("configuration: {0}")]
     Config(String),
-}
-
-/// Transport settings shared by listeners and connectors. Each has a documented default.
-#[derive(Debug, Clone)]
-pub struct QuicOptions {
-    idle_timeout: Duration,
-    keep_alive: Option<Duration>,
-    max_concurrent_calls: u32,
-    max_frame_size: usize,
-    receive_budget: usize,
-    receive_ceiling: usize,
-    frame_timeout: Duration,
-}
-
-impl Default for QuicOptions {
-    fn default() -> Self {
-        QuicOptions {
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Some(Duration::from_secs(10)),
-            max_concurrent_calls: 1024,
-            max_frame_size: courier::Limits::default().frame_size_limit(),
-            receive_budget: 64 * 1024 * 1024,
-            receive_ceiling: 1 << 30,
-            frame_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl QuicOptions {
-    /// How long a silent connection lives. A peer that vanishes without closing (a crash, a
-    /// cable pulled) is declared lost after this. Default: 30 s.
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
-        self
-    }
-
-    /// How often to send keep-alives on a quiet connection, so the idle timeout only fires when
-    /// the peer is really gone; `None` to send none. Default: every 10 s.
-    pub fn keep_alive(mut self, interval: Option<Duration>) -> Self {
-        self.keep_alive = interval;
-        self
-    }
-
-    /// How many calls the peer may have open at once on one connection (QUIC streams);
-    /// further calls wait for a stream. Default: 1024.
-    pub fn max_concurrent_calls(mut self, calls: u32) -> Self {
-        self.max_concurrent_calls = calls.max(1);
-        self
-    }
-
-    /// Largest frame read from the peer; a larger one is refused with
-    /// [`RpcError::FrameTooLarge`](courier::RpcError::FrameTooLarge) for its call only.
-    /// Default: the same as [`courier::Limits`].
-    pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.max_frame_size = bytes.max(courier::wire::HEADER_LEN);
-        self
-    }
-
-    /// Bytes of received frames one connection may hold before its readers wait (and QUIC
-    /// flow control pushes back on the peer). Frames larger than 4 KiB are counted as their
-    /// bytes arrive, never on the word of their header. Never less than the frame size limit.
-    /// Default: 64 MiB.
-    pub fn receive_budget(mut self, bytes: usize) -> Self {
-        self.receive_budget = bytes;
-        self
-    }
-
-    /// Bytes of received frames all the connections of one listener may hold together: the
-    /// listener's ceiling on what its peers can make it keep in memory, whatever their number.
-    /// Readers past it wait, as they do past their connection's budget. Never less than the
-    /// frame size limit. Listeners only. Default: 1 GiB.
-    pub fn receive_ceiling(mut self, bytes: usize) -> Self {
-        self.receive_ceiling = bytes;
-        self
-    }
-
-    /// How long one frame may take to arrive once its first byte has: a frame still
-    /// incomplete after that is dropped with the memory it held, the stream is stopped, and
-    /// the call fails with a protocol error. Protects against peers that announce large frames
-    /// and send them slowly or never. Default: 30 s.
-    pub fn frame_timeout(mut self, timeout: Duration) -> Self {
-        self.frame_timeout = timeout;
-        self
-    }
-
-    /// The quinn transport configuration these options make, for tools that drive quinn
-    /// directly with the same settings.
-    pub fn into_transport(&self) -> Result<quinn::TransportConfig, Error> {
-        self.transport()
-    }
-
-    fn transport(&self) -> Result<quinn::TransportConfig, Error> {
-        let mut t = quinn::TransportConfig::default();
-        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
-            .map_err(|e| Error::Config(format!("idle timeout: {e}")))?;
-        t.max_idle_timeout(Some(idle))
-            .keep_alive_interval(self.keep_alive)
-            .max_concurrent_bidi_streams(self.max_concurrent_calls.into())
-            .max_concurrent_uni_streams(self.max_concurrent_calls.into());
-        Ok(t)
-    }
 }
 
 fn tls_error(e: &quinn::ConnectionError) -> Option<String> {
@@ -193,32 +93,6 @@ fn connection_error(addr: SocketAddr, e: quinn::ConnectionError) -> TransportErr
             source: Some(Arc::new(e)),
         },
         None => TransportError::connection(format!("QUIC connection to {addr} failed"), e),
-    }
-}
-
-/// How a link reads frames: its limits and budgets.
-#[derive(Debug, Clone)]
-pub(crate) struct ReadLimits {
-    pub(crate) max_frame: usize,
-    pub(crate) frame_timeout: Duration,
-    /// Received bytes this connection may hold.
-    pub(crate) connection: Arc<Semaphore>,
-    /// Received bytes all of a listener's connections may hold; `None` on the connecting side.
-    pub(crate) ceiling: Option<Arc<Semaphore>>,
-}
-
-impl QuicOptions {
-    fn read_limits(&self, ceiling: Option<Arc<Semaphore>>) -> ReadLimits {
-        ReadLimits {
-            max_frame: self.max_frame_size,
-            frame_timeout: self.frame_timeout,
-            connection: Arc::new(Semaphore::new(
-                self.receive_budget
-                    .max(self.max_frame_size)
-                    .min(Semaphore::MAX_PERMITS),
-            )),
-            ceiling,
-        }
     }
 }
 
@@ -260,20 +134,16 @@ impl QuicListener {
             .map_err(|e| Error::Config(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(options.transport()?));
-        let socket = std::net::UdpSocket::bind(addr)?;
+        let socket = options.bind_udp(addr)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::Config("a QUIC listener needs a tokio runtime".to_owned()))?;
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        options.apply_endpoint(&mut endpoint_config)?;
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)?;
-        let ceiling = Arc::new(Semaphore::new(
-            options
-                .receive_ceiling
-                .max(options.max_frame_size)
-                .min(Semaphore::MAX_PERMITS),
-        ));
+        let ceiling = Arc::new(Semaphore::new(options.ceiling_permits()));
         // Handshakes run on tasks of their own, so a slow or hostile client cannot hold up
         // the others; finished links queue here, bounded.
         let (tx, links) = mpsc::channel(128);
@@ -384,7 +254,14 @@ impl QuicConnector {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = quinn::Endpoint::client(local)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Config("a QUIC connector needs a tokio runtime".to_owned()))?;
+        let endpoint = quinn::Endpoint::new(
+            options.into_endpoint_config()?,
+            None,
+            options.bind_udp(local)?,
+            runtime,
+        )?;
         Ok(QuicConnector {
             endpoint,
             config,

@@ -24,12 +24,20 @@
 //! calls and answers whose call stream is gone.
 //!
 //! Memory is bounded three times over: every frame is checked against the frame size limit
-//! before it is read; its bytes are counted against a per-connection budget and, on a
-//! listener, a ceiling shared by all its connections, as they arrive (never on the word of the
-//! header), and given back when the engine drops the frame, so a peer that opens many streams
-//! at once waits on QUIC flow control instead of growing this side's memory; and a frame that
-//! has not arrived whole within the frame timeout is dropped with what it held. Frames of up
-//! to 4 KiB that arrived whole are not counted: the concurrent-stream limit bounds them.
+//! before it is read; it is counted against a per-connection budget and, on a listener, a
+//! ceiling shared by all its connections, and given back when the engine drops the frame, so
+//! a peer that opens many streams at once waits on QUIC flow control instead of growing this
+//! side's memory; and a frame that has not arrived whole within the frame timeout is dropped
+//! with what it held. Frames of up to 4 KiB that arrived whole are not counted: the
+//! concurrent-stream limit bounds them.
+//!
+//! The two counts differ in when they are taken. The connection's budget is taken for the
+//! whole frame when its header arrives: frames in progress then never hold the budget between
+//! them while each waits for more (counted only as bytes arrived, 64 calls of 1 MiB on one
+//! connection did exactly that, and waited for each other until the frame timeout). That
+//! budget is the peer's own, so a peer that lies in its headers holds up only its own calls.
+//! The listener's ceiling, shared with every other peer, is counted as bytes arrive, never on
+//! a header's word, so that no peer can take it with headers alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +55,7 @@ use futures::FutureExt;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::ReadLimits;
+use crate::options::ReadLimits;
 
 /// Frames queued between the connection's readers and the engine.
 const QUEUE_DEPTH: usize = 256;
@@ -430,34 +438,36 @@ struct Permits {
 }
 
 impl Permits {
-    /// Takes `n` more bytes from each budget, waiting for them; false if a budget is closed.
-    async fn take(&mut self, limits: &ReadLimits, n: usize) -> bool {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        if n == 0 {
-            return true;
-        }
-        async fn more(
-            budget: &Arc<Semaphore>,
-            held: &mut Option<OwnedSemaphorePermit>,
-            n: u32,
-        ) -> bool {
-            let Ok(p) = Arc::clone(budget).acquire_many_owned(n).await else {
-                return false;
-            };
-            match held {
-                Some(h) => h.merge(p),
-                None => *held = Some(p),
-            }
-            true
-        }
-        if !more(&limits.connection, &mut self.connection, n).await {
-            return false;
-        }
+    /// Takes a whole frame's `n` bytes from the connection's budget at once, waiting for them;
+    /// false if the budget is closed.
+    async fn frame(&mut self, limits: &ReadLimits, n: usize) -> bool {
+        more(&limits.connection, &mut self.connection, n).await
+    }
+
+    /// Takes `n` more arrived bytes from the listener's ceiling, if any, waiting for them;
+    /// false if the ceiling is closed.
+    async fn arrived(&mut self, limits: &ReadLimits, n: usize) -> bool {
         match &limits.ceiling {
             Some(ceiling) => more(ceiling, &mut self.ceiling, n).await,
             None => true,
         }
     }
+}
+
+/// Takes `n` more permits from `budget` into `held`, waiting for them; false if it is closed.
+async fn more(budget: &Arc<Semaphore>, held: &mut Option<OwnedSemaphorePermit>, n: usize) -> bool {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    if n == 0 {
+        return true;
+    }
+    let Ok(p) = Arc::clone(budget).acquire_many_owned(n).await else {
+        return false;
+    };
+    match held {
+        Some(h) => h.merge(p),
+        None => *held = Some(p),
+    }
+    true
 }
 
 /// Reads whole frames off one stream.
@@ -520,8 +530,8 @@ impl Frames {
     /// Gathers a frame of `total` bytes whose start is in `pending`, copying each piece into
     /// the frame's buffer as it arrives, so quinn's packet buffers go back at once. The buffer
     /// grows with what has arrived (doubling, which the allocator does in place for large
-    /// buffers), never to the header's word alone; the budgets are taken as bytes arrive, in
-    /// steps of at most [`BUDGET_STEP`]. `Err(Ok(bytes))` if the stream ended first, with what
+    /// buffers), never to the header's word alone; the listener's ceiling is taken as bytes
+    /// arrive, in steps of at most [`BUDGET_STEP`]. `Err(Ok(bytes))` if the stream ended first, with what
     /// came.
     async fn gather(
         &mut self,
@@ -537,7 +547,7 @@ impl Frames {
             let have = frame.len();
             if have > reserved {
                 let step = (have - reserved).max(BUDGET_STEP.min(total - reserved));
-                if !permits.take(limits, step).await {
+                if !permits.arrived(limits, step).await {
                     return Err(Err(Read::Failed));
                 }
                 reserved += step;
@@ -621,6 +631,10 @@ impl Frames {
         }
         // Kept aside in case the frame times out: the engine then learns which call it was.
         self.partial_header = self.pending.slice(..HEADER_LEN);
+        if !permits.frame(limits, total).await {
+            self.partial_header = Bytes::new();
+            return Read::Failed;
+        }
         let frame = match self.gather(total, limits, permits).await {
             Ok(frame) => frame,
             // Truncated: hand over what came; the engine reports the length mismatch.

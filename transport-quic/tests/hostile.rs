@@ -136,3 +136,46 @@ async fn frames_that_never_finish_cost_only_what_arrived_and_are_dropped_at_thei
     })
     .await
 }
+
+/// Frames in progress never hold a connection's receive budget between them while each waits
+/// for more: two calls, each three quarters of the budget, arrive half and then half, and both
+/// are read whole and answered. (Counted only as their bytes arrived, the two first halves took
+/// the whole budget, and each frame waited for the other's until the frame timeout: 64 calls
+/// of 1 MiB on one connection did that in the matrix.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_progress_never_wait_for_each_other_on_the_receive_budget() {
+    within(async {
+        const BUDGET: usize = 256 * 1024;
+        let cert = DevCert::localhost().unwrap();
+        // Only the budget can stop these frames: no timeout fires within the test.
+        let options = QuicOptions::default()
+            .max_frame_size(BUDGET)
+            .receive_budget(BUDGET)
+            .frame_timeout(Duration::from_secs(3600));
+        let addr = serve(&cert, options);
+        let (_endpoint, conn) = raw(addr, &cert).await;
+        let payload = u32::try_from(BUDGET * 3 / 4).unwrap();
+        let half = vec![0u8; payload as usize / 2];
+        let mut streams = Vec::new();
+        for id in 1..=2u64 {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&header(FrameKind::Call, id, payload))
+                .await
+                .unwrap();
+            send.write_all(&half).await.unwrap();
+            streams.push((id, send, recv));
+        }
+        for (_, send, _) in &mut streams {
+            send.write_all(&half).await.unwrap();
+            send.finish().unwrap();
+        }
+        for (id, _, recv) in &mut streams {
+            // Zeros are not the CBOR of `ping`'s arguments: the answer is an error, and it
+            // can only come once the whole frame has been read.
+            let mut answer = vec![0u8; HEADER_LEN];
+            recv.read_exact(&mut answer).await.unwrap();
+            assert_eq!(answer[1], FrameKind::Error as u8, "call {id}: {answer:?}");
+        }
+    })
+    .await
+}
