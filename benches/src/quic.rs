@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use courier::{CallOptions, Client, Codec, Server};
 use courier_cbor::Cbor;
-use courier_quic::{ClientTls, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls};
+use courier_quic::{
+    ClientTls, Congestion, DevCert, QuicConnector, QuicListener, QuicOptions, ServerTls,
+};
 use serde_bytes::ByteBuf;
 
 /// The service the QUIC benches call.
@@ -24,6 +26,50 @@ impl Echo for Echoer {
     async fn echo(&self, data: ByteBuf) -> ByteBuf {
         data
     }
+}
+
+/// QUIC options from a comma-separated list of `key=value` levers, on top of the defaults:
+/// `payload=BYTES` (largest UDP payload, [`QuicOptions::max_udp_payload`]),
+/// `rcvbuf=BYTES` and `sndbuf=BYTES` (UDP socket buffers), `window=BYTES` (stream window),
+/// `cc=cubic|newreno|bbr` (congestion controller), `gso=on|off`. Sizes take a `k` or `m`
+/// suffix (KiB, MiB). The empty list is the defaults.
+pub fn options(spec: &str) -> Result<QuicOptions, String> {
+    fn bytes(value: &str) -> Result<usize, String> {
+        let (digits, unit) = match value.as_bytes().last() {
+            Some(b'k' | b'K') => (&value[..value.len() - 1], 1024),
+            Some(b'm' | b'M') => (&value[..value.len() - 1], 1024 * 1024),
+            _ => (value, 1),
+        };
+        digits
+            .parse::<usize>()
+            .map(|n| n * unit)
+            .map_err(|e| format!("{value:?}: {e}"))
+    }
+    let mut options = QuicOptions::default();
+    for lever in spec.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+        let (key, value) = lever
+            .split_once('=')
+            .ok_or_else(|| format!("{lever:?}: expected key=value"))?;
+        options = match key {
+            "payload" => options.max_udp_payload(
+                u16::try_from(bytes(value)?).map_err(|_| format!("payload {value} too large"))?,
+            ),
+            "rcvbuf" => options.udp_receive_buffer(Some(bytes(value)?)),
+            "sndbuf" => options.udp_send_buffer(Some(bytes(value)?)),
+            "window" => options.stream_window(
+                u32::try_from(bytes(value)?).map_err(|_| format!("window {value} too large"))?,
+            ),
+            "cc" => options.congestion(match value {
+                "cubic" => Congestion::Cubic,
+                "newreno" => Congestion::NewReno,
+                "bbr" => Congestion::Bbr,
+                other => return Err(format!("unknown congestion controller {other:?}")),
+            }),
+            "gso" => options.segmentation_offload(value == "on"),
+            other => return Err(format!("unknown QUIC lever {other:?}")),
+        };
+    }
+    Ok(options)
 }
 
 /// A Courier client of [`Echo`] over QUIC on loopback with `codec`, with its server on the same
@@ -93,22 +139,30 @@ pub struct RawEcho {
 /// settings as Courier's QUIC transport.
 pub async fn raw_pair() -> Result<RawEcho, Box<dyn std::error::Error>> {
     let cert = DevCert::localhost()?;
-    let endpoint = raw_server(ServerTls::dev(&cert), "127.0.0.1:0".parse()?)?;
+    let options = QuicOptions::default();
+    let endpoint = raw_server(ServerTls::dev(&cert), "127.0.0.1:0".parse()?, &options)?;
     let addr = endpoint.local_addr()?;
     tokio::spawn(serve_raw(endpoint));
-    raw_connect(addr, ClientTls::trusting_dev(&cert)).await
+    raw_connect(addr, ClientTls::trusting_dev(&cert), &options).await
 }
 
-/// A raw quinn server endpoint with Courier's TLS and transport settings, for [`serve_raw`].
+/// A raw quinn server endpoint with Courier's TLS and `options`' transport, endpoint and
+/// socket settings, for [`serve_raw`].
 pub fn raw_server(
     tls: ServerTls,
     addr: SocketAddr,
+    options: &QuicOptions,
 ) -> Result<quinn::Endpoint, Box<dyn std::error::Error>> {
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(tls.into_rustls()?)?,
     ));
-    server_config.transport_config(Arc::new(QuicOptions::default().into_transport()?));
-    Ok(quinn::Endpoint::server(server_config, addr)?)
+    server_config.transport_config(Arc::new(options.into_transport()?));
+    Ok(quinn::Endpoint::new(
+        options.into_endpoint_config()?,
+        Some(server_config),
+        options.bind_udp(addr)?,
+        quinn::default_runtime().ok_or("no tokio runtime")?,
+    )?)
 }
 
 /// Echoes every bidirectional stream on `endpoint`: reads the request to its end and writes
@@ -129,16 +183,30 @@ pub async fn serve_raw(endpoint: quinn::Endpoint) {
     }
 }
 
-/// Connects raw quinn to the echo server at `addr` with Courier's transport settings.
+/// Connects raw quinn to the echo server at `addr` with `options`' settings.
 pub async fn raw_connect(
     addr: SocketAddr,
     tls: ClientTls,
+    options: &QuicOptions,
 ) -> Result<RawEcho, Box<dyn std::error::Error>> {
     let mut client_config = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls.into_rustls()?)?,
     ));
-    client_config.transport_config(Arc::new(QuicOptions::default().into_transport()?));
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client_config.transport_config(Arc::new(options.into_transport()?));
+    let local = SocketAddr::new(
+        if addr.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    let client = quinn::Endpoint::new(
+        options.into_endpoint_config()?,
+        None,
+        options.bind_udp(local)?,
+        quinn::default_runtime().ok_or("no tokio runtime")?,
+    )?;
     let conn = client
         .connect_with(client_config, addr, "localhost")?
         .await?;

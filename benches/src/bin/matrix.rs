@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p courier-benches --bin matrix -- --json matrix.json --svg matrix.svg
 //! cargo run --release -p courier-benches --bin matrix -- --quick --transport shm,quic --payload null
+//! cargo run --release -p courier-benches --bin matrix -- --veth 9000        # as root
+//! cargo run --release -p courier-benches --bin matrix -- --quic payload=16k,rcvbuf=4m
 //! ```
 //!
 //! Prints a markdown table on stdout and a progress line on stderr.
@@ -40,6 +42,15 @@ struct Args {
     /// Also draw the latency chart as SVG here.
     #[arg(long, value_name = "PATH")]
     svg: Option<PathBuf>,
+    /// Run the network rows (QUIC and TCP, the default transports then) across a veth pair
+    /// with this MTU between two network namespaces the run makes, instead of loopback.
+    /// Needs root and `ip`.
+    #[arg(long, value_name = "MTU")]
+    veth: Option<u32>,
+    /// QUIC levers for Courier and raw quinn alike, on top of the defaults:
+    /// `payload=BYTES,rcvbuf=BYTES,sndbuf=BYTES,window=BYTES,cc=cubic|newreno|bbr,gso=on|off`.
+    #[arg(long, value_name = "LEVERS", default_value = "")]
+    quic: String,
 }
 
 fn main() -> ExitCode {
@@ -53,11 +64,34 @@ fn main() -> ExitCode {
         };
     }
     let args = Args::parse();
+    let veth = match matrix::VethEnd::inside() {
+        Ok(veth) => veth,
+        Err(e) => {
+            eprintln!("matrix: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let (Some(mtu), None) = (args.veth, &veth) {
+        // Outside the pair: make it, run again inside the client's namespace, clean up.
+        return match matrix::run_across(mtu) {
+            Ok(status) if status.success() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("matrix: veth pair: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut config = Config {
         quick: args.quick,
         peers: !args.no_peers,
+        quic: args.quic,
         ..Config::default()
     };
+    if veth.is_some() {
+        config.transports = vec![TransportName::Quic, TransportName::Tcp];
+    }
+    config.veth = veth;
     if !args.codec.is_empty() {
         config.codecs = args.codec;
     }

@@ -15,7 +15,8 @@
 //!   TCP (no encryption) for TLS over TCP;
 //! - **peers**: tarpc with its bincode transport over TCP loopback and over a Unix socket, and
 //!   over TCP with rustls TLS 1.3 (tokio-rustls, the same certificate, ALPN and cipher suites
-//!   as Courier's), the fair peer of Courier's encrypted rows.
+//!   as Courier's), the fair peer of Courier's encrypted rows; and tonic's unary gRPC calls
+//!   over HTTP/2 with TLS 1.3 (its `tls-ring` feature, the same certificate).
 //!
 //! The rows of one transport (its floor, Courier with each codec, its peer) are measured in
 //! turns: ten rounds (three with `--quick`) in which every row gets a slice of time, in an
@@ -31,6 +32,9 @@
 mod measure;
 mod report;
 mod targets;
+mod veth;
+
+pub use veth::{run_across, VethEnd};
 
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -66,8 +70,8 @@ pub enum TransportName {
     Shm,
     /// QUIC over loopback (`courier-quic`); tarpc over TCP beside it.
     Quic,
-    /// TLS 1.3 over TCP on loopback (`courier-tcp`); tarpc over TCP with the same TLS beside
-    /// it, and tarpc over plain TCP as the unencrypted bound.
+    /// TLS 1.3 over TCP on loopback (`courier-tcp`); tarpc over TCP with the same TLS and
+    /// tonic over HTTP/2 with TLS beside it, and tarpc over plain TCP as the unencrypted bound.
     Tcp,
 }
 
@@ -136,6 +140,11 @@ pub struct Config {
     pub payloads: Vec<Payload>,
     /// Whether to run the tarpc rows.
     pub peers: bool,
+    /// QUIC levers on top of the defaults, for Courier and raw quinn alike (`--quic`; see
+    /// [`crate::quic::options`]).
+    pub quic: String,
+    /// The servers' end of a veth pair, when the run crosses one instead of loopback.
+    pub veth: Option<VethEnd>,
 }
 
 impl Default for Config {
@@ -152,6 +161,8 @@ impl Default for Config {
             ],
             payloads: Payload::ALL.to_vec(),
             peers: true,
+            quic: String::new(),
+            veth: None,
         }
     }
 }
@@ -173,7 +184,7 @@ impl Config {
                 }
                 TransportName::Mem => self.codecs.len() + 1,
                 TransportName::Quic => self.codecs.len() + 1 + usize::from(self.peers),
-                TransportName::Tcp => self.codecs.len() + 1 + usize::from(self.peers),
+                TransportName::Tcp => self.codecs.len() + 1 + 2 * usize::from(self.peers),
             })
             .sum();
         per_payload * self.payloads.len()
@@ -235,6 +246,12 @@ pub struct Report {
     pub quick: bool,
     /// CPUs available to the run.
     pub cpus: usize,
+    /// The path the network rows crossed: `loopback`, or `veth pair, MTU …`.
+    #[serde(default)]
+    pub network: String,
+    /// The QUIC levers of the run (`--quic`), empty for the defaults.
+    #[serde(default)]
+    pub quic: String,
     /// The rows, in the order they ran.
     pub rows: Vec<Row>,
 }
@@ -247,6 +264,7 @@ const RAW_QUINN: &str = "floor raw-quinn";
 /// tarpc over plain TCP: the unencrypted bound of the TLS-over-TCP rows.
 const PLAIN_TCP: &str = "floor tarpc bincode/tcp, no TLS";
 const TARPC_TLS: &str = "tarpc bincode/tcp+tls";
+const TONIC_TLS: &str = "tonic grpc/h2+tls";
 
 /// How a shared-memory row's two ends wait for frames (`courier_shm::Wait`); each mode is a
 /// row of its own, beside the floor that waits the same way.
@@ -601,6 +619,14 @@ fn raw_floor(wait: &str) -> Result<RawFloor, Error> {
 
 /// Runs the matrix `config` describes, advancing `progress` by one per row.
 pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
+    targets::set_net(targets::Net {
+        quic_spec: config.quic.clone(),
+        host: config
+            .veth
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |v| v.host),
+        netns: config.veth.as_ref().map(|v| v.netns.clone()),
+    })?;
     let scratch = Scratch::new()?;
     let dir = scratch.path("").display().to_string();
     let rt = crate::runtime()?;
@@ -699,6 +725,10 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
             .peers
             .then(|| ChildServer::spawn("tarpc-tls", &dir))
             .transpose()?;
+        let tonic = config
+            .peers
+            .then(|| ChildServer::spawn("tonic-tls", &dir))
+            .transpose()?;
         let target = runner
             .rt
             .block_on(targets::tarpc_tcp(floor.address.parse()?))?;
@@ -716,6 +746,12 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
                 .block_on(targets::tarpc_tls(&scratch, peer.address.parse()?))?;
             entries.push(Entry::other(TARPC_TLS, RowKind::Peer, target));
         }
+        if let Some(tonic) = &tonic {
+            let target = runner
+                .rt
+                .block_on(targets::tonic_tls(&scratch, tonic.address.parse()?))?;
+            entries.push(Entry::other(TONIC_TLS, RowKind::Peer, target));
+        }
         runner.group("TLS over TCP", &mut entries)?;
     }
     runner.ratios();
@@ -726,6 +762,10 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
             .unwrap_or(0),
         quick: config.quick,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        network: config.veth.as_ref().map_or("loopback".to_owned(), |v| {
+            format!("veth pair, MTU {}", v.mtu)
+        }),
+        quic: config.quic.clone(),
         rows: runner.rows,
     })
 }

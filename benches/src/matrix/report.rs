@@ -72,6 +72,62 @@ impl Report {
                 );
             }
         }
+        out.push_str(&self.against_peers());
+        out
+    }
+
+    /// Courier's network rows against the TLS peers of the same run and payload: p50 (lower
+    /// is better), calls/s at 64 in flight and MB/s (higher is better), each as Courier's
+    /// figure divided by the peer's. Empty when the run had no TLS peers.
+    pub fn against_peers(&self) -> String {
+        let peer = |name: &str, payload: Payload| {
+            self.rows
+                .iter()
+                .find(|r| r.name == name && r.payload == payload)
+        };
+        let mut out = String::new();
+        for row in self.rows.iter().filter(|r| {
+            r.kind == RowKind::Courier && (r.name.ends_with("/quic") || r.name.ends_with("/tcp"))
+        }) {
+            let (Some(tarpc), tonic) = (
+                peer(super::TARPC_TLS, row.payload),
+                peer(super::TONIC_TLS, row.payload),
+            ) else {
+                continue;
+            };
+            if out.is_empty() {
+                let _ = write!(
+                    out,
+                    "\nNetwork: {}; QUIC levers: {}. Courier ÷ peer, same run:\n\n\
+                     | row | payload | p50 ÷ tarpc+TLS | 64 in flight ÷ tarpc+TLS \
+                     | MB/s ÷ tarpc+TLS | 64 in flight ÷ tonic |\n\
+                     |---|---|---:|---:|---:|---:|\n",
+                    if self.network.is_empty() {
+                        "loopback"
+                    } else {
+                        &self.network
+                    },
+                    if self.quic.is_empty() {
+                        "defaults"
+                    } else {
+                        &self.quic
+                    },
+                );
+            }
+            let ratio = |ours: Option<f64>, theirs: Option<f64>| {
+                optional(ours.zip(theirs).map(|(a, b)| a / b), "×")
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                row.name,
+                row.payload.label(),
+                ratio(Some(row.p50_us), Some(tarpc.p50_us)),
+                ratio(row.calls_per_sec_64, tarpc.calls_per_sec_64),
+                ratio(row.mb_per_sec, tarpc.mb_per_sec),
+                ratio(row.calls_per_sec_64, tonic.and_then(|t| t.calls_per_sec_64)),
+            );
+        }
         out
     }
 

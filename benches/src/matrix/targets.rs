@@ -30,6 +30,62 @@ use crate::spin::{Bells, SpinSegment, Waiting};
 /// The environment variable that starts this program as a child server.
 pub(crate) const ROLE: &str = "COURIER_MATRIX_ROLE";
 const ARG: &str = "COURIER_MATRIX_ARG";
+/// The QUIC levers of the run (`--quic`), for the children.
+const QUIC_ENV: &str = "COURIER_MATRIX_QUIC";
+/// The address the network servers bind to, for the children.
+const HOST_ENV: &str = "COURIER_MATRIX_HOST";
+
+/// Where and how the network rows run: the same in the parent and in every child.
+#[derive(Debug, Clone)]
+pub(crate) struct Net {
+    /// The `--quic` levers, as given.
+    pub(crate) quic_spec: String,
+    /// The address the network servers bind to: loopback, or the far end of a veth pair.
+    pub(crate) host: std::net::IpAddr,
+    /// The network namespace the network servers run in, if not this process's.
+    pub(crate) netns: Option<String>,
+}
+
+static NET: std::sync::OnceLock<Net> = std::sync::OnceLock::new();
+
+/// Sets the run's network settings; call once, before any child starts.
+pub(crate) fn set_net(net: Net) -> Result<(), Error> {
+    crate::quic::options(&net.quic_spec)?;
+    NET.set(net)
+        .map_err(|_| "network settings already set".into())
+}
+
+fn net() -> Net {
+    NET.get_or_init(|| Net {
+        quic_spec: std::env::var(QUIC_ENV).unwrap_or_default(),
+        host: std::env::var(HOST_ENV)
+            .ok()
+            .and_then(|h| h.parse().ok())
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+        netns: None,
+    })
+    .clone()
+}
+
+/// The run's QUIC options (the defaults, changed by `--quic`).
+fn quic_options() -> Result<QuicOptions, Error> {
+    Ok(crate::quic::options(&net().quic_spec)?)
+}
+
+/// The address a network server binds to: the run's host, any port.
+fn server_addr() -> SocketAddr {
+    SocketAddr::new(net().host, 0)
+}
+
+/// Roles that serve over the network, run in the servers' namespace when there is one.
+const NETWORK_ROLES: [&str; 6] = [
+    "courier-quic",
+    "raw-quinn",
+    "tarpc-tcp",
+    "courier-tcp",
+    "tarpc-tls",
+    "tonic-tls",
+];
 
 /// The largest payload any row sends.
 pub(crate) const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -43,6 +99,25 @@ pub trait TarpcEcho {
 
 #[derive(Clone)]
 struct TarpcEchoer;
+
+/// The same echo service, declared in protobuf for tonic (`proto/echo.proto`).
+pub(crate) mod grpc {
+    #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("courier.bench");
+}
+
+/// tonic's echo server: hands the request's bytes back.
+struct TonicEchoer;
+
+#[tonic::async_trait]
+impl grpc::echo_server::Echo for TonicEchoer {
+    async fn echo(
+        &self,
+        request: tonic::Request<grpc::Blob>,
+    ) -> Result<tonic::Response<grpc::Blob>, tonic::Status> {
+        Ok(tonic::Response::new(request.into_inner()))
+    }
+}
 
 impl TarpcEcho for TarpcEchoer {
     async fn echo(self, _: tarpc::context::Context, data: ByteBuf) -> ByteBuf {
@@ -87,8 +162,20 @@ pub(crate) struct ChildServer {
 
 impl ChildServer {
     pub(crate) fn spawn(role: &str, arg: &str) -> Result<ChildServer, Error> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let net = net();
+        let exe = std::env::current_exe()?;
+        let mut command = match &net.netns {
+            Some(ns) if NETWORK_ROLES.contains(&role) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(exe);
+                command
+            }
+            _ => Command::new(exe),
+        };
+        let mut child = command
             .env(ROLE, role)
+            .env(QUIC_ENV, &net.quic_spec)
+            .env(HOST_ENV, net.host.to_string())
             .env(ARG, arg)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -174,29 +261,29 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
         }),
         "courier-quic" => crate::runtime()?.block_on(async {
             let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
-            let listener = QuicListener::bind("127.0.0.1:0".parse()?, tls, QuicOptions::default())?;
+            let listener = QuicListener::bind(server_addr(), tls, quic_options()?)?;
             ready(listener.local_addr()?)?;
             courier_server().serve(listener).await?;
             Ok(())
         }),
         "raw-quinn" => crate::runtime()?.block_on(async {
             let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
-            let endpoint =
-                quic::raw_server(tls, "127.0.0.1:0".parse()?).map_err(|e| e.to_string())?;
+            let endpoint = quic::raw_server(tls, server_addr(), &quic_options()?)
+                .map_err(|e| e.to_string())?;
             ready(endpoint.local_addr()?)?;
             quic::serve_raw(endpoint).await;
             Ok(())
         }),
         "tarpc-tcp" => crate::runtime()?.block_on(async {
             let listener =
-                tarpc::serde_transport::tcp::listen("127.0.0.1:0", Bincode::default).await?;
+                tarpc::serde_transport::tcp::listen(server_addr(), Bincode::default).await?;
             ready(listener.local_addr())?;
             serve_tarpc(listener).await;
             Ok(())
         }),
         "courier-tcp" => crate::runtime()?.block_on(async {
             let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
-            let listener = TcpListener::bind("127.0.0.1:0".parse()?, tls, TcpOptions::default())?;
+            let listener = TcpListener::bind(server_addr(), tls, TcpOptions::default())?;
             ready(listener.local_addr()?)?;
             courier_server().serve(listener).await?;
             Ok(())
@@ -204,7 +291,7 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
         "tarpc-tls" => crate::runtime()?.block_on(async {
             let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.into_rustls()?));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let listener = tokio::net::TcpListener::bind(server_addr()).await?;
             ready(listener.local_addr()?)?;
             // Handshakes one after another: the matrix opens one connection.
             let incoming = futures::stream::unfold(listener, move |listener| {
@@ -223,6 +310,22 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
                 }
             });
             serve_tarpc(incoming).await;
+            Ok(())
+        }),
+        "tonic-tls" => crate::runtime()?.block_on(async {
+            let identity = tonic::transport::Identity::from_pem(
+                std::fs::read(dir.join("cert.pem"))?,
+                std::fs::read(dir.join("key.pem"))?,
+            );
+            let listener = tokio::net::TcpListener::bind(server_addr()).await?;
+            ready(listener.local_addr()?)?;
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?
+                .add_service(grpc::echo_server::EchoServer::new(TonicEchoer))
+                .serve_with_incoming(incoming)
+                .await?;
             Ok(())
         }),
         "tarpc-unix" => crate::runtime()?.block_on(async {
@@ -320,14 +423,14 @@ pub(crate) async fn courier_quic(
     addr: SocketAddr,
 ) -> Result<Target, Error> {
     let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
-    let connector = QuicConnector::new(addr, "localhost", tls, QuicOptions::default())?;
+    let connector = QuicConnector::new(addr, "localhost", tls, quic_options()?)?;
     courier_client(codec, connector.connect().await?).await
 }
 
 /// Raw quinn to the `raw-quinn` child at `addr`: one stream per echo.
 pub(crate) async fn raw_quinn(scratch: &Scratch, addr: SocketAddr) -> Result<Target, Error> {
     let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
-    let raw = quic::raw_connect(addr, tls)
+    let raw = quic::raw_connect(addr, tls, &quic_options()?)
         .await
         .map_err(|e| e.to_string())?;
     let raw = Arc::new(raw);
@@ -354,6 +457,31 @@ pub(crate) async fn tarpc_tls(scratch: &Scratch, addr: SocketAddr) -> Result<Tar
     let stream = connector.connect(name, tcp).await?;
     let transport = tarpc::serde_transport::new(framed(stream), Bincode::default());
     Ok(tarpc_target(transport))
+}
+
+/// tonic unary calls over HTTP/2 with TLS 1.3 (rustls with ring, as tonic's `tls-ring`
+/// feature sets it up) to the `tonic-tls` child at `addr`, trusting the run's development
+/// certificate; tonic's defaults otherwise, as a user would have them.
+pub(crate) async fn tonic_tls(scratch: &Scratch, addr: SocketAddr) -> Result<Target, Error> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+            scratch.path("cert.pem"),
+        )?))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let client = grpc::echo_client::EchoClient::new(channel);
+    Ok(Target::new(move |data: Bytes| {
+        let mut client = client.clone();
+        async move {
+            let reply = client.echo(grpc::Blob { data }).await?;
+            Ok(reply.into_inner().data.len())
+        }
+        .boxed()
+    }))
 }
 
 /// A byte stream framed as tarpc's TCP transport frames it (a length before each message),
