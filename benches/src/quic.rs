@@ -183,6 +183,68 @@ pub async fn serve_raw(endpoint: quinn::Endpoint) {
     }
 }
 
+/// Echoes on long-lived bidirectional streams: each message is a 4-byte big-endian length and
+/// that many bytes, answered the same way on the same stream. The floor of a design that frames
+/// calls on one stream instead of opening one per call.
+pub async fn serve_raw_streams(endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let mut len = [0u8; 4];
+                    while recv.read_exact(&mut len).await.is_ok() {
+                        let mut data = vec![0u8; u32::from_be_bytes(len) as usize];
+                        if recv.read_exact(&mut data).await.is_err() {
+                            return;
+                        }
+                        let mut reply = Vec::with_capacity(4 + data.len());
+                        reply.extend_from_slice(&len);
+                        reply.extend_from_slice(&data);
+                        if send.write_chunk(Bytes::from(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// One long-lived stream to a [`serve_raw_streams`] server; echoes take turns on it.
+#[derive(Debug)]
+pub struct RawStream {
+    stream: tokio::sync::Mutex<(quinn::SendStream, quinn::RecvStream)>,
+    _conn: RawEcho,
+}
+
+impl RawStream {
+    /// Opens the stream on `conn`.
+    pub async fn open(conn: RawEcho) -> Result<RawStream, Box<dyn std::error::Error + Send + Sync>> {
+        let stream = conn.conn.open_bi().await?;
+        Ok(RawStream {
+            stream: tokio::sync::Mutex::new(stream),
+            _conn: conn,
+        })
+    }
+
+    /// Sends `data` framed by its length and reads the echo; returns its length.
+    pub async fn echo(
+        &self,
+        data: Bytes,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let mut guard = self.stream.lock().await;
+        let (send, recv) = &mut *guard;
+        let len = u32::try_from(data.len())?.to_be_bytes();
+        send.write_chunks(&mut [Bytes::copy_from_slice(&len), data]).await?;
+        let mut back = [0u8; 4];
+        recv.read_exact(&mut back).await?;
+        let mut reply = vec![0u8; u32::from_be_bytes(back) as usize];
+        recv.read_exact(&mut reply).await?;
+        Ok(reply.len())
+    }
+}
+
 /// Connects raw quinn to the echo server at `addr` with `options`' settings.
 pub async fn raw_connect(
     addr: SocketAddr,

@@ -33,9 +33,13 @@ struct Args {
     /// Only these payloads (comma-separated).
     #[arg(long, value_delimiter = ',')]
     payload: Vec<Payload>,
-    /// Leave out the tarpc rows.
+    /// Leave out the tarpc and tonic rows.
     #[arg(long)]
     no_peers: bool,
+    /// Add raw quinn with calls framed on one long-lived stream to the QUIC rows: what a
+    /// stream per call costs.
+    #[arg(long)]
+    stream_floor: bool,
     /// Also write the report as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
     let mut config = Config {
         quick: args.quick,
         peers: !args.no_peers,
+        stream_floor: args.stream_floor,
         quic: args.quic,
         ..Config::default()
     };

@@ -138,8 +138,11 @@ pub struct Config {
     pub transports: Vec<TransportName>,
     /// The payloads of every row.
     pub payloads: Vec<Payload>,
-    /// Whether to run the tarpc rows.
+    /// Whether to run the tarpc and tonic rows.
     pub peers: bool,
+    /// Whether to add raw quinn with calls framed on one long-lived stream to the QUIC group
+    /// (`--stream-floor`): what opening a stream per call costs.
+    pub stream_floor: bool,
     /// QUIC levers on top of the defaults, for Courier and raw quinn alike (`--quic`; see
     /// [`crate::quic::options`]).
     pub quic: String,
@@ -161,6 +164,7 @@ impl Default for Config {
             ],
             payloads: Payload::ALL.to_vec(),
             peers: true,
+            stream_floor: false,
             quic: String::new(),
             veth: None,
         }
@@ -183,7 +187,9 @@ impl Config {
                     self.codecs.len() * ShmMode::ALL.len() + 3 + usize::from(self.peers)
                 }
                 TransportName::Mem => self.codecs.len() + 1,
-                TransportName::Quic => self.codecs.len() + 1 + usize::from(self.peers),
+                TransportName::Quic => {
+                    self.codecs.len() + 1 + usize::from(self.peers) + usize::from(self.stream_floor)
+                }
                 TransportName::Tcp => self.codecs.len() + 1 + 2 * usize::from(self.peers),
             })
             .sum();
@@ -261,6 +267,8 @@ const RAW_SPIN: &str = "floor raw-spin";
 const RAW_FUTEX: &str = "floor raw-futex";
 const RAW_EVENTFD: &str = "floor raw-eventfd";
 const RAW_QUINN: &str = "floor raw-quinn";
+/// Raw quinn with calls framed on one long-lived stream: what a stream per call costs.
+const RAW_QUINN_STREAM: &str = "raw-quinn, one stream";
 /// tarpc over plain TCP: the unencrypted bound of the TLS-over-TCP rows.
 const PLAIN_TCP: &str = "floor tarpc bincode/tcp, no TLS";
 const TARPC_TLS: &str = "tarpc bincode/tcp+tls";
@@ -703,6 +711,16 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
             .rt
             .block_on(targets::raw_quinn(&scratch, floor.address.parse()?))?;
         let mut entries = vec![Entry::other(RAW_QUINN, RowKind::Floor, target)];
+        let stream_floor = config
+            .stream_floor
+            .then(|| ChildServer::spawn("raw-quinn-stream", &dir))
+            .transpose()?;
+        if let Some(child) = &stream_floor {
+            let target = runner
+                .rt
+                .block_on(targets::raw_quinn_stream(&scratch, child.address.parse()?))?;
+            entries.push(Entry::other(RAW_QUINN_STREAM, RowKind::Peer, target));
+        }
         let addr = server.address.parse()?;
         for &codec in &codecs {
             let target = runner

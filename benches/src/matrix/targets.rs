@@ -78,9 +78,10 @@ fn server_addr() -> SocketAddr {
 }
 
 /// Roles that serve over the network, run in the servers' namespace when there is one.
-const NETWORK_ROLES: [&str; 6] = [
+const NETWORK_ROLES: [&str; 7] = [
     "courier-quic",
     "raw-quinn",
+    "raw-quinn-stream",
     "tarpc-tcp",
     "courier-tcp",
     "tarpc-tls",
@@ -274,6 +275,14 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
             quic::serve_raw(endpoint).await;
             Ok(())
         }),
+        "raw-quinn-stream" => crate::runtime()?.block_on(async {
+            let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
+            let endpoint = quic::raw_server(tls, server_addr(), &quic_options()?)
+                .map_err(|e| e.to_string())?;
+            ready(endpoint.local_addr()?)?;
+            quic::serve_raw_streams(endpoint).await;
+            Ok(())
+        }),
         "tarpc-tcp" => crate::runtime()?.block_on(async {
             let listener =
                 tarpc::serde_transport::tcp::listen(server_addr(), Bincode::default).await?;
@@ -437,6 +446,23 @@ pub(crate) async fn raw_quinn(scratch: &Scratch, addr: SocketAddr) -> Result<Tar
     Ok(Target::new(move |data: Bytes| {
         let raw = raw.clone();
         async move { raw.echo(data).await }.boxed()
+    }))
+}
+
+/// Raw quinn to the `raw-quinn-stream` child at `addr`: echoes take turns on one long-lived
+/// stream, so its 64-in-flight figure is one call at a time.
+pub(crate) async fn raw_quinn_stream(
+    scratch: &Scratch,
+    addr: SocketAddr,
+) -> Result<Target, Error> {
+    let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
+    let conn = quic::raw_connect(addr, tls, &quic_options()?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = Arc::new(quic::RawStream::open(conn).await?);
+    Ok(Target::new(move |data: Bytes| {
+        let stream = stream.clone();
+        async move { stream.echo(data).await }.boxed()
     }))
 }
 
