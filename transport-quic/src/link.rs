@@ -529,10 +529,12 @@ impl Frames {
 
     /// Gathers a frame of `total` bytes whose start is in `pending`, copying each piece into
     /// the frame's buffer as it arrives, so quinn's packet buffers go back at once. The buffer
-    /// grows with what has arrived (doubling, which the allocator does in place for large
-    /// buffers), never to the header's word alone; the listener's ceiling is taken as bytes
-    /// arrive, in steps of at most [`BUDGET_STEP`]. `Err(Ok(bytes))` if the stream ended first, with what
-    /// came.
+    /// starts at one [`BUDGET_STEP`]; once more than that has arrived, it grows to the whole
+    /// frame at once, so what came is copied once more at most (doubling from 64 KiB copied a
+    /// 1 MiB frame's first half again on the way, and allocating the whole frame before any of
+    /// it came was slower at 64 KiB). The listener's ceiling is taken as bytes arrive, in
+    /// steps of at most [`BUDGET_STEP`].
+    /// `Err(Ok(bytes))` if the stream ended first, with what came.
     async fn gather(
         &mut self,
         total: usize,
@@ -558,10 +560,8 @@ impl Frames {
             // At most the rest of this frame: what follows stays in quinn for the next one.
             match self.recv.read_chunk(total - have, true).await {
                 Ok(Some(chunk)) => {
-                    let room = frame.capacity() - have;
-                    if chunk.bytes.len() > room {
-                        let grown = (2 * have).max(have + chunk.bytes.len()).min(total);
-                        frame.reserve(grown - have);
+                    if chunk.bytes.len() > frame.capacity() - have {
+                        frame.reserve(total - have);
                     }
                     frame.extend_from_slice(&chunk.bytes);
                 }
