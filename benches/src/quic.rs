@@ -220,7 +220,9 @@ pub struct RawStream {
 
 impl RawStream {
     /// Opens the stream on `conn`.
-    pub async fn open(conn: RawEcho) -> Result<RawStream, Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn open(
+        conn: RawEcho,
+    ) -> Result<RawStream, Box<dyn std::error::Error + Send + Sync>> {
         let stream = conn.conn.open_bi().await?;
         Ok(RawStream {
             stream: tokio::sync::Mutex::new(stream),
@@ -236,7 +238,8 @@ impl RawStream {
         let mut guard = self.stream.lock().await;
         let (send, recv) = &mut *guard;
         let len = u32::try_from(data.len())?.to_be_bytes();
-        send.write_chunks(&mut [Bytes::copy_from_slice(&len), data]).await?;
+        send.write_chunks(&mut [Bytes::copy_from_slice(&len), data])
+            .await?;
         let mut back = [0u8; 4];
         recv.read_exact(&mut back).await?;
         let mut reply = vec![0u8; u32::from_be_bytes(back) as usize];

@@ -451,10 +451,7 @@ pub(crate) async fn raw_quinn(scratch: &Scratch, addr: SocketAddr) -> Result<Tar
 
 /// Raw quinn to the `raw-quinn-stream` child at `addr`: echoes take turns on one long-lived
 /// stream, so its 64-in-flight figure is one call at a time.
-pub(crate) async fn raw_quinn_stream(
-    scratch: &Scratch,
-    addr: SocketAddr,
-) -> Result<Target, Error> {
+pub(crate) async fn raw_quinn_stream(scratch: &Scratch, addr: SocketAddr) -> Result<Target, Error> {
     let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
     let conn = quic::raw_connect(addr, tls, &quic_options()?)
         .await
