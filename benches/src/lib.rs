@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 pub mod matrix;
+pub mod onetask;
 pub mod paired;
 pub mod quic;
 pub mod spin;

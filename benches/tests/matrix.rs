@@ -1,6 +1,7 @@
 //! The matrix harness cannot rot: a quick run of the `matrix` binary at the null payload must
 //! produce every row with finite positive figures, parseable JSON and a chart. No timing is
 //! asserted.
+#![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const EXPECTED: [&str; 21] = [
+const EXPECTED: [&str; 22] = [
     "floor memcpy",
     "courier cbor/mem",
     "courier xdr/mem",
@@ -30,25 +31,17 @@ const EXPECTED: [&str; 21] = [
     "courier cbor/tcp",
     "courier xdr/tcp",
     "tarpc bincode/tcp+tls",
+    "tonic grpc/h2+tls",
 ];
 
 /// The transports' groups, each a panel of the chart.
 const GROUPS: [&str; 4] = ["in-process", "shared memory", "QUIC", "TLS over TCP"];
 
-fn positive(row: &Value, key: &str) -> bool {
-    row[key].as_f64().is_some_and(|v| v.is_finite() && v > 0.0)
-}
-
-#[test]
-fn quick_null_run_produces_every_row() {
-    let dir = std::env::temp_dir().join(format!("courier-matrix-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (json, svg) = (dir.join("m.json"), dir.join("m.svg"));
+/// Runs the `matrix` binary with `args`, killed if it has not finished within 300 s; its
+/// output, once it succeeded.
+fn run_matrix(args: &[std::ffi::OsString]) -> std::process::Output {
     let child = Command::new(env!("CARGO_BIN_EXE_matrix"))
-        .args(["--quick", "--payload", "null", "--json"])
-        .arg(&json)
-        .arg("--svg")
-        .arg(&svg)
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -61,15 +54,31 @@ fn quick_null_run_produces_every_row() {
         // SAFETY: kill(2) on the child we spawned, which has not been reaped (its waiter is
         // still blocked); its own children die with it (PR_SET_PDEATHSIG).
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        panic!("matrix --quick did not finish within 300 s");
+        panic!("matrix {args:?} did not finish within 300 s");
     };
     let output = output.unwrap();
     assert!(
         output.status.success(),
-        "matrix failed: {:?}",
+        "matrix {args:?} failed: {:?}",
         output.status
     );
+    output
+}
 
+fn positive(row: &Value, key: &str) -> bool {
+    row[key].as_f64().is_some_and(|v| v.is_finite() && v > 0.0)
+}
+
+#[test]
+fn quick_null_run_produces_every_row() {
+    let dir = std::env::temp_dir().join(format!("courier-matrix-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("m.json"), dir.join("m.svg"));
+    let mut args: Vec<std::ffi::OsString> = ["--quick", "--payload", "null", "--json"]
+        .map(Into::into)
+        .to_vec();
+    args.extend([json.clone().into(), "--svg".into(), svg.clone().into()]);
+    let output = run_matrix(&args);
     let table = String::from_utf8(output.stdout).unwrap();
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["quick"], Value::Bool(true));
@@ -114,6 +123,23 @@ fn quick_null_run_produces_every_row() {
             "{name} not in the table"
         );
     }
+    // The network rows again, each divided by the TLS peers of the same run.
+    assert!(
+        table.contains("| row | payload | p50 ÷ tarpc+TLS |"),
+        "{table}"
+    );
+    for name in [
+        "courier cbor/quic",
+        "courier xdr/quic",
+        "courier cbor/tcp",
+        "courier xdr/tcp",
+    ] {
+        assert_eq!(
+            table.matches(&format!("| {name} | null |")).count(),
+            2,
+            "{name} is not set beside the peers"
+        );
+    }
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.starts_with("<svg"), "not an SVG");
     assert!(
@@ -123,6 +149,63 @@ fn quick_null_run_produces_every_row() {
     assert!(
         GROUPS.iter().all(|group| chart.contains(group)),
         "a transport has no panel"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Network namespaces whose names the matrix's veth runs use.
+fn matrix_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("courier-matrix-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--veth`: the network rows cross a veth pair between two namespaces the run makes, and
+/// the namespaces are gone when it ends. Needs root and `ip`, as the two-host test does.
+#[test]
+fn a_veth_run_crosses_the_pair_and_removes_it() {
+    let dir = std::env::temp_dir().join(format!("courier-matrix-veth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("m.json");
+    let mut args: Vec<std::ffi::OsString> = [
+        "--quick",
+        "--veth",
+        "1500",
+        "--payload",
+        "null",
+        "--codec",
+        "xdr",
+        "--no-peers",
+        "--json",
+    ]
+    .map(Into::into)
+    .to_vec();
+    args.push(json.clone().into());
+    run_matrix(&args);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["network"], "veth pair, MTU 1500");
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "floor raw-quinn",
+            "courier xdr/quic",
+            "floor tarpc bincode/tcp, no TLS",
+            "courier xdr/tcp"
+        ],
+        "only the network rows cross the pair"
+    );
+    for row in rows {
+        assert!(positive(row, "p50_us"), "{row}");
+    }
+    assert_eq!(
+        matrix_namespaces(),
+        Vec::<String>::new(),
+        "namespaces left behind"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,6 +40,10 @@ struct Args {
     /// stream per call costs.
     #[arg(long)]
     stream_floor: bool,
+    /// Add quinn-proto with each connection driven on one task to the QUIC rows: what
+    /// quinn's three tasks per packet cost (small payloads; one datagram per system call).
+    #[arg(long)]
+    one_task_floor: bool,
     /// Also write the report as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         quick: args.quick,
         peers: !args.no_peers,
         stream_floor: args.stream_floor,
+        one_task_floor: args.one_task_floor,
         quic: args.quic,
         ..Config::default()
     };

@@ -143,6 +143,9 @@ pub struct Config {
     /// Whether to add raw quinn with calls framed on one long-lived stream to the QUIC group
     /// (`--stream-floor`): what opening a stream per call costs.
     pub stream_floor: bool,
+    /// Whether to add quinn-proto driven on one task per connection to the QUIC group
+    /// (`--one-task-floor`): what quinn's three tasks per packet cost.
+    pub one_task_floor: bool,
     /// QUIC levers on top of the defaults, for Courier and raw quinn alike (`--quic`; see
     /// [`crate::quic::options`]).
     pub quic: String,
@@ -165,6 +168,7 @@ impl Default for Config {
             payloads: Payload::ALL.to_vec(),
             peers: true,
             stream_floor: false,
+            one_task_floor: false,
             quic: String::new(),
             veth: None,
         }
@@ -188,7 +192,11 @@ impl Config {
                 }
                 TransportName::Mem => self.codecs.len() + 1,
                 TransportName::Quic => {
-                    self.codecs.len() + 1 + usize::from(self.peers) + usize::from(self.stream_floor)
+                    self.codecs.len()
+                        + 1
+                        + usize::from(self.peers)
+                        + usize::from(self.stream_floor)
+                        + usize::from(self.one_task_floor)
                 }
                 TransportName::Tcp => self.codecs.len() + 1 + 2 * usize::from(self.peers),
             })
@@ -269,6 +277,8 @@ const RAW_EVENTFD: &str = "floor raw-eventfd";
 const RAW_QUINN: &str = "floor raw-quinn";
 /// Raw quinn with calls framed on one long-lived stream: what a stream per call costs.
 const RAW_QUINN_STREAM: &str = "raw-quinn, one stream";
+/// quinn-proto with each connection driven on one task: what quinn's three tasks per packet cost.
+const ONE_TASK: &str = "quinn-proto, one task";
 /// tarpc over plain TCP: the unencrypted bound of the TLS-over-TCP rows.
 const PLAIN_TCP: &str = "floor tarpc bincode/tcp, no TLS";
 const TARPC_TLS: &str = "tarpc bincode/tcp+tls";
@@ -720,6 +730,16 @@ pub fn run(config: &Config, progress: &ProgressBar) -> Result<Report, Error> {
                 .rt
                 .block_on(targets::raw_quinn_stream(&scratch, child.address.parse()?))?;
             entries.push(Entry::other(RAW_QUINN_STREAM, RowKind::Peer, target));
+        }
+        let one_task = config
+            .one_task_floor
+            .then(|| ChildServer::spawn("onetask-quinn", &dir))
+            .transpose()?;
+        if let Some(child) = &one_task {
+            let target = runner
+                .rt
+                .block_on(targets::onetask_quinn(&scratch, child.address.parse()?))?;
+            entries.push(Entry::other(ONE_TASK, RowKind::Peer, target));
         }
         let addr = server.address.parse()?;
         for &codec in &codecs {

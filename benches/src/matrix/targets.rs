@@ -78,9 +78,10 @@ fn server_addr() -> SocketAddr {
 }
 
 /// Roles that serve over the network, run in the servers' namespace when there is one.
-const NETWORK_ROLES: [&str; 7] = [
+const NETWORK_ROLES: [&str; 8] = [
     "courier-quic",
     "raw-quinn",
+    "onetask-quinn",
     "raw-quinn-stream",
     "tarpc-tcp",
     "courier-tcp",
@@ -275,6 +276,17 @@ fn serve(role: &str, arg: &str) -> Result<(), Error> {
             quic::serve_raw(endpoint).await;
             Ok(())
         }),
+        "onetask-quinn" => crate::runtime()?.block_on(async {
+            let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
+            let options = quic_options()?;
+            let mut config = quinn::ServerConfig::with_crypto(Arc::new(
+                quinn::crypto::rustls::QuicServerConfig::try_from(tls.into_rustls()?)?,
+            ));
+            config.transport_config(Arc::new(options.into_transport()?));
+            let socket = options.bind_udp(server_addr())?;
+            ready(socket.local_addr()?)?;
+            crate::onetask::serve(socket, options.into_endpoint_config()?, config).await
+        }),
         "raw-quinn-stream" => crate::runtime()?.block_on(async {
             let tls = ServerTls::from_pem_files(dir.join("cert.pem"), dir.join("key.pem"))?;
             let endpoint = quic::raw_server(tls, server_addr(), &quic_options()?)
@@ -460,6 +472,22 @@ pub(crate) async fn raw_quinn_stream(scratch: &Scratch, addr: SocketAddr) -> Res
     Ok(Target::new(move |data: Bytes| {
         let stream = stream.clone();
         async move { stream.echo(data).await }.boxed()
+    }))
+}
+
+/// quinn-proto driven on one task, to the `onetask-quinn` child at `addr`.
+pub(crate) async fn onetask_quinn(scratch: &Scratch, addr: SocketAddr) -> Result<Target, Error> {
+    let tls = ClientTls::from_pem_file(scratch.path("cert.pem"))?;
+    let options = quic_options()?;
+    let mut config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls.into_rustls()?)?,
+    ));
+    config.transport_config(Arc::new(options.into_transport()?));
+    let client =
+        crate::onetask::Client::connect(addr, options.into_endpoint_config()?, config).await?;
+    Ok(Target::new(move |data: Bytes| {
+        let client = client.clone();
+        async move { client.echo(data).await }.boxed()
     }))
 }
 
