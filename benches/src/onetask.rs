@@ -114,7 +114,16 @@ impl Side {
         let mut finished = false;
         loop {
             match chunks.next(usize::MAX) {
-                Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
+                Ok(Some(chunk)) if data.len() + chunk.bytes.len() <= crate::quic::MAX_ECHO => {
+                    data.extend_from_slice(&chunk.bytes)
+                }
+                // Past the largest echo: give the stream up.
+                Ok(Some(_)) => {
+                    let _ = chunks.finalize();
+                    let _ = stream.stop(0u32.into());
+                    self.reading.remove(&id);
+                    return None;
+                }
                 Ok(None) => {
                     finished = true;
                     break;

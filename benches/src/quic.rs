@@ -11,6 +11,10 @@ use courier_quic::{
 };
 use serde_bytes::ByteBuf;
 
+/// The largest echo the raw servers and clients take: a bound on what a peer's lengths can
+/// make them allocate.
+pub const MAX_ECHO: usize = 64 * 1024 * 1024;
+
 /// The service the QUIC benches call.
 #[courier::service]
 pub trait Echo {
@@ -173,7 +177,7 @@ pub async fn serve_raw(endpoint: quinn::Endpoint) {
             let Ok(conn) = incoming.await else { return };
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 tokio::spawn(async move {
-                    if let Ok(data) = recv.read_to_end(64 * 1024 * 1024).await {
+                    if let Ok(data) = recv.read_to_end(MAX_ECHO).await {
                         let _ = send.write_chunk(Bytes::from(data)).await;
                         let _ = send.finish();
                     }
@@ -192,14 +196,18 @@ pub async fn serve_raw_streams(endpoint: quinn::Endpoint) {
             let Ok(conn) = incoming.await else { return };
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 tokio::spawn(async move {
-                    let mut len = [0u8; 4];
-                    while recv.read_exact(&mut len).await.is_ok() {
-                        let mut data = vec![0u8; u32::from_be_bytes(len) as usize];
+                    let mut prefix = [0u8; 4];
+                    while recv.read_exact(&mut prefix).await.is_ok() {
+                        let len = u32::from_be_bytes(prefix) as usize;
+                        if len > MAX_ECHO {
+                            return;
+                        }
+                        let mut data = vec![0u8; len];
                         if recv.read_exact(&mut data).await.is_err() {
                             return;
                         }
                         let mut reply = Vec::with_capacity(4 + data.len());
-                        reply.extend_from_slice(&len);
+                        reply.extend_from_slice(&prefix);
                         reply.extend_from_slice(&data);
                         if send.write_chunk(Bytes::from(reply)).await.is_err() {
                             return;
@@ -242,7 +250,11 @@ impl RawStream {
             .await?;
         let mut back = [0u8; 4];
         recv.read_exact(&mut back).await?;
-        let mut reply = vec![0u8; u32::from_be_bytes(back) as usize];
+        let len = u32::from_be_bytes(back) as usize;
+        if len > MAX_ECHO {
+            return Err(format!("an echo of {len} bytes, over {MAX_ECHO}").into());
+        }
+        let mut reply = vec![0u8; len];
         recv.read_exact(&mut reply).await?;
         Ok(reply.len())
     }
@@ -298,6 +310,6 @@ impl RawEcho {
         let (mut send, mut recv) = self.conn.open_bi().await?;
         send.write_chunk(data).await?;
         send.finish()?;
-        Ok(recv.read_to_end(64 * 1024 * 1024).await?.len())
+        Ok(recv.read_to_end(MAX_ECHO).await?.len())
     }
 }

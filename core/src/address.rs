@@ -193,6 +193,49 @@ impl Address {
         self
     }
 
+    /// The host and port of a network address, `scheme://host:port` with no path; otherwise an
+    /// error that shows the form expected.
+    pub fn host_port(&self) -> Result<(&str, u16), AddressError> {
+        match self.port {
+            Some(port) if self.path.is_empty() && !self.host.is_empty() => Ok((&self.host, port)),
+            _ => Err(self.unusable(format!(
+                "a `{0}` address is `{0}://host:port`, with no path",
+                self.scheme
+            ))),
+        }
+    }
+
+    /// The socket address a listener of this network address binds: the first that its host
+    /// resolves to, at its port.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, AddressError> {
+        use std::net::ToSocketAddrs;
+        let (host, port) = self.host_port()?;
+        (host, port)
+            .to_socket_addrs()
+            .map_err(|e| self.unusable(format!("cannot resolve `{host}`: {e}")))?
+            .next()
+            .ok_or_else(|| self.unusable(format!("`{host}` has no address")))
+    }
+
+    /// The address a listener made from this one advertises once bound at `local`: the same
+    /// scheme, the port bound, and the host kept if it is a name (its certificate is likely for
+    /// it) or replaced by the IP bound if it is an address. The options are left out: they
+    /// are the listener's own (files of its private key, say), not its clients'.
+    pub fn bound_at(&self, local: std::net::SocketAddr) -> Address {
+        let host = if self.host.parse::<std::net::IpAddr>().is_ok() {
+            local.ip().to_string()
+        } else {
+            self.host.clone()
+        };
+        Address {
+            scheme: self.scheme.clone(),
+            host,
+            port: Some(local.port()),
+            path: String::new(),
+            params: Vec::new(),
+        }
+    }
+
     /// Refuses any option not in `known`, for a transport that reads only those: a misspelt
     /// option is an error rather than silently ignored.
     pub fn check_params(&self, known: &[&str]) -> Result<(), AddressError> {
@@ -553,6 +596,31 @@ impl Transport for MemTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_addresses_give_their_host_port_and_advertise_what_was_bound() {
+        let named: Address = "tcp://example.com:4433?cert=c.pem&key=k.pem"
+            .parse()
+            .unwrap();
+        assert_eq!(named.host_port().unwrap(), ("example.com", 4433));
+        let local = "10.1.2.3:5555".parse().unwrap();
+        assert_eq!(named.bound_at(local).to_string(), "tcp://example.com:5555");
+        let wildcard: Address = "quic://0.0.0.0:0".parse().unwrap();
+        assert_eq!(wildcard.bound_at(local).to_string(), "quic://10.1.2.3:5555");
+        let v6: Address = "quic://[::]:0".parse().unwrap();
+        let bound = v6.bound_at("[::1]:7".parse().unwrap());
+        assert_eq!((bound.host(), bound.port()), (Some("::1"), Some(7)));
+        assert_eq!(bound.to_string().parse::<Address>().unwrap(), bound);
+        for bad in ["quic://host", "tcp://host:1/path"] {
+            let err = bad.parse::<Address>().unwrap().host_port().unwrap_err();
+            assert!(err.to_string().contains("://host:port"), "{bad}: {err}");
+        }
+        let listen: Address = "tcp://127.0.0.1:0".parse().unwrap();
+        assert_eq!(
+            listen.listen_addr().unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+    }
 
     fn malformed(text: &str) -> String {
         match Address::parse(text) {

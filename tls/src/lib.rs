@@ -53,10 +53,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A self-signed certificate and its key, made with rcgen: for development and tests.
 ///
 /// ```
-/// let cert = courier_tls::DevCert::localhost().unwrap();
+/// # fn main() -> Result<(), courier_tls::Error> {
+/// let cert = courier_tls::DevCert::localhost()?;
 /// let server = courier_tls::ServerTls::dev(&cert);
 /// let client = courier_tls::ClientTls::trusting_dev(&cert);
 /// # drop((server, client));
+/// # Ok(()) }
 /// ```
 pub struct DevCert {
     cert: CertificateDer<'static>,

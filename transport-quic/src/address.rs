@@ -1,6 +1,6 @@
 //! `quic://host:port`: QUIC reachable by address ([`courier::address`]).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use courier::address::{Address, Bound, Transport};
@@ -73,13 +73,6 @@ impl QuicTransport {
     }
 }
 
-fn host_port(address: &Address) -> Result<(&str, u16), AddressError> {
-    match (address.host(), address.port()) {
-        (Some(host), Some(port)) if address.path().is_empty() => Ok((host, port)),
-        _ => Err(address.unusable("a QUIC address is `quic://host:port`, with no path")),
-    }
-}
-
 impl Transport for QuicTransport {
     fn scheme(&self) -> &'static str {
         "quic"
@@ -87,7 +80,7 @@ impl Transport for QuicTransport {
 
     fn connector(&self, address: &Address) -> Result<Arc<dyn DynConnector>, AddressError> {
         address.check_params(&["server_name", "ca"])?;
-        let (host, port) = host_port(address)?;
+        let (host, port) = address.host_port()?;
         let tls = ClientTls::for_address(
             address.param("ca"),
             self.client_tls.as_ref(),
@@ -114,7 +107,6 @@ impl Transport for QuicTransport {
 
     fn listen(&self, address: &Address) -> Result<Bound, AddressError> {
         address.check_params(&["cert", "key"])?;
-        let (host, port) = host_port(address)?;
         let tls = ServerTls::for_address(
             address.param("cert"),
             address.param("key"),
@@ -122,27 +114,12 @@ impl Transport for QuicTransport {
             "QuicTransport",
         )
         .map_err(|e| address.unusable(e))?;
-        let addr = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| address.unusable(format!("cannot resolve `{host}`: {e}")))?
-            .next()
-            .ok_or_else(|| address.unusable(format!("`{host}` has no address")))?;
-        let listener = QuicListener::bind(addr, tls, self.options.clone())
+        let listener = QuicListener::bind(address.listen_addr()?, tls, self.options.clone())
             .map_err(|e| address.unusable(e.to_string()))?;
         let local = listener
             .local_addr()
             .map_err(|e| address.unusable(e.to_string()))?;
-        // A host name stays a name (its certificate is likely for it); an IP address becomes
-        // the one bound.
-        let ip = local.ip().to_string();
-        let shown = if host.parse::<std::net::IpAddr>().is_ok() {
-            ip.as_str()
-        } else {
-            host
-        };
-        let bound = Address::parse("quic://unbound:0")
-            .map_err(|e| address.unusable(e.to_string()))?
-            .with_host_port(shown, Some(local.port()));
+        let bound = address.bound_at(local);
         Ok(Bound {
             listener: Box::new(listener),
             address: bound,

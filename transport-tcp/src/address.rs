@@ -1,6 +1,6 @@
 //! `tcp://host:port`: TLS over TCP reachable by address ([`courier::address`]).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use courier::address::{Address, Bound, Transport};
@@ -73,13 +73,6 @@ impl TcpTransport {
     }
 }
 
-fn host_port(address: &Address) -> Result<(&str, u16), AddressError> {
-    match (address.host(), address.port()) {
-        (Some(host), Some(port)) if address.path().is_empty() => Ok((host, port)),
-        _ => Err(address.unusable("a TCP address is `tcp://host:port`, with no path")),
-    }
-}
-
 impl Transport for TcpTransport {
     fn scheme(&self) -> &'static str {
         "tcp"
@@ -87,7 +80,7 @@ impl Transport for TcpTransport {
 
     fn connector(&self, address: &Address) -> Result<Arc<dyn DynConnector>, AddressError> {
         address.check_params(&["server_name", "ca"])?;
-        let (host, port) = host_port(address)?;
+        let (host, port) = address.host_port()?;
         let tls = ClientTls::for_address(
             address.param("ca"),
             self.client_tls.as_ref(),
@@ -111,7 +104,6 @@ impl Transport for TcpTransport {
 
     fn listen(&self, address: &Address) -> Result<Bound, AddressError> {
         address.check_params(&["cert", "key"])?;
-        let (host, port) = host_port(address)?;
         let tls = ServerTls::for_address(
             address.param("cert"),
             address.param("key"),
@@ -119,27 +111,12 @@ impl Transport for TcpTransport {
             "TcpTransport",
         )
         .map_err(|e| address.unusable(e))?;
-        let addr = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| address.unusable(format!("cannot resolve `{host}`: {e}")))?
-            .next()
-            .ok_or_else(|| address.unusable(format!("`{host}` has no address")))?;
-        let listener = TcpListener::bind(addr, tls, self.options.clone())
+        let listener = TcpListener::bind(address.listen_addr()?, tls, self.options.clone())
             .map_err(|e| address.unusable(e.to_string()))?;
         let local = listener
             .local_addr()
             .map_err(|e| address.unusable(e.to_string()))?;
-        // A host name stays a name (its certificate is likely for it); an IP address becomes
-        // the one bound.
-        let ip = local.ip().to_string();
-        let shown = if host.parse::<std::net::IpAddr>().is_ok() {
-            ip.as_str()
-        } else {
-            host
-        };
-        let bound = Address::parse("tcp://unbound:0")
-            .map_err(|e| address.unusable(e.to_string()))?
-            .with_host_port(shown, Some(local.port()));
+        let bound = address.bound_at(local);
         Ok(Bound {
             listener: Box::new(listener),
             address: bound,
